@@ -1,0 +1,135 @@
+//! Killing every process of a cgroup: `cgroup.kill`, or freeze → SIGKILL each
+//! verified member → thaw.
+
+use std::time::Duration;
+
+use rustix::process::Signal;
+use tokio::time::Instant;
+
+use super::{Cgroup, files};
+use crate::error::{Error, Result};
+
+/// How a cgroup's processes are killed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum KillMechanism {
+    /// Write `1` to `cgroup.kill` (Linux ≥ 5.14): recursive, atomic against forks.
+    CgroupKill,
+    /// Freeze the cgroup, SIGKILL every member through a verified pidfd, thaw;
+    /// repeated until nothing is left (Linux ≥ 5.2).
+    FreezeKillThaw,
+}
+
+impl KillMechanism {
+    /// The name used by `procscope doctor` and in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KillMechanism::CgroupKill => "cgroup_kill",
+            KillMechanism::FreezeKillThaw => "freeze_kill_thaw",
+        }
+    }
+}
+
+/// Rounds of the fallback before giving up.
+const FALLBACK_ROUNDS: usize = 16;
+/// How long to wait for `frozen 1` before killing anyway (a task in
+/// uninterruptible sleep can delay freezing).
+const FREEZE_WAIT: Duration = Duration::from_millis(500);
+/// How long each round waits for the killed processes to go.
+const ROUND_WAIT: Duration = Duration::from_millis(500);
+
+impl Cgroup {
+    /// SIGKILLs every process in this cgroup and below, with the best mechanism
+    /// the kernel has. Processes die asynchronously: wait for
+    /// [`wait_empty`](Self::wait_empty) after this.
+    ///
+    /// # Errors
+    /// [`Error::ContainsSelf`] if the calling process is inside this cgroup.
+    #[doc(alias = "cgroup.kill")]
+    pub async fn kill(&self) -> Result<KillMechanism> {
+        let mechanism =
+            if self.has_file(files::KILL) { KillMechanism::CgroupKill } else { KillMechanism::FreezeKillThaw };
+        self.kill_with(mechanism).await?;
+        Ok(mechanism)
+    }
+
+    /// SIGKILLs every process in this cgroup and below with `mechanism` (to
+    /// force the fallback in tests, or when `cgroup.kill` misbehaves).
+    pub async fn kill_with(&self, mechanism: KillMechanism) -> Result<()> {
+        self.refuse_if_contains_self("kill")?;
+        match mechanism {
+            KillMechanism::CgroupKill => self.write(files::KILL, "1"),
+            KillMechanism::FreezeKillThaw => self.freeze_kill_thaw().await,
+        }
+    }
+
+    async fn freeze_kill_thaw(&self) -> Result<()> {
+        if !self.has_file(files::FREEZE) {
+            return Err(Error::Unsupported {
+                feature: "cgroup.freeze",
+                fix: "killing a cgroup needs Linux 5.14 (cgroup.kill) or 5.2 (cgroup.freeze)",
+            });
+        }
+        for _ in 0..FALLBACK_ROUNDS {
+            self.write(files::FREEZE, "1")?;
+            let thaw = Thaw(self);
+            // Wait until frozen, so that nothing forks between reading the members
+            // and killing them.
+            self.wait_events(Some(Instant::now() + FREEZE_WAIT), |e| e.frozen || !e.populated).await?;
+            let members = self.member_pidfds_recursive()?;
+            if members.is_empty() {
+                return Ok(());
+            }
+            for member in &members {
+                // ESRCH: already gone.
+                let _ = member.send_signal(Signal::KILL);
+            }
+            // Frozen tasks die on SIGKILL; thawing lets anything that raced us run
+            // into the next round.
+            drop(thaw);
+            let deadline = Instant::now() + ROUND_WAIT;
+            for member in &members {
+                let _ = tokio::time::timeout_at(deadline, member.exited()).await;
+            }
+            if !self.is_populated()? {
+                return Ok(());
+            }
+        }
+        Err(Error::io(
+            "kill cgroup",
+            self.path(),
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "processes kept appearing"),
+        ))
+    }
+
+    /// Refuses to act on a cgroup that holds the calling process.
+    pub(crate) fn refuse_if_contains_self(&self, op: &'static str) -> Result<()> {
+        let me = rustix::process::getpid();
+        if self.member_pids_recursive()?.contains(&me) {
+            return Err(Error::ContainsSelf { op, path: self.path().to_owned() });
+        }
+        Ok(())
+    }
+
+    fn member_pids_recursive(&self) -> Result<Vec<rustix::process::Pid>> {
+        let mut all = self.procs()?;
+        for name in self.children()? {
+            if let Ok(child) = self.open_child(&name) {
+                all.extend(child.member_pids_recursive()?);
+            }
+        }
+        Ok(all)
+    }
+}
+
+/// Thaws on drop, so that every path out of the fallback — errors included —
+/// leaves the cgroup thawed.
+struct Thaw<'a>(&'a Cgroup);
+
+impl Drop for Thaw<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.0.write(files::FREEZE, "0") {
+            tracing::warn!(cgroup = %self.0.path().display(), error = %e, "thawing failed");
+        }
+    }
+}

@@ -1,0 +1,304 @@
+//! [`Cgroup`]: a cgroup-v2 directory held by an `O_DIRECTORY` fd.
+//!
+//! Every file and sub-cgroup is opened beneath that fd, one path component at a
+//! time, without following symlinks; every directory is checked to be on a
+//! cgroup2 filesystem (`fstatfs` magic).
+//!
+//! # References
+//! - Documentation/admin-guide/cgroup-v2.rst in the kernel tree
+
+mod events;
+pub mod hierarchy;
+mod kill;
+pub mod limits;
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{AtFlags, Mode, OFlags};
+use rustix::process::Pid;
+
+use crate::error::{Context, Error, Result};
+use crate::pidfd::PidFd;
+
+pub use events::Events;
+pub use kill::KillMechanism;
+
+/// `CGROUP2_SUPER_MAGIC` from `<linux/magic.h>`.
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+
+/// Kernel file names used here.
+pub(crate) mod files {
+    pub const PROCS: &str = "cgroup.procs";
+    pub const EVENTS: &str = "cgroup.events";
+    pub const KILL: &str = "cgroup.kill";
+    pub const FREEZE: &str = "cgroup.freeze";
+    pub const CONTROLLERS: &str = "cgroup.controllers";
+    pub const SUBTREE_CONTROL: &str = "cgroup.subtree_control";
+}
+
+/// A cgroup-v2 directory, held open.
+#[derive(Debug)]
+pub struct Cgroup {
+    dir: OwnedFd,
+    path: PathBuf,
+}
+
+impl Cgroup {
+    /// Opens the cgroup2 directory at `path` (symlinks in `path` itself are
+    /// followed; nothing beneath it ever is).
+    ///
+    /// # Errors
+    /// [`Error::NotCgroup2`] if `path` is not a directory on a cgroup2 filesystem.
+    pub fn open(path: impl AsRef<Path>) -> Result<Cgroup> {
+        let path = path.as_ref();
+        let dir = rustix::fs::open(path, OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()).map_err(
+            |e| match e {
+                rustix::io::Errno::NOTDIR => Error::NotCgroup2 { path: path.to_owned() },
+                e => Error::io("open cgroup", path, e),
+            },
+        )?;
+        check_cgroup2(&dir, path)?;
+        Ok(Cgroup { dir, path: path.to_owned() })
+    }
+
+    /// The absolute path (for messages and display; operations use the fd).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The directory's name.
+    pub fn name(&self) -> &str {
+        self.path.file_name().and_then(|n| n.to_str()).unwrap_or("")
+    }
+
+    /// `mkdirat` + open of a child cgroup called `name` (one path component).
+    ///
+    /// # Errors
+    /// `EEXIST` (as [`Error::Io`]) if it exists already.
+    pub fn create_child(&self, name: &str) -> Result<Cgroup> {
+        let path = self.child_path(name)?;
+        rustix::fs::mkdirat(&self.dir, name, Mode::from_raw_mode(0o755)).ctx("create cgroup", &path)?;
+        self.open_child(name)
+    }
+
+    /// Opens the existing child cgroup `name` without following symlinks.
+    pub fn open_child(&self, name: &str) -> Result<Cgroup> {
+        let path = self.child_path(name)?;
+        let dir = rustix::fs::openat(
+            &self.dir,
+            name,
+            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| match e {
+            rustix::io::Errno::NOTDIR | rustix::io::Errno::LOOP => Error::NotCgroup2 { path: path.clone() },
+            e => Error::io("open cgroup", &path, e),
+        })?;
+        check_cgroup2(&dir, &path)?;
+        Ok(Cgroup { dir, path })
+    }
+
+    /// Names of the child cgroups (sub-directories), in no particular order.
+    pub fn children(&self) -> Result<Vec<String>> {
+        let fd =
+            rustix::fs::openat(&self.dir, ".", OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
+                .ctx("list cgroup", &self.path)?;
+        let mut dir = rustix::fs::Dir::read_from(&fd).ctx("list cgroup", &self.path)?;
+        let mut names = Vec::new();
+        while let Some(entry) = dir.read() {
+            let entry = entry.ctx("list cgroup", &self.path)?;
+            if entry.file_type() != rustix::fs::FileType::Directory {
+                continue;
+            }
+            let name = entry.file_name().to_string_lossy();
+            if name != "." && name != ".." {
+                names.push(name.into_owned());
+            }
+        }
+        Ok(names)
+    }
+
+    /// `rmdir` of the child cgroup `name`, once. `EBUSY` while it still has
+    /// processes (or did a moment ago) or child cgroups.
+    pub fn remove_child(&self, name: &str) -> Result<()> {
+        let path = self.child_path(name)?;
+        rustix::fs::unlinkat(&self.dir, name, AtFlags::REMOVEDIR).ctx("remove cgroup", &path)
+    }
+
+    /// Removes the child cgroup `child` (opened from this one) and everything
+    /// below it, waiting for it to become empty first.
+    ///
+    /// Retries `rmdir` on `EBUSY`, each time after the next `cgroup.events`
+    /// change or a short bounded wait (a cgroup can stay busy briefly after
+    /// `populated 0`). Gives up after about two seconds.
+    pub async fn remove_child_tree(&self, child: &Cgroup) -> Result<()> {
+        for grandchild in child.children()? {
+            let g = child.open_child(&grandchild)?;
+            Box::pin(child.remove_child_tree(&g)).await?;
+        }
+        let mut backoff = std::time::Duration::from_millis(1);
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+        loop {
+            match self.remove_child(child.name()) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && tokio::time::Instant::now() < deadline => {
+                    let until = (tokio::time::Instant::now() + backoff).min(deadline);
+                    child.wait_change(until).await?;
+                    backoff = (backoff * 2).min(std::time::Duration::from_millis(100));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Reads a file of this cgroup.
+    pub fn read(&self, file: &str) -> Result<String> {
+        let path = self.path.join(file);
+        let fd = self.open_file(file, OFlags::RDONLY).ctx("open", &path)?;
+        let mut out = Vec::with_capacity(256);
+        let mut buf = [0u8; 4096];
+        loop {
+            match rustix::io::read(&fd, &mut buf) {
+                Ok(0) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(Error::io("read", &path, e)),
+            }
+        }
+        String::from_utf8(out).map_err(|_| Error::io("read", &path, io::Error::from(io::ErrorKind::InvalidData)))
+    }
+
+    /// Writes `data` to a file of this cgroup in one `write`.
+    pub fn write(&self, file: &str, data: &str) -> Result<()> {
+        let path = self.path.join(file);
+        let fd = self.open_file(file, OFlags::WRONLY).ctx("open", &path)?;
+        rustix::io::write(&fd, data.as_bytes()).ctx("write", &path)?;
+        Ok(())
+    }
+
+    /// Whether the kernel file `file` exists in this cgroup.
+    pub fn has_file(&self, file: &str) -> bool {
+        rustix::fs::accessat(&self.dir, file, rustix::fs::Access::EXISTS, AtFlags::SYMLINK_NOFOLLOW).is_ok()
+    }
+
+    pub(crate) fn open_file(&self, file: &str, mode: OFlags) -> rustix::io::Result<OwnedFd> {
+        rustix::fs::openat(&self.dir, file, mode | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
+    }
+
+    /// The pids in `cgroup.procs` (this cgroup only, not descendants). Pids, not
+    /// processes: see [`member_pidfds`](Self::member_pidfds).
+    pub fn procs(&self) -> Result<Vec<Pid>> {
+        Ok(parse_pids(&self.read(files::PROCS)?))
+    }
+
+    /// Pidfds of the processes in this cgroup, each verified to belong to it.
+    ///
+    /// Reads `cgroup.procs`, opens a pidfd per pid, then reads `cgroup.procs`
+    /// again and keeps only the pidfds whose pid is still listed. A kept pidfd
+    /// therefore refers to a process of this cgroup, or to one that has exited
+    /// (signalling it does nothing): a pid recycled by a stranger is never kept.
+    pub fn member_pidfds(&self) -> Result<Vec<PidFd>> {
+        let before = self.procs()?;
+        if before.is_empty() {
+            return Ok(Vec::new());
+        }
+        let opened: Vec<PidFd> = before.into_iter().filter_map(|pid| PidFd::open(pid).ok()).collect();
+        let after = self.procs()?;
+        Ok(opened.into_iter().filter(|p| after.contains(&p.pid())).collect())
+    }
+
+    /// Like [`member_pidfds`](Self::member_pidfds), for this cgroup and every
+    /// cgroup below it.
+    pub fn member_pidfds_recursive(&self) -> Result<Vec<PidFd>> {
+        let mut all = self.member_pidfds()?;
+        for name in self.children()? {
+            match self.open_child(&name) {
+                Ok(child) => all.extend(child.member_pidfds_recursive()?),
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(all)
+    }
+
+    /// Controllers this cgroup can enable for its children (`cgroup.controllers`).
+    pub fn controllers(&self) -> Result<Vec<String>> {
+        Ok(self.read(files::CONTROLLERS)?.split_whitespace().map(str::to_owned).collect())
+    }
+
+    /// Controllers enabled for the children (`cgroup.subtree_control`).
+    pub fn subtree_control(&self) -> Result<Vec<String>> {
+        Ok(self.read(files::SUBTREE_CONTROL)?.split_whitespace().map(str::to_owned).collect())
+    }
+
+    /// Enables `controllers` for the children, those not enabled yet.
+    ///
+    /// # Errors
+    /// [`Error::ControllerUnavailable`] for a controller this cgroup does not
+    /// offer; `EBUSY` if this cgroup holds processes itself.
+    pub fn enable_controllers(&self, controllers: &[&'static str]) -> Result<()> {
+        let enabled = self.subtree_control()?;
+        let missing: Vec<&str> = controllers.iter().copied().filter(|c| !enabled.iter().any(|e| e == c)).collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let available = self.controllers()?;
+        if let Some(c) = missing.iter().find(|c| !available.iter().any(|a| a == *c)) {
+            let controller = controllers.iter().copied().find(|x| x == c).unwrap_or("?");
+            return Err(Error::ControllerUnavailable { controller, path: self.path.join(files::CONTROLLERS) });
+        }
+        let line: String = missing.iter().map(|c| format!("+{c} ")).collect();
+        self.write(files::SUBTREE_CONTROL, line.trim_end())
+    }
+
+    /// Reads the extended attribute `name` (e.g. `user.procscope.state`).
+    pub fn xattr(&self, name: &str) -> Result<Option<String>> {
+        let mut buf = vec![0u8; 256];
+        match rustix::fs::fgetxattr(&self.dir, name, &mut buf[..]) {
+            Ok(n) => {
+                buf.truncate(n);
+                Ok(Some(String::from_utf8_lossy(&buf).into_owned()))
+            }
+            Err(rustix::io::Errno::NODATA) => Ok(None),
+            Err(e) => Err(Error::io("read xattr", self.path.join(name), e)),
+        }
+    }
+
+    /// Sets the extended attribute `name` to `value`.
+    pub fn set_xattr(&self, name: &str, value: &str) -> Result<()> {
+        rustix::fs::fsetxattr(&self.dir, name, value.as_bytes(), rustix::fs::XattrFlags::empty())
+            .ctx("set xattr", &self.path.join(name))
+    }
+
+    /// The owner uid of the directory.
+    pub fn owner_uid(&self) -> Result<u32> {
+        Ok(rustix::fs::fstat(&self.dir).ctx("stat", &self.path)?.st_uid)
+    }
+
+    fn child_path(&self, name: &str) -> Result<PathBuf> {
+        crate::names::check_component(name)?;
+        Ok(self.path.join(name))
+    }
+}
+
+impl AsFd for Cgroup {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.dir.as_fd()
+    }
+}
+
+fn check_cgroup2(fd: &OwnedFd, path: &Path) -> Result<()> {
+    let st = rustix::fs::fstatfs(fd).ctx("statfs", path)?;
+    if st.f_type as i64 != CGROUP2_SUPER_MAGIC {
+        return Err(Error::NotCgroup2 { path: path.to_owned() });
+    }
+    Ok(())
+}
+
+/// One pid per line; anything else is skipped.
+pub(crate) fn parse_pids(text: &str) -> Vec<Pid> {
+    text.lines().filter_map(|l| l.trim().parse::<i32>().ok()).filter_map(Pid::from_raw).collect()
+}

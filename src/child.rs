@@ -1,0 +1,233 @@
+//! [`ContainedChild`]: a running child, known by its pidfd.
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::pin::Pin;
+use std::process::ExitStatus;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use rustix::process::Signal;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::unix::pipe;
+
+use crate::command::SpawnMechanism;
+use crate::error::{Error, Result};
+use crate::pidfd::PidFd;
+use crate::sys::spawn::Spawned;
+
+/// A child process of ours, shared between its [`ContainedChild`] handle and the
+/// session that tracks it. Whoever drops the last reference to a child that has
+/// not been reaped hands it to the reaper, so no zombie is left behind.
+#[derive(Debug)]
+pub(crate) struct ChildCell {
+    pidfd: PidFd,
+    status: Mutex<Option<ExitStatus>>,
+}
+
+impl ChildCell {
+    /// The exit status if the child has been reaped, else reaps it if it has exited.
+    pub(crate) fn try_wait(&self) -> io::Result<Option<ExitStatus>> {
+        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        if status.is_none() {
+            *status = self.pidfd.try_wait()?;
+        }
+        Ok(*status)
+    }
+
+    /// Waits for the exit and reaps. Cancel-safe.
+    pub(crate) async fn wait(&self) -> io::Result<ExitStatus> {
+        loop {
+            if let Some(s) = self.try_wait()? {
+                return Ok(s);
+            }
+            self.pidfd.exited().await?;
+        }
+    }
+
+    /// Signals the child unless it has been reaped (then its pid may be reused,
+    /// but its pidfd never reaches another process: we skip the call anyway).
+    pub(crate) fn signal(&self, sig: Signal) -> io::Result<()> {
+        if self.status.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+            return Ok(());
+        }
+        match self.pidfd.send_signal(sig) {
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+            r => r,
+        }
+    }
+}
+
+impl Drop for ChildCell {
+    fn drop(&mut self) {
+        let reaped = self.status.get_mut().map(|s| s.is_some()).unwrap_or(true);
+        if reaped {
+            return;
+        }
+        match self.pidfd.try_wait() {
+            Ok(Some(_)) | Err(_) => {}
+            Ok(None) => {
+                // Still running: never block in drop; the reaper waits for it.
+                match rustix::io::fcntl_dupfd_cloexec(&self.pidfd, 3) {
+                    Ok(fd) => crate::reaper::adopt(PidFd::from_owned(fd, self.pidfd.pid())),
+                    Err(e) => tracing::error!(pid = self.pidfd.raw_pid(), error = %e,
+                        "cannot hand a running child to the reaper; it will stay a zombie after exit"),
+                }
+            }
+        }
+    }
+}
+
+/// The parent's ends of the child's pipes.
+pub(crate) struct ParentPipes {
+    stdin: Option<ChildStdin>,
+    stdout: Option<ChildStdout>,
+    stderr: Option<ChildStderr>,
+}
+
+impl ParentPipes {
+    pub(crate) fn new(stdin: Option<OwnedFd>, stdout: Option<OwnedFd>, stderr: Option<OwnedFd>) -> Result<Self> {
+        let pipe_err = |e: io::Error| Error::io("register pipe", "stdio", e);
+        Ok(ParentPipes {
+            stdin: stdin
+                .map(|fd| pipe::Sender::from_owned_fd(fd).map(|inner| ChildStdin { inner }))
+                .transpose()
+                .map_err(pipe_err)?,
+            stdout: stdout
+                .map(|fd| pipe::Receiver::from_owned_fd(fd).map(|inner| ChildStdout { inner }))
+                .transpose()
+                .map_err(pipe_err)?,
+            stderr: stderr
+                .map(|fd| pipe::Receiver::from_owned_fd(fd).map(|inner| ChildStderr { inner }))
+                .transpose()
+                .map_err(pipe_err)?,
+        })
+    }
+}
+
+/// A running child in a session cgroup.
+///
+/// # Caveats
+/// Dropping the handle does not kill the child: inside a session, the session
+/// guard decides what happens to it; in any case it is reaped when it exits, so
+/// no zombie is left.
+#[derive(Debug)]
+pub struct ContainedChild {
+    cell: Arc<ChildCell>,
+    mechanism: SpawnMechanism,
+    /// The write end of the child's stdin, when it was [`Stdio::Piped`](crate::Stdio::Piped).
+    pub stdin: Option<ChildStdin>,
+    /// The read end of the child's stdout, when piped.
+    pub stdout: Option<ChildStdout>,
+    /// The read end of the child's stderr, when piped.
+    pub stderr: Option<ChildStderr>,
+}
+
+impl ContainedChild {
+    pub(crate) fn new(spawned: Spawned, pipes: ParentPipes, mechanism: SpawnMechanism) -> ContainedChild {
+        ContainedChild {
+            cell: Arc::new(ChildCell {
+                pidfd: PidFd::from_owned(spawned.pidfd, spawned.pid),
+                status: Mutex::new(None),
+            }),
+            mechanism,
+            stdin: pipes.stdin,
+            stdout: pipes.stdout,
+            stderr: pipes.stderr,
+        }
+    }
+
+    /// The child's pid (informational: use the pidfd to act on it).
+    pub fn id(&self) -> u32 {
+        self.cell.pidfd.raw_pid() as u32
+    }
+
+    /// The child's pidfd.
+    pub fn pidfd(&self) -> &PidFd {
+        &self.cell.pidfd
+    }
+
+    /// How the child was placed in its cgroup.
+    pub fn spawn_mechanism(&self) -> SpawnMechanism {
+        self.mechanism
+    }
+
+    /// Waits for the child to exit and reaps it. Closes stdin first, so a child
+    /// that reads until EOF can finish. Cancel-safe.
+    pub async fn wait(&mut self) -> io::Result<ExitStatus> {
+        drop(self.stdin.take());
+        self.cell.wait().await
+    }
+
+    /// Reaps the child if it has exited; `None` while it runs.
+    pub fn try_wait(&mut self) -> io::Result<Option<ExitStatus>> {
+        self.cell.try_wait()
+    }
+
+    /// Sends `sig` through the pidfd. A no-op once the child has been reaped.
+    pub fn signal(&self, sig: Signal) -> io::Result<()> {
+        self.cell.signal(sig)
+    }
+
+    /// Sends SIGKILL without waiting.
+    pub fn start_kill(&self) -> io::Result<()> {
+        self.signal(Signal::KILL)
+    }
+
+    /// Sends SIGKILL and waits for the exit.
+    pub async fn kill(&mut self) -> io::Result<ExitStatus> {
+        self.start_kill()?;
+        self.wait().await
+    }
+}
+
+macro_rules! pipe_type {
+    ($name:ident, $inner:ty, $doc:literal) => {
+        #[doc = $doc]
+        #[derive(Debug)]
+        pub struct $name {
+            inner: $inner,
+        }
+
+        impl $name {
+            /// The pipe as a plain (blocking) fd, for handing to another program.
+            pub fn into_owned_fd(self) -> io::Result<OwnedFd> {
+                self.inner.into_blocking_fd()
+            }
+        }
+
+        impl AsFd for $name {
+            fn as_fd(&self) -> BorrowedFd<'_> {
+                self.inner.as_fd()
+            }
+        }
+    };
+}
+
+pipe_type!(ChildStdin, pipe::Sender, "The parent's end of a child's stdin: `AsyncWrite`.");
+pipe_type!(ChildStdout, pipe::Receiver, "The parent's end of a child's stdout: `AsyncRead`.");
+pipe_type!(ChildStderr, pipe::Receiver, "The parent's end of a child's stderr: `AsyncRead`.");
+
+impl AsyncWrite for ChildStdin {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl AsyncRead for ChildStdout {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncRead for ChildStderr {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}

@@ -1,0 +1,431 @@
+//! [`Command`]: what to run, and how it is spawned into a cgroup.
+
+use std::collections::BTreeMap;
+use std::ffi::{CString, OsStr, OsString, c_char};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use rustix::fs::OFlags;
+
+use crate::cgroup::{Cgroup, files};
+use crate::child::ContainedChild;
+use crate::error::{Error, Result};
+use crate::sys::spawn::{self, ChildPlan, ChildStage, Placement, SpawnFailure};
+
+/// How a child gets into its cgroup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum SpawnMechanism {
+    /// `clone3(CLONE_INTO_CGROUP)` (Linux ≥ 5.7): born inside the cgroup.
+    Clone3IntoCgroup,
+    /// `clone3` without it; the child writes `0` to `cgroup.procs` before anything
+    /// else. Slower: migrating a live process waits for an RCU grace period.
+    ForkJoinProcs,
+}
+
+impl SpawnMechanism {
+    /// The name used by `procscope doctor` and in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SpawnMechanism::Clone3IntoCgroup => "clone3_into_cgroup",
+            SpawnMechanism::ForkJoinProcs => "fork_join_procs",
+        }
+    }
+}
+
+/// Set once `clone3` has said it does not know `CLONE_INTO_CGROUP`.
+static NO_CLONE_INTO_CGROUP: AtomicBool = AtomicBool::new(false);
+
+/// Where a child's stdin, stdout or stderr comes from.
+#[derive(Debug, Default)]
+pub enum Stdio {
+    /// The parent's own fd 0, 1 or 2.
+    #[default]
+    Inherit,
+    /// `/dev/null`.
+    Null,
+    /// A new pipe; the parent's end becomes `ContainedChild::stdin`/`stdout`/`stderr`.
+    Piped,
+    /// This fd, as it is (the child gets a duplicate).
+    Fd(OwnedFd),
+}
+
+/// Environment changes relative to the parent's environment.
+#[derive(Clone, Debug, Default)]
+struct Env {
+    clear: bool,
+    vars: BTreeMap<OsString, Option<OsString>>,
+}
+
+/// A program to run inside a session cgroup.
+///
+/// The child starts with only fds 0–2, no capabilities (bounding, effective,
+/// permitted, inheritable and ambient sets all empty) and `no_new_privs`, in
+/// this order of steps: join the cgroup (fallback only), reset signals, stdio,
+/// close other fds, `setsid`, clear the bounding set, groups/gid/uid, `chdir`,
+/// empty the capability sets, `no_new_privs`, `execve`. A failing step comes back
+/// as [`Error::Spawn`] with the step and the child's errno.
+#[derive(Debug)]
+pub struct Command {
+    program: OsString,
+    args: Vec<OsString>,
+    env: Env,
+    cwd: Option<PathBuf>,
+    stdio: [Stdio; 3],
+    setsid: bool,
+    uid: Option<u32>,
+    gid: Option<u32>,
+    mechanism: Option<SpawnMechanism>,
+}
+
+impl Command {
+    /// A command running `program` (looked up in `PATH` unless it contains `/`).
+    pub fn new(program: impl AsRef<OsStr>) -> Command {
+        Command {
+            program: program.as_ref().to_owned(),
+            args: Vec::new(),
+            env: Env::default(),
+            cwd: None,
+            stdio: [Stdio::Inherit, Stdio::Inherit, Stdio::Inherit],
+            setsid: false,
+            uid: None,
+            gid: None,
+            mechanism: None,
+        }
+    }
+
+    /// Adds an argument.
+    pub fn arg(&mut self, arg: impl AsRef<OsStr>) -> &mut Self {
+        self.args.push(arg.as_ref().to_owned());
+        self
+    }
+
+    /// Adds arguments.
+    pub fn args<I, S>(&mut self, args: I) -> &mut Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.args.extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self
+    }
+
+    /// Sets an environment variable.
+    pub fn env(&mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> &mut Self {
+        self.env.vars.insert(key.as_ref().to_owned(), Some(value.as_ref().to_owned()));
+        self
+    }
+
+    /// Removes an environment variable.
+    pub fn env_remove(&mut self, key: impl AsRef<OsStr>) -> &mut Self {
+        self.env.vars.insert(key.as_ref().to_owned(), None);
+        self
+    }
+
+    /// Starts from an empty environment instead of the parent's.
+    pub fn env_clear(&mut self) -> &mut Self {
+        self.env.clear = true;
+        self.env.vars.clear();
+        self
+    }
+
+    /// The child's working directory.
+    pub fn current_dir(&mut self, dir: impl AsRef<Path>) -> &mut Self {
+        self.cwd = Some(dir.as_ref().to_owned());
+        self
+    }
+
+    /// The child's stdin.
+    pub fn stdin(&mut self, s: Stdio) -> &mut Self {
+        self.stdio[0] = s;
+        self
+    }
+
+    /// The child's stdout.
+    pub fn stdout(&mut self, s: Stdio) -> &mut Self {
+        self.stdio[1] = s;
+        self
+    }
+
+    /// The child's stderr.
+    pub fn stderr(&mut self, s: Stdio) -> &mut Self {
+        self.stdio[2] = s;
+        self
+    }
+
+    /// Makes the child a session leader (`setsid`). It stays in its cgroup.
+    pub fn setsid(&mut self, on: bool) -> &mut Self {
+        self.setsid = on;
+        self
+    }
+
+    /// Runs the child as this uid (supplementary groups are dropped).
+    pub fn uid(&mut self, uid: u32) -> &mut Self {
+        self.uid = Some(uid);
+        self
+    }
+
+    /// Runs the child with this gid (supplementary groups are dropped).
+    pub fn gid(&mut self, gid: u32) -> &mut Self {
+        self.gid = Some(gid);
+        self
+    }
+
+    /// Forces a spawn mechanism instead of the best available one (for tests and
+    /// `procscope doctor`).
+    pub fn spawn_mechanism(&mut self, m: SpawnMechanism) -> &mut Self {
+        self.mechanism = Some(m);
+        self
+    }
+
+    /// The program as given.
+    pub fn get_program(&self) -> &OsStr {
+        &self.program
+    }
+
+    /// The arguments as given (without the program).
+    pub fn get_args(&self) -> impl Iterator<Item = &OsStr> {
+        self.args.iter().map(OsString::as_os_str)
+    }
+
+    /// Spawns the command straight into `cgroup`.
+    ///
+    /// Pipes ([`Stdio::Piped`]) need a tokio runtime. A cgroup that has been
+    /// removed fails the spawn ([`Error::CgroupRemoved`]): the child is never
+    /// started in the caller's cgroup instead.
+    ///
+    /// # Errors
+    /// [`Error::ProgramNotFound`], [`Error::InvalidInput`] (NUL bytes, empty
+    /// program), [`Error::Spawn`] with the child's failing step and errno,
+    /// [`Error::CgroupRemoved`], [`Error::Io`].
+    pub fn spawn_in(&mut self, cgroup: &Cgroup) -> Result<ContainedChild> {
+        let prepared = self.prepare()?;
+        let pipes = Pipes::new(&self.stdio)?;
+        let stdio = [pipes.child_fd(0), pipes.child_fd(1), pipes.child_fd(2)];
+        let (argv, envp) = (pointers(&prepared.argv), pointers(&prepared.envp));
+        let plan = ChildPlan {
+            program: &prepared.program,
+            argv: &argv,
+            envp: &envp,
+            stdio,
+            cwd: prepared.cwd.as_deref(),
+            uid: self.uid,
+            gid: self.gid,
+            setsid: self.setsid,
+            last_cap: last_cap(),
+        };
+
+        let wanted = self.mechanism.unwrap_or(if NO_CLONE_INTO_CGROUP.load(Ordering::Relaxed) {
+            SpawnMechanism::ForkJoinProcs
+        } else {
+            SpawnMechanism::Clone3IntoCgroup
+        });
+        let program = self.program.to_string_lossy().into_owned();
+        let (spawned, mechanism) = match wanted {
+            SpawnMechanism::Clone3IntoCgroup => match spawn::spawn(&plan, Placement::IntoCgroup(cgroup.as_fd())) {
+                Ok(s) => (s, SpawnMechanism::Clone3IntoCgroup),
+                // A removed cgroup: ENODEV per the kernel's docs, ENOENT seen on 6.18.
+                // Fail closed: never fall back to a spawn in another cgroup.
+                Err(SpawnFailure::Clone(e)) if matches!(e.raw_os_error(), Some(libc::ENODEV | libc::ENOENT)) => {
+                    return Err(Error::CgroupRemoved { path: cgroup.path().to_owned() });
+                }
+                Err(SpawnFailure::Clone(e)) if self.mechanism.is_none() => {
+                    // Like runc and crun: any other failure of CLONE_INTO_CGROUP falls
+                    // back to joining through cgroup.procs, which reports its own error.
+                    if matches!(e.raw_os_error(), Some(libc::E2BIG | libc::EINVAL | libc::ENOSYS)) {
+                        NO_CLONE_INTO_CGROUP.store(true, Ordering::Relaxed);
+                    }
+                    tracing::warn!(error = %e, cgroup = %cgroup.path().display(),
+                        "clone3(CLONE_INTO_CGROUP) failed; falling back to fork + cgroup.procs");
+                    (spawn_joining(&plan, cgroup, &program)?, SpawnMechanism::ForkJoinProcs)
+                }
+                Err(failure) => return Err(spawn_error(failure, &program, cgroup)),
+            },
+            SpawnMechanism::ForkJoinProcs => (spawn_joining(&plan, cgroup, &program)?, SpawnMechanism::ForkJoinProcs),
+        };
+        Ok(ContainedChild::new(spawned, pipes.into_parent_ends()?, mechanism))
+    }
+
+    /// Resolves the program and builds the C strings the child needs.
+    fn prepare(&self) -> Result<Prepared> {
+        if self.program.is_empty() {
+            return Err(Error::InvalidInput {
+                what: "program",
+                value: String::new(),
+                fix: "the command is empty; give the program to run".into(),
+            });
+        }
+        let cstr = |what: &'static str, s: &OsStr| {
+            CString::new(s.as_bytes()).map_err(|_| Error::InvalidInput {
+                what,
+                value: s.to_string_lossy().into_owned(),
+                fix: "it contains a NUL byte, which cannot be passed to a program".into(),
+            })
+        };
+        let env = self.environment();
+        let path_var = env.iter().find_map(|kv| kv.as_bytes().strip_prefix(b"PATH=").map(OsStr::from_bytes));
+        let resolved = resolve_program(&self.program, path_var)?;
+        let mut argv = vec![cstr("argument", &self.program)?];
+        for a in &self.args {
+            argv.push(cstr("argument", a)?);
+        }
+        let envp = env.iter().map(|kv| cstr("environment variable", kv)).collect::<Result<Vec<_>>>()?;
+        let cwd = self.cwd.as_deref().map(|d| cstr("working directory", d.as_os_str())).transpose()?;
+        Ok(Prepared { program: cstr("program", resolved.as_os_str())?, argv, envp, cwd })
+    }
+
+    /// `KEY=VALUE` pairs for the child.
+    fn environment(&self) -> Vec<OsString> {
+        let mut vars: BTreeMap<OsString, OsString> =
+            if self.env.clear { BTreeMap::new() } else { std::env::vars_os().collect() };
+        for (k, v) in &self.env.vars {
+            match v {
+                Some(v) => vars.insert(k.clone(), v.clone()),
+                None => vars.remove(k),
+            };
+        }
+        vars.into_iter()
+            .map(|(k, v)| {
+                let mut kv = k.into_vec();
+                kv.push(b'=');
+                kv.extend_from_slice(v.as_bytes());
+                OsString::from_vec(kv)
+            })
+            .collect()
+    }
+}
+
+/// The fallback: open `cgroup.procs` for the child to write to, then spawn.
+fn spawn_joining(plan: &ChildPlan<'_>, cgroup: &Cgroup, program: &str) -> Result<spawn::Spawned> {
+    let procs = cgroup.open_file(files::PROCS, OFlags::WRONLY).map_err(|e| match e {
+        rustix::io::Errno::NOENT | rustix::io::Errno::NODEV => Error::CgroupRemoved { path: cgroup.path().to_owned() },
+        e => Error::io("open", cgroup.path().join(files::PROCS), e),
+    })?;
+    spawn::spawn(plan, Placement::JoinProcs(procs.as_fd())).map_err(|f| spawn_error(f, program, cgroup))
+}
+
+fn spawn_error(failure: SpawnFailure, program: &str, cgroup: &Cgroup) -> Error {
+    match failure {
+        SpawnFailure::Clone(e) => Error::io("clone3 into", cgroup.path(), e),
+        SpawnFailure::Child { stage: ChildStage::JoinCgroup, errno }
+            if matches!(errno.raw_os_error(), Some(libc::ENODEV | libc::ENOENT)) =>
+        {
+            Error::CgroupRemoved { path: cgroup.path().to_owned() }
+        }
+        SpawnFailure::Child { stage, errno } => Error::Spawn { program: program.to_owned(), stage, source: errno },
+    }
+}
+
+struct Prepared {
+    program: CString,
+    argv: Vec<CString>,
+    envp: Vec<CString>,
+    cwd: Option<CString>,
+}
+
+/// A NULL-terminated array of pointers into `strings`.
+fn pointers(strings: &[CString]) -> Vec<*const c_char> {
+    strings.iter().map(|s| s.as_ptr()).chain(std::iter::once(std::ptr::null())).collect()
+}
+
+/// `/proc/sys/kernel/cap_last_cap`, read once.
+fn last_cap() -> u32 {
+    static LAST: OnceLock<u32> = OnceLock::new();
+    *LAST.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/cap_last_cap").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(63)
+    })
+}
+
+/// Finds `program` in `path` (or the default search path) unless it contains a
+/// `/`, in which case it is used as it is.
+fn resolve_program(program: &OsStr, path: Option<&OsStr>) -> Result<PathBuf> {
+    if program.as_bytes().contains(&b'/') {
+        return Ok(PathBuf::from(program));
+    }
+    let search = path.unwrap_or(OsStr::new("/usr/local/bin:/usr/bin:/bin"));
+    for dir in search.as_bytes().split(|b| *b == b':') {
+        let dir = if dir.is_empty() { Path::new(".") } else { Path::new(OsStr::from_bytes(dir)) };
+        let candidate = dir.join(program);
+        let is_exec_file = rustix::fs::stat(&candidate)
+            .map(|st| rustix::fs::FileType::from_raw_mode(st.st_mode).is_file() && st.st_mode & 0o111 != 0)
+            .unwrap_or(false);
+        if is_exec_file {
+            return Ok(candidate);
+        }
+    }
+    Err(Error::ProgramNotFound {
+        program: program.to_string_lossy().into_owned(),
+        searched: format!("searched PATH={}", search.to_string_lossy()),
+    })
+}
+
+/// The fds the child gets, and the parent's ends of pipes.
+struct Pipes<'a> {
+    /// Per slot: an fd we own for the child (pipe end, /dev/null) or borrowed.
+    child: [ChildFd<'a>; 3],
+    parent: [Option<OwnedFd>; 3],
+}
+
+enum ChildFd<'a> {
+    Owned(OwnedFd),
+    Borrowed(BorrowedFd<'a>),
+}
+
+impl<'a> Pipes<'a> {
+    fn new(stdio: &'a [Stdio; 3]) -> Result<Pipes<'a>> {
+        let mut child: [Option<ChildFd<'a>>; 3] = [None, None, None];
+        let mut parent: [Option<OwnedFd>; 3] = [None, None, None];
+        for (i, s) in stdio.iter().enumerate() {
+            child[i] = Some(match s {
+                Stdio::Inherit => ChildFd::Borrowed(match i {
+                    0 => rustix::stdio::stdin(),
+                    1 => rustix::stdio::stdout(),
+                    _ => rustix::stdio::stderr(),
+                }),
+                Stdio::Null => ChildFd::Owned(
+                    rustix::fs::open(
+                        "/dev/null",
+                        if i == 0 { OFlags::RDONLY } else { OFlags::WRONLY } | OFlags::CLOEXEC,
+                        rustix::fs::Mode::empty(),
+                    )
+                    .map_err(|e| Error::io("open", "/dev/null", e))?,
+                ),
+                Stdio::Piped => {
+                    if tokio::runtime::Handle::try_current().is_err() {
+                        return Err(Error::InvalidInput {
+                            what: "stdio",
+                            value: "Stdio::Piped".into(),
+                            fix: "pipes are tokio pipes: spawn from inside a tokio runtime, or use \
+                                  Stdio::Fd with a pipe of your own"
+                                .into(),
+                        });
+                    }
+                    let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+                        .map_err(|e| Error::io("pipe", "stdio", e))?;
+                    let (mine, theirs) = if i == 0 { (w, r) } else { (r, w) };
+                    parent[i] = Some(mine);
+                    ChildFd::Owned(theirs)
+                }
+                Stdio::Fd(fd) => ChildFd::Borrowed(fd.as_fd()),
+            });
+        }
+        let [a, b, c] = child;
+        Ok(Pipes { child: [a.expect("set"), b.expect("set"), c.expect("set")], parent })
+    }
+
+    fn child_fd(&self, i: usize) -> BorrowedFd<'_> {
+        match &self.child[i] {
+            ChildFd::Owned(fd) => fd.as_fd(),
+            ChildFd::Borrowed(fd) => *fd,
+        }
+    }
+
+    /// Closes the child's ends (dropped here) and wraps ours as tokio pipes.
+    fn into_parent_ends(self) -> Result<crate::child::ParentPipes> {
+        let [stdin, stdout, stderr] = self.parent;
+        crate::child::ParentPipes::new(stdin, stdout, stderr)
+    }
+}

@@ -1,0 +1,217 @@
+//! The crate's error type: what failed, on which path, and how to fix it.
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::sys::spawn::ChildStage;
+
+/// Result with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in procscope.
+///
+/// Each message names the operation and the path or input it was about, and
+/// where a fix exists, says what to change.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A system call on a path failed.
+    #[error("{op} {}: {source}{}", path.display(), io_fix(source, path))]
+    Io {
+        /// What was being done, e.g. `"create cgroup"`.
+        op: &'static str,
+        /// The file or directory it was done to.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// No cgroup2 filesystem is mounted.
+    #[error(
+        "no cgroup2 filesystem is mounted (read {}); mount one with \
+         `mount -t cgroup2 none /sys/fs/cgroup/unified`, or boot with \
+         systemd.unified_cgroup_hierarchy=1",
+        mountinfo.display()
+    )]
+    NoCgroup2 {
+        /// The mountinfo file that was read.
+        mountinfo: PathBuf,
+    },
+
+    /// A path that should be a cgroup2 directory is not one.
+    #[error(
+        "{} is not a cgroup2 directory; choose a directory under the cgroup2 mount \
+         (`procscope doctor` shows where it is)",
+        path.display()
+    )]
+    NotCgroup2 {
+        /// The offending path.
+        path: PathBuf,
+    },
+
+    /// The cgroup cannot be managed by this process.
+    #[error(
+        "cannot manage cgroups under {}: {reason}. Run as root, or run the gateway in a \
+         systemd unit with Delegate=yes (or `systemd-run -p Delegate=yes …`), or pass a \
+         root you own with --root",
+        path.display()
+    )]
+    NotDelegated {
+        /// The cgroup that is not ours.
+        path: PathBuf,
+        /// Why it is not.
+        reason: String,
+    },
+
+    /// A session id, instance name or other name is not acceptable.
+    #[error("invalid {kind} {name:?}: {reason}; {fix}")]
+    InvalidName {
+        /// What kind of name, e.g. `"session id"`.
+        kind: &'static str,
+        /// The name as given (lossy for non-UTF-8 input).
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+        /// What a valid one looks like.
+        fix: &'static str,
+    },
+
+    /// A session with this id is already active.
+    #[error("session {id:?} is already active in this supervisor; end it first or choose another id")]
+    SessionExists {
+        /// The duplicate id.
+        id: String,
+    },
+
+    /// A limit or duration could not be parsed or is out of range.
+    #[error("invalid {name} {value:?}: {reason}")]
+    InvalidLimit {
+        /// The limit's name, e.g. `"memory.max"`.
+        name: &'static str,
+        /// The value as given.
+        value: String,
+        /// What is wrong and what is accepted.
+        reason: String,
+    },
+
+    /// A limit needs a controller that the cgroup does not offer.
+    #[error(
+        "the {controller} controller is not available: {} does not list it. On a hybrid \
+         host the controller belongs to cgroup v1: boot with \
+         systemd.unified_cgroup_hierarchy=1; under systemd use Delegate=yes; or run \
+         without this limit",
+        path.display()
+    )]
+    ControllerUnavailable {
+        /// The controller, e.g. `"memory"`.
+        controller: &'static str,
+        /// The `cgroup.controllers` file that lacks it.
+        path: PathBuf,
+    },
+
+    /// The program to run was not found.
+    #[error("program {program:?} not found: {searched}; give an absolute path or fix PATH")]
+    ProgramNotFound {
+        /// The program as given.
+        program: String,
+        /// Where it was looked for.
+        searched: String,
+    },
+
+    /// The child failed before it could run the program.
+    #[error("spawning {program:?} failed while {}: {source}", stage.describe())]
+    Spawn {
+        /// The program.
+        program: String,
+        /// The step of the child's preparation that failed.
+        stage: ChildStage,
+        /// The child's errno.
+        #[source]
+        source: io::Error,
+    },
+
+    /// The session cgroup no longer exists: spawning into it is refused.
+    #[error(
+        "cgroup {} has been removed, so nothing can be started in it (the session has \
+         ended); open a new session",
+        path.display()
+    )]
+    CgroupRemoved {
+        /// The removed cgroup.
+        path: PathBuf,
+    },
+
+    /// A kernel feature procscope needs is missing.
+    #[error("{feature} is not supported by this kernel: {fix}")]
+    Unsupported {
+        /// The missing feature.
+        feature: &'static str,
+        /// What to do about it.
+        fix: &'static str,
+    },
+
+    /// An argument is malformed (an empty command, a NUL byte, …).
+    #[error("invalid {what} {value:?}: {fix}")]
+    InvalidInput {
+        /// Which argument.
+        what: &'static str,
+        /// The value as given.
+        value: String,
+        /// What is wrong and what is accepted.
+        fix: String,
+    },
+
+    /// The operation would act on the calling process or one of its ancestors.
+    #[error("refusing to {op} {}: it contains this process", path.display())]
+    ContainsSelf {
+        /// What was refused.
+        op: &'static str,
+        /// The cgroup.
+        path: PathBuf,
+    },
+}
+
+impl Error {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: impl Into<io::Error>) -> Self {
+        Error::Io { op, path: path.into(), source: source.into() }
+    }
+
+    /// The raw OS error behind this error, if there is one.
+    pub fn raw_os_error(&self) -> Option<i32> {
+        match self {
+            Error::Io { source, .. } | Error::Spawn { source, .. } => source.raw_os_error(),
+            _ => None,
+        }
+    }
+}
+
+/// Adds operation and path to `io` and `rustix` results.
+pub(crate) trait Context<T> {
+    fn ctx(self, op: &'static str, path: &Path) -> Result<T>;
+}
+
+impl<T, E: Into<io::Error>> Context<T> for std::result::Result<T, E> {
+    fn ctx(self, op: &'static str, path: &Path) -> Result<T> {
+        self.map_err(|e| Error::io(op, path, e))
+    }
+}
+
+/// A hint for common errnos, appended to [`Error::Io`] messages.
+fn io_fix(e: &io::Error, path: &Path) -> impl fmt::Display {
+    match e.raw_os_error() {
+        Some(libc::EACCES | libc::EPERM | libc::EROFS) => {
+            " (procscope needs root or a delegated cgroup: run as root, or in a systemd unit \
+             with Delegate=yes; `procscope doctor` checks this)"
+        }
+        Some(libc::ENODEV) => " (the cgroup has been removed)",
+        Some(libc::EBUSY) if path.ends_with("cgroup.subtree_control") => {
+            " (a cgroup with processes cannot enable controllers for its children: move the \
+             processes into a leaf cgroup first)"
+        }
+        Some(libc::EBUSY) => " (the cgroup still has processes or child cgroups)",
+        Some(libc::ENOTSUP) if path.ends_with("cgroup.kill") => " (cgroup.kill needs Linux 5.14)",
+        _ => "",
+    }
+}

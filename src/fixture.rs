@@ -1,0 +1,193 @@
+//! A small program that misbehaves on request, for tests and the demo.
+//!
+//! `procscope-fixture ACTION [ACTION …]` runs the actions in order:
+//!
+//! | action | what it does |
+//! |---|---|
+//! | `self` | prints `pid=`, `cgroup=`, `fds=`, `caps=`, `nnp=`, `sid=`, `uid=`, `gid=`, `groups=` lines |
+//! | `ready` | prints `ready` |
+//! | `ignore-term` | sets SIGTERM to ignored |
+//! | `daemon` | starts a helper with `setsid --fork` (setsid + double fork), prints `daemon=PID` |
+//! | `hold-stdout` | starts a child that keeps stdout open and sleeps, prints `holder=PID` |
+//! | `spawn N` | starts N children that sleep |
+//! | `stop` | SIGSTOPs itself |
+//! | `sleep SECS` | sleeps |
+//! | `wait-eof` | reads stdin until EOF |
+//! | `echo` | copies stdin to stdout until EOF |
+//! | `alloc MIB` | allocates and touches MIB mebibytes |
+//! | `forkbomb` | forks children that fork, forever |
+//! | `record-signals FILE` | appends `SIGNAL FROM-PID` per signal received to FILE, forever |
+//! | `exit CODE` | exits with CODE |
+//!
+//! After the last action it exits 0.
+
+use std::io::{Read, Write};
+use std::process::Stdio;
+use std::time::Duration;
+
+use crate::sys::signal;
+
+/// Runs the fixture with `args` (without the program name). Never returns.
+pub fn main(args: Vec<String>) -> ! {
+    let mut it = args.into_iter();
+    let out = std::io::stdout();
+    while let Some(action) = it.next() {
+        let mut arg = || it.next().unwrap_or_else(|| fail(&format!("{action} needs an argument")));
+        match action.as_str() {
+            "self" => print_self(),
+            "ready" => say("ready"),
+            "ignore-term" => signal::set_ignored(libc::SIGTERM, true).unwrap_or_else(|e| fail(&e.to_string())),
+            "daemon" => {
+                let child = std::process::Command::new("setsid")
+                    .arg("--fork")
+                    .arg(self_exe())
+                    .args(["sleep", "3600"])
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+                match child {
+                    Ok(s) if s.success() => say("daemon=started"),
+                    other => fail(&format!("setsid --fork: {other:?}")),
+                }
+            }
+            "hold-stdout" => {
+                let child = std::process::Command::new(self_exe())
+                    .args(["sleep", "3600"])
+                    .stdin(Stdio::null())
+                    .spawn()
+                    .unwrap_or_else(|e| fail(&e.to_string()));
+                say(&format!("holder={}", child.id()));
+                std::mem::forget(child);
+            }
+            "spawn" => {
+                let n: usize = arg().parse().unwrap_or_else(|_| fail("spawn N"));
+                for _ in 0..n {
+                    let child = std::process::Command::new(self_exe())
+                        .args(["sleep", "3600"])
+                        .stdin(Stdio::null())
+                        .stdout(Stdio::null())
+                        .spawn()
+                        .unwrap_or_else(|e| fail(&e.to_string()));
+                    std::mem::forget(child);
+                }
+                say(&format!("spawned={n}"));
+            }
+            "stop" => {
+                let _ = out.lock().flush();
+                let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::STOP);
+            }
+            "sleep" => {
+                std::thread::sleep(Duration::from_secs_f64(arg().parse().unwrap_or_else(|_| fail("sleep SECS"))))
+            }
+            "wait-eof" => {
+                let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
+            }
+            "echo" => {
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut input = std::io::stdin().lock();
+                let mut output = out.lock();
+                loop {
+                    match input.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if output.write_all(&buf[..n]).and_then(|_| output.flush()).is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            "alloc" => {
+                let mib: usize = arg().parse().unwrap_or_else(|_| fail("alloc MIB"));
+                let mut v: Vec<u8> = Vec::with_capacity(mib << 20);
+                for _ in 0..mib {
+                    v.extend(std::iter::repeat_n(1u8, 1 << 20));
+                }
+                say(&format!("allocated={mib}"));
+                std::mem::forget(v);
+            }
+            "forkbomb" => loop {
+                let spawned = std::process::Command::new(self_exe())
+                    .arg("forkbomb")
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn();
+                match spawned {
+                    Ok(c) => std::mem::forget(c),
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            },
+            "record-signals" => record_signals(&arg()),
+            "exit" => std::process::exit(arg().parse().unwrap_or_else(|_| fail("exit CODE"))),
+            other => fail(&format!("unknown action {other:?}")),
+        }
+    }
+    std::process::exit(0)
+}
+
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+fn fail(msg: &str) -> ! {
+    eprintln!("procscope-fixture: {msg}");
+    std::process::exit(99)
+}
+
+fn self_exe() -> std::path::PathBuf {
+    std::env::current_exe().unwrap_or_else(|e| fail(&e.to_string()))
+}
+
+fn print_self() {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field =
+        |k: &str| status.lines().find_map(|l| l.strip_prefix(k).map(|v| v.trim().to_owned())).unwrap_or_default();
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let unified = cgroup.lines().find_map(|l| l.strip_prefix("0::")).unwrap_or("").to_owned();
+    let mut fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect())
+        .unwrap_or_default();
+    fds.sort_unstable();
+    // The read_dir above held one fd of its own, closed by now: keep what is still open.
+    let open: Vec<String> = fds
+        .iter()
+        .filter(|fd| std::fs::read_link(format!("/proc/self/fd/{fd}")).is_ok())
+        .map(|f| f.to_string())
+        .collect();
+    say(&format!("pid={}", std::process::id()));
+    say(&format!("cgroup={unified}"));
+    say(&format!("fds={}", open.join(",")));
+    say(&format!(
+        "caps={} {} {} {} {}",
+        field("CapInh:"),
+        field("CapPrm:"),
+        field("CapEff:"),
+        field("CapBnd:"),
+        field("CapAmb:")
+    ));
+    say(&format!("nnp={}", field("NoNewPrivs:")));
+    say(&format!("sid={}", rustix::process::getsid(None).map(|p| p.as_raw_nonzero().get()).unwrap_or(0)));
+    say(&format!("uid={}", field("Uid:")));
+    say(&format!("gid={}", field("Gid:")));
+    say(&format!("groups={}", field("Groups:")));
+}
+
+fn record_signals(path: &str) -> ! {
+    let sigs: Vec<i32> = (1..32)
+        .filter(|s| {
+            ![libc::SIGKILL, libc::SIGSTOP, libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE].contains(s)
+        })
+        .collect();
+    signal::block(&sigs).unwrap_or_else(|e| fail(&e.to_string()));
+    say("recording");
+    loop {
+        let (sig, from) = signal::wait_blocked(&sigs).unwrap_or_else(|e| fail(&e.to_string()));
+        let mut f =
+            std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap_or_else(|e| fail(&e.to_string()));
+        let _ = writeln!(f, "{sig} {from}");
+    }
+}

@@ -1,0 +1,42 @@
+//! procscope keeps the child processes of long-running, privileged gateways
+//! contained on Linux.
+//!
+//! Every child is born inside a per-session cgroup-v2 directory
+//! (`clone3(CLONE_INTO_CGROUP)`), is known by a pidfd — never a bare pid, so a
+//! recycled pid is never signalled — and is ended with `pidfd_send_signal` and
+//! `cgroup.kill`, grandchildren and daemonized helpers included.
+//!
+//! # Layers
+//!
+//! | module | what it owns |
+//! |---|---|
+//! | `sys` | the only `unsafe`: `clone3` and the child's async-signal-safe steps |
+//! | [`PidFd`] | an owned pidfd: signal, liveness, async exit, reaping |
+//! | [`Cgroup`] | a cgroup2 directory held by an fd: create, limits, stats, events, kill, remove |
+//! | [`Command`] / [`ContainedChild`] | what to run and what runs |
+//! | [`Root`] | where procscope's tree lives |
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod cgroup;
+mod child;
+mod command;
+mod error;
+#[doc(hidden)]
+pub mod fixture;
+pub mod names;
+mod pidfd;
+mod reaper;
+mod root;
+mod sys;
+
+pub use cgroup::limits::{CpuMax, Limits, MemoryEvents, Stats};
+pub use cgroup::{Cgroup, Events, KillMechanism};
+pub use child::{ChildStderr, ChildStdin, ChildStdout, ContainedChild};
+pub use command::{Command, SpawnMechanism, Stdio};
+pub use error::{Error, Result};
+pub use pidfd::PidFd;
+pub use reaper::pending as reaper_pending;
+pub use root::{Root, RootKind};
+pub use rustix::process::{Pid, Signal};
+pub use sys::spawn::ChildStage;

@@ -1,0 +1,165 @@
+//! [`PidFd`]: an owned pidfd and the pid it was opened for.
+//!
+//! A pidfd refers to one process for as long as the fd is open; a recycled pid
+//! never makes it refer to another. Every signal procscope sends goes through
+//! one.
+//!
+//! # References
+//! - [pidfd_open(2)](https://man7.org/linux/man-pages/man2/pidfd_open.2.html)
+//! - [pidfd_send_signal(2)](https://man7.org/linux/man-pages/man2/pidfd_send_signal.2.html)
+//! - [waitid(2)](https://man7.org/linux/man-pages/man2/waitid.2.html), `P_PIDFD`
+
+use std::fmt;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::process::ExitStatusExt;
+use std::process::ExitStatus;
+
+use rustix::event::{PollFd, PollFlags};
+use rustix::process::{Pid, PidfdFlags, Signal, WaitId, WaitIdOptions};
+use tokio::io::Interest;
+
+/// An owned pidfd plus the pid it was opened for.
+///
+/// The pid is informational (for logs, `/proc` and tables); every operation uses
+/// the fd.
+pub struct PidFd {
+    fd: OwnedFd,
+    pid: Pid,
+}
+
+impl fmt::Debug for PidFd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PidFd").field("fd", &self.fd.as_raw_fd()).field("pid", &self.pid.as_raw_nonzero()).finish()
+    }
+}
+
+impl PidFd {
+    /// `pidfd_open(pid, 0)` — opens a pidfd for a live process.
+    ///
+    /// A pid read from anywhere may have been recycled by the time this runs:
+    /// verify the result afterwards (as [`Cgroup::member_pidfds`] does) before
+    /// signalling it.
+    ///
+    /// [`Cgroup::member_pidfds`]: crate::Cgroup::member_pidfds
+    ///
+    /// # Errors
+    /// `ESRCH` when no such process exists; `ENOSYS` before Linux 5.3.
+    pub fn open(pid: Pid) -> io::Result<PidFd> {
+        let fd = rustix::process::pidfd_open(pid, PidfdFlags::empty())?;
+        Ok(PidFd { fd, pid })
+    }
+
+    /// A pidfd of the calling process.
+    pub fn this_process() -> io::Result<PidFd> {
+        PidFd::open(rustix::process::getpid())
+    }
+
+    pub(crate) fn from_owned(fd: OwnedFd, pid: Pid) -> PidFd {
+        PidFd { fd, pid }
+    }
+
+    /// The pid this pidfd was opened for. A pid, not a pidfd: once the process has
+    /// been reaped, the number may belong to another process.
+    pub fn pid(&self) -> Pid {
+        self.pid
+    }
+
+    /// The pid as a plain number.
+    pub fn raw_pid(&self) -> i32 {
+        self.pid.as_raw_nonzero().get()
+    }
+
+    /// `pidfd_send_signal(pidfd, sig, NULL, 0)`.
+    ///
+    /// Succeeds (and does nothing) for a process that has exited but not been
+    /// reaped; a success is no proof of life, see [`is_alive`](Self::is_alive).
+    ///
+    /// # Errors
+    /// `ESRCH` once the process has been reaped.
+    #[doc(alias = "pidfd_send_signal")]
+    pub fn send_signal(&self, sig: Signal) -> io::Result<()> {
+        rustix::process::pidfd_send_signal(&self.fd, sig)?;
+        Ok(())
+    }
+
+    /// Whether the process is still running: `poll` without waiting. A pidfd polls
+    /// readable once the process has exited (zombie or reaped).
+    pub fn is_alive(&self) -> bool {
+        let mut fds = [PollFd::new(&self.fd, PollFlags::IN)];
+        match rustix::event::poll(&mut fds, Some(&rustix::time::Timespec { tv_sec: 0, tv_nsec: 0 })) {
+            Ok(0) => true,
+            Ok(_) => false,
+            // A poll on our own fd cannot fail short of EINTR/ENOMEM; say alive, the
+            // conservative answer for a containment library.
+            Err(_) => true,
+        }
+    }
+
+    /// Waits until the process has exited, without reaping it.
+    ///
+    /// Works for any process, not only children. Needs a tokio runtime with IO
+    /// enabled. Cancel-safe.
+    pub async fn exited(&self) -> io::Result<()> {
+        if !self.is_alive() {
+            return Ok(());
+        }
+        // A duplicate fd per wait, so that several tasks may wait on one process
+        // (epoll registers an fd number once per epoll instance).
+        let dup = rustix::io::fcntl_dupfd_cloexec(&self.fd, 3)?;
+        let afd = crate::sys::async_fd::register(dup, Interest::READABLE)?;
+        let _ready = afd.readable().await?;
+        Ok(())
+    }
+
+    /// `waitid(P_PIDFD, fd, WEXITED | WNOHANG)`: reaps the process if it has
+    /// exited. Only for children of the calling process.
+    ///
+    /// # Errors
+    /// `ECHILD` if the process is not our child or was already reaped.
+    pub fn try_wait(&self) -> io::Result<Option<ExitStatus>> {
+        loop {
+            match rustix::process::waitid(WaitId::PidFd(self.fd.as_fd()), WaitIdOptions::EXITED | WaitIdOptions::NOHANG)
+            {
+                Ok(Some(status)) => return Ok(Some(exit_status(&status))),
+                Ok(None) => return Ok(None),
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Waits for the child to exit and reaps it. Only for children of the calling
+    /// process. Cancel-safe: nothing is reaped unless the future completes.
+    pub async fn wait(&self) -> io::Result<ExitStatus> {
+        loop {
+            if let Some(status) = self.try_wait()? {
+                return Ok(status);
+            }
+            self.exited().await?;
+        }
+    }
+}
+
+impl AsFd for PidFd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl AsRawFd for PidFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+/// A waitid status as the std type users already know.
+fn exit_status(status: &rustix::process::WaitIdStatus) -> ExitStatus {
+    if let Some(code) = status.exit_status() {
+        ExitStatus::from_raw((code & 0xff) << 8)
+    } else if let Some(sig) = status.terminating_signal() {
+        ExitStatus::from_raw(sig & 0x7f)
+    } else {
+        ExitStatus::from_raw(0)
+    }
+}

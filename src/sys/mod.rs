@@ -1,0 +1,14 @@
+//! The only module with `unsafe` code.
+//!
+//! - [`spawn`]: `clone3` and the child's steps between clone and `execve`, all of
+//!   them async-signal-safe.
+//! - [`signal`]: signal dispositions and synchronous signal waits, used by the
+//!   fixture and demo servers and by the CLI's wrapper.
+//!
+//! Everything else in the crate is `#![deny(unsafe_code)]` and goes through the
+//! safe functions exported here.
+#![allow(unsafe_code)]
+
+pub(crate) mod async_fd;
+pub(crate) mod signal;
+pub(crate) mod spawn;

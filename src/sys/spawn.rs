@@ -1,0 +1,593 @@
+//! `clone3` and the child's steps between clone and `execve`.
+//!
+//! # How a child is made
+//!
+//! The parent prepares everything the child needs — the resolved program path,
+//! `argv`/`envp` arrays, the stdio fds, credentials — so that the child allocates
+//! nothing. It then calls `clone3` with `CLONE_VFORK | CLONE_PIDFD |
+//! CLONE_CLEAR_SIGHAND` and, where the architecture has the small assembly entry
+//! below, `CLONE_VM`: the child runs on a stack of its own inside the parent's
+//! address space until it calls `execve`, like `posix_spawn` does. No page table
+//! is copied, so spawning from a gateway holding gigabytes costs the same as from a
+//! small one. The calling thread is suspended until the child has called `execve`
+//! or exited; other threads run on.
+//!
+//! With `CLONE_INTO_CGROUP` the child is born inside the session cgroup. Without
+//! it (older kernels, or forced), the child's first step writes `0` into the
+//! session's `cgroup.procs`, before it does anything else.
+//!
+//! A step that fails records which step and its errno in a page shared with the
+//! parent (`MAP_SHARED`, so this works for a copied address space too) and exits
+//! with 127. The parent reads the record when `clone3` returns, reaps the child
+//! and reports a typed error instead of a child that exits 127.
+//!
+//! # Async-signal safety
+//!
+//! Code that runs in the child ([`child_entry`] and what it calls) uses raw
+//! system calls only: `libc::syscall` and rustix's `linux_raw` functions, which
+//! neither allocate nor take locks. It reads only memory that the parent prepared
+//! and does not touch until `clone3` returns. It never returns: it ends in
+//! `execve` or `_exit`.
+
+use std::ffi::{CStr, c_char, c_long, c_void};
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::ptr;
+use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
+
+use rustix::process::{Pid, WaitId, WaitIdOptions};
+use rustix::thread::{CapabilitySet, CapabilitySets};
+
+const CLONE_VM: u64 = 0x100;
+const CLONE_PIDFD: u64 = 0x1000;
+const CLONE_VFORK: u64 = 0x4000;
+// libc's constants for these two are `c_int` on glibc and overflow.
+const CLONE_CLEAR_SIGHAND: u64 = 0x1_0000_0000;
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+/// `CLONE_ARGS_SIZE_VER0`: Linux 5.3, up to `tls`.
+const CLONE_ARGS_SIZE_VER0: usize = 64;
+/// `CLONE_ARGS_SIZE_VER2`: Linux 5.7, up to `cgroup`.
+const CLONE_ARGS_SIZE_VER2: usize = 88;
+
+/// Size of the child's stack mapping (one guard page at its bottom).
+const CHILD_STACK_LEN: usize = 128 * 1024;
+
+/// `struct clone_args` from `<linux/sched.h>`.
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// The step of the child's preparation that failed, reported with its errno.
+///
+/// Steps run in this order; see [`Command`](crate::Command) for what each does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ChildStage {
+    /// Writing `0` into the session's `cgroup.procs` (the fork-and-join path).
+    JoinCgroup,
+    /// Resetting signal dispositions and the signal mask.
+    Signals,
+    /// Placing stdin, stdout and stderr on fds 0, 1 and 2.
+    Stdio,
+    /// Closing every fd above 2 (`close_range`).
+    CloseFds,
+    /// `setsid`.
+    Setsid,
+    /// Clearing the capability bounding set (`PR_CAPBSET_DROP`).
+    BoundingSet,
+    /// `setgroups(0, NULL)`.
+    Groups,
+    /// `setresgid`.
+    Gid,
+    /// `setresuid`.
+    Uid,
+    /// `chdir` to the working directory.
+    Chdir,
+    /// Emptying the effective, permitted and inheritable capability sets.
+    Capabilities,
+    /// Clearing the ambient capability set.
+    AmbientCapabilities,
+    /// `PR_SET_NO_NEW_PRIVS`.
+    NoNewPrivs,
+    /// `execve` of the program.
+    Exec,
+}
+
+impl ChildStage {
+    const ALL: [ChildStage; 14] = [
+        ChildStage::JoinCgroup,
+        ChildStage::Signals,
+        ChildStage::Stdio,
+        ChildStage::CloseFds,
+        ChildStage::Setsid,
+        ChildStage::BoundingSet,
+        ChildStage::Groups,
+        ChildStage::Gid,
+        ChildStage::Uid,
+        ChildStage::Chdir,
+        ChildStage::Capabilities,
+        ChildStage::AmbientCapabilities,
+        ChildStage::NoNewPrivs,
+        ChildStage::Exec,
+    ];
+
+    fn code(self) -> u32 {
+        Self::ALL.iter().position(|s| *s == self).map_or(0, |i| i as u32 + 1)
+    }
+
+    fn from_code(code: u32) -> Option<Self> {
+        Self::ALL.get((code as usize).checked_sub(1)?).copied()
+    }
+
+    /// What the step does, for error messages.
+    pub fn describe(self) -> &'static str {
+        match self {
+            ChildStage::JoinCgroup => "joining the session cgroup (cgroup.procs)",
+            ChildStage::Signals => "resetting signal dispositions",
+            ChildStage::Stdio => "setting up stdin/stdout/stderr",
+            ChildStage::CloseFds => "closing inherited file descriptors",
+            ChildStage::Setsid => "setsid",
+            ChildStage::BoundingSet => "clearing the capability bounding set",
+            ChildStage::Groups => "dropping supplementary groups",
+            ChildStage::Gid => "switching gid",
+            ChildStage::Uid => "switching uid",
+            ChildStage::Chdir => "changing to the working directory",
+            ChildStage::Capabilities => "dropping capabilities",
+            ChildStage::AmbientCapabilities => "clearing ambient capabilities",
+            ChildStage::NoNewPrivs => "setting no_new_privs",
+            ChildStage::Exec => "execve",
+        }
+    }
+}
+
+/// How the child gets into its cgroup.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Placement<'a> {
+    /// `CLONE_INTO_CGROUP` with this `O_DIRECTORY` fd of a cgroup2 directory.
+    IntoCgroup(BorrowedFd<'a>),
+    /// The child writes `0` to this open `cgroup.procs` as its first step.
+    JoinProcs(BorrowedFd<'a>),
+}
+
+/// Everything the child does between clone and `execve`, prepared by the parent.
+pub(crate) struct ChildPlan<'a> {
+    /// Absolute (or relative to the child's cwd) path of the program.
+    pub program: &'a CStr,
+    /// NULL-terminated.
+    pub argv: &'a [*const c_char],
+    /// NULL-terminated.
+    pub envp: &'a [*const c_char],
+    /// The fds that become the child's 0, 1 and 2 (may already be 0, 1, 2).
+    pub stdio: [BorrowedFd<'a>; 3],
+    pub cwd: Option<&'a CStr>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub setsid: bool,
+    /// Highest capability number (`/proc/sys/kernel/cap_last_cap`).
+    pub last_cap: u32,
+}
+
+/// A child that has called `execve` (or died before).
+pub(crate) struct Spawned {
+    pub pidfd: OwnedFd,
+    pub pid: Pid,
+}
+
+#[derive(Debug)]
+pub(crate) enum SpawnFailure {
+    /// `clone3` itself failed: no child exists.
+    Clone(io::Error),
+    /// The child failed at `stage`; it has been reaped.
+    Child { stage: ChildStage, errno: io::Error },
+}
+
+/// Written by a failing child; lives in the shared mapping.
+#[repr(C)]
+struct Report {
+    stage: AtomicU32,
+    errno: AtomicI32,
+}
+
+/// What the child reads: the plan, its placement and where to report.
+struct ChildCtx<'a> {
+    plan: &'a ChildPlan<'a>,
+    join_procs: RawFd,
+    report: *const Report,
+}
+
+/// The child's stack and the report page: one `MAP_SHARED` anonymous mapping with a
+/// guard page at its bottom. Shared so that a child with a copied address space
+/// (no `CLONE_VM`) can still report.
+struct ChildMapping {
+    base: *mut c_void,
+    len: usize,
+    guard: usize,
+}
+
+impl ChildMapping {
+    fn new() -> io::Result<Self> {
+        let guard = rustix::param::page_size();
+        let len = CHILD_STACK_LEN;
+        // SAFETY: a fresh anonymous mapping at an address the kernel chooses; no
+        // existing memory is affected.
+        let base = unsafe {
+            rustix::mm::mmap_anonymous(
+                ptr::null_mut(),
+                len,
+                rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
+                rustix::mm::MapFlags::SHARED,
+            )
+        }?;
+        let mapping = ChildMapping { base, len, guard };
+        // SAFETY: the first page of our own mapping becomes the guard page; nothing
+        // refers to it.
+        unsafe { rustix::mm::mprotect(base, guard, rustix::mm::MprotectFlags::empty()) }?;
+        Ok(mapping)
+    }
+
+    /// The report sits in the top 64 bytes, above the stack.
+    fn report(&self) -> *const Report {
+        (self.base as usize + self.len - 64) as *const Report
+    }
+
+    /// Lowest usable stack address and the stack's size; the top is 16-aligned.
+    fn stack(&self) -> (u64, u64) {
+        let low = self.base as usize + self.guard;
+        let top = self.base as usize + self.len - 64;
+        (low as u64, (top - low) as u64)
+    }
+}
+
+impl Drop for ChildMapping {
+    fn drop(&mut self) {
+        // SAFETY: we own the mapping; the child has exec'd or exited (CLONE_VFORK)
+        // so nothing runs on it any more.
+        let _ = unsafe { rustix::mm::munmap(self.base, self.len) };
+    }
+}
+
+/// Whether this architecture has the `CLONE_VM` entry below.
+pub(crate) const SHARED_VM_SPAWN: bool = cfg!(any(target_arch = "x86_64", target_arch = "aarch64"));
+
+/// Starts a child as `plan` says, placed as `placement` says.
+///
+/// Returns once the child has called `execve`. A failure in the child is reported
+/// as [`SpawnFailure::Child`] after the child has been reaped.
+pub(crate) fn spawn(plan: &ChildPlan<'_>, placement: Placement<'_>) -> Result<Spawned, SpawnFailure> {
+    let mapping = ChildMapping::new().map_err(SpawnFailure::Clone)?;
+    let report = mapping.report();
+    let ctx = ChildCtx {
+        plan,
+        join_procs: match placement {
+            Placement::JoinProcs(fd) => fd.as_raw_fd(),
+            _ => -1,
+        },
+        report,
+    };
+    let mut pidfd: RawFd = -1;
+    let mut args = CloneArgs {
+        flags: CLONE_PIDFD | CLONE_VFORK | CLONE_CLEAR_SIGHAND,
+        pidfd: ptr::addr_of_mut!(pidfd) as u64,
+        exit_signal: libc::SIGCHLD as u64,
+        ..CloneArgs::default()
+    };
+    let mut size = CLONE_ARGS_SIZE_VER0;
+    if let Placement::IntoCgroup(fd) = placement {
+        args.flags |= CLONE_INTO_CGROUP;
+        args.cgroup = fd.as_raw_fd() as u64;
+        size = CLONE_ARGS_SIZE_VER2;
+    }
+    let ctx_ptr = ptr::addr_of!(ctx) as *mut c_void;
+    let ret: c_long = if SHARED_VM_SPAWN {
+        let (stack, stack_size) = mapping.stack();
+        args.flags |= CLONE_VM;
+        args.stack = stack;
+        args.stack_size = stack_size;
+        // SAFETY: `args` is a valid clone_args of `size` bytes; the child runs
+        // `child_entry` on its own stack inside the mapping, reads only `ctx`
+        // (alive: this thread is suspended until the child execs or exits) and
+        // never returns.
+        unsafe { clone3_shared_vm(&args, size, ctx_ptr) }
+    } else {
+        // SAFETY: as for fork(2): the child has a copy of the address space and
+        // calls only `child_entry`, which is async-signal-safe and never returns.
+        let r = unsafe { libc::syscall(libc::SYS_clone3, ptr::addr_of!(args), size) };
+        if r == 0 {
+            // SAFETY: we are the child; `ctx_ptr` points into our copy of the frame.
+            unsafe { child_entry(ctx_ptr) }
+        }
+        if r < 0 { -(io::Error::last_os_error().raw_os_error().unwrap_or(libc::EINVAL) as c_long) } else { r }
+    };
+    if ret < 0 {
+        return Err(SpawnFailure::Clone(io::Error::from_raw_os_error(-ret as i32)));
+    }
+    // SAFETY: on success the kernel stored a new pidfd (O_CLOEXEC) that nothing
+    // else owns.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    let pid = Pid::from_raw(ret as i32).expect("clone3 returned a positive pid");
+    // SAFETY: the report lies inside `mapping`, alive until the end of this function.
+    let report = unsafe { &*report };
+    let stage = report.stage.load(Ordering::SeqCst);
+    if let Some(stage) = ChildStage::from_code(stage) {
+        let errno = io::Error::from_raw_os_error(report.errno.load(Ordering::SeqCst));
+        reap_blocking(&pidfd);
+        return Err(SpawnFailure::Child { stage, errno });
+    }
+    Ok(Spawned { pidfd, pid })
+}
+
+/// Reaps a child that is known to be exiting.
+fn reap_blocking(pidfd: &OwnedFd) {
+    use std::os::fd::AsFd;
+    loop {
+        match rustix::process::waitid(WaitId::PidFd(pidfd.as_fd()), WaitIdOptions::EXITED) {
+            Err(rustix::io::Errno::INTR) => continue,
+            _ => return,
+        }
+    }
+}
+
+/// `clone3` with `CLONE_VM`: the child starts on the stack in `args` and calls
+/// `child_entry(arg)`. Returns the child's pid or `-errno` in the parent.
+///
+/// # Safety
+/// `args` must describe a valid stack for the child, and `arg` must stay valid
+/// until the child has exec'd or exited (`CLONE_VFORK` guarantees this).
+#[cfg(target_arch = "x86_64")]
+unsafe fn clone3_shared_vm(args: &CloneArgs, size: usize, arg: *mut c_void) -> c_long {
+    let ret: c_long;
+    // SAFETY: the syscall instruction clobbers rcx and r11. In the child (rax ==
+    // 0) the kernel has switched rsp to the top of the new, 16-aligned stack; we
+    // clear rbp (end of frame chain) and call the entry, which never returns.
+    unsafe {
+        core::arch::asm!(
+            "syscall",
+            "test rax, rax",
+            "jnz 2f",
+            "xor ebp, ebp",
+            "mov rdi, r12",
+            "call r13",
+            "ud2",
+            "2:",
+            inlateout("rax") libc::SYS_clone3 => ret,
+            in("rdi") args as *const CloneArgs,
+            in("rsi") size,
+            in("r12") arg,
+            in("r13") child_entry as unsafe extern "C" fn(*mut c_void) -> ! as usize,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    ret
+}
+
+/// See the x86_64 version.
+///
+/// # Safety
+/// As for the x86_64 version.
+#[cfg(target_arch = "aarch64")]
+unsafe fn clone3_shared_vm(args: &CloneArgs, size: usize, arg: *mut c_void) -> c_long {
+    let ret: c_long;
+    // SAFETY: `svc 0` returns in x0. In the child (x0 == 0) sp is the top of the
+    // new 16-aligned stack; we call the entry with `arg`, and it never returns.
+    unsafe {
+        core::arch::asm!(
+            "svc 0",
+            "cbnz x0, 2f",
+            "mov x0, x20",
+            "blr x21",
+            "brk #0x1",
+            "2:",
+            inlateout("x0") args as *const CloneArgs => ret,
+            in("x1") size,
+            in("x8") libc::SYS_clone3,
+            in("x20") arg,
+            in("x21") child_entry as unsafe extern "C" fn(*mut c_void) -> ! as usize,
+            options(nostack),
+        );
+    }
+    ret
+}
+
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+unsafe fn clone3_shared_vm(_: &CloneArgs, _: usize, _: *mut c_void) -> c_long {
+    -(libc::ENOSYS as c_long)
+}
+
+// ---------------------------------------------------------------------------
+// Child side: async-signal-safe from here to the end of the file.
+// ---------------------------------------------------------------------------
+
+/// The child's entry point. Async-signal-safe; never returns.
+///
+/// # Safety
+/// `arg` points to a live `ChildCtx`.
+unsafe extern "C" fn child_entry(arg: *mut c_void) -> ! {
+    // SAFETY: the parent keeps the context alive (CLONE_VFORK) or we hold a copy.
+    let ctx = unsafe { &*(arg as *const ChildCtx<'_>) };
+    let (stage, errno) = match child_steps(ctx) {
+        Err(failure) => failure,
+        Ok(()) => (ChildStage::Exec, libc::EINVAL),
+    };
+    // SAFETY: the report lies in the shared mapping, which outlives the child's
+    // use of it (the parent unmaps it only after we exec'd or exited).
+    let report = unsafe { &*ctx.report };
+    report.errno.store(errno, Ordering::SeqCst);
+    report.stage.store(stage.code(), Ordering::SeqCst);
+    // SAFETY: _exit is async-signal-safe and ends this process only.
+    unsafe { libc::_exit(127) }
+}
+
+type Step = Result<(), (ChildStage, i32)>;
+
+/// A raw syscall's result as `Result`. Async-signal-safe.
+fn check(stage: ChildStage, ret: c_long) -> Step {
+    if ret < 0 {
+        // SAFETY: reading errno of the current thread (in a CLONE_VM child, the
+        // TLS of the suspended parent thread, which no one else reads meanwhile).
+        Err((stage, unsafe { *libc::__errno_location() }))
+    } else {
+        Ok(())
+    }
+}
+
+fn errno_of(stage: ChildStage, e: rustix::io::Errno) -> (ChildStage, i32) {
+    (stage, e.raw_os_error())
+}
+
+/// The child's steps in order. Returns only on failure (or if `execve` returns).
+fn child_steps(ctx: &ChildCtx<'_>) -> Step {
+    let plan = ctx.plan;
+    // SAFETY (all syscalls below): raw system calls on fds and memory owned by
+    // this child or prepared by the parent; no allocation, no locks.
+    if ctx.join_procs >= 0 {
+        let r = unsafe { libc::syscall(libc::SYS_write, ctx.join_procs, b"0".as_ptr(), 1usize) };
+        check(ChildStage::JoinCgroup, r)?;
+    }
+
+    reset_signals();
+
+    // Stdio: first move any source that sits on 0..2 but not on its own slot out
+    // of the way, so that placing one does not clobber another.
+    let mut src = [0 as RawFd; 3];
+    for (i, fd) in plan.stdio.iter().enumerate() {
+        src[i] = fd.as_raw_fd();
+    }
+    for (i, fd) in src.iter_mut().enumerate() {
+        if *fd < 3 && *fd != i as RawFd {
+            let r = unsafe { libc::syscall(libc::SYS_fcntl, *fd, libc::F_DUPFD, 3) };
+            check(ChildStage::Stdio, r)?;
+            *fd = r as RawFd;
+        }
+    }
+    for (i, fd) in src.iter().enumerate() {
+        let r = if *fd == i as RawFd {
+            unsafe { libc::syscall(libc::SYS_fcntl, *fd, libc::F_SETFD, 0) }
+        } else {
+            unsafe { libc::syscall(libc::SYS_dup3, *fd, i as RawFd, 0) }
+        };
+        check(ChildStage::Stdio, r)?;
+    }
+
+    close_fds_above_stdio()?;
+
+    if plan.setsid {
+        let r = unsafe { libc::syscall(libc::SYS_setsid) };
+        check(ChildStage::Setsid, r)?;
+    }
+
+    // The bounding set needs CAP_SETPCAP. Without it (a gateway that holds no
+    // capabilities) the first drop fails with EPERM, and the empty permitted set
+    // plus no_new_privs below still keep execve from granting anything.
+    for cap in 0..=plan.last_cap.min(63) {
+        match rustix::thread::remove_capability_from_bounding_set(CapabilitySet::from_bits_retain(1 << cap)) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::INVAL) => break,
+            Err(rustix::io::Errno::PERM) if cap == 0 => break,
+            Err(e) => return Err(errno_of(ChildStage::BoundingSet, e)),
+        }
+    }
+
+    if plan.uid.is_some() || plan.gid.is_some() {
+        rustix::thread::set_thread_groups(&[]).map_err(|e| errno_of(ChildStage::Groups, e))?;
+    }
+    if let Some(gid) = plan.gid {
+        let gid = rustix::process::Gid::from_raw(gid);
+        rustix::thread::set_thread_res_gid(gid, gid, gid).map_err(|e| errno_of(ChildStage::Gid, e))?;
+    }
+    if let Some(uid) = plan.uid {
+        let uid = rustix::process::Uid::from_raw(uid);
+        rustix::thread::set_thread_res_uid(uid, uid, uid).map_err(|e| errno_of(ChildStage::Uid, e))?;
+    }
+    if let Some(cwd) = plan.cwd {
+        let r = unsafe { libc::syscall(libc::SYS_chdir, cwd.as_ptr()) };
+        check(ChildStage::Chdir, r)?;
+    }
+
+    let empty = CapabilitySets {
+        effective: CapabilitySet::empty(),
+        permitted: CapabilitySet::empty(),
+        inheritable: CapabilitySet::empty(),
+    };
+    rustix::thread::set_capabilities(None, empty).map_err(|e| errno_of(ChildStage::Capabilities, e))?;
+    match rustix::thread::clear_ambient_capability_set() {
+        // EINVAL: a kernel without ambient capabilities (< 4.3) has none to clear.
+        Ok(()) | Err(rustix::io::Errno::INVAL) => {}
+        Err(e) => return Err(errno_of(ChildStage::AmbientCapabilities, e)),
+    }
+    rustix::thread::set_no_new_privs(true).map_err(|e| errno_of(ChildStage::NoNewPrivs, e))?;
+
+    let r = unsafe { libc::syscall(libc::SYS_execve, plan.program.as_ptr(), plan.argv.as_ptr(), plan.envp.as_ptr()) };
+    check(ChildStage::Exec, r)
+}
+
+/// Every handled or ignored signal back to its default action, and an empty
+/// signal mask. `CLONE_CLEAR_SIGHAND` already reset handled ones; ignored ones
+/// (Rust sets SIGPIPE to ignored) survive both clone and exec unless reset here.
+fn reset_signals() {
+    // Big enough for `struct sigaction` of the kernel on x86_64 and aarch64; the
+    // handler is the first field, and all zeros is SIG_DFL with no flags.
+    let mut old = [0u64; 4];
+    let dfl = [0u64; 4];
+    for sig in 1..=64 {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: valid pointers to buffers of the kernel's sigaction size.
+        let r = unsafe { libc::syscall(libc::SYS_rt_sigaction, sig, ptr::null::<u64>(), old.as_mut_ptr(), 8usize) };
+        if r == 0 && old[0] != 0 {
+            // SAFETY: as above.
+            unsafe { libc::syscall(libc::SYS_rt_sigaction, sig, dfl.as_ptr(), ptr::null_mut::<u64>(), 8usize) };
+        }
+    }
+    let empty: u64 = 0;
+    // SAFETY: a valid 8-byte signal set.
+    unsafe {
+        libc::syscall(libc::SYS_rt_sigprocmask, libc::SIG_SETMASK, ptr::addr_of!(empty), ptr::null_mut::<u64>(), 8usize)
+    };
+}
+
+/// `close_range(3, ~0, 0)`; on kernels before 5.9, close fds one by one up to the
+/// soft `RLIMIT_NOFILE`.
+fn close_fds_above_stdio() -> Step {
+    // SAFETY: closes fds of this child only.
+    let r = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    if r == 0 {
+        return Ok(());
+    }
+    // SAFETY: reading errno of this thread, as in `check`.
+    let errno = unsafe { *libc::__errno_location() };
+    if errno != libc::ENOSYS {
+        return Err((ChildStage::CloseFds, errno));
+    }
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: a valid rlimit out-pointer.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_prlimit64,
+            0,
+            libc::RLIMIT_NOFILE,
+            ptr::null::<libc::rlimit>(),
+            ptr::addr_of_mut!(limit),
+        )
+    };
+    let max = if r == 0 { limit.rlim_cur.min(1 << 20) as RawFd } else { 65536 };
+    for fd in 3..max {
+        // SAFETY: closing fds of this child; EBADF for unused numbers is harmless.
+        unsafe { libc::syscall(libc::SYS_close, fd) };
+    }
+    Ok(())
+}

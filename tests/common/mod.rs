@@ -1,0 +1,186 @@
+//! Shared test harness: a private cgroup root per test, and proof that the test
+//! left nothing behind (cgroups, processes, zombies, fds).
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use procscope::Cgroup;
+use procscope::cgroup::hierarchy::Hierarchy;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+pub const FIXTURE: &str = env!("CARGO_BIN_EXE_procscope-fixture");
+
+/// A test's own cgroup root under the cgroup2 mount, removed at the end.
+pub struct TestEnv {
+    pub root: Cgroup,
+    mount: Cgroup,
+    fds_before: Vec<String>,
+    finished: bool,
+}
+
+impl TestEnv {
+    /// Fails (never skips) when the host cannot run the tests.
+    pub fn new() -> TestEnv {
+        assert!(rustix::process::geteuid().is_root(), "these tests need root (they create cgroups)");
+        let h = Hierarchy::discover().expect("a cgroup2 mount is needed for these tests");
+        let mount = h.open_mount().expect("open the cgroup2 mount");
+        let name = format!("procscope-test-{}-{}", std::process::id(), nanos());
+        let root = mount.create_child(&name).expect("create the test root");
+        // The reaper's epoll fd lives for the whole process: create it first.
+        let _ = procscope::reaper_pending();
+        TestEnv { root, mount, fds_before: open_fds(), finished: false }
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.root.path().to_owned()
+    }
+
+    /// Creates a session-like cgroup under the test root.
+    pub fn cgroup(&self, name: &str) -> Cgroup {
+        self.root.create_child(name).expect("create a cgroup")
+    }
+
+    /// Asserts that the test cleaned up after itself, then removes the root.
+    pub async fn finish(mut self) {
+        self.finished = true;
+        // Children dropped while running are reaped by the reaper thread.
+        for _ in 0..200 {
+            if procscope::reaper_pending() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(procscope::reaper_pending(), 0, "children still waiting to be reaped");
+        let populated = self.root.is_populated().unwrap();
+        let left = self.root.children().unwrap();
+        let kids = own_children();
+        let fds = open_fds();
+        // Clean up before asserting, so a failure leaves nothing either.
+        cleanup(&self.mount, &self.root);
+        assert!(!self.root.path().exists(), "test root still exists");
+        assert!(!populated, "processes left in the test's cgroups");
+        assert!(left.is_empty(), "cgroups left behind: {left:?}");
+        assert!(kids.is_empty(), "child processes (or zombies) left behind: {kids:?}");
+        assert_eq!(fds, self.fds_before, "fds leaked (before vs after)");
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        if !self.finished {
+            cleanup(&self.mount, &self.root);
+        }
+    }
+}
+
+/// Kills everything under `root` and removes it, synchronously (also on panic).
+fn cleanup(mount: &Cgroup, root: &Cgroup) {
+    let _ = root.write("cgroup.kill", "1");
+    let _ = root.wait_events_blocking(Some(Duration::from_secs(5)), |e| !e.populated);
+    remove_tree(mount, root);
+    // Reap whatever we still own, without blocking on strangers.
+    while let Ok(Some(_)) = rustix::process::waitpid(None, rustix::process::WaitOptions::NOHANG) {}
+}
+
+fn remove_tree(parent: &Cgroup, cg: &Cgroup) {
+    for name in cg.children().unwrap_or_default() {
+        if let Ok(child) = cg.open_child(&name) {
+            remove_tree(cg, &child);
+        }
+    }
+    for _ in 0..100 {
+        match parent.remove_child(cg.name()) {
+            Ok(()) => return,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return,
+            Err(_) => {
+                let _ = cg.wait_events_blocking(Some(Duration::from_millis(20)), |e| !e.populated);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+}
+
+pub fn nanos() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+}
+
+/// The fds open in this process, as `N -> target` lines (targets of sockets and
+/// anon inodes included), so a leak says what leaked.
+pub fn open_fds() -> Vec<String> {
+    let mut fds: Vec<(i32, String)> = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let n: i32 = e.file_name().to_str()?.parse().ok()?;
+            let target = std::fs::read_link(e.path()).ok()?;
+            Some((n, target.to_string_lossy().into_owned()))
+        })
+        .collect();
+    fds.sort();
+    fds.into_iter().map(|(n, t)| format!("{n} -> {t}")).collect()
+}
+
+/// Processes whose parent is this process: `(pid, state, comm)`.
+pub fn own_children() -> Vec<(i32, char, String)> {
+    let me = std::process::id() as i32;
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let Some(close) = stat.rfind(')') else { continue };
+        let comm = stat[stat.find('(').unwrap_or(0) + 1..close].to_owned();
+        let rest: Vec<&str> = stat[close + 2..].split(' ').collect();
+        let state = rest[0].chars().next().unwrap_or('?');
+        let ppid: i32 = rest[1].parse().unwrap_or(0);
+        // Threads of our own process are not children.
+        if ppid == me && pid != me {
+            out.push((pid, state, comm));
+        }
+    }
+    out
+}
+
+/// The cgroup path of `pid` as `/proc/<pid>/cgroup` names it.
+pub fn cgroup_of(pid: u32) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    text.lines().find_map(|l| l.strip_prefix("0::")).map(str::to_owned)
+}
+
+/// `/proc/<pid>/cgroup`'s path for a cgroup directory under the mount.
+pub fn cgroup_rel(cg: &Cgroup) -> String {
+    let h = Hierarchy::discover().unwrap();
+    let rel = cg.path().strip_prefix(&h.mount_point).unwrap();
+    format!("/{}", rel.display())
+}
+
+/// Reads lines from a child's stdout until `stop` matches (inclusive) or EOF.
+pub async fn read_until(out: &mut procscope::ChildStdout, stop: &str) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut reader = BufReader::new(out);
+    loop {
+        let mut line = String::new();
+        let n = reader.read_line(&mut line).await.expect("read child stdout");
+        if n == 0 {
+            return lines;
+        }
+        let line = line.trim_end().to_owned();
+        let done = line == stop;
+        lines.push(line);
+        if done {
+            return lines;
+        }
+    }
+}
+
+pub fn field<'a>(lines: &'a [String], key: &str) -> &'a str {
+    lines
+        .iter()
+        .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+        .unwrap_or_else(|| panic!("no {key}= in {lines:?}"))
+}
+
+/// Runs `fut` with a timeout, so that no async test can hang.
+pub async fn within<F: std::future::Future>(secs: u64, fut: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(secs), fut).await.expect("test timed out")
+}
