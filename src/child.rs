@@ -26,6 +26,15 @@ pub(crate) struct ChildCell {
 }
 
 impl ChildCell {
+    pub(crate) fn pid(&self) -> i32 {
+        self.pidfd.raw_pid()
+    }
+
+    /// Whether the child is still running (not exited).
+    pub(crate) fn is_alive(&self) -> bool {
+        self.status.lock().unwrap_or_else(|p| p.into_inner()).is_none() && self.pidfd.is_alive()
+    }
+
     /// The exit status if the child has been reaped, else reaps it if it has exited.
     pub(crate) fn try_wait(&self) -> io::Result<Option<ExitStatus>> {
         let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
@@ -135,6 +144,10 @@ impl ContainedChild {
             stdout: pipes.stdout,
             stderr: pipes.stderr,
         }
+    }
+
+    pub(crate) fn cell(&self) -> &Arc<ChildCell> {
+        &self.cell
     }
 
     /// The child's pid (informational: use the pidfd to act on it).

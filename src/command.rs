@@ -249,6 +249,33 @@ impl Command {
         Ok(ContainedChild::new(spawned, pipes.into_parent_ends()?, mechanism))
     }
 
+    /// Spawns the command in the caller's own cgroup (for the guardian, which must
+    /// outlive the cgroups it watches). Same child preparation as
+    /// [`spawn_in`](Self::spawn_in).
+    pub(crate) fn spawn_uncontained(&mut self) -> Result<ContainedChild> {
+        let prepared = self.prepare()?;
+        let pipes = Pipes::new(&self.stdio)?;
+        let stdio = [pipes.child_fd(0), pipes.child_fd(1), pipes.child_fd(2)];
+        let (argv, envp) = (pointers(&prepared.argv), pointers(&prepared.envp));
+        let plan = ChildPlan {
+            program: &prepared.program,
+            argv: &argv,
+            envp: &envp,
+            stdio,
+            cwd: prepared.cwd.as_deref(),
+            uid: self.uid,
+            gid: self.gid,
+            setsid: self.setsid,
+            last_cap: last_cap(),
+        };
+        let program = self.program.to_string_lossy().into_owned();
+        let spawned = spawn::spawn(&plan, Placement::Inherit).map_err(|f| match f {
+            SpawnFailure::Clone(e) => Error::io("clone3", program.clone(), e),
+            SpawnFailure::Child { stage, errno } => Error::Spawn { program: program.clone(), stage, source: errno },
+        })?;
+        Ok(ContainedChild::new(spawned, pipes.into_parent_ends()?, SpawnMechanism::ForkJoinProcs))
+    }
+
     /// Resolves the program and builds the C strings the child needs.
     fn prepare(&self) -> Result<Prepared> {
         if self.program.is_empty() {

@@ -18,6 +18,7 @@
 //! | `forkbomb` | forks children that fork, forever |
 //! | `record-signals FILE` | appends `SIGNAL FROM-PID` per signal received to FILE, forever |
 //! | `exit CODE` | exits with CODE |
+//! | `gateway ROOT N GUARDIAN` | a gateway: a supervisor under ROOT (guardian from `$PROCSCOPE_BIN` if GUARDIAN is 1) with N sessions each running a child that daemonizes a helper; prints `instance=`, `guardian=`, `ready`, then waits forever |
 //!
 //! After the last action it exits 0.
 
@@ -120,6 +121,10 @@ pub fn main(args: Vec<String>) -> ! {
                 }
             },
             "record-signals" => record_signals(&arg()),
+            "gateway" => {
+                let (root, n, guardian) = (arg(), arg(), arg());
+                gateway(&root, n.parse().unwrap_or_else(|_| fail("gateway N")), guardian == "1")
+            }
             "exit" => std::process::exit(arg().parse().unwrap_or_else(|_| fail("exit CODE"))),
             other => fail(&format!("unknown action {other:?}")),
         }
@@ -190,4 +195,31 @@ fn record_signals(path: &str) -> ! {
             std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap_or_else(|e| fail(&e.to_string()));
         let _ = writeln!(f, "{sig} {from}");
     }
+}
+
+fn gateway(root: &str, sessions: usize, guardian: bool) -> ! {
+    let rt =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap_or_else(|e| fail(&e.to_string()));
+    rt.block_on(async {
+        let mut builder = crate::Supervisor::builder().root(root).grace(Duration::from_millis(500));
+        if guardian {
+            let program = std::env::var_os("PROCSCOPE_BIN").unwrap_or_else(|| fail("PROCSCOPE_BIN is not set"));
+            builder = builder.guardian_program(program);
+        }
+        let sup = builder.start().await.unwrap_or_else(|e| fail(&e.to_string()));
+        say(&format!("instance={}", sup.instance().path().display()));
+        say(&format!("guardian={}", sup.guardian_pid().unwrap_or(0)));
+        let mut keep = Vec::new();
+        for i in 0..sessions {
+            let session = sup.session(&format!("g{i}")).unwrap_or_else(|e| fail(&e.to_string()));
+            let mut cmd = crate::Command::new(self_exe());
+            cmd.args(["daemon", "sleep", "3600"]).stdin(crate::Stdio::Null).stdout(crate::Stdio::Null);
+            let child = session.spawn(&mut cmd).unwrap_or_else(|e| fail(&e.to_string()));
+            keep.push((session, child));
+        }
+        say("ready");
+        loop {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+    })
 }

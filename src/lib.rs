@@ -24,19 +24,31 @@ mod command;
 mod error;
 #[doc(hidden)]
 pub mod fixture;
+#[doc(hidden)]
+pub mod guardian;
+mod instance;
 pub mod names;
 mod pidfd;
 mod reaper;
 mod root;
+mod session;
+mod supervisor;
+mod sweep;
 mod sys;
+mod tick;
 
 pub use cgroup::limits::{CpuMax, Limits, MemoryEvents, Stats};
 pub use cgroup::{Cgroup, Events, KillMechanism};
 pub use child::{ChildStderr, ChildStdin, ChildStdout, ContainedChild};
 pub use command::{Command, SpawnMechanism, Stdio};
 pub use error::{Error, Result};
+pub use instance::{Owner, parse_start_time, start_time};
 pub use pidfd::PidFd;
 pub use reaper::pending as reaper_pending;
 pub use root::{Root, RootKind};
 pub use rustix::process::{Pid, Signal};
+pub use session::Session;
+pub use supervisor::{Builder, Counters, DEFAULT_GRACE, Supervisor, SweepScope, recover};
+pub use sweep::{SweepError, SweepReport, Termination};
 pub use sys::spawn::ChildStage;
+pub use tick::{JobOutcome, TickReport};

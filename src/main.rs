@@ -18,6 +18,11 @@ enum Cmd {
 }
 
 fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(procscope::guardian::GUARDIAN_ARG) {
+        // Before anything else: the guardian stays small.
+        procscope::guardian::main(&args[2..]);
+    }
     let cli = Cli::parse();
     match cli.command {
         Cmd::Demo => {

@@ -56,7 +56,7 @@ impl Cgroup {
 
     /// Waits until `cgroup.events` satisfies `done`, or until `deadline`.
     /// Returns whether it was satisfied. Cancel-safe.
-    pub async fn wait_events(&self, deadline: Option<Instant>, done: impl Fn(&Events) -> bool) -> Result<bool> {
+    pub async fn wait_events(&self, deadline: Option<Instant>, mut done: impl FnMut(&Events) -> bool) -> Result<bool> {
         let path = self.path().join(files::EVENTS);
         let fd = self.open_file(files::EVENTS, OFlags::RDONLY).ctx("open", &path)?;
         // Register before the first read, so that no change between the read and
@@ -85,10 +85,10 @@ impl Cgroup {
 
     /// Waits for the next change of `cgroup.events`, or until `deadline`.
     pub(crate) async fn wait_change(&self, deadline: Instant) -> Result<()> {
-        let first = std::cell::Cell::new(None);
-        self.wait_events(Some(deadline), |e| match first.get() {
+        let mut first = None;
+        self.wait_events(Some(deadline), move |e| match first {
             None => {
-                first.set(Some(*e));
+                first = Some(*e);
                 false
             }
             Some(f) => f != *e,
@@ -99,7 +99,11 @@ impl Cgroup {
 
     /// Blocking form of [`wait_events`](Self::wait_events) (`poll` with
     /// `POLLPRI`), for code without a runtime.
-    pub fn wait_events_blocking(&self, timeout: Option<Duration>, done: impl Fn(&Events) -> bool) -> Result<bool> {
+    pub fn wait_events_blocking(
+        &self,
+        timeout: Option<Duration>,
+        mut done: impl FnMut(&Events) -> bool,
+    ) -> Result<bool> {
         let path = self.path().join(files::EVENTS);
         let fd = self.open_file(files::EVENTS, OFlags::RDONLY).ctx("open", &path)?;
         let deadline = timeout.map(|t| std::time::Instant::now() + t);

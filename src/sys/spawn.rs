@@ -159,6 +159,8 @@ pub(crate) enum Placement<'a> {
     IntoCgroup(BorrowedFd<'a>),
     /// The child writes `0` to this open `cgroup.procs` as its first step.
     JoinProcs(BorrowedFd<'a>),
+    /// The child stays in the parent's cgroup (the guardian).
+    Inherit,
 }
 
 /// Everything the child does between clone and `execve`, prepared by the parent.

@@ -1,0 +1,127 @@
+//! Instance cgroups (`i-<pid>-<starttime>`) and their owners.
+//!
+//! An instance belongs to one supervisor process, named by pid *and* start time
+//! (field 22 of `/proc/<pid>/stat`, clock ticks since boot), so a recycled pid is
+//! never mistaken for the owner. The same facts are kept in `user.procscope.*`
+//! xattrs, which any process can read to tell live instances from stale ones.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::cgroup::Cgroup;
+use crate::error::{Error, Result};
+
+pub(crate) const XATTR_OWNER_PID: &str = "user.procscope.owner_pid";
+pub(crate) const XATTR_OWNER_START: &str = "user.procscope.owner_start";
+pub(crate) const XATTR_CREATED: &str = "user.procscope.created";
+pub(crate) const XATTR_SESSION: &str = "user.procscope.session";
+pub(crate) const XATTR_STATE: &str = "user.procscope.state";
+
+/// A process identified by pid and start time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Owner {
+    /// The pid.
+    pub pid: i32,
+    /// Start time in clock ticks since boot (`/proc/<pid>/stat` field 22).
+    pub start: u64,
+}
+
+impl Owner {
+    /// The calling process.
+    pub fn this_process() -> Result<Owner> {
+        let pid = rustix::process::getpid().as_raw_nonzero().get();
+        let start = start_time(pid).ok_or_else(|| {
+            Error::io("read", "/proc/self/stat", std::io::Error::other("no start time in /proc/self/stat"))
+        })?;
+        Ok(Owner { pid, start })
+    }
+
+    /// Whether this very process still runs (same pid, same start time).
+    pub fn is_alive(&self) -> bool {
+        start_time(self.pid) == Some(self.start)
+    }
+
+    /// The instance cgroup name, `i-<pid>-<start>`.
+    pub fn instance_name(&self) -> String {
+        format!("i-{}-{}", self.pid, self.start)
+    }
+
+    /// Parses `i-<pid>-<start>`, or `i-<pid>-<start>-<n>` (a further supervisor
+    /// of the same process).
+    pub fn from_instance_name(name: &str) -> Option<Owner> {
+        let mut parts = name.strip_prefix("i-")?.split('-');
+        let pid: i32 = parts.next()?.parse().ok().filter(|p| *p > 0)?;
+        let start: u64 = parts.next()?.parse().ok()?;
+        match (parts.next(), parts.next()) {
+            (None, _) => {}
+            (Some(n), None) if n.parse::<u32>().is_ok_and(|n| n >= 2) => {}
+            _ => return None,
+        }
+        Some(Owner { pid, start })
+    }
+
+    /// The owner recorded on an instance cgroup: xattrs first, else its name.
+    pub fn of_instance(cg: &Cgroup) -> Option<Owner> {
+        let from_xattrs = || -> Option<Owner> {
+            let pid = cg.xattr(XATTR_OWNER_PID).ok()??.parse().ok()?;
+            let start = cg.xattr(XATTR_OWNER_START).ok()??.parse().ok()?;
+            Some(Owner { pid, start })
+        };
+        from_xattrs().or_else(|| Owner::from_instance_name(cg.name()))
+    }
+}
+
+/// Field 22 of `/proc/<pid>/stat`, or `None` if there is no such process.
+pub fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_start_time(&stat)
+}
+
+/// Parses the start time out of a `/proc/<pid>/stat` line. The command name in
+/// parentheses may itself contain spaces and parentheses: fields are counted
+/// after the last `)`.
+pub fn parse_start_time(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // Fields after the comm start at field 3 (state); starttime is field 22.
+    rest.split_whitespace().nth(22 - 3)?.parse().ok()
+}
+
+/// Seconds since the epoch, for `created` xattrs.
+pub(crate) fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// The kind of a directory procscope made, from its `user.procscope.kind` xattr.
+pub(crate) fn kind_of(cg: &Cgroup) -> Option<String> {
+    cg.xattr(crate::root::XATTR_KIND).ok().flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        let o = Owner { pid: 4242, start: 987_654 };
+        assert_eq!(Owner::from_instance_name(&o.instance_name()), Some(o));
+        assert_eq!(Owner::from_instance_name("i-7-9-2"), Some(Owner { pid: 7, start: 9 }));
+        for bad in ["i-", "i-1", "i-x-2", "i-0-5", "i--1-5", "s-1-2", "i-1-2-1", "i-1-2-x", "i-1-2-3-4", ""] {
+            assert_eq!(Owner::from_instance_name(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn start_time_with_tricky_comm() {
+        let stat = "77 (a) b (c) S 1 77 77 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 123456 1000 10 \
+                    18446744073709551615 0 0 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0";
+        assert_eq!(parse_start_time(stat), Some(123_456));
+        assert_eq!(parse_start_time("garbage"), None);
+        assert_eq!(parse_start_time("1 (x) S 1"), None);
+    }
+
+    #[test]
+    fn this_process_is_alive() {
+        let me = Owner::this_process().unwrap();
+        assert!(me.is_alive());
+        assert!(!Owner { start: me.start + 1, ..me }.is_alive());
+    }
+}

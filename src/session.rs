@@ -1,0 +1,165 @@
+//! [`Session`]: one session cgroup and the children started in it. Its `Drop` is
+//! the guard that ends the session on every path.
+
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use crate::cgroup::limits::Stats;
+use crate::cgroup::{Cgroup, Events};
+use crate::child::{ChildCell, ContainedChild};
+use crate::command::Command;
+use crate::error::{Error, Result};
+use crate::supervisor::Inner;
+use crate::sweep::Termination;
+
+/// State shared by a session's handle, the supervisor's registry and the orphan
+/// pool.
+pub(crate) struct SessionShared {
+    pub id: String,
+    /// Directory name under the instance (`s-<id>`, or `s-<id>~N` while an orphan
+    /// of the same id is still being swept).
+    pub dir: String,
+    pub cgroup: Arc<Cgroup>,
+    pub created: SystemTime,
+    pub span: tracing::Span,
+    state: Mutex<SessionState>,
+}
+
+#[derive(Default)]
+struct SessionState {
+    children: Vec<Arc<ChildCell>>,
+    /// No more spawns: the session has been released, closed or taken by a sweep.
+    ended: bool,
+}
+
+impl SessionShared {
+    pub(crate) fn new(id: String, dir: String, cgroup: Cgroup) -> SessionShared {
+        let span = tracing::info_span!("session", id = %id);
+        SessionShared {
+            id,
+            dir,
+            cgroup: Arc::new(cgroup),
+            created: SystemTime::now(),
+            span,
+            state: Mutex::new(SessionState::default()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, SessionState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Marks the session ended; returns whether it already was.
+    pub(crate) fn end(&self) -> bool {
+        std::mem::replace(&mut self.lock().ended, true)
+    }
+
+    pub(crate) fn children(&self) -> Vec<Arc<ChildCell>> {
+        self.lock().children.clone()
+    }
+
+    /// Anything still alive: a child of ours, or any process in the cgroup
+    /// (grandchildren, daemons). An unreadable cgroup counts as alive.
+    pub(crate) fn anything_alive(&self) -> bool {
+        self.lock().children.iter().any(|c| c.is_alive()) || self.cgroup.is_populated().unwrap_or(true)
+    }
+}
+
+/// A session: a cgroup of its own under the supervisor's instance, and the
+/// processes started in it.
+///
+/// # Ending
+/// Dropping a `Session` — on return, `?`, panic, an aborted task or a future
+/// dropped by `select!`/`timeout` — is the end of the session: if nothing in it
+/// is alive the cgroup is removed at once; otherwise the session goes to the
+/// supervisor's orphan pool (and its cgroup's `user.procscope.state` becomes
+/// `orphaned`) for the next sweep. `Drop` never blocks, never panics and needs
+/// no runtime. [`close`](Self::close) ends a session gracefully right away.
+pub struct Session {
+    shared: Arc<SessionShared>,
+    sup: Arc<Inner>,
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session").field("id", &self.shared.id).field("cgroup", &self.shared.cgroup.path()).finish()
+    }
+}
+
+impl Session {
+    pub(crate) fn new(shared: Arc<SessionShared>, sup: Arc<Inner>) -> Session {
+        Session { shared, sup }
+    }
+
+    /// The session id.
+    pub fn id(&self) -> &str {
+        &self.shared.id
+    }
+
+    /// The session's cgroup.
+    pub fn cgroup(&self) -> &Cgroup {
+        &self.shared.cgroup
+    }
+
+    /// Spawns `cmd` inside the session's cgroup and registers the child with the
+    /// session before returning, so no cancellation can lose it.
+    ///
+    /// # Errors
+    /// As [`Command::spawn_in`]; [`Error::CgroupRemoved`] once the session has
+    /// been ended (by [`close`](Self::close) or a sweep of everything).
+    pub fn spawn(&self, cmd: &mut Command) -> Result<ContainedChild> {
+        let _enter = self.shared.span.enter();
+        let mut state = self.shared.lock();
+        if state.ended {
+            return Err(Error::CgroupRemoved { path: self.shared.cgroup.path().to_owned() });
+        }
+        // Holding the lock across the spawn: a concurrent sweep cannot mark the
+        // session ended between the spawn and the registration.
+        let child = cmd.spawn_in(&self.shared.cgroup)?;
+        state.children.push(Arc::clone(child.cell()));
+        state.children.retain(|c| Arc::strong_count(c) > 1 || c.is_alive());
+        drop(state);
+        self.sup.counters.processes_spawned.inc();
+        tracing::debug!(pid = child.id(), program = ?cmd.get_program(), "spawned");
+        Ok(child)
+    }
+
+    /// When the session was created.
+    pub fn created(&self) -> SystemTime {
+        self.shared.created
+    }
+
+    /// Usage of the session's cgroup.
+    pub fn stats(&self) -> Stats {
+        self.shared.cgroup.stats()
+    }
+
+    /// The session cgroup's `cgroup.events`.
+    pub fn events(&self) -> Result<Events> {
+        self.shared.cgroup.events()
+    }
+
+    /// Ends the session now: SIGTERM + SIGCONT to every process, up to the
+    /// supervisor's grace period for them to exit, `cgroup.kill` for the rest,
+    /// reaping, `rmdir`.
+    pub async fn close(self) -> Result<Termination> {
+        self.shared.end();
+        self.sup.forget_active(&self.shared);
+        let outcome = crate::sweep::end_cgroup(
+            &self.sup.instance,
+            &self.shared.cgroup,
+            &self.shared.children(),
+            self.sup.config.grace,
+        )
+        .await;
+        self.sup.finished(&self.shared, &outcome, false);
+        outcome
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.sup.release(&self.shared);
+    }
+}

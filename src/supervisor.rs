@@ -1,0 +1,623 @@
+//! [`Supervisor`]: the root, this process's instance cgroup, the active sessions
+//! and the orphan pool.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use crate::cgroup::Cgroup;
+use crate::cgroup::limits::Limits;
+use crate::error::{Error, Result};
+use crate::guardian::Guardian;
+use crate::instance::{self, Owner, XATTR_CREATED, XATTR_OWNER_PID, XATTR_OWNER_START, XATTR_SESSION, XATTR_STATE};
+use crate::names::validate_session_id;
+use crate::root::{Root, RootKind, XATTR_KIND};
+use crate::session::{Session, SessionShared};
+use crate::sweep::{SweepReport, Target, Termination};
+
+/// The default grace period between SIGTERM and `cgroup.kill`.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(2);
+
+/// Which sessions a sweep ends.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SweepScope {
+    /// Only sessions in the orphan pool: safe while sibling jobs run.
+    #[default]
+    Orphans,
+    /// Every session, active ones included (for shutdown).
+    All,
+}
+
+/// Settings of a [`Supervisor`].
+#[derive(Clone, Debug)]
+pub(crate) struct Config {
+    pub grace: Duration,
+}
+
+/// Starts a [`Supervisor`] with settings.
+#[derive(Debug)]
+#[must_use]
+pub struct Builder {
+    root: Option<PathBuf>,
+    grace: Duration,
+    recover: bool,
+    guardian: GuardianSetting,
+}
+
+#[derive(Debug, Clone)]
+enum GuardianSetting {
+    Off,
+    Auto,
+    Program(PathBuf),
+}
+
+impl Builder {
+    /// Uses this root instead of discovering one ([`Root::discover`]).
+    pub fn root(mut self, path: impl AsRef<Path>) -> Self {
+        self.root = Some(path.as_ref().to_owned());
+        self
+    }
+
+    /// Grace period between SIGTERM and `cgroup.kill` (default 2 s; 0 kills at once).
+    pub fn grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
+    }
+
+    /// Whether [`start`](Self::start) first removes the instances of supervisors
+    /// that are gone (default: yes).
+    pub fn recover(mut self, on: bool) -> Self {
+        self.recover = on;
+        self
+    }
+
+    /// Starts a guardian: a small process that kills this instance's sessions when
+    /// this process dies, even by SIGKILL. It is the `procscope` program, found
+    /// through `$PROCSCOPE_BIN`, next to the running executable, or in `PATH`;
+    /// if it cannot be found, the supervisor starts without one and says so.
+    pub fn guardian(mut self, on: bool) -> Self {
+        self.guardian = if on { GuardianSetting::Auto } else { GuardianSetting::Off };
+        self
+    }
+
+    /// Starts a guardian using this `procscope` executable; failing to start it
+    /// fails [`start`](Self::start).
+    pub fn guardian_program(mut self, program: impl AsRef<Path>) -> Self {
+        self.guardian = GuardianSetting::Program(program.as_ref().to_owned());
+        self
+    }
+
+    /// Opens the root, recovers stale instances, creates this instance's cgroup
+    /// and starts the guardian.
+    ///
+    /// # Errors
+    /// Root errors ([`Error::NoCgroup2`], [`Error::NotDelegated`], …); I/O errors
+    /// creating the instance; a guardian that was asked for by path and failed.
+    pub async fn start(self) -> Result<Supervisor> {
+        let root = match &self.root {
+            Some(p) => Root::open(p)?,
+            None => Root::discover()?,
+        };
+        let owner = Owner::this_process()?;
+        let recovery =
+            if self.recover { recover(&root, Some(owner), self.grace).await? } else { SweepReport::default() };
+        let (instance_name, instance) = create_instance(&root, owner)?;
+        let instance = Arc::new(instance);
+        let guardian = match &self.guardian {
+            GuardianSetting::Off => None,
+            GuardianSetting::Program(p) => Some(Guardian::start(p, owner, &instance)?),
+            GuardianSetting::Auto => match crate::guardian::find_program() {
+                Some(p) => match Guardian::start(&p, owner, &instance) {
+                    Ok(g) => Some(g),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "guardian did not start; sessions are not protected against SIGKILL of this process");
+                        None
+                    }
+                },
+                None => {
+                    tracing::warn!(
+                        "no procscope program found for the guardian (set PROCSCOPE_BIN); running without one"
+                    );
+                    None
+                }
+            },
+        };
+        let mount =
+            if root.kind() == RootKind::Owned { root.path().parent().and_then(|p| Cgroup::open(p).ok()) } else { None };
+        if recovery.sessions > 0 || recovery.removed > 0 {
+            tracing::info!(%recovery, "recovered instances of supervisors that are gone");
+        }
+        tracing::info!(root = %root.path().display(), instance = %instance_name, "supervisor started");
+        Ok(Supervisor {
+            inner: Arc::new(Inner {
+                root,
+                mount,
+                instance,
+                owner,
+                config: Config { grace: self.grace },
+                state: Mutex::new(State::default()),
+                counters: CounterCells::default(),
+                guardian: Mutex::new(guardian),
+                recovery,
+                shut_down: AtomicBool::new(false),
+            }),
+        })
+    }
+}
+
+fn create_instance(root: &Root, owner: Owner) -> Result<(String, Cgroup)> {
+    let base = owner.instance_name();
+    for n in 1..100 {
+        let name = if n == 1 { base.clone() } else { format!("{base}-{n}") };
+        match root.cgroup().create_child(&name) {
+            Ok(cg) => {
+                let marked = (|| {
+                    cg.set_xattr(XATTR_KIND, "instance")?;
+                    cg.set_xattr(XATTR_OWNER_PID, &owner.pid.to_string())?;
+                    cg.set_xattr(XATTR_OWNER_START, &owner.start.to_string())?;
+                    cg.set_xattr(XATTR_CREATED, &instance::now_secs().to_string())
+                })();
+                if let Err(e) = marked {
+                    let _ = root.cgroup().remove_child(&name);
+                    return Err(e);
+                }
+                return Ok((name, cg));
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(Error::InvalidInput {
+        what: "supervisor",
+        value: base,
+        fix: "too many supervisors in this process under one root".into(),
+    })
+}
+
+#[derive(Default)]
+struct State {
+    active: HashMap<String, Arc<SessionShared>>,
+    orphans: Vec<Arc<SessionShared>>,
+    /// Directory names in use under the instance (active and orphaned sessions).
+    dirs: HashSet<String>,
+}
+
+#[derive(Default)]
+pub(crate) struct Counter(AtomicU64);
+
+impl Counter {
+    pub(crate) fn inc(&self) {
+        self.add(1);
+    }
+    pub(crate) fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct CounterCells {
+    pub sessions_opened: Counter,
+    pub sessions_orphaned: Counter,
+    pub sessions_removed: Counter,
+    pub sessions_swept: Counter,
+    pub processes_spawned: Counter,
+    pub processes_terminated: Counter,
+    pub processes_killed: Counter,
+    pub sweeps: Counter,
+}
+
+/// Counters of a supervisor since it started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Counters {
+    /// Sessions created.
+    pub sessions_opened: u64,
+    /// Sessions that ended with something still alive and went to the orphan pool.
+    pub sessions_orphaned: u64,
+    /// Sessions whose cgroup was removed (at once, by `close`, or by a sweep).
+    pub sessions_removed: u64,
+    /// Sessions ended by sweeps.
+    pub sessions_swept: u64,
+    /// Processes spawned.
+    pub processes_spawned: u64,
+    /// Processes that exited after SIGTERM within the grace period.
+    pub processes_terminated: u64,
+    /// Processes killed at the deadline.
+    pub processes_killed: u64,
+    /// Sweeps run.
+    pub sweeps: u64,
+}
+
+/// The shared part of a supervisor; sessions hold it too.
+pub(crate) struct Inner {
+    root: Root,
+    /// The cgroup2 mount root, when the root was created under it (controllers
+    /// are enabled from there down).
+    mount: Option<Cgroup>,
+    pub(crate) instance: Arc<Cgroup>,
+    owner: Owner,
+    pub(crate) config: Config,
+    state: Mutex<State>,
+    pub(crate) counters: CounterCells,
+    guardian: Mutex<Option<Guardian>>,
+    recovery: SweepReport,
+    shut_down: AtomicBool,
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The session guard's work, from `Session::drop`: synchronous, no blocking,
+    /// no panics.
+    pub(crate) fn release(&self, shared: &Arc<SessionShared>) {
+        let already_ended = shared.end();
+        if already_ended || self.shut_down.load(Ordering::Acquire) {
+            self.forget_active(shared);
+            return;
+        }
+        let _enter = shared.span.enter();
+        let alive = shared.anything_alive();
+        let mut state = self.lock();
+        state.active.remove(&shared.id);
+        if !alive {
+            for c in shared.children() {
+                let _ = c.try_wait();
+            }
+            match self.instance.remove_child(&shared.dir) {
+                Ok(()) => {
+                    state.dirs.remove(&shared.dir);
+                    self.counters.sessions_removed.inc();
+                    tracing::debug!("session ended with nothing alive; cgroup removed");
+                    return;
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                    state.dirs.remove(&shared.dir);
+                    return;
+                }
+                // EBUSY right after the last exit: let a sweep retry.
+                Err(_) => {}
+            }
+        }
+        let _ = shared.cgroup.set_xattr(XATTR_STATE, "orphaned");
+        state.orphans.push(Arc::clone(shared));
+        self.counters.sessions_orphaned.inc();
+        tracing::info!("session ended with processes alive; moved to the orphan pool");
+    }
+
+    pub(crate) fn forget_active(&self, shared: &Arc<SessionShared>) {
+        let mut state = self.lock();
+        if state.active.get(&shared.id).is_some_and(|s| Arc::ptr_eq(s, shared)) {
+            state.active.remove(&shared.id);
+        }
+    }
+
+    /// Records the end of a session taken by `close` or a sweep. A session that
+    /// could not be ended goes back to the pool for the next sweep.
+    pub(crate) fn finished(&self, shared: &Arc<SessionShared>, outcome: &Result<Termination>, swept: bool) {
+        let mut state = self.lock();
+        match outcome {
+            Ok(t) => {
+                if t.removed {
+                    state.dirs.remove(&shared.dir);
+                    self.counters.sessions_removed.inc();
+                }
+                if swept {
+                    self.counters.sessions_swept.inc();
+                }
+                self.counters.processes_terminated.add(t.terminated as u64);
+                self.counters.processes_killed.add(t.killed as u64);
+            }
+            Err(e) => {
+                tracing::warn!(session = %shared.id, error = %e, "ending the session failed; it stays in the orphan pool");
+                if !self.shut_down.load(Ordering::Acquire) {
+                    state.orphans.push(Arc::clone(shared));
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if self.shut_down.load(Ordering::Acquire) {
+            return;
+        }
+        // Dropped without shutdown(): kill what is left now (never wait here);
+        // the empty instance cgroup is removed by the next recovery or sweep.
+        if self.instance.is_populated().unwrap_or(false) {
+            tracing::warn!(instance = %self.instance.path().display(),
+                "supervisor dropped without shutdown(); killing its sessions");
+            let _ = self.instance.write("cgroup.kill", "1");
+        }
+        if let Some(g) = self.guardian.get_mut().unwrap_or_else(|p| p.into_inner()).take() {
+            g.dismiss();
+        }
+    }
+}
+
+/// The registry of sessions for one gateway process.
+///
+/// ```no_run
+/// # async fn demo() -> procscope::Result<()> {
+/// use procscope::{Command, Stdio, Supervisor};
+///
+/// let sup = Supervisor::start().await?;
+/// {
+///     let session = sup.session("job-42")?;
+///     let mut server = session.spawn(Command::new("my-mcp-server").stdin(Stdio::Piped).stdout(Stdio::Piped))?;
+///     // ... talk to it; on any exit path the session guard takes over ...
+/// }
+/// let report = sup.sweep_orphans().await;   // ends what the job left running
+/// println!("{report}");
+/// sup.shutdown().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Supervisor {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Supervisor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Supervisor").field("instance", &self.inner.instance.path()).finish()
+    }
+}
+
+impl Supervisor {
+    /// A builder with the defaults: discovered root, 2 s grace, recovery on,
+    /// no guardian.
+    pub fn builder() -> Builder {
+        Builder { root: None, grace: DEFAULT_GRACE, recover: true, guardian: GuardianSetting::Off }
+    }
+
+    /// Starts a supervisor with the defaults ([`builder`](Self::builder)).
+    pub async fn start() -> Result<Supervisor> {
+        Supervisor::builder().start().await
+    }
+
+    /// Creates a session without limits (no controller is enabled).
+    ///
+    /// # Errors
+    /// [`Error::InvalidName`] for an invalid id, [`Error::SessionExists`] for an
+    /// id that is active; nothing is created then.
+    pub fn session(&self, id: &str) -> Result<Session> {
+        self.session_with_limits(id, &Limits::default())
+    }
+
+    /// Creates a session with `limits`, enabling only the controllers they need.
+    ///
+    /// # Errors
+    /// As [`session`](Self::session); [`Error::InvalidLimit`],
+    /// [`Error::ControllerUnavailable`]. Nothing is created on error.
+    pub fn session_with_limits(&self, id: &str, limits: &Limits) -> Result<Session> {
+        validate_session_id(id)?;
+        limits.validate()?;
+        let inner = &self.inner;
+        if inner.shut_down.load(Ordering::Acquire) {
+            return Err(Error::InvalidInput {
+                what: "supervisor",
+                value: inner.instance.name().to_owned(),
+                fix: "it has been shut down; start a new one".into(),
+            });
+        }
+        let mut state = inner.lock();
+        if state.active.contains_key(id) {
+            return Err(Error::SessionExists { id: id.to_owned() });
+        }
+        if !limits.is_empty() {
+            self.enable_controllers(&limits.controllers())?;
+        }
+        let base = format!("s-{id}");
+        let dir = (1..)
+            .map(|n| if n == 1 { base.clone() } else { format!("{base}~{n}") })
+            .find(|d| !state.dirs.contains(d))
+            .expect("an unused name");
+        let cgroup = inner.instance.create_child(&dir)?;
+        let setup = || -> Result<()> {
+            cgroup.set_xattr(XATTR_KIND, "session")?;
+            cgroup.set_xattr(XATTR_SESSION, id)?;
+            cgroup.set_xattr(XATTR_STATE, "active")?;
+            cgroup.set_xattr(XATTR_CREATED, &instance::now_secs().to_string())?;
+            cgroup.set_limits(limits)
+        };
+        if let Err(e) = setup() {
+            let _ = inner.instance.remove_child(&dir);
+            return Err(e);
+        }
+        let shared = Arc::new(SessionShared::new(id.to_owned(), dir.clone(), cgroup));
+        state.active.insert(id.to_owned(), Arc::clone(&shared));
+        state.dirs.insert(dir);
+        drop(state);
+        inner.counters.sessions_opened.inc();
+        Ok(Session::new(shared, Arc::clone(&self.inner)))
+    }
+
+    /// Enables controllers from the top of our tree down to the instance, after
+    /// checking at the top that all of them are available (so that a failure
+    /// changes nothing).
+    fn enable_controllers(&self, needed: &[&'static str]) -> Result<()> {
+        let inner = &self.inner;
+        let chain: Vec<&Cgroup> = inner.mount.iter().chain([inner.root.cgroup(), inner.instance.as_ref()]).collect();
+        let top = chain[0];
+        let available = top.controllers()?;
+        if let Some(c) = needed.iter().find(|c| !available.iter().any(|a| a == *c)) {
+            return Err(Error::ControllerUnavailable {
+                controller: c,
+                path: top.path().join(crate::cgroup::files::CONTROLLERS),
+            });
+        }
+        for cg in chain {
+            cg.enable_controllers(needed)?;
+        }
+        Ok(())
+    }
+
+    /// Ends sessions: all targets in parallel, SIGTERM + SIGCONT, an
+    /// event-driven grace period, `cgroup.kill`, reaping, `rmdir`. Returns as soon
+    /// as every targeted session is gone. [`SweepScope::Orphans`] never touches an
+    /// active session.
+    pub async fn sweep(&self, scope: SweepScope) -> SweepReport {
+        let inner = &self.inner;
+        let span = tracing::info_span!("sweep", ?scope);
+        let _enter = span.enter();
+        inner.counters.sweeps.inc();
+        let taken: Vec<Arc<SessionShared>> = {
+            let mut state = inner.lock();
+            let mut t: Vec<_> = state.orphans.drain(..).collect();
+            if scope == SweepScope::All {
+                t.extend(state.active.drain().map(|(_, s)| s));
+            }
+            t
+        };
+        if taken.is_empty() {
+            return SweepReport::default();
+        }
+        let targets = taken
+            .into_iter()
+            .map(|shared| {
+                shared.end();
+                let done_inner = Arc::clone(&self.inner);
+                let done_shared = Arc::clone(&shared);
+                Target {
+                    id: shared.id.clone(),
+                    parent: Arc::clone(&inner.instance),
+                    cgroup: Arc::clone(&shared.cgroup),
+                    children: shared.children(),
+                    on_done: Some(Box::new(move |outcome| done_inner.finished(&done_shared, outcome, true))),
+                }
+            })
+            .collect();
+        let report = crate::sweep::sweep_targets(targets, inner.config.grace).await;
+        tracing::info!(%report, "sweep done");
+        report
+    }
+
+    /// [`sweep`](Self::sweep) of the orphan pool.
+    pub async fn sweep_orphans(&self) -> SweepReport {
+        self.sweep(SweepScope::Orphans).await
+    }
+
+    /// Ends every session, removes the instance cgroup and dismisses the guardian.
+    pub async fn shutdown(self) -> Result<SweepReport> {
+        let report = self.sweep(SweepScope::All).await;
+        let inner = &self.inner;
+        inner.shut_down.store(true, Ordering::Release);
+        let guardian = inner.guardian.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(g) = guardian {
+            g.stop().await;
+        }
+        inner.root.cgroup().remove_child_tree(&inner.instance).await?;
+        tracing::info!(%report, "supervisor shut down");
+        Ok(report)
+    }
+
+    /// Counters since start.
+    pub fn counters(&self) -> Counters {
+        let c = &self.inner.counters;
+        Counters {
+            sessions_opened: c.sessions_opened.get(),
+            sessions_orphaned: c.sessions_orphaned.get(),
+            sessions_removed: c.sessions_removed.get(),
+            sessions_swept: c.sessions_swept.get(),
+            processes_spawned: c.processes_spawned.get(),
+            processes_terminated: c.processes_terminated.get(),
+            processes_killed: c.processes_killed.get(),
+            sweeps: c.sweeps.get(),
+        }
+    }
+
+    /// Ids of the active sessions.
+    pub fn active_sessions(&self) -> Vec<String> {
+        self.inner.lock().active.keys().cloned().collect()
+    }
+
+    /// Ids of the sessions in the orphan pool.
+    pub fn orphaned_sessions(&self) -> Vec<String> {
+        self.inner.lock().orphans.iter().map(|s| s.id.clone()).collect()
+    }
+
+    /// The root.
+    pub fn root(&self) -> &Root {
+        &self.inner.root
+    }
+
+    /// This supervisor's instance cgroup.
+    pub fn instance(&self) -> &Cgroup {
+        &self.inner.instance
+    }
+
+    /// This supervisor's owner identity (pid and start time).
+    pub fn owner(&self) -> Owner {
+        self.inner.owner
+    }
+
+    /// What the recovery at start removed.
+    pub fn recovery(&self) -> &SweepReport {
+        &self.inner.recovery
+    }
+
+    /// The guardian's pid, when one runs.
+    pub fn guardian_pid(&self) -> Option<u32> {
+        self.inner.guardian.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(Guardian::pid)
+    }
+
+    /// The grace period between SIGTERM and `cgroup.kill`.
+    pub fn grace(&self) -> Duration {
+        self.inner.config.grace
+    }
+}
+
+/// Ends the instances under `root` whose owner process is gone, and removes
+/// them. A live instance — another running supervisor — is never touched, and
+/// neither is anything procscope did not create (no `user.procscope.kind`).
+/// `me` is skipped too.
+pub async fn recover(root: &Root, me: Option<Owner>, grace: Duration) -> Result<SweepReport> {
+    let start = tokio::time::Instant::now();
+    let mut report = SweepReport::default();
+    for name in root.cgroup().children()? {
+        let Some(named) = Owner::from_instance_name(&name) else { continue };
+        let Ok(cg) = root.cgroup().open_child(&name) else { continue };
+        if instance::kind_of(&cg).as_deref() != Some("instance") {
+            continue;
+        }
+        let owner = Owner::of_instance(&cg).unwrap_or(named);
+        if Some(owner) == me || owner.is_alive() {
+            continue;
+        }
+        let instance = Arc::new(cg);
+        let mut targets = Vec::new();
+        for session in instance.children()? {
+            if let Ok(cg) = instance.open_child(&session) {
+                let id = cg.xattr(XATTR_SESSION).ok().flatten().unwrap_or(session);
+                targets.push(Target {
+                    id,
+                    parent: Arc::clone(&instance),
+                    cgroup: Arc::new(cg),
+                    children: Vec::new(),
+                    on_done: None,
+                });
+            }
+        }
+        report.merge(crate::sweep::sweep_targets(targets, grace).await);
+        // Members of the instance itself, if any, then the instance.
+        let outcome = crate::sweep::end_cgroup(root.cgroup(), &instance, &[], grace).await;
+        match outcome {
+            Ok(t) => {
+                report.removed += usize::from(t.removed);
+                report.terminated += t.terminated;
+                report.killed += t.killed;
+            }
+            Err(e) => report.errors.push(crate::sweep::SweepError { session: name, error: e.to_string() }),
+        }
+    }
+    report.elapsed = start.elapsed();
+    Ok(report)
+}

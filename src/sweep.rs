@@ -1,0 +1,212 @@
+//! Ending sessions: SIGTERM + SIGCONT to every process, an event-driven grace
+//! period, `cgroup.kill` for what is left, reaping, `rmdir`. And the report of a
+//! sweep.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustix::process::Signal;
+use tokio::time::Instant;
+
+use crate::cgroup::{Cgroup, KillMechanism};
+use crate::child::ChildCell;
+use crate::error::{Error, Result};
+
+/// How long processes get to die after `cgroup.kill` before the sweep reports
+/// an error.
+const KILL_WAIT: Duration = Duration::from_secs(5);
+/// How long reaping one of our own children may take after the cgroup is empty.
+const REAP_WAIT: Duration = Duration::from_secs(2);
+
+/// What ending one cgroup took.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Termination {
+    /// Processes sent SIGTERM.
+    pub signalled: usize,
+    /// Of those, the ones that were gone by the end of the grace period.
+    pub terminated: usize,
+    /// Processes still there at the deadline and killed.
+    pub killed: usize,
+    /// The mechanism used to kill, when something had to be killed.
+    pub kill_mechanism: Option<KillMechanism>,
+    /// Whether the cgroup was removed.
+    pub removed: bool,
+}
+
+/// Ends every process in `cg` and removes it from `parent`.
+///
+/// `children` are our own children in `cg` (signalled through their pidfds and
+/// reaped); every other member is signalled through a pidfd verified to belong
+/// to `cg`. Returns as soon as the cgroup is empty — the grace period is an upper
+/// bound, never a sleep.
+pub(crate) async fn end_cgroup(
+    parent: &Cgroup,
+    cg: &Cgroup,
+    children: &[Arc<ChildCell>],
+    grace: Duration,
+) -> Result<Termination> {
+    let mut t = Termination::default();
+    let gone = |e: &Error| matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENODEV));
+    let members = match cg.member_pidfds_recursive() {
+        Ok(m) => m,
+        Err(e) if gone(&e) => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    let live_children: Vec<&Arc<ChildCell>> = children.iter().filter(|c| c.is_alive()).collect();
+    let child_pids: HashSet<i32> = live_children.iter().map(|c| c.pid()).collect();
+    for c in &live_children {
+        let _ = c.signal(Signal::TERM);
+        let _ = c.signal(Signal::CONT);
+    }
+    let others: Vec<_> = members.into_iter().filter(|m| !child_pids.contains(&m.raw_pid())).collect();
+    for m in &others {
+        let _ = m.send_signal(Signal::TERM);
+        let _ = m.send_signal(Signal::CONT);
+    }
+    t.signalled = live_children.len() + others.len();
+
+    let populated = |cg: &Cgroup| match cg.is_populated() {
+        Ok(p) => Ok(p),
+        Err(e) if gone(&e) => Ok(false),
+        Err(e) => Err(e),
+    };
+    let mut empty = !populated(cg)?;
+    if !empty && !grace.is_zero() {
+        empty = cg.wait_empty(Some(Instant::now() + grace)).await?;
+    }
+    if !empty {
+        let left = match cg.member_pidfds_recursive() {
+            Ok(m) => m.len(),
+            Err(e) if gone(&e) => 0,
+            Err(e) => return Err(e),
+        };
+        t.kill_mechanism = Some(cg.kill().await?);
+        t.killed = left;
+        if !cg.wait_empty(Some(Instant::now() + KILL_WAIT)).await? {
+            return Err(Error::io(
+                "kill",
+                cg.path(),
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "processes survived the kill"),
+            ));
+        }
+    }
+    t.terminated = t.signalled.saturating_sub(t.killed);
+    for c in children {
+        let _ = tokio::time::timeout(REAP_WAIT, c.wait()).await;
+    }
+    match parent.remove_child_tree(cg).await {
+        Ok(()) => t.removed = true,
+        Err(e) if gone(&e) => t.removed = true,
+        Err(e) => return Err(e),
+    }
+    Ok(t)
+}
+
+/// What a sweep did.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct SweepReport {
+    /// Sessions taken on by the sweep.
+    pub sessions: usize,
+    /// Processes that exited within the grace period after SIGTERM.
+    pub terminated: usize,
+    /// Processes killed at the deadline.
+    pub killed: usize,
+    /// Cgroups removed (sessions, and instances during recovery).
+    pub removed: usize,
+    /// Sessions that could not be ended completely, with why.
+    pub errors: Vec<SweepError>,
+    /// Time the sweep took.
+    pub elapsed: Duration,
+}
+
+/// A session a sweep could not end completely.
+#[derive(Clone, Debug)]
+pub struct SweepError {
+    /// The session id (or cgroup name).
+    pub session: String,
+    /// What went wrong.
+    pub error: String,
+}
+
+impl SweepReport {
+    pub(crate) fn add(&mut self, session: &str, outcome: Result<Termination>) {
+        self.sessions += 1;
+        match outcome {
+            Ok(t) => {
+                self.terminated += t.terminated;
+                self.killed += t.killed;
+                self.removed += usize::from(t.removed);
+            }
+            Err(e) => self.errors.push(SweepError { session: session.to_owned(), error: e.to_string() }),
+        }
+    }
+
+    /// Adds another report's numbers to this one.
+    pub fn merge(&mut self, other: SweepReport) {
+        self.sessions += other.sessions;
+        self.terminated += other.terminated;
+        self.killed += other.killed;
+        self.removed += other.removed;
+        self.errors.extend(other.errors);
+        self.elapsed += other.elapsed;
+    }
+}
+
+impl fmt::Display for SweepReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "swept {} session(s): {} process(es) ended by SIGTERM, {} killed, {} cgroup(s) removed, {} error(s), in {:.1} ms",
+            self.sessions,
+            self.terminated,
+            self.killed,
+            self.removed,
+            self.errors.len(),
+            self.elapsed.as_secs_f64() * 1e3
+        )
+    }
+}
+
+/// Called with the outcome of ending a session.
+pub(crate) type OnDone = Box<dyn FnOnce(&Result<Termination>) + Send>;
+
+/// One session to end: its cgroup, its parent, our children in it.
+pub(crate) struct Target {
+    pub id: String,
+    pub parent: Arc<Cgroup>,
+    pub cgroup: Arc<Cgroup>,
+    pub children: Vec<Arc<ChildCell>>,
+    /// Called with the outcome once the session is ended (counters, pool).
+    pub on_done: Option<OnDone>,
+}
+
+/// Ends all `targets` in parallel. Each runs as its own task, so a sweep that
+/// is cancelled half-way still finishes the sessions it took on.
+pub(crate) async fn sweep_targets(targets: Vec<Target>, grace: Duration) -> SweepReport {
+    let start = Instant::now();
+    let mut report = SweepReport::default();
+    let handles: Vec<_> = targets
+        .into_iter()
+        .map(|mut t| {
+            tokio::spawn(async move {
+                let outcome = end_cgroup(&t.parent, &t.cgroup, &t.children, grace).await;
+                if let Some(done) = t.on_done.take() {
+                    done(&outcome);
+                }
+                (t.id, outcome)
+            })
+        })
+        .collect();
+    for h in handles {
+        match h.await {
+            Ok((id, outcome)) => report.add(&id, outcome),
+            Err(e) => report.errors.push(SweepError { session: "?".into(), error: format!("sweep task failed: {e}") }),
+        }
+    }
+    report.elapsed = start.elapsed();
+    report
+}

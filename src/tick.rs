@@ -1,0 +1,110 @@
+//! The tick helper: run a batch of jobs with bounded parallelism, wait for all of
+//! them, then sweep the orphans — the one moment no job of the tick is mid-flight.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+use crate::supervisor::Supervisor;
+use crate::sweep::SweepReport;
+
+/// How one job of a tick ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum JobOutcome {
+    /// It returned `Ok`.
+    Ok,
+    /// It returned `Err`, with the error's message.
+    Failed(String),
+    /// It panicked, with the panic message.
+    Panicked(String),
+    /// Its task was cancelled (the runtime is shutting down).
+    Cancelled,
+}
+
+/// What a tick did.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct TickReport {
+    /// One outcome per job, in the order the jobs were given.
+    pub jobs: Vec<JobOutcome>,
+    /// The sweep of orphans after all jobs ended.
+    pub sweep: SweepReport,
+    /// Time from the first job's start to the end of the sweep.
+    pub elapsed: Duration,
+}
+
+impl TickReport {
+    /// Jobs that returned `Ok`.
+    pub fn ok(&self) -> usize {
+        self.jobs.iter().filter(|j| **j == JobOutcome::Ok).count()
+    }
+
+    /// Jobs that returned an error, panicked or were cancelled.
+    pub fn failed(&self) -> usize {
+        self.jobs.len() - self.ok()
+    }
+}
+
+impl fmt::Display for TickReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} job(s): {} ok, {} failed; {}", self.jobs.len(), self.ok(), self.failed(), self.sweep)
+    }
+}
+
+impl Supervisor {
+    /// Runs `jobs` as tasks, at most `parallelism` at a time (`None`: all at
+    /// once), waits for every one of them, then sweeps the orphan pool.
+    ///
+    /// A job's error or panic is recorded in the report; it stops neither the
+    /// other jobs nor the sweep. Jobs usually open a session each: whatever a
+    /// job left alive — it failed, timed out or was cancelled inside — is in the
+    /// orphan pool by the time it ends, and the sweep ends it.
+    pub async fn tick<I, F, T, E>(&self, jobs: I, parallelism: Option<usize>) -> TickReport
+    where
+        I: IntoIterator<Item = F>,
+        F: Future<Output = Result<T, E>> + Send + 'static,
+        T: Send + 'static,
+        E: fmt::Display + Send + 'static,
+    {
+        let start = Instant::now();
+        let limit = parallelism.map(|n| Arc::new(Semaphore::new(n.max(1))));
+        let handles: Vec<_> = jobs
+            .into_iter()
+            .map(|job| {
+                let limit = limit.clone();
+                tokio::spawn(async move {
+                    let _permit = match &limit {
+                        Some(s) => Some(s.acquire().await.expect("semaphore is never closed")),
+                        None => None,
+                    };
+                    job.await.map(drop).map_err(|e| e.to_string())
+                })
+            })
+            .collect();
+        let mut report = TickReport::default();
+        for h in handles {
+            report.jobs.push(match h.await {
+                Ok(Ok(())) => JobOutcome::Ok,
+                Ok(Err(e)) => JobOutcome::Failed(e),
+                Err(e) if e.is_panic() => JobOutcome::Panicked(panic_message(e.into_panic())),
+                Err(_) => JobOutcome::Cancelled,
+            });
+        }
+        report.sweep = self.sweep_orphans().await;
+        report.elapsed = start.elapsed();
+        report
+    }
+}
+
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".to_owned())
+}

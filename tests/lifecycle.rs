@@ -1,0 +1,557 @@
+//! Session lifecycle on the real kernel: the guard on every exit path, the orphan
+//! pool, sweeps, the tick helper, recovery and the guardian.
+
+mod common;
+
+use std::os::unix::process::ExitStatusExt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::*;
+use procscope::{Command, Error, JobOutcome, Limits, Session, Stdio, Supervisor, SweepScope};
+
+async fn supervisor(env: &TestEnv, grace: Duration) -> Supervisor {
+    Supervisor::builder().root(env.path()).grace(grace).start().await.unwrap()
+}
+
+fn fixture(args: &[&str]) -> Command {
+    let mut c = Command::new(FIXTURE);
+    c.args(args).stdin(Stdio::Null).stdout(Stdio::Null);
+    c
+}
+
+/// Starts a child in the session that lives until killed, with a daemonized
+/// grandchild beside it.
+fn start_server(session: &Session) -> procscope::ContainedChild {
+    let mut c = Command::new(FIXTURE);
+    c.args(["daemon", "hold-stdout", "ready", "sleep", "3600"]).stdin(Stdio::Null).stdout(Stdio::Piped);
+    session.spawn(&mut c).unwrap()
+}
+
+async fn wait_ready(child: &mut procscope::ContainedChild) {
+    let lines = read_until(child.stdout.as_mut().unwrap(), "ready").await;
+    assert_eq!(lines.last().map(String::as_str), Some("ready"), "{lines:?}");
+}
+
+fn state_of(session_cgroup: &std::path::Path) -> Option<String> {
+    procscope::Cgroup::open(session_cgroup).ok()?.xattr("user.procscope.state").ok()?
+}
+
+/// Every way a job can end leaves its session in the orphan pool, marked
+/// `orphaned`, and the next sweep ends it.
+#[tokio::test]
+async fn every_exit_path_orphans_the_session() {
+    let env = TestEnv::new();
+    within(60, async {
+        let sup = supervisor(&env, Duration::from_millis(500)).await;
+
+        // 1. Clean return with the server still running.
+        let clean = {
+            let s = sup.session("clean").unwrap();
+            let mut c = start_server(&s);
+            wait_ready(&mut c).await;
+            s.cgroup().path().to_owned()
+        };
+        // 2. An error returned with `?`.
+        async fn failing(sup: &Supervisor) -> Result<(), Error> {
+            let s = sup.session("error")?;
+            let mut c = start_server(&s);
+            wait_ready(&mut c).await;
+            sup.session("")?; // invalid id: returns Err, dropping `s`
+            Ok(())
+        }
+        assert!(failing(&sup).await.is_err());
+        // 3. A panic in a task.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let s2 = sup.clone();
+        let panicked = tokio::spawn(async move {
+            let s = s2.session("panic").unwrap();
+            let mut c = start_server(&s);
+            wait_ready(&mut c).await;
+            tx.send(()).unwrap();
+            panic!("job panicked");
+        });
+        rx.await.unwrap();
+        assert!(panicked.await.unwrap_err().is_panic());
+        // 4. A task aborted while it awaits.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let s3 = sup.clone();
+        let aborted = tokio::spawn(async move {
+            let s = s3.session("abort").unwrap();
+            let mut c = start_server(&s);
+            wait_ready(&mut c).await;
+            tx.send(()).unwrap();
+            std::future::pending::<()>().await;
+        });
+        rx.await.unwrap();
+        aborted.abort();
+        assert!(aborted.await.unwrap_err().is_cancelled());
+        // 5. A future dropped by `timeout` (and so by `select!`).
+        let s4 = sup.clone();
+        let timed_out = tokio::time::timeout(Duration::from_millis(300), async move {
+            let s = s4.session("timeout").unwrap();
+            let mut c = start_server(&s);
+            wait_ready(&mut c).await;
+            std::future::pending::<()>().await;
+        })
+        .await;
+        assert!(timed_out.is_err());
+
+        let mut orphans = sup.orphaned_sessions();
+        orphans.sort();
+        assert_eq!(orphans, ["abort", "clean", "error", "panic", "timeout"]);
+        assert!(sup.active_sessions().is_empty());
+        assert_eq!(state_of(&clean).as_deref(), Some("orphaned"));
+        assert_eq!(sup.instance().children().unwrap().len(), 5);
+
+        let report = sup.sweep_orphans().await;
+        assert_eq!(report.sessions, 5, "{report}");
+        assert_eq!(report.removed, 5, "{report}");
+        assert!(report.errors.is_empty(), "{report:?}");
+        // Each session held the fixture, its stdout holder and a setsid'ed daemon.
+        assert_eq!(report.terminated + report.killed, 15, "{report}");
+        assert!(sup.instance().children().unwrap().is_empty());
+        assert!(!clean.exists());
+        let c = sup.counters();
+        assert_eq!((c.sessions_opened, c.sessions_orphaned, c.sessions_swept), (5, 5, 5));
+        sup.shutdown().await.unwrap();
+    })
+    .await;
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn a_session_with_nothing_alive_is_removed_at_once() {
+    let env = TestEnv::new();
+    within(30, async {
+        let sup = supervisor(&env, Duration::from_secs(2)).await;
+        let path = {
+            let s = sup.session("quick").unwrap();
+            let mut c = s.spawn(&mut fixture(&["exit", "0"])).unwrap();
+            assert!(c.wait().await.unwrap().success());
+            s.cgroup().path().to_owned()
+        };
+        assert!(!path.exists(), "the cgroup should be gone at drop");
+        assert!(sup.orphaned_sessions().is_empty());
+        // An exited child nobody waited for is not "alive" either, and is reaped.
+        let path = {
+            let s = sup.session("unwaited").unwrap();
+            let c = s.spawn(&mut fixture(&["exit", "0"])).unwrap();
+            let watch = procscope::PidFd::open(c.pidfd().pid()).unwrap();
+            drop(c);
+            watch.exited().await.unwrap();
+            s.cgroup().path().to_owned()
+        };
+        assert!(!path.exists());
+        assert_eq!(sup.counters().sessions_removed, 2);
+        sup.shutdown().await.unwrap();
+    })
+    .await;
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn ids_and_limits_are_checked_before_anything_is_created() {
+    let env = TestEnv::new();
+    within(30, async {
+        let sup = supervisor(&env, Duration::ZERO).await;
+        for bad in ["", "..", ".x", "a/b", "cgroup.procs", "memory.max", "x\0y", &"a".repeat(65), "sp ace"] {
+            let err = sup.session(bad).unwrap_err();
+            assert!(matches!(err, Error::InvalidName { .. }), "{bad:?}: {err}");
+        }
+        let s = sup.session("dup").unwrap();
+        let err = sup.session("dup").unwrap_err();
+        assert!(matches!(err, Error::SessionExists { .. }), "{err}");
+        let bad_limits = Limits { pids_max: Some(0), ..Limits::default() };
+        assert!(matches!(sup.session_with_limits("zero", &bad_limits), Err(Error::InvalidLimit { .. })));
+        let available = env.root.controllers().unwrap();
+        if !available.iter().any(|c| c == "memory") {
+            let err = sup
+                .session_with_limits("mem", &Limits { memory_max: Some(64 << 20), ..Limits::default() })
+                .unwrap_err();
+            assert!(matches!(err, Error::ControllerUnavailable { controller: "memory", .. }), "{err}");
+            assert!(sup.instance().subtree_control().unwrap().is_empty());
+            assert!(env.root.subtree_control().unwrap().is_empty());
+        }
+        // Only the one valid session exists.
+        assert_eq!(sup.instance().children().unwrap(), ["s-dup"]);
+        assert_eq!(sup.counters().sessions_opened, 1);
+        drop(s);
+        sup.shutdown().await.unwrap();
+    })
+    .await;
+    env.finish().await;
+}
+
+/// An orphan sweep never touches an active session: 16 siblings record every
+/// signal they receive while the sweep ends an orphan beside them.
+#[tokio::test]
+async fn orphan_sweeps_leave_sixteen_active_siblings_untouched() {
+    let env = TestEnv::new();
+    within(60, async {
+        let sup = supervisor(&env, Duration::from_millis(300)).await;
+        let dir = std::env::temp_dir().join(format!("procscope-signals-{}", nanos()));
+        std::fs::create_dir(&dir).unwrap();
+        let mut siblings = Vec::new();
+        for i in 0..16 {
+            let s = sup.session(&format!("sibling-{i}")).unwrap();
+            let log = dir.join(format!("{i}.log"));
+            let mut c = Command::new(FIXTURE);
+            c.args(["record-signals", log.to_str().unwrap()]).stdin(Stdio::Null).stdout(Stdio::Piped);
+            let mut child = s.spawn(&mut c).unwrap();
+            read_until(child.stdout.as_mut().unwrap(), "recording").await;
+            siblings.push((s, child, log));
+        }
+        for round in 0..5 {
+            {
+                let s = sup.session(&format!("orphan-{round}")).unwrap();
+                let mut c = start_server(&s);
+                wait_ready(&mut c).await;
+            }
+            let report = sup.sweep(SweepScope::Orphans).await;
+            assert_eq!((report.sessions, report.removed), (1, 1), "{report}");
+        }
+        for (s, child, log) in &siblings {
+            assert!(child.pidfd().is_alive(), "sibling {} died", s.id());
+            let got = std::fs::read_to_string(log).unwrap_or_default();
+            assert!(got.is_empty(), "sibling {} received signals: {got}", s.id());
+        }
+        assert_eq!(sup.active_sessions().len(), 16);
+        let report = sup.shutdown().await.unwrap();
+        // record-signals blocks SIGTERM: every sibling had to be killed.
+        assert_eq!((report.sessions, report.killed), (16, 16), "{report}");
+        for (_, mut child, _) in siblings {
+            assert_eq!(child.wait().await.unwrap().signal(), Some(libc::SIGKILL));
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    })
+    .await;
+    env.finish().await;
+}
+
+/// Servers that exit on SIGTERM are swept as soon as they are gone — no fixed
+/// sleep; servers that ignore it are killed at the deadline.
+#[tokio::test]
+async fn sweeps_return_when_servers_exit_and_kill_at_the_deadline() {
+    let env = TestEnv::new();
+    within(60, async {
+        let grace = Duration::from_secs(2);
+        let sup = supervisor(&env, grace).await;
+        for i in 0..8 {
+            let s = sup.session(&format!("polite-{i}")).unwrap();
+            let mut c = start_server(&s);
+            wait_ready(&mut c).await;
+        }
+        let report = sup.sweep_orphans().await;
+        assert_eq!((report.sessions, report.removed, report.killed), (8, 8, 0), "{report}");
+        assert_eq!(report.terminated, 24, "{report}");
+        assert!(report.elapsed < grace / 2, "a polite sweep took {:?} with a {grace:?} grace", report.elapsed);
+        sup.shutdown().await.unwrap();
+
+        let grace = Duration::from_millis(400);
+        let sup = supervisor(&env, grace).await;
+        for i in 0..4 {
+            let s = sup.session(&format!("stubborn-{i}")).unwrap();
+            let mut c = Command::new(FIXTURE);
+            c.args(["ignore-term", "ready", "sleep", "3600"]).stdin(Stdio::Null).stdout(Stdio::Piped);
+            let mut child = s.spawn(&mut c).unwrap();
+            wait_ready(&mut child).await;
+        }
+        let report = sup.sweep_orphans().await;
+        assert_eq!((report.sessions, report.removed, report.killed, report.terminated), (4, 4, 4, 0), "{report}");
+        assert!(report.elapsed >= grace, "killed before the deadline: {:?}", report.elapsed);
+        assert_eq!(sup.counters().processes_killed, 4);
+        sup.shutdown().await.unwrap();
+    })
+    .await;
+    env.finish().await;
+}
+
+/// A stopped server gets SIGCONT after SIGTERM, and a grandchild holding the
+/// server's stdout pipe does not keep anything alive.
+#[tokio::test]
+async fn stopped_servers_and_stdout_holders_are_ended() {
+    let env = TestEnv::new();
+    within(60, async {
+        let sup = supervisor(&env, Duration::from_secs(2)).await;
+        let holder_pid;
+        {
+            let s = sup.session("stopped").unwrap();
+            let mut c = Command::new(FIXTURE);
+            c.args(["hold-stdout", "ready", "stop", "sleep", "3600"]).stdin(Stdio::Null).stdout(Stdio::Piped);
+            let mut child = s.spawn(&mut c).unwrap();
+            let lines = read_until(child.stdout.as_mut().unwrap(), "ready").await;
+            holder_pid = field(&lines, "holder").parse::<i32>().unwrap();
+            // Wait until it has stopped itself.
+            let stat = format!("/proc/{}/stat", child.id());
+            for _ in 0..500 {
+                if std::fs::read_to_string(&stat).unwrap().split(' ').nth(2) == Some("T") {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            assert_eq!(std::fs::read_to_string(&stat).unwrap().split(' ').nth(2), Some("T"));
+        }
+        let holder = procscope::PidFd::open(procscope::Pid::from_raw(holder_pid).unwrap()).unwrap();
+        let report = sup.sweep_orphans().await;
+        assert_eq!((report.sessions, report.removed, report.killed), (1, 1, 0), "{report}");
+        assert_eq!(report.terminated, 2, "{report}");
+        assert!(!holder.is_alive());
+        sup.shutdown().await.unwrap();
+    })
+    .await;
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn close_ends_a_session_now_and_spawning_after_an_end_is_refused() {
+    let env = TestEnv::new();
+    within(30, async {
+        let sup = supervisor(&env, Duration::from_secs(2)).await;
+        let s = sup.session("closing").unwrap();
+        let mut c = start_server(&s);
+        wait_ready(&mut c).await;
+        let path = s.cgroup().path().to_owned();
+        let t = s.close().await.unwrap();
+        assert!(t.removed && t.terminated == 3 && t.killed == 0, "{t:?}");
+        assert!(!path.exists());
+        assert!(c.try_wait().unwrap().is_some(), "the child was reaped");
+
+        // A sweep of everything ends active sessions; their handles then refuse
+        // to spawn instead of starting anything outside a cgroup.
+        let s = sup.session("active").unwrap();
+        let report = sup.sweep(SweepScope::All).await;
+        assert_eq!(report.removed, 1, "{report}");
+        let err = s.spawn(&mut fixture(&["exit", "0"])).unwrap_err();
+        assert!(matches!(err, Error::CgroupRemoved { .. }), "{err}");
+        drop(s);
+        sup.shutdown().await.unwrap();
+    })
+    .await;
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn tick_runs_jobs_in_bounded_parallel_and_sweeps_after_all() {
+    let env = TestEnv::new();
+    within(60, async {
+        let sup = supervisor(&env, Duration::from_millis(500)).await;
+        let running = Arc::new(AtomicUsize::new(0));
+        let peak = Arc::new(AtomicUsize::new(0));
+        let jobs = (0..12).map(|i| {
+            let sup = sup.clone();
+            let (running, peak) = (running.clone(), peak.clone());
+            async move {
+                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                peak.fetch_max(now, Ordering::SeqCst);
+                let s = sup.session(&format!("job-{i}")).map_err(|e| e.to_string())?;
+                let mut c = start_server(&s);
+                wait_ready(&mut c).await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                running.fetch_sub(1, Ordering::SeqCst);
+                match i % 4 {
+                    0 => Err(format!("job {i} failed")),
+                    1 => panic!("job {i} panicked"),
+                    2 => {
+                        // A job that ends its server itself.
+                        s.close().await.map_err(|e| e.to_string())?;
+                        Ok(())
+                    }
+                    _ => Ok(()), // returns with its server running
+                }
+            }
+        });
+        let report = sup.tick(jobs, Some(3)).await;
+        assert_eq!(report.jobs.len(), 12);
+        assert_eq!(peak.load(Ordering::SeqCst), 3, "parallelism was not bounded to 3");
+        assert_eq!(report.ok(), 6, "{report}");
+        assert!(matches!(&report.jobs[0], JobOutcome::Failed(m) if m == "job 0 failed"));
+        assert!(matches!(&report.jobs[1], JobOutcome::Panicked(m) if m == "job 1 panicked"));
+        // Failed, panicked and returned-with-server jobs left 9 sessions behind.
+        assert_eq!((report.sweep.sessions, report.sweep.removed), (9, 9), "{report}");
+        assert!(sup.instance().children().unwrap().is_empty());
+        sup.shutdown().await.unwrap();
+    })
+    .await;
+    env.finish().await;
+}
+
+/// Sessions dropped while sweeps run concurrently, and tasks aborted at random
+/// points (including right after a spawn): everything ends up swept, once.
+#[tokio::test]
+async fn concurrent_drops_sweeps_and_aborts_leak_nothing() {
+    let env = TestEnv::new();
+    within(120, async {
+        let sup = supervisor(&env, Duration::from_millis(200)).await;
+        let mut tasks = Vec::new();
+        for i in 0..60u64 {
+            let s = sup.clone();
+            tasks.push(tokio::spawn(async move {
+                let session = s.session(&format!("race-{i}")).unwrap();
+                let child = session.spawn(&mut fixture(&["daemon", "sleep", "3600"])).unwrap();
+                tokio::time::sleep(Duration::from_micros(i * 137 % 5000)).await;
+                drop(child);
+                std::future::pending::<()>().await;
+            }));
+        }
+        let sweepers: Vec<_> = (0..4)
+            .map(|_| {
+                let s = sup.clone();
+                tokio::spawn(async move {
+                    let mut total = procscope::SweepReport::default();
+                    for _ in 0..20 {
+                        total.merge(s.sweep_orphans().await);
+                        tokio::time::sleep(Duration::from_millis(3)).await;
+                    }
+                    total
+                })
+            })
+            .collect();
+        for (i, t) in tasks.iter().enumerate() {
+            tokio::time::sleep(Duration::from_micros((i as u64 * 311) % 3000)).await;
+            t.abort();
+        }
+        let mut swept = procscope::SweepReport::default();
+        for s in sweepers {
+            swept.merge(s.await.unwrap());
+        }
+        // abort() only asks: a task is dropped (and its session released) when it
+        // is next scheduled.
+        for t in tasks {
+            assert!(t.await.unwrap_err().is_cancelled());
+        }
+        swept.merge(sup.sweep_orphans().await);
+        assert!(swept.errors.is_empty(), "{:?}", swept.errors);
+        // A task aborted before its first poll opened no session; every session
+        // that was opened was orphaned and swept exactly once.
+        let opened = sup.counters().sessions_opened as usize;
+        assert!(opened >= 50, "only {opened} of 60 tasks got to open a session");
+        assert_eq!(swept.sessions, opened, "each session swept exactly once: {swept}");
+        assert_eq!(swept.removed, opened, "{swept}");
+        assert_eq!(sup.counters().sessions_orphaned as usize, opened);
+        assert!(sup.instance().children().unwrap().is_empty());
+        sup.shutdown().await.unwrap();
+    })
+    .await;
+    env.finish().await;
+}
+
+fn spawn_gateway(env: &TestEnv, sessions: usize, guardian: bool) -> (std::process::Child, Vec<String>) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(FIXTURE)
+        .args(["gateway", env.path().to_str().unwrap(), &sessions.to_string(), if guardian { "1" } else { "0" }])
+        .env("PROCSCOPE_BIN", env!("CARGO_BIN_EXE_procscope"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = Vec::new();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    loop {
+        let mut line = String::new();
+        assert!(out.read_line(&mut line).unwrap() > 0, "gateway exited early: {lines:?}");
+        let line = line.trim().to_owned();
+        let done = line == "ready";
+        lines.push(line);
+        if done {
+            break;
+        }
+    }
+    // Let the daemons finish forking before anyone counts or kills.
+    std::thread::sleep(Duration::from_millis(100));
+    (child, lines)
+}
+
+/// SIGKILL of the gateway: its guardian ends every process of its sessions
+/// within a second and removes its cgroups; then the guardian is gone too.
+#[tokio::test]
+async fn the_guardian_cleans_up_after_a_sigkilled_gateway_within_a_second() {
+    let env = TestEnv::new();
+    within(60, async {
+        let (mut gateway, lines) = spawn_gateway(&env, 3, true);
+        let instance = procscope::Cgroup::open(field(&lines, "instance")).unwrap();
+        let guardian_pid: i32 = field(&lines, "guardian").parse().unwrap();
+        assert!(guardian_pid > 0);
+        let guardian = procscope::PidFd::open(procscope::Pid::from_raw(guardian_pid).unwrap()).unwrap();
+        // The guardian is small: at most 2 MiB of its own memory.
+        let rollup = std::fs::read_to_string(format!("/proc/{guardian_pid}/smaps_rollup")).unwrap();
+        let pss_kib: u64 = rollup
+            .lines()
+            .find_map(|l| l.strip_prefix("Pss:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap();
+        assert!(pss_kib <= 2048, "guardian PSS {pss_kib} KiB");
+        let members = instance.member_pidfds_recursive().unwrap();
+        assert!(members.len() >= 6, "3 servers and their daemons: {}", members.len());
+
+        let t = tokio::time::Instant::now();
+        rustix::process::kill_process(
+            rustix::process::Pid::from_raw(gateway.id() as i32).unwrap(),
+            rustix::process::Signal::KILL,
+        )
+        .unwrap();
+        for m in &members {
+            tokio::time::timeout(Duration::from_secs(1), m.exited())
+                .await
+                .expect("a session process outlived 1 s")
+                .unwrap();
+        }
+        let elapsed = t.elapsed();
+        assert!(elapsed < Duration::from_secs(1), "{elapsed:?}");
+        assert_eq!(gateway.wait().unwrap().signal(), Some(libc::SIGKILL));
+        tokio::time::timeout(Duration::from_secs(5), guardian.exited()).await.expect("guardian still running").unwrap();
+        assert!(env.root.children().unwrap().is_empty(), "the guardian removes the instance");
+        eprintln!("all session processes gone {elapsed:?} after SIGKILL; guardian PSS {pss_kib} KiB");
+    })
+    .await;
+    env.finish().await;
+}
+
+/// A gateway SIGKILLed without a guardian leaves its instance; the next
+/// supervisor's recovery removes it, but never a live foreign instance or a
+/// cgroup procscope did not make.
+#[tokio::test]
+async fn recovery_reaps_a_crashed_instance_and_spares_live_and_foreign_ones() {
+    let env = TestEnv::new();
+    within(60, async {
+        let (mut crashed, crashed_lines) = spawn_gateway(&env, 2, false);
+        let crashed_instance = std::path::PathBuf::from(field(&crashed_lines, "instance"));
+        let (mut alive, alive_lines) = spawn_gateway(&env, 1, false);
+        let alive_instance = std::path::PathBuf::from(field(&alive_lines, "instance"));
+        // Named like an instance, but not made by procscope: never touched.
+        let foreign = env.cgroup("i-1-1");
+        let crashed_members = procscope::Cgroup::open(&crashed_instance).unwrap().member_pidfds_recursive().unwrap();
+        let kill = |c: &std::process::Child| {
+            rustix::process::kill_process(
+                rustix::process::Pid::from_raw(c.id() as i32).unwrap(),
+                rustix::process::Signal::KILL,
+            )
+            .unwrap()
+        };
+        kill(&crashed);
+        crashed.wait().unwrap();
+        assert!(crashed_instance.exists(), "without a guardian the instance stays");
+
+        let sup = supervisor(&env, Duration::from_millis(300)).await;
+        let r = sup.recovery();
+        assert_eq!(r.sessions, 2, "{r}");
+        assert_eq!(r.removed, 3, "2 sessions and the instance: {r}");
+        assert!(r.errors.is_empty(), "{r:?}");
+        assert!(!crashed_instance.exists());
+        assert!(crashed_members.iter().all(|m| !m.is_alive()));
+        assert!(alive_instance.exists(), "a live instance was touched");
+        assert!(procscope::Cgroup::open(&alive_instance).unwrap().is_populated().unwrap());
+        assert!(foreign.path().exists());
+        sup.shutdown().await.unwrap();
+
+        kill(&alive);
+        alive.wait().unwrap();
+        let root = procscope::Root::open(env.path()).unwrap();
+        let r = procscope::recover(&root, None, Duration::ZERO).await.unwrap();
+        assert_eq!((r.sessions, r.removed), (1, 2), "{r}");
+        env.root.remove_child(foreign.name()).unwrap();
+    })
+    .await;
+    env.finish().await;
+}
