@@ -223,3 +223,8 @@ fn gateway(root: &str, sessions: usize, guardian: bool) -> ! {
         }
     })
 }
+
+/// Sets SIGTERM to ignored (for servers that misbehave on purpose).
+pub fn ignore_sigterm() {
+    let _ = signal::set_ignored(libc::SIGTERM, true);
+}

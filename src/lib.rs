@@ -36,6 +36,7 @@ mod supervisor;
 mod sweep;
 mod sys;
 mod tick;
+pub mod tree;
 
 pub use cgroup::limits::{CpuMax, Limits, MemoryEvents, Stats};
 pub use cgroup::{Cgroup, Events, KillMechanism};

@@ -1,37 +1,130 @@
-//! The `procscope` command line.
+//! The `procscope` command line: a drop-in wrapper for gateways in any language
+//! (`exec`, `end`), and tools for operators (`ps`, `sweep`, `doctor`, `demo`).
 
-use anyhow::Result;
-use clap::{Parser, Subcommand};
+mod cli;
 
-/// Keeps the child processes of long-running gateways contained.
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0    success
+  1    the operation failed (or `doctor` found that containment would degrade)
+  2    invalid arguments or input; nothing was changed
+  exec: the command's own exit status; 128+N when it was killed by signal N;
+       125 when procscope failed before the command ran, 126 when the command
+       could not be executed, 127 when it was not found";
+
+/// Keeps the child processes of long-running gateways contained in per-session
+/// cgroups, known by pidfds, ended with cgroup.kill.
 #[derive(Parser, Debug)]
-#[command(name = "procscope", version, about)]
+#[command(name = "procscope", version, about, after_help = EXIT_CODES)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
 }
 
-#[derive(Subcommand, Debug)]
-enum Cmd {
-    /// Runs a gateway tick with parallel jobs, some cancelled, and shows that nothing is left behind.
-    Demo,
+#[derive(Args, Debug, Clone)]
+struct RootArg {
+    /// The cgroup under which procscope keeps its tree [default: the caller's
+    /// delegated cgroup, else <cgroup2 mount>/procscope]
+    #[arg(long, value_name = "PATH")]
+    root: Option<PathBuf>,
 }
 
-fn main() -> Result<()> {
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run CMD in a session cgroup; put it in front of an MCP server's command.
+    #[command(after_help = EXIT_CODES)]
+    Exec(cli::exec::ExecArgs),
+    /// End the named sessions now: SIGTERM, grace, cgroup.kill, rmdir.
+    #[command(after_help = EXIT_CODES)]
+    End {
+        #[command(flatten)]
+        root: RootArg,
+        /// How long processes get between SIGTERM and cgroup.kill
+        #[arg(long, allow_hyphen_values = true, default_value = "2s", value_parser = parse_grace)]
+        grace: Duration,
+        /// The process whose sessions these are [default: the parent process]
+        #[arg(long, value_name = "PID")]
+        owner: Option<i32>,
+        /// Print a JSON object instead of text
+        #[arg(long)]
+        json: bool,
+        /// Session ids
+        #[arg(required = true, value_name = "ID")]
+        ids: Vec<String>,
+    },
+    /// List instances and sessions under the root.
+    #[command(after_help = EXIT_CODES)]
+    Ps {
+        #[command(flatten)]
+        root: RootArg,
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove stale instances and sessions (owner gone); more with --orphans or --all.
+    #[command(after_help = EXIT_CODES)]
+    Sweep {
+        #[command(flatten)]
+        root: RootArg,
+        /// Also sessions marked orphaned by live owners
+        #[arg(long)]
+        orphans: bool,
+        /// Every procscope instance and session, live owners included
+        #[arg(long, conflicts_with = "orphans")]
+        all: bool,
+        /// How long processes get between SIGTERM and cgroup.kill
+        #[arg(long, allow_hyphen_values = true, default_value = "2s", value_parser = parse_grace)]
+        grace: Duration,
+        /// Print a JSON object instead of text
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check what this host supports and which mechanisms procscope will use.
+    #[command(after_help = EXIT_CODES)]
+    Doctor {
+        #[command(flatten)]
+        root: RootArg,
+        /// Print a JSON object instead of text
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a gateway with cron ticks of parallel MCP jobs, some cancelled, and
+    /// show that nothing is left behind.
+    #[command(after_help = EXIT_CODES)]
+    Demo(cli::demo::DemoArgs),
+    /// A small MCP stdio server that misbehaves on request (used by the demo).
+    #[command(hide = true)]
+    DemoServer(cli::demo_server::ServerArgs),
+}
+
+fn parse_grace(s: &str) -> Result<Duration, String> {
+    procscope::cgroup::limits::parse_duration("grace", s).map_err(|e| e.to_string())
+}
+
+fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some(procscope::guardian::GUARDIAN_ARG) {
         // Before anything else: the guardian stays small.
         procscope::guardian::main(&args[2..]);
     }
     let cli = Cli::parse();
-    match cli.command {
-        Cmd::Demo => {
-            println!("procscope demo: will run cron ticks of parallel MCP jobs in per-session cgroups,");
-            println!("cancel some of them mid-call, sweep the orphans and report `processes left behind: 0`.");
-            println!("(the full demo arrives with the CLI; this build checks the host instead)");
-            let h = procscope::cgroup::hierarchy::Hierarchy::discover()?;
-            println!("cgroup2 mount: {} (hybrid: {})", h.mount_point.display(), h.hybrid);
+    let code = match cli.command {
+        Cmd::Exec(a) => cli::exec::run(a),
+        Cmd::End { root, grace, owner, json, ids } => {
+            cli::run_async(cli::admin::end(root.root, grace, owner, json, ids))
         }
-    }
-    Ok(())
+        Cmd::Ps { root, json } => cli::run_async(cli::admin::ps(root.root, json)),
+        Cmd::Sweep { root, orphans, all, grace, json } => {
+            cli::run_async(cli::admin::sweep(root.root, orphans, all, grace, json))
+        }
+        Cmd::Doctor { root, json } => cli::run_async(cli::doctor::run(root.root, json)),
+        Cmd::Demo(a) => cli::run_async(cli::demo::run(a)),
+        Cmd::DemoServer(a) => cli::demo_server::run(a),
+    };
+    std::process::exit(code)
 }

@@ -446,18 +446,7 @@ impl Supervisor {
     fn enable_controllers(&self, needed: &[&'static str]) -> Result<()> {
         let inner = &self.inner;
         let chain: Vec<&Cgroup> = inner.mount.iter().chain([inner.root.cgroup(), inner.instance.as_ref()]).collect();
-        let top = chain[0];
-        let available = top.controllers()?;
-        if let Some(c) = needed.iter().find(|c| !available.iter().any(|a| a == *c)) {
-            return Err(Error::ControllerUnavailable {
-                controller: c,
-                path: top.path().join(crate::cgroup::files::CONTROLLERS),
-            });
-        }
-        for cg in chain {
-            cg.enable_controllers(needed)?;
-        }
-        Ok(())
+        crate::tree::enable_chain(&chain, needed)
     }
 
     /// Ends sessions: all targets in parallel, SIGTERM + SIGCONT, an

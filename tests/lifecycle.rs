@@ -437,11 +437,24 @@ async fn concurrent_drops_sweeps_and_aborts_leak_nothing() {
     env.finish().await;
 }
 
+fn smaps_kib(pid: i32, key: &str) -> u64 {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap();
+    rollup
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
 fn spawn_gateway(env: &TestEnv, sessions: usize, guardian: bool) -> (std::process::Child, Vec<String>) {
+    spawn_gateway_with(env, sessions, guardian, env!("CARGO_BIN_EXE_procscope"))
+}
+
+fn spawn_gateway_with(env: &TestEnv, sessions: usize, guardian: bool, bin: &str) -> (std::process::Child, Vec<String>) {
     use std::io::BufRead;
     let mut child = std::process::Command::new(FIXTURE)
         .args(["gateway", env.path().to_str().unwrap(), &sessions.to_string(), if guardian { "1" } else { "0" }])
-        .env("PROCSCOPE_BIN", env!("CARGO_BIN_EXE_procscope"))
+        .env("PROCSCOPE_BIN", bin)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -474,14 +487,11 @@ async fn the_guardian_cleans_up_after_a_sigkilled_gateway_within_a_second() {
         let guardian_pid: i32 = field(&lines, "guardian").parse().unwrap();
         assert!(guardian_pid > 0);
         let guardian = procscope::PidFd::open(procscope::Pid::from_raw(guardian_pid).unwrap()).unwrap();
-        // The guardian is small: at most 2 MiB of its own memory.
-        let rollup = std::fs::read_to_string(format!("/proc/{guardian_pid}/smaps_rollup")).unwrap();
-        let pss_kib: u64 = rollup
-            .lines()
-            .find_map(|l| l.strip_prefix("Pss:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap();
-        assert!(pss_kib <= 2048, "guardian PSS {pss_kib} KiB");
+        // The guardian allocates next to nothing itself (the whole PSS of the
+        // release build is checked by `guardian_pss_release_build`).
+        let pss_kib = smaps_kib(guardian_pid, "Pss:");
+        let anon_kib = smaps_kib(guardian_pid, "Pss_Anon:");
+        assert!(anon_kib <= 512, "guardian anonymous PSS {anon_kib} KiB");
         let members = instance.member_pidfds_recursive().unwrap();
         assert!(members.len() >= 6, "3 servers and their daemons: {}", members.len());
 
@@ -551,6 +561,33 @@ async fn recovery_reaps_a_crashed_instance_and_spares_live_and_foreign_ones() {
         let r = procscope::recover(&root, None, Duration::ZERO).await.unwrap();
         assert_eq!((r.sessions, r.removed), (1, 2), "{r}");
         env.root.remove_child(foreign.name()).unwrap();
+    })
+    .await;
+    env.finish().await;
+}
+
+/// The guardian of the shipped (release) build uses at most 2 MiB of its own
+/// memory (PSS). `scripts/test` runs this with `PROCSCOPE_RELEASE_BIN` set.
+#[tokio::test]
+#[ignore = "needs the release build: scripts/test runs it with PROCSCOPE_RELEASE_BIN"]
+async fn guardian_pss_release_build() {
+    let bin = std::env::var("PROCSCOPE_RELEASE_BIN").expect("set PROCSCOPE_RELEASE_BIN to target/release/procscope");
+    let env = TestEnv::new();
+    within(30, async {
+        let (mut gateway, lines) = spawn_gateway_with(&env, 1, true, &bin);
+        let guardian_pid: i32 = field(&lines, "guardian").parse().unwrap();
+        let guardian = procscope::PidFd::open(procscope::Pid::from_raw(guardian_pid).unwrap()).unwrap();
+        let pss_kib = smaps_kib(guardian_pid, "Pss:");
+        rustix::process::kill_process(
+            rustix::process::Pid::from_raw(gateway.id() as i32).unwrap(),
+            rustix::process::Signal::KILL,
+        )
+        .unwrap();
+        gateway.wait().unwrap();
+        tokio::time::timeout(Duration::from_secs(5), guardian.exited()).await.expect("guardian still running").unwrap();
+        assert!(pss_kib <= 2048, "release guardian PSS {pss_kib} KiB");
+        eprintln!("release guardian PSS: {pss_kib} KiB");
+        drop(guardian);
     })
     .await;
     env.finish().await;

@@ -133,10 +133,21 @@ impl Cgroup {
     /// Retries `rmdir` on `EBUSY`, each time after the next `cgroup.events`
     /// change or a short bounded wait (a cgroup can stay busy briefly after
     /// `populated 0`). Gives up after about two seconds.
+    /// Another process removing part of the tree at the same time is fine: what
+    /// is already gone counts as removed.
     pub async fn remove_child_tree(&self, child: &Cgroup) -> Result<()> {
-        for grandchild in child.children()? {
-            let g = child.open_child(&grandchild)?;
-            Box::pin(child.remove_child_tree(&g)).await?;
+        let gone = |e: &Error| e.raw_os_error() == Some(libc::ENOENT);
+        let grandchildren = match child.children() {
+            Ok(g) => g,
+            Err(e) if gone(&e) => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        for grandchild in grandchildren {
+            match child.open_child(&grandchild) {
+                Ok(g) => Box::pin(child.remove_child_tree(&g)).await?,
+                Err(e) if gone(&e) => {}
+                Err(e) => return Err(e),
+            }
         }
         let mut backoff = std::time::Duration::from_millis(1);
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);

@@ -1,0 +1,245 @@
+//! `procscope doctor`: what this host supports, which mechanisms procscope will
+//! use — verified by spawning and killing a probe — and how to fix what is
+//! missing.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use procscope::cgroup::hierarchy::{Delegation, Features, Hierarchy};
+use procscope::{Cgroup, Command, KillMechanism, Root, RootKind, SpawnMechanism, Stdio};
+use serde_json::json;
+
+use super::FAILED;
+
+const UNIT_SNIPPET: &str =
+    "[Service]\nDelegate=yes\n# or run it with: systemd-run -p Delegate=yes --unit=gateway <command>";
+
+struct Problem {
+    problem: String,
+    fix: String,
+    /// Containment degrades (non-zero exit), as opposed to a note.
+    degrades: bool,
+}
+
+pub async fn run(root: Option<PathBuf>, json: bool) -> i32 {
+    let mut problems: Vec<Problem> = Vec::new();
+    let kernel = rustix::system::uname().release().to_string_lossy().into_owned();
+    let hierarchy = Hierarchy::discover();
+    let (mount, hybrid, own) = match &hierarchy {
+        Ok(h) => (Some(h.mount_point.clone()), h.hybrid, Some(h.own_cgroup.clone())),
+        Err(e) => {
+            problems.push(Problem { problem: e.to_string(), fix: "mount cgroup2 (see above)".into(), degrades: true });
+            (None, false, None)
+        }
+    };
+    let explicit = root.is_some();
+    let root = match root {
+        Some(p) => Root::open(p),
+        None => Root::locate(),
+    };
+    let root = match root {
+        Ok(r) => Some(r),
+        Err(e) => {
+            // The default root may simply not exist yet: it is created on first use.
+            let missing_default =
+                !explicit && e.raw_os_error() == Some(libc::ENOENT) && rustix::process::geteuid().is_root();
+            if !missing_default {
+                problems.push(Problem {
+                    problem: format!("no usable root: {e}"),
+                    fix: format!("run as root, or in a unit with delegation:\n{UNIT_SNIPPET}"),
+                    degrades: true,
+                });
+            }
+            None
+        }
+    };
+    let probe_parent = match (&root, &mount) {
+        (Some(r), _) => Cgroup::open(r.path()).ok(),
+        (None, Some(m)) if !explicit && rustix::process::geteuid().is_root() => Cgroup::open(m).ok(),
+        _ => None,
+    };
+    let (delegated, root_kind) = match &root {
+        Some(r) => {
+            let d = Delegation::of(r.cgroup()).map(|d| d.delegated()).unwrap_or(false);
+            (r.kind() == RootKind::Delegated || d, r.kind().as_str())
+        }
+        None => (false, "none"),
+    };
+    let controllers = probe_parent.as_ref().and_then(|c| c.controllers().ok()).unwrap_or_default();
+    let enabled = probe_parent.as_ref().and_then(|c| c.subtree_control().ok()).unwrap_or_default();
+    for c in ["memory", "pids", "cpu"] {
+        if probe_parent.is_some() && !controllers.iter().any(|x| x == c) {
+            problems.push(Problem {
+                problem: format!("the {c} controller is not available in cgroup2, so {c} limits cannot be set"),
+                fix: if hybrid {
+                    "this host is hybrid (controllers in cgroup v1): boot with systemd.unified_cgroup_hierarchy=1"
+                        .into()
+                } else {
+                    "delegate it: Delegate=yes (or Delegate=memory pids cpu) in the unit".into()
+                },
+                degrades: false,
+            });
+        }
+    }
+
+    let (spawn, kill) = match &probe_parent {
+        Some(parent) => probe(parent, &mut problems).await,
+        None => ("none", "none"),
+    };
+    let features = probe_parent.as_ref().map(Features::detect);
+    let caps = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("CapEff:").map(|v| v.trim().to_owned())))
+        .unwrap_or_default();
+    let systemd = std::path::Path::new("/run/systemd/system").exists();
+    let unit = own
+        .as_deref()
+        .and_then(|o| o.split('/').rev().find(|c| c.ends_with(".service") || c.ends_with(".scope")).map(str::to_owned));
+
+    let degraded = problems.iter().any(|p| p.degrades);
+    if json {
+        let v = json!({
+            "kernel": kernel,
+            "cgroup2_mount": mount,
+            "hybrid": hybrid,
+            "own_cgroup": own,
+            "root": root.as_ref().map(|r| r.path().to_owned()),
+            "root_kind": root_kind,
+            "delegated": delegated,
+            "controllers": { "available": controllers, "enabled": enabled },
+            "spawn_mechanism": spawn,
+            "kill_mechanism": kill,
+            "features": features.as_ref().map(|f| json!({
+                "pidfd": f.pidfd, "clone_into_cgroup": f.clone_into_cgroup,
+                "cgroup_kill": f.cgroup_kill, "cgroup_freeze": f.cgroup_freeze,
+            })),
+            "capabilities": caps,
+            "systemd": { "running": systemd, "unit": unit },
+            "problems": problems.iter().map(|p| json!({"problem": p.problem, "fix": p.fix, "degrades": p.degrades})).collect::<Vec<_>>(),
+            "ok": !degraded,
+        });
+        println!("{v}");
+    } else {
+        let show = |k: &str, v: &str| println!("{k:<18} {v}");
+        show("kernel", &kernel);
+        show("cgroup2 mount", &mount.as_ref().map(|m| m.display().to_string()).unwrap_or("none".into()));
+        show("hierarchy", if hybrid { "hybrid (cgroup v1 controllers beside cgroup2)" } else { "pure cgroup2" });
+        show("own cgroup", own.as_deref().unwrap_or("?"));
+        show("root", &root.as_ref().map(|r| format!("{} ({root_kind})", r.path().display())).unwrap_or("none".into()));
+        show("delegated", if delegated { "yes" } else { "no" });
+        show("controllers", &format!("available: {}; enabled: {}", or_none(&controllers), or_none(&enabled)));
+        show("spawn mechanism", spawn);
+        show("kill mechanism", kill);
+        show("capabilities", &format!("CapEff {caps}"));
+        show(
+            "systemd",
+            &if systemd {
+                format!("running{}", unit.map(|u| format!(", unit {u}")).unwrap_or_default())
+            } else {
+                "not running".into()
+            },
+        );
+        if problems.is_empty() {
+            println!("\nno problems: full containment");
+        }
+        for p in &problems {
+            println!(
+                "\n{}: {}\n  fix: {}",
+                if p.degrades { "PROBLEM" } else { "note" },
+                p.problem,
+                p.fix.replace('\n', "\n       ")
+            );
+        }
+    }
+    if degraded { FAILED } else { 0 }
+}
+
+fn or_none(v: &[String]) -> String {
+    if v.is_empty() { "none".into() } else { v.join(" ") }
+}
+
+/// Spawns a probe into a temporary cgroup with the best mechanism, then kills it
+/// with the best mechanism, and reports what worked.
+async fn probe(parent: &Cgroup, problems: &mut Vec<Problem>) -> (&'static str, &'static str) {
+    let name = format!("doctor-{}", std::process::id());
+    let cg = match parent.create_child(&name) {
+        Ok(c) => c,
+        Err(e) => {
+            problems.push(Problem {
+                problem: format!("cannot create a cgroup under {}: {e}", parent.path().display()),
+                fix: format!("run as root or with a delegated cgroup:\n{UNIT_SNIPPET}"),
+                degrades: true,
+            });
+            return ("none", "none");
+        }
+    };
+    let exe = std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into());
+    let mut spawned = None;
+    for m in [SpawnMechanism::Clone3IntoCgroup, SpawnMechanism::ForkJoinProcs] {
+        let mut cmd = Command::new(&exe);
+        cmd.args(["demo-server", "--idle"])
+            .stdin(Stdio::Null)
+            .stdout(Stdio::Null)
+            .stderr(Stdio::Null)
+            .spawn_mechanism(m);
+        match cmd.spawn_in(&cg) {
+            Ok(child) if cg.procs().is_ok_and(|p| p.len() == 1) => {
+                spawned = Some((m, child));
+                break;
+            }
+            Ok(mut child) => {
+                let _ = child.kill().await;
+            }
+            Err(e) => {
+                if m == SpawnMechanism::Clone3IntoCgroup {
+                    problems.push(Problem {
+                        problem: format!("clone3(CLONE_INTO_CGROUP) failed: {e}"),
+                        fix: "Linux 5.7 or later spawns straight into cgroups; the fallback migrates each child".into(),
+                        degrades: true,
+                    });
+                }
+            }
+        }
+    }
+    let Some((mechanism, mut child)) = spawned else {
+        let _ = parent.remove_child(&name);
+        problems.push(Problem {
+            problem: "no spawn mechanism works".into(),
+            fix: "see the errors above".into(),
+            degrades: true,
+        });
+        return ("none", "none");
+    };
+    let kill = match cg.kill().await {
+        Ok(k) => {
+            let gone = cg.wait_empty(Some(tokio::time::Instant::now() + Duration::from_secs(3))).await.unwrap_or(false);
+            if !gone {
+                problems.push(Problem {
+                    problem: "the probe survived the kill".into(),
+                    fix: "report this kernel".into(),
+                    degrades: true,
+                });
+            }
+            if k == KillMechanism::FreezeKillThaw {
+                problems.push(Problem {
+                    problem: "cgroup.kill is missing (Linux < 5.14): using freeze, kill each, thaw".into(),
+                    fix: "Linux 5.14 or later kills a whole cgroup atomically".into(),
+                    degrades: true,
+                });
+            }
+            k.as_str()
+        }
+        Err(e) => {
+            problems.push(Problem {
+                problem: format!("killing the probe failed: {e}"),
+                fix: "run as root".into(),
+                degrades: true,
+            });
+            let _ = child.start_kill();
+            "none"
+        }
+    };
+    let _ = child.wait().await;
+    let _ = parent.remove_child_tree(&cg).await;
+    (mechanism.as_str(), kill)
+}

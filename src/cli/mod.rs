@@ -1,0 +1,113 @@
+//! The subcommands. Each returns the process exit code.
+
+pub mod admin;
+pub mod demo;
+pub mod demo_server;
+pub mod doctor;
+pub mod exec;
+
+use std::future::Future;
+use std::path::PathBuf;
+
+use procscope::{Error, Root};
+
+/// Exit code: the operation failed.
+pub const FAILED: i32 = 1;
+/// Exit code: invalid arguments or input.
+pub const USAGE: i32 = 2;
+
+/// Runs a subcommand on a current-thread runtime.
+pub fn run_async(fut: impl Future<Output = i32>) -> i32 {
+    match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt.block_on(fut),
+        Err(e) => {
+            eprintln!("procscope: cannot start the runtime: {e}");
+            FAILED
+        }
+    }
+}
+
+/// Prints an error and returns its exit code: 2 for bad input, 1 otherwise.
+pub fn fail(context: &str, e: &Error) -> i32 {
+    eprintln!("procscope {context}: {e}");
+    exit_code(e)
+}
+
+pub fn exit_code(e: &Error) -> i32 {
+    match e {
+        Error::InvalidName { .. }
+        | Error::InvalidLimit { .. }
+        | Error::InvalidInput { .. }
+        | Error::NotCgroup2 { .. }
+        | Error::ContainsSelf { .. } => USAGE,
+        Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => USAGE,
+        _ => FAILED,
+    }
+}
+
+/// The root from `--root`, or the one this process would use, without moving
+/// anything.
+pub fn locate_root(root: Option<PathBuf>) -> Result<Root, Error> {
+    match root {
+        Some(p) => Root::open(p),
+        None => Root::locate(),
+    }
+}
+
+/// `1.5 MiB`-style sizes.
+pub fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 { format!("{b} B") } else { format!("{v:.1} {}", UNITS[u]) }
+}
+
+/// `3h12m`-style ages.
+pub fn human_age(secs: Option<u64>) -> String {
+    match secs {
+        None => "-".into(),
+        Some(s) if s < 60 => format!("{s}s"),
+        Some(s) if s < 3600 => format!("{}m{:02}s", s / 60, s % 60),
+        Some(s) if s < 86400 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+        Some(s) => format!("{}d{:02}h", s / 86400, (s % 86400) / 3600),
+    }
+}
+
+/// Prints rows as a left-aligned table with a header.
+pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let last = cells.len() - 1;
+        let s: Vec<String> = cells
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| if i == last { c } else { format!("{c:<w$}", w = widths[i]) })
+            .collect();
+        println!("{}", s.join("  ").trim_end());
+    };
+    line(header.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        line(r.clone());
+    }
+}
+
+/// A sweep report as JSON.
+pub fn report_json(r: &procscope::SweepReport) -> serde_json::Value {
+    serde_json::json!({
+        "sessions": r.sessions,
+        "terminated": r.terminated,
+        "killed": r.killed,
+        "removed": r.removed,
+        "errors": r.errors.iter().map(|e| serde_json::json!({"session": e.session, "error": e.error})).collect::<Vec<_>>(),
+        "elapsed_ms": r.elapsed.as_secs_f64() * 1e3,
+    })
+}

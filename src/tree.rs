@@ -1,0 +1,351 @@
+//! The tree under a root as any process sees it: listing instances and sessions
+//! with their state, sessions shared across processes (the `procscope exec`
+//! wrapper), and sweeps by scope.
+//!
+//! Only directories procscope made (a `user.procscope.kind` xattr) are ever
+//! listed, ended or removed.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::cgroup::Cgroup;
+use crate::cgroup::limits::Limits;
+use crate::error::{Error, Result};
+use crate::instance::{self, Owner, XATTR_CREATED, XATTR_OWNER_PID, XATTR_OWNER_START, XATTR_SESSION, XATTR_STATE};
+use crate::names::validate_session_id;
+use crate::root::{Root, RootKind, XATTR_KIND};
+use crate::sweep::{SweepReport, Target};
+
+/// The state of a session as seen from outside its supervisor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionState {
+    /// Its owner runs and the session has not ended.
+    Active,
+    /// Its owner runs, but the session ended with processes alive (orphan pool).
+    Orphaned,
+    /// Its owner is gone.
+    Stale,
+}
+
+impl SessionState {
+    /// The lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionState::Active => "active",
+            SessionState::Orphaned => "orphaned",
+            SessionState::Stale => "stale",
+        }
+    }
+}
+
+/// A session directory and what is in it.
+#[derive(Clone, Debug, Serialize)]
+pub struct SessionInfo {
+    /// The session id.
+    pub id: String,
+    /// Its cgroup.
+    pub path: PathBuf,
+    /// Active, orphaned or stale.
+    pub state: SessionState,
+    /// Live processes in it and below.
+    pub processes: usize,
+    /// Memory in bytes: `memory.current` where the controller is on, else the
+    /// sum of the members' resident set sizes.
+    pub memory_bytes: u64,
+    /// `"memory.current"` or `"rss"`.
+    pub memory_source: &'static str,
+    /// Seconds since creation, when recorded.
+    pub age_secs: Option<u64>,
+    /// The command line of its first (oldest) process.
+    pub command: Option<String>,
+}
+
+/// An instance directory: one supervisor (or one gateway using `procscope exec`).
+#[derive(Clone, Debug, Serialize)]
+pub struct InstanceInfo {
+    /// Directory name, `i-<pid>-<start>`.
+    pub name: String,
+    /// Its cgroup.
+    pub path: PathBuf,
+    /// Owner pid.
+    pub owner_pid: i32,
+    /// Whether the owner (pid and start time) still runs.
+    pub owner_alive: bool,
+    /// Seconds since creation, when recorded.
+    pub age_secs: Option<u64>,
+    /// Its sessions.
+    pub sessions: Vec<SessionInfo>,
+}
+
+/// Lists every instance and session under `root` that procscope made.
+pub fn list(root: &Root) -> Result<Vec<InstanceInfo>> {
+    let mut out = Vec::new();
+    let mut names = root.cgroup().children()?;
+    names.sort();
+    for name in names {
+        let Some(named) = Owner::from_instance_name(&name) else { continue };
+        let Ok(cg) = root.cgroup().open_child(&name) else { continue };
+        if instance::kind_of(&cg).as_deref() != Some("instance") {
+            continue;
+        }
+        let owner = Owner::of_instance(&cg).unwrap_or(named);
+        let alive = owner.is_alive();
+        let mut sessions = Vec::new();
+        let mut dirs = cg.children().unwrap_or_default();
+        dirs.sort();
+        for dir in dirs {
+            let Ok(s) = cg.open_child(&dir) else { continue };
+            if instance::kind_of(&s).as_deref() != Some("session") {
+                continue;
+            }
+            sessions.push(session_info(&s, &dir, alive));
+        }
+        out.push(InstanceInfo {
+            name,
+            path: cg.path().to_owned(),
+            owner_pid: owner.pid,
+            owner_alive: alive,
+            age_secs: age(&cg),
+            sessions,
+        });
+    }
+    Ok(out)
+}
+
+fn age(cg: &Cgroup) -> Option<u64> {
+    let created: u64 = cg.xattr(XATTR_CREATED).ok()??.parse().ok()?;
+    Some(instance::now_secs().saturating_sub(created))
+}
+
+fn session_info(s: &Cgroup, dir: &str, owner_alive: bool) -> SessionInfo {
+    let id = s.xattr(XATTR_SESSION).ok().flatten().unwrap_or_else(|| dir.trim_start_matches("s-").to_owned());
+    let state = if !owner_alive {
+        SessionState::Stale
+    } else if s.xattr(XATTR_STATE).ok().flatten().as_deref() == Some("orphaned") {
+        SessionState::Orphaned
+    } else {
+        SessionState::Active
+    };
+    let pids = member_pids(s);
+    let (memory_bytes, memory_source) = match s.read("memory.current").ok().and_then(|v| v.trim().parse().ok()) {
+        Some(bytes) => (bytes, "memory.current"),
+        None => (pids.iter().map(|p| rss_bytes(*p)).sum(), "rss"),
+    };
+    let command = pids
+        .iter()
+        .filter_map(|p| Some((instance::start_time(*p)?, *p)))
+        .min()
+        .and_then(|(_, pid)| std::fs::read(format!("/proc/{pid}/cmdline")).ok())
+        .map(|raw| {
+            let parts: Vec<String> = raw
+                .split(|b| *b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            parts.join(" ")
+        });
+    SessionInfo {
+        id,
+        path: s.path().to_owned(),
+        state,
+        processes: pids.len(),
+        memory_bytes,
+        memory_source,
+        age_secs: age(s),
+        command,
+    }
+}
+
+fn member_pids(cg: &Cgroup) -> Vec<i32> {
+    let mut pids: Vec<i32> = cg.procs().unwrap_or_default().iter().map(|p| p.as_raw_nonzero().get()).collect();
+    for name in cg.children().unwrap_or_default() {
+        if let Ok(child) = cg.open_child(&name) {
+            pids.extend(member_pids(&child));
+        }
+    }
+    pids
+}
+
+fn rss_bytes(pid: i32) -> u64 {
+    let pages: u64 = std::fs::read_to_string(format!("/proc/{pid}/statm"))
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0);
+    pages * rustix::param::page_size() as u64
+}
+
+/// Opens the instance of `owner` under `root`, creating it (with its xattrs) if
+/// it does not exist. Used by processes that share an owner's sessions, such as
+/// `procscope exec` wrappers started by one gateway.
+pub fn open_or_create_instance(root: &Root, owner: Owner) -> Result<Cgroup> {
+    let name = owner.instance_name();
+    let cg = match root.cgroup().create_child(&name) {
+        Ok(cg) => {
+            cg.set_xattr(XATTR_KIND, "instance")?;
+            cg.set_xattr(XATTR_OWNER_PID, &owner.pid.to_string())?;
+            cg.set_xattr(XATTR_OWNER_START, &owner.start.to_string())?;
+            cg.set_xattr(XATTR_CREATED, &instance::now_secs().to_string())?;
+            cg
+        }
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => root.cgroup().open_child(&name)?,
+        Err(e) => return Err(e),
+    };
+    Ok(cg)
+}
+
+/// Opens the session `id` of `instance`, creating it if needed; `limits` (if
+/// any) are written either way. Several processes may do this at once.
+pub fn open_or_create_session(root: &Root, instance: &Cgroup, id: &str, limits: &Limits) -> Result<Cgroup> {
+    validate_session_id(id)?;
+    limits.validate()?;
+    if !limits.is_empty() {
+        enable_chain(&chain(root, instance)?, &limits.controllers())?;
+    }
+    let dir = format!("s-{id}");
+    let (cg, created) = match instance.create_child(&dir) {
+        Ok(cg) => (cg, true),
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => (instance.open_child(&dir)?, false),
+        Err(e) => return Err(e),
+    };
+    let setup = || -> Result<()> {
+        if created {
+            cg.set_xattr(XATTR_KIND, "session")?;
+            cg.set_xattr(XATTR_SESSION, id)?;
+            cg.set_xattr(XATTR_STATE, "active")?;
+            cg.set_xattr(XATTR_CREATED, &instance::now_secs().to_string())?;
+        }
+        cg.set_limits(limits)
+    };
+    if let Err(e) = setup() {
+        if created {
+            let _ = instance.remove_child(&dir);
+        }
+        return Err(e);
+    }
+    Ok(cg)
+}
+
+/// The cgroups from the top of our tree down to `instance`: the cgroup2 mount
+/// root when the root was created under it, the root, the instance.
+fn chain(root: &Root, instance: &Cgroup) -> Result<Vec<Cgroup>> {
+    let mut chain = Vec::new();
+    if root.kind() == RootKind::Owned
+        && let Some(parent) = root.path().parent()
+    {
+        chain.push(Cgroup::open(parent)?);
+    }
+    chain.push(Cgroup::open(root.path())?);
+    chain.push(Cgroup::open(instance.path())?);
+    Ok(chain)
+}
+
+/// Enables `needed` controllers down `chain`, after checking at the top that all
+/// are available, so that a failure changes nothing.
+pub(crate) fn enable_chain<C: std::borrow::Borrow<Cgroup>>(chain: &[C], needed: &[&'static str]) -> Result<()> {
+    let Some(top) = chain.first() else { return Ok(()) };
+    let top = top.borrow();
+    let available = top.controllers()?;
+    if let Some(c) = needed.iter().find(|c| !available.iter().any(|a| a == *c)) {
+        return Err(Error::ControllerUnavailable {
+            controller: c,
+            path: top.path().join(crate::cgroup::files::CONTROLLERS),
+        });
+    }
+    for cg in chain {
+        cg.borrow().enable_controllers(needed)?;
+    }
+    Ok(())
+}
+
+/// Finds session `id` in `instance`, if procscope made it.
+pub fn find_session(instance: &Cgroup, id: &str) -> Result<Option<Cgroup>> {
+    validate_session_id(id)?;
+    match instance.open_child(&format!("s-{id}")) {
+        Ok(cg) if instance::kind_of(&cg).as_deref() == Some("session") => Ok(Some(cg)),
+        Ok(_) => Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Ends the given sessions of `instance` in parallel (SIGTERM, grace,
+/// `cgroup.kill`, `rmdir`), then removes the instance if it is left empty.
+pub async fn end_sessions(root: &Root, instance: Arc<Cgroup>, sessions: Vec<Cgroup>, grace: Duration) -> SweepReport {
+    let targets = sessions
+        .into_iter()
+        .map(|cg| Target {
+            id: cg.xattr(XATTR_SESSION).ok().flatten().unwrap_or_else(|| cg.name().to_owned()),
+            parent: Arc::clone(&instance),
+            cgroup: Arc::new(cg),
+            children: Vec::new(),
+            on_done: None,
+        })
+        .collect();
+    let report = crate::sweep::sweep_targets(targets, grace).await;
+    remove_if_empty(root, &instance);
+    report
+}
+
+/// Removes an instance that has no sessions left (best effort: another process
+/// may be adding one).
+pub fn remove_if_empty(root: &Root, instance: &Cgroup) {
+    if instance.children().is_ok_and(|c| c.is_empty()) {
+        let _ = root.cgroup().remove_child(instance.name());
+    }
+}
+
+/// Which sessions [`sweep`] ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// Instances whose owner is gone, with all their sessions.
+    Stale,
+    /// Stale ones, plus sessions marked orphaned by live owners.
+    Orphans,
+    /// Every instance and session procscope made under the root.
+    All,
+}
+
+/// Sweeps the tree under `root` from outside any supervisor.
+pub async fn sweep(root: &Root, scope: Scope, grace: Duration) -> Result<SweepReport> {
+    let start = tokio::time::Instant::now();
+    let mut report = crate::supervisor::recover(root, None, grace).await?;
+    if scope != Scope::Stale {
+        let me = Owner::this_process().ok();
+        for info in list(root)? {
+            if !info.owner_alive {
+                continue;
+            }
+            let instance = Arc::new(Cgroup::open(&info.path)?);
+            let mut sessions = Vec::new();
+            for s in &info.sessions {
+                let wanted = scope == Scope::All || s.state == SessionState::Orphaned;
+                if wanted && let Ok(cg) = Cgroup::open(&s.path) {
+                    sessions.push(cg);
+                }
+            }
+            if !sessions.is_empty() {
+                report.merge(end_sessions(root, Arc::clone(&instance), sessions, grace).await);
+            }
+            if scope == Scope::All && Some(info.owner_pid) != me.map(|m| m.pid) {
+                let outcome = crate::sweep::end_cgroup(root.cgroup(), &instance, &[], grace).await;
+                if let Ok(t) = outcome {
+                    report.removed += usize::from(t.removed);
+                }
+            }
+        }
+    }
+    report.elapsed = start.elapsed();
+    Ok(report)
+}
+
+/// Ends one cgroup from outside a supervisor: SIGTERM + SIGCONT to every
+/// process, up to `grace` for them to exit, `cgroup.kill`, then `rmdir` from
+/// `parent`. Processes that are our own children are left for the caller to
+/// reap.
+pub async fn end(parent: &Cgroup, cg: &Cgroup, grace: Duration) -> Result<crate::sweep::Termination> {
+    crate::sweep::end_cgroup(parent, cg, &[], grace).await
+}

@@ -1,0 +1,407 @@
+//! The `procscope` binary, driven for real: exec's status and signals, parent
+//! death, grandchildren, shared sessions and `end`, stdio pass-through, ps and
+//! sweep JSON, doctor, the demo, and bad arguments.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Child, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+const PROCSCOPE: &str = env!("CARGO_BIN_EXE_procscope");
+
+fn procscope(env: &TestEnv, args: &[&str]) -> std::process::Command {
+    let mut c = std::process::Command::new(PROCSCOPE);
+    let (sub, rest) = args.split_first().unwrap();
+    c.arg(sub).arg("--root").arg(env.path()).args(rest);
+    c
+}
+
+fn run(env: &TestEnv, args: &[&str]) -> Output {
+    procscope(env, args).stdin(Stdio::null()).output().unwrap()
+}
+
+fn json(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// Starts `procscope exec` with a fixture command; returns once the fixture has
+/// printed `ready`.
+fn exec_ready(env: &TestEnv, opts: &[&str], fixture_args: &[&str]) -> (Child, BufReader<std::process::ChildStdout>) {
+    let mut args = vec!["exec"];
+    args.extend_from_slice(opts);
+    args.push("--");
+    args.push(FIXTURE);
+    args.extend_from_slice(fixture_args);
+    let mut child = procscope(env, &args).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "exec ended before ready");
+        if line.trim() == "ready" {
+            break;
+        }
+    }
+    (child, out)
+}
+
+fn signal(child: &Child, sig: rustix::process::Signal) {
+    rustix::process::kill_process(rustix::process::Pid::from_raw(child.id() as i32).unwrap(), sig).unwrap();
+}
+
+/// Sessions under the test root, from `ps --json`.
+fn sessions(env: &TestEnv) -> Vec<Value> {
+    let out = run(env, &["ps", "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    json(&out)["instances"].as_array().unwrap().iter().flat_map(|i| i["sessions"].as_array().unwrap().clone()).collect()
+}
+
+#[tokio::test]
+async fn exec_returns_the_commands_status_and_ends_it_on_signals() {
+    let env = TestEnv::new();
+    {
+        let out = run(&env, &["exec", "--", FIXTURE, "exit", "3"]);
+        assert_eq!(out.status.code(), Some(3), "{out:?}");
+
+        // SIGTERM to the wrapper: the command gets SIGTERM, the wrapper exits 128+15.
+        for (sig, name) in [
+            (rustix::process::Signal::TERM, "TERM"),
+            (rustix::process::Signal::INT, "INT"),
+            (rustix::process::Signal::HUP, "HUP"),
+        ] {
+            let (mut child, _out) = exec_ready(&env, &[], &["ready", "sleep", "3600"]);
+            signal(&child, sig);
+            let status = child.wait().unwrap();
+            assert_eq!(status.code(), Some(128 + libc::SIGTERM), "SIG{name}: {status:?}");
+        }
+        // A command that ignores SIGTERM is killed at the end of the grace period.
+        let (mut child, _out) = exec_ready(&env, &["--grace", "200ms"], &["ignore-term", "ready", "sleep", "3600"]);
+        let t = Instant::now();
+        signal(&child, rustix::process::Signal::TERM);
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(128 + libc::SIGKILL), "{status:?}");
+        assert!(t.elapsed() >= Duration::from_millis(200));
+        assert!(sessions(&env).is_empty(), "sessions left: {:?}", sessions(&env));
+        assert!(env.root.children().unwrap().is_empty());
+
+        // Not found / not executable.
+        let out = run(&env, &["exec", "--", "procscope-no-such-program"]);
+        assert_eq!(out.status.code(), Some(127), "{out:?}");
+        let out = run(&env, &["exec", "--", "/etc/hostname"]);
+        assert_eq!(out.status.code(), Some(126), "{out:?}");
+        assert!(env.root.children().unwrap().is_empty());
+    }
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn exec_ends_the_command_when_its_parent_dies() {
+    let env = TestEnv::new();
+    {
+        // A parent shell that starts the wrapper, prints its pid, and waits.
+        let script =
+            format!("{PROCSCOPE} exec --root {} -- {FIXTURE} self ready sleep 3600 & wait", env.path().display());
+        let mut parent = std::process::Command::new("sh").args(["-c", &script]).stdout(Stdio::piped()).spawn().unwrap();
+        let mut out = BufReader::new(parent.stdout.take().unwrap());
+        let mut lines = Vec::new();
+        loop {
+            let mut line = String::new();
+            assert!(out.read_line(&mut line).unwrap() > 0);
+            let done = line.trim() == "ready";
+            lines.push(line.trim().to_owned());
+            if done {
+                break;
+            }
+        }
+        let cmd_pid: i32 = field(&lines, "pid").parse().unwrap();
+        let cmd = procscope::PidFd::open(procscope::Pid::from_raw(cmd_pid).unwrap()).unwrap();
+        signal(&parent, rustix::process::Signal::KILL);
+        parent.wait().unwrap();
+        tokio::time::timeout(Duration::from_secs(5), cmd.exited())
+            .await
+            .expect("the command outlived its gateway")
+            .unwrap();
+        // The wrapper removes what it made once the command is gone.
+        for _ in 0..200 {
+            if env.root.children().unwrap().is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(env.root.children().unwrap().is_empty(), "{:?}", env.root.children());
+    }
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn exec_ends_grandchildren_the_command_left_behind() {
+    let env = TestEnv::new();
+    {
+        let out = run(
+            &env,
+            &["exec", "--session", "leaver", "--", FIXTURE, "daemon", "hold-stdout", "spawn", "2", "exit", "0"],
+        );
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        assert!(env.root.children().unwrap().is_empty(), "the leaf, session and instance are removed");
+        assert!(!env.root.is_populated().unwrap(), "a daemon or child survived");
+    }
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn two_execs_share_a_session_and_end_ends_both() {
+    let env = TestEnv::new();
+    {
+        let (mut a, _oa) = exec_ready(&env, &["--session", "job-1"], &["ready", "sleep", "3600"]);
+        let (mut b, _ob) = exec_ready(&env, &["--session", "job-1"], &["daemon", "ready", "sleep", "3600"]);
+        let (mut other, _oo) = exec_ready(&env, &["--session", "job-2"], &["ready", "sleep", "3600"]);
+        let s = sessions(&env);
+        let job1: Vec<_> = s.iter().filter(|s| s["id"] == "job-1").collect();
+        assert_eq!(job1.len(), 1, "{s:?}");
+        assert_eq!(job1[0]["processes"], 3, "both commands and the daemon: {s:?}");
+        assert_eq!(job1[0]["state"], "active");
+
+        let out = run(&env, &["end", "--json", "job-1", "job-9"]);
+        assert!(out.status.success(), "{out:?}");
+        let v = json(&out);
+        assert_eq!(v["sessions"], 1, "{v}");
+        assert_eq!(v["terminated"], 3, "{v}");
+        assert_eq!(v["not_found"], serde_json::json!(["job-9"]));
+        assert_eq!(a.wait().unwrap().code(), Some(128 + libc::SIGTERM));
+        assert_eq!(b.wait().unwrap().code(), Some(128 + libc::SIGTERM));
+        // The other session was not touched.
+        let s = sessions(&env);
+        assert_eq!(s.len(), 1, "{s:?}");
+        assert_eq!(s[0]["id"], "job-2");
+        assert!(other.try_wait().unwrap().is_none());
+        signal(&other, rustix::process::Signal::TERM);
+        other.wait().unwrap();
+        assert!(env.root.children().unwrap().is_empty());
+    }
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn exec_passes_stdio_through_unchanged_and_stays_small() {
+    let env = TestEnv::new();
+    {
+        let mut child = procscope(&env, &["exec", "--", FIXTURE, "echo"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let wrapper_pid = child.id();
+        // A large JSON-RPC exchange: 20000 requests with varied payloads.
+        let mut payload = Vec::new();
+        for i in 0..20_000u32 {
+            let text: String = (0..(i % 300)).map(|k| char::from(b'a' + ((i + k) % 26) as u8)).collect();
+            writeln!(payload, r#"{{"jsonrpc":"2.0","id":{i},"method":"tools/call","params":{{"name":"echo","arguments":{{"text":"{text}\u00e9"}}}}}}"#).unwrap();
+        }
+        let mut stdin = child.stdin.take().unwrap();
+        let sent = payload.clone();
+        let writer = std::thread::spawn(move || {
+            stdin.write_all(&sent).unwrap();
+        });
+        let mut stdout = child.stdout.take().unwrap();
+        let mut got = vec![0u8; 64 * 1024];
+        let n = stdout.read(&mut got).unwrap();
+        got.truncate(n);
+        // While the exchange runs, the wrapper's own memory stays small.
+        let status = std::fs::read_to_string(format!("/proc/{wrapper_pid}/status")).unwrap();
+        let kib = |key: &str| -> u64 {
+            let v = status.lines().find_map(|l| l.strip_prefix(key)).unwrap();
+            v.trim().trim_end_matches("kB").trim().parse().unwrap()
+        };
+        let anon_kib = kib("RssAnon:");
+        stdout.read_to_end(&mut got).unwrap();
+        writer.join().unwrap();
+        assert!(got == payload, "{} of {} bytes came back, or they differ", got.len(), payload.len());
+        assert!(child.wait().unwrap().success());
+        // What the wrapper allocates itself (heap, stacks); the whole RSS of the
+        // release build is checked by `exec_wrapper_rss_release_build`.
+        assert!(anon_kib <= 1024, "exec wrapper anonymous memory {anon_kib} KiB");
+        eprintln!("exec wrapper: {anon_kib} KiB anonymous; {} bytes passed through", payload.len());
+    }
+    env.finish().await;
+}
+
+/// `ps` and `sweep` against a tree with an active, an orphaned and a stale
+/// session; each sweep scope removes exactly its share.
+#[tokio::test]
+async fn ps_and_sweep_report_and_end_by_scope() {
+    let env = TestEnv::new();
+    {
+        // Active: a wrapper whose owner (this test) runs.
+        let (mut active, _o) = exec_ready(&env, &["--session", "live"], &["ready", "sleep", "3600"]);
+        // Orphaned: a session of a live owner marked orphaned (as a supervisor's guard does).
+        let (mut orphan, _o2) = exec_ready(&env, &["--session", "left"], &["ignore-term", "ready", "sleep", "3600"]);
+        let me = procscope::Owner::this_process().unwrap();
+        let left = procscope::Cgroup::open(env.path().join(me.instance_name()).join("s-left")).unwrap();
+        left.set_xattr("user.procscope.state", "orphaned").unwrap();
+        // Stale: a gateway SIGKILLed without a guardian.
+        let mut gw = std::process::Command::new(FIXTURE)
+            .args(["gateway", env.path().to_str().unwrap(), "1", "0"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut gw_out = BufReader::new(gw.stdout.take().unwrap());
+        let mut line = String::new();
+        while gw_out.read_line(&mut line).unwrap() > 0 && line.trim() != "ready" {
+            line.clear();
+        }
+        signal(&gw, rustix::process::Signal::KILL);
+        gw.wait().unwrap();
+
+        let mut states: Vec<(String, String)> = sessions(&env)
+            .iter()
+            .map(|s| (s["id"].as_str().unwrap().into(), s["state"].as_str().unwrap().into()))
+            .collect();
+        states.sort();
+        assert_eq!(
+            states,
+            [("g0".into(), "stale".into()), ("left".into(), "orphaned".into()), ("live".into(), "active".into())]
+        );
+        let ps = run(&env, &["ps"]);
+        let table = String::from_utf8_lossy(&ps.stdout);
+        assert!(table.contains("INSTANCE") && table.contains("stale") && table.contains("sleep"), "{table}");
+
+        let v = json(&run(&env, &["sweep", "--json", "--grace", "100ms"]));
+        assert_eq!((v["sessions"].as_u64(), v["removed"].as_u64()), (Some(1), Some(2)), "stale only: {v}");
+        let v = json(&run(&env, &["sweep", "--orphans", "--json", "--grace", "100ms"]));
+        assert_eq!((v["sessions"].as_u64(), v["killed"].as_u64()), (Some(1), Some(1)), "the orphan: {v}");
+        assert_eq!(orphan.wait().unwrap().signal().or(orphan.wait().unwrap().code()), Some(128 + libc::SIGKILL));
+        assert_eq!(sessions(&env).len(), 1);
+        let out = run(&env, &["sweep", "--all", "--json", "--grace", "100ms"]);
+        let v = json(&out);
+        assert_eq!(v["sessions"].as_u64(), Some(1), "{v}");
+        assert_eq!(active.wait().unwrap().code(), Some(128 + libc::SIGTERM));
+        assert!(sessions(&env).is_empty());
+        // --all leaves alone what procscope did not make.
+        let foreign = env.cgroup("not-ours");
+        let v = json(&run(&env, &["sweep", "--all", "--json"]));
+        assert_eq!(v["sessions"].as_u64(), Some(0), "{v}");
+        assert!(foreign.path().exists());
+        env.root.remove_child("not-ours").unwrap();
+        for _ in 0..200 {
+            if env.root.children().unwrap().is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(env.root.children().unwrap().is_empty(), "{:?}", env.root.children());
+    }
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn doctor_reports_this_host() {
+    let env = TestEnv::new();
+    {
+        let out = run(&env, &["doctor", "--json"]);
+        let v = json(&out);
+        for key in [
+            "kernel",
+            "cgroup2_mount",
+            "hybrid",
+            "root",
+            "delegated",
+            "controllers",
+            "spawn_mechanism",
+            "kill_mechanism",
+            "problems",
+        ] {
+            assert!(v.get(key).is_some(), "doctor JSON lacks {key}: {v}");
+        }
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert_eq!(v["hybrid"], mountinfo.contains(" - cgroup "));
+        assert_eq!(v["spawn_mechanism"], "clone3_into_cgroup", "{v}");
+        assert_eq!(v["kill_mechanism"], "cgroup_kill", "{v}");
+        assert_eq!(v["root"], env.path().to_str().unwrap());
+        assert_eq!(out.status.code(), Some(0), "no degradation on this host: {v}");
+        let text = run(&env, &["doctor"]);
+        let text = String::from_utf8_lossy(&text.stdout);
+        assert!(text.contains("spawn mechanism") && text.contains("clone3_into_cgroup"), "{text}");
+        assert!(env.root.children().unwrap().is_empty(), "the probe cgroup was removed");
+    }
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn the_demo_leaves_nothing_behind() {
+    let env = TestEnv::new();
+    {
+        let out = run(&env, &["demo", "--ticks", "2", "--jobs", "6", "--cancel-ratio", "0.5", "--compare-naive"]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+        assert!(text.lines().any(|l| l == "processes left behind: 0"), "{text}");
+        let naive: usize = text
+            .lines()
+            .find_map(|l| l.strip_prefix("without procscope: processes left behind: "))
+            .and_then(|r| r.split(' ').next()?.parse().ok())
+            .unwrap();
+        assert!(naive > 0, "the naive run should leak the daemonized helpers: {text}");
+    }
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn bad_arguments_exit_2_with_a_clear_message_and_change_nothing() {
+    let env = TestEnv::new();
+    {
+        let cases: &[(&[&str], &str)] = &[
+            (&["exec"], "CMD"),
+            (&["exec", "--"], "CMD"),
+            (&["exec", "--", ""], "empty"),
+            (&["exec", "--session", "../x", "--", "true"], "session id"),
+            (&["exec", "--session", "cgroup.procs", "--", "true"], "session id"),
+            (&["exec", "--memory-max", "10QB", "--", "true"], "memory.max"),
+            (&["exec", "--memory-max", "-1", "--", "true"], "memory.max"),
+            (&["exec", "--pids-max", "0", "--", "true"], "pids.max"),
+            (&["exec", "--cpu-max", "lots", "--", "true"], "cpu.max"),
+            (&["exec", "--grace", "-1s", "--", "true"], "grace"),
+            (&["exec", "--uid", "5", "--", "true"], "--gid"),
+            (&["exec", "--owner", "999999999", "--", "true"], "999999999"),
+            (&["end"], "ID"),
+            (&["end", "bad/id"], "session id"),
+            (&["end", "--grace", "soon", "x"], "grace"),
+            (&["sweep", "--all", "--orphans"], "cannot be used with"),
+            (&["sweep", "--grace", "10 fortnights"], "grace"),
+            (&["demo", "--cancel-ratio", "2"], "cancel-ratio"),
+            (&["demo", "--jobs", "0"], "at least 1"),
+            (&["ps", "--nope"], "--nope"),
+        ];
+        for (args, needle) in cases {
+            let out = run(&env, args);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+            assert!(err.contains(needle), "{args:?}: message lacks {needle:?}: {err}");
+            assert!(env.root.children().unwrap().is_empty(), "{args:?} created something");
+        }
+        // Roots that are not cgroup2, or missing.
+        for root in ["/tmp", "/nonexistent/cgroup"] {
+            for sub in [&["ps"][..], &["sweep"], &["doctor"], &["end", "x"], &["exec", "--", "true"]] {
+                let out = std::process::Command::new(PROCSCOPE)
+                    .arg(sub[0])
+                    .args(["--root", root])
+                    .args(&sub[1..])
+                    .output()
+                    .unwrap();
+                let err = String::from_utf8_lossy(&out.stderr);
+                let code = out.status.code();
+                if sub[0] == "doctor" {
+                    assert_eq!(code, Some(1), "doctor --root {root}: containment degrades: {err}");
+                } else {
+                    assert_eq!(code, Some(2), "{sub:?} --root {root}: {err}");
+                    assert!(err.contains(root), "{sub:?}: {err}");
+                }
+            }
+        }
+    }
+    env.finish().await;
+}
