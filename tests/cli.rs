@@ -168,7 +168,12 @@ async fn two_execs_share_a_session_and_end_ends_both() {
         assert_eq!(job1[0]["state"], "active");
 
         let out = run(&env, &["end", "--json", "job-1", "job-9"]);
-        assert!(out.status.success(), "{out:?}");
+        assert!(
+            out.status.success(),
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         let v = json(&out);
         assert_eq!(v["sessions"], 1, "{v}");
         assert_eq!(v["terminated"], 3, "{v}");
@@ -402,6 +407,36 @@ async fn bad_arguments_exit_2_with_a_clear_message_and_change_nothing() {
                 }
             }
         }
+    }
+    env.finish().await;
+}
+
+/// The shipped (release) wrapper stays within 4 MiB resident while it runs a
+/// command. `scripts/test` builds the release binary and runs this with
+/// `PROCSCOPE_RELEASE_BIN` set.
+#[tokio::test]
+#[ignore = "needs the release build: scripts/test runs it with PROCSCOPE_RELEASE_BIN"]
+async fn exec_wrapper_rss_release_build() {
+    let bin = std::env::var("PROCSCOPE_RELEASE_BIN").expect("set PROCSCOPE_RELEASE_BIN to target/release/procscope");
+    let env = TestEnv::new();
+    {
+        let mut child = std::process::Command::new(&bin)
+            .args(["exec", "--root", env.path().to_str().unwrap(), "--", FIXTURE, "ready", "wait-eof"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "ready");
+        let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+        let rss = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap();
+        let rss_kib: u64 = rss.trim().trim_end_matches("kB").trim().parse().unwrap();
+        drop(child.stdin.take());
+        assert!(child.wait().unwrap().success());
+        assert!(rss_kib <= 4096, "release exec wrapper RSS {rss_kib} KiB");
+        eprintln!("release exec wrapper RSS: {rss_kib} KiB");
     }
     env.finish().await;
 }

@@ -114,8 +114,10 @@ impl Cgroup {
     fn member_pids_recursive(&self) -> Result<Vec<rustix::process::Pid>> {
         let mut all = self.procs()?;
         for name in self.children()? {
-            if let Ok(child) = self.open_child(&name) {
-                all.extend(child.member_pids_recursive()?);
+            match self.open_child(&name).and_then(|child| child.member_pids_recursive()) {
+                Ok(pids) => all.extend(pids),
+                Err(e) if super::vanished(&e) => {}
+                Err(e) => return Err(e),
             }
         }
         Ok(all)

@@ -223,12 +223,15 @@ impl Cgroup {
 
     /// Like [`member_pidfds`](Self::member_pidfds), for this cgroup and every
     /// cgroup below it.
+    ///
+    /// A sub-cgroup removed during the walk (by another process ending it) is
+    /// skipped; only this cgroup itself vanishing is an error.
     pub fn member_pidfds_recursive(&self) -> Result<Vec<PidFd>> {
         let mut all = self.member_pidfds()?;
         for name in self.children()? {
-            match self.open_child(&name) {
-                Ok(child) => all.extend(child.member_pidfds_recursive()?),
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            match self.open_child(&name).and_then(|child| child.member_pidfds_recursive()) {
+                Ok(members) => all.extend(members),
+                Err(e) if vanished(&e) => {}
                 Err(e) => return Err(e),
             }
         }
@@ -299,6 +302,11 @@ impl AsFd for Cgroup {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.dir.as_fd()
     }
+}
+
+/// Whether an error means the cgroup was removed meanwhile.
+pub(crate) fn vanished(e: &Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENODEV))
 }
 
 fn check_cgroup2(fd: &OwnedFd, path: &Path) -> Result<()> {
