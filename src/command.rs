@@ -232,21 +232,24 @@ impl Command {
                 Err(SpawnFailure::Clone(e)) if matches!(e.raw_os_error(), Some(libc::ENODEV | libc::ENOENT)) => {
                     return Err(Error::CgroupRemoved { path: cgroup.path().to_owned() });
                 }
-                Err(SpawnFailure::Clone(e)) if self.mechanism.is_none() => {
-                    // Like runc and crun: any other failure of CLONE_INTO_CGROUP falls
-                    // back to joining through cgroup.procs, which reports its own error.
-                    if matches!(e.raw_os_error(), Some(libc::E2BIG | libc::EINVAL | libc::ENOSYS)) {
-                        NO_CLONE_INTO_CGROUP.store(true, Ordering::Relaxed);
-                    }
-                    tracing::warn!(error = %e, cgroup = %cgroup.path().display(),
-                        "clone3(CLONE_INTO_CGROUP) failed; falling back to fork + cgroup.procs");
+                // Only a kernel (or seccomp filter) without CLONE_INTO_CGROUP falls
+                // back. Any other failure is the cgroup's answer and must stand:
+                // EAGAIN from pids.max in particular, which a migration through
+                // cgroup.procs would get around.
+                Err(SpawnFailure::Clone(e))
+                    if self.mechanism.is_none()
+                        && matches!(e.raw_os_error(), Some(libc::E2BIG | libc::EINVAL | libc::ENOSYS)) =>
+                {
+                    NO_CLONE_INTO_CGROUP.store(true, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "clone3(CLONE_INTO_CGROUP) is not available; \
+                        spawning with a join through cgroup.procs from now on (slower)");
                     (spawn_joining(&plan, cgroup, &program)?, SpawnMechanism::ForkJoinProcs)
                 }
                 Err(failure) => return Err(spawn_error(failure, &program, cgroup)),
             },
             SpawnMechanism::ForkJoinProcs => (spawn_joining(&plan, cgroup, &program)?, SpawnMechanism::ForkJoinProcs),
         };
-        Ok(ContainedChild::new(spawned, pipes.into_parent_ends()?, mechanism))
+        Ok(ContainedChild::new(spawned, pipes.into_parent_ends(), mechanism))
     }
 
     /// Spawns the command in the caller's own cgroup (for the guardian, which must
@@ -273,7 +276,7 @@ impl Command {
             SpawnFailure::Clone(e) => Error::io("clone3", program.clone(), e),
             SpawnFailure::Child { stage, errno } => Error::Spawn { program: program.clone(), stage, source: errno },
         })?;
-        Ok(ContainedChild::new(spawned, pipes.into_parent_ends()?, SpawnMechanism::ForkJoinProcs))
+        Ok(ContainedChild::new(spawned, pipes.into_parent_ends(), SpawnMechanism::ForkJoinProcs))
     }
 
     /// Resolves the program and builds the C strings the child needs.
@@ -369,8 +372,11 @@ fn last_cap() -> u32 {
 /// Finds `program` in `path` (or the default search path) unless it contains a
 /// `/`, in which case it is used as it is.
 fn resolve_program(program: &OsStr, path: Option<&OsStr>) -> Result<PathBuf> {
+    // Relative paths are taken relative to the caller's working directory, not
+    // the child's (it may chdir first): made absolute here.
+    let absolute = |p: PathBuf| if p.is_absolute() { p } else { std::env::current_dir().unwrap_or_default().join(p) };
     if program.as_bytes().contains(&b'/') {
-        return Ok(PathBuf::from(program));
+        return Ok(absolute(PathBuf::from(program)));
     }
     let search = path.unwrap_or(OsStr::new("/usr/local/bin:/usr/bin:/bin"));
     for dir in search.as_bytes().split(|b| *b == b':') {
@@ -380,7 +386,7 @@ fn resolve_program(program: &OsStr, path: Option<&OsStr>) -> Result<PathBuf> {
             .map(|st| rustix::fs::FileType::from_raw_mode(st.st_mode).is_file() && st.st_mode & 0o111 != 0)
             .unwrap_or(false);
         if is_exec_file {
-            return Ok(candidate);
+            return Ok(absolute(candidate));
         }
     }
     Err(Error::ProgramNotFound {
@@ -393,7 +399,8 @@ fn resolve_program(program: &OsStr, path: Option<&OsStr>) -> Result<PathBuf> {
 struct Pipes<'a> {
     /// Per slot: an fd we own for the child (pipe end, /dev/null) or borrowed.
     child: [ChildFd<'a>; 3],
-    parent: [Option<OwnedFd>; 3],
+    /// Our ends, already registered with tokio: nothing can fail after the clone.
+    parent: crate::child::ParentPipes,
 }
 
 enum ChildFd<'a> {
@@ -440,6 +447,8 @@ impl<'a> Pipes<'a> {
             });
         }
         let [a, b, c] = child;
+        let [stdin, stdout, stderr] = parent;
+        let parent = crate::child::ParentPipes::new(stdin, stdout, stderr)?;
         Ok(Pipes { child: [a.expect("set"), b.expect("set"), c.expect("set")], parent })
     }
 
@@ -450,9 +459,8 @@ impl<'a> Pipes<'a> {
         }
     }
 
-    /// Closes the child's ends (dropped here) and wraps ours as tokio pipes.
-    fn into_parent_ends(self) -> Result<crate::child::ParentPipes> {
-        let [stdin, stdout, stderr] = self.parent;
-        crate::child::ParentPipes::new(stdin, stdout, stderr)
+    /// Closes the child's ends (dropped here) and hands over ours.
+    fn into_parent_ends(self) -> crate::child::ParentPipes {
+        self.parent
     }
 }

@@ -4,7 +4,7 @@
 //!
 //! | action | what it does |
 //! |---|---|
-//! | `self` | prints `pid=`, `cgroup=`, `fds=`, `caps=`, `nnp=`, `sid=`, `uid=`, `gid=`, `groups=` lines |
+//! | `self` | prints `pid=`, `cgroup=`, `fds=`, `caps=`, `nnp=`, `sig=` (blocked, ignored, caught), `sid=`, `uid=`, `gid=`, `groups=` lines |
 //! | `ready` | prints `ready` |
 //! | `ignore-term` | sets SIGTERM to ignored |
 //! | `daemon` | starts a helper with `setsid --fork` (setsid + double fork), prints `daemon=PID` |
@@ -175,6 +175,7 @@ fn print_self() {
         field("CapAmb:")
     ));
     say(&format!("nnp={}", field("NoNewPrivs:")));
+    say(&format!("sig={} {} {}", field("SigBlk:"), field("SigIgn:"), field("SigCgt:")));
     say(&format!("sid={}", rustix::process::getsid(None).map(|p| p.as_raw_nonzero().get()).unwrap_or(0)));
     say(&format!("uid={}", field("Uid:")));
     say(&format!("gid={}", field("Gid:")));

@@ -12,6 +12,8 @@ use crate::error::{Error, Result};
 
 pub(crate) const XATTR_OWNER_PID: &str = "user.procscope.owner_pid";
 pub(crate) const XATTR_OWNER_START: &str = "user.procscope.owner_start";
+/// The owner's pid namespace (`pid:[4026531836]`): a pid means nothing outside it.
+pub(crate) const XATTR_OWNER_PIDNS: &str = "user.procscope.owner_pidns";
 pub(crate) const XATTR_CREATED: &str = "user.procscope.created";
 pub(crate) const XATTR_SESSION: &str = "user.procscope.session";
 pub(crate) const XATTR_STATE: &str = "user.procscope.state";
@@ -67,6 +69,33 @@ impl Owner {
             Some(Owner { pid, start })
         };
         from_xattrs().or_else(|| Owner::from_instance_name(cg.name()))
+    }
+}
+
+/// The calling process's pid namespace, as `/proc/self/ns/pid` names it.
+pub(crate) fn pid_namespace() -> Option<String> {
+    std::fs::read_link("/proc/self/ns/pid").ok().map(|p| p.to_string_lossy().into_owned())
+}
+
+/// Records the owner on a new instance cgroup.
+pub(crate) fn mark_instance(cg: &Cgroup, owner: Owner) -> Result<()> {
+    cg.set_xattr(crate::root::XATTR_KIND, "instance")?;
+    cg.set_xattr(XATTR_OWNER_PID, &owner.pid.to_string())?;
+    cg.set_xattr(XATTR_OWNER_START, &owner.start.to_string())?;
+    if let Some(ns) = pid_namespace() {
+        cg.set_xattr(XATTR_OWNER_PIDNS, &ns)?;
+    }
+    cg.set_xattr(XATTR_CREATED, &now_secs().to_string())
+}
+
+/// Whether the owner of instance `cg` is provably gone. An owner recorded in
+/// another pid namespace cannot be checked from here: it counts as alive, so a
+/// sweep on the host never ends a live gateway in a container.
+pub(crate) fn owner_gone(cg: &Cgroup, owner: Owner) -> bool {
+    let recorded = cg.xattr(XATTR_OWNER_PIDNS).ok().flatten();
+    match (recorded, pid_namespace()) {
+        (Some(theirs), Some(ours)) if theirs != ours => false,
+        _ => !owner.is_alive(),
     }
 }
 

@@ -52,4 +52,14 @@ pub use session::Session;
 pub use supervisor::{Builder, Counters, DEFAULT_GRACE, Supervisor, SweepScope, recover};
 pub use sweep::{SweepError, SweepReport, Termination};
 pub use sys::spawn::ChildStage;
+
+/// Hooks for tests of the crate's fallbacks. Not part of the API.
+#[doc(hidden)]
+pub mod testing {
+    /// Forces the `clone(2)` spawn path (as on hosts where `clone3` is missing
+    /// or filtered), for the rest of the process.
+    pub fn force_legacy_clone(on: bool) {
+        crate::sys::spawn::FORCE_LEGACY_CLONE.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+}
 pub use tick::{JobOutcome, TickReport};

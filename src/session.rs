@@ -143,18 +143,27 @@ impl Session {
     /// Ends the session now: SIGTERM + SIGCONT to every process, up to the
     /// supervisor's grace period for them to exit, `cgroup.kill` for the rest,
     /// reaping, `rmdir`.
+    ///
+    /// The work runs in a task of its own: if this future is dropped half-way,
+    /// the session is still ended. A session a sweep already took is left to it
+    /// (an empty [`Termination`] comes back).
     pub async fn close(self) -> Result<Termination> {
-        self.shared.end();
+        if self.shared.end() {
+            return Ok(Termination::default());
+        }
         self.sup.forget_active(&self.shared);
-        let outcome = crate::sweep::end_cgroup(
-            &self.sup.instance,
-            &self.shared.cgroup,
-            &self.shared.children(),
-            self.sup.config.grace,
-        )
-        .await;
-        self.sup.finished(&self.shared, &outcome, false);
-        outcome
+        let (sup, shared) = (Arc::clone(&self.sup), Arc::clone(&self.shared));
+        sup.closing.enter();
+        let task = tokio::spawn(async move {
+            let outcome =
+                crate::sweep::end_cgroup(&sup.instance, &shared.cgroup, &shared.children(), sup.config.grace).await;
+            sup.finished(&shared, &outcome, false);
+            sup.closing.leave();
+            outcome
+        });
+        task.await.unwrap_or_else(|e| {
+            Err(Error::io("close session", self.shared.cgroup.path(), std::io::Error::other(e.to_string())))
+        })
     }
 }
 

@@ -12,7 +12,7 @@ use crate::cgroup::Cgroup;
 use crate::cgroup::limits::Limits;
 use crate::error::{Error, Result};
 use crate::guardian::Guardian;
-use crate::instance::{self, Owner, XATTR_CREATED, XATTR_OWNER_PID, XATTR_OWNER_START, XATTR_SESSION, XATTR_STATE};
+use crate::instance::{self, Owner, XATTR_CREATED, XATTR_SESSION, XATTR_STATE};
 use crate::names::validate_session_id;
 use crate::root::{Root, RootKind, XATTR_KIND};
 use crate::session::{Session, SessionShared};
@@ -143,6 +143,7 @@ impl Builder {
                 guardian: Mutex::new(guardian),
                 recovery,
                 shut_down: AtomicBool::new(false),
+                closing: InFlight::default(),
             }),
         })
     }
@@ -154,13 +155,7 @@ fn create_instance(root: &Root, owner: Owner) -> Result<(String, Cgroup)> {
         let name = if n == 1 { base.clone() } else { format!("{base}-{n}") };
         match root.cgroup().create_child(&name) {
             Ok(cg) => {
-                let marked = (|| {
-                    cg.set_xattr(XATTR_KIND, "instance")?;
-                    cg.set_xattr(XATTR_OWNER_PID, &owner.pid.to_string())?;
-                    cg.set_xattr(XATTR_OWNER_START, &owner.start.to_string())?;
-                    cg.set_xattr(XATTR_CREATED, &instance::now_secs().to_string())
-                })();
-                if let Err(e) = marked {
+                if let Err(e) = instance::mark_instance(&cg, owner) {
                     let _ = root.cgroup().remove_child(&name);
                     return Err(e);
                 }
@@ -248,6 +243,39 @@ pub(crate) struct Inner {
     guardian: Mutex<Option<Guardian>>,
     recovery: SweepReport,
     shut_down: AtomicBool,
+    /// `close()` tasks still running (their callers may have gone).
+    pub(crate) closing: InFlight,
+}
+
+/// A count of tasks in flight and a way to wait until there are none.
+#[derive(Default)]
+pub(crate) struct InFlight {
+    count: AtomicU64,
+    idle: tokio::sync::Notify,
+}
+
+impl InFlight {
+    pub(crate) fn enter(&self) {
+        self.count.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub(crate) fn leave(&self) {
+        if self.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.idle.notify_waiters();
+        }
+    }
+
+    async fn wait_idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.count.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
 }
 
 impl Inner {
@@ -266,7 +294,9 @@ impl Inner {
         let _enter = shared.span.enter();
         let alive = shared.anything_alive();
         let mut state = self.lock();
-        state.active.remove(&shared.id);
+        if state.active.get(&shared.id).is_some_and(|s| Arc::ptr_eq(s, shared)) {
+            state.active.remove(&shared.id);
+        }
         if !alive {
             for c in shared.children() {
                 let _ = c.try_wait();
@@ -401,6 +431,7 @@ impl Supervisor {
         validate_session_id(id)?;
         limits.validate()?;
         let inner = &self.inner;
+        let mut state = inner.lock();
         if inner.shut_down.load(Ordering::Acquire) {
             return Err(Error::InvalidInput {
                 what: "supervisor",
@@ -408,7 +439,6 @@ impl Supervisor {
                 fix: "it has been shut down; start a new one".into(),
             });
         }
-        let mut state = inner.lock();
         if state.active.contains_key(id) {
             return Err(Error::SessionExists { id: id.to_owned() });
         }
@@ -454,15 +484,29 @@ impl Supervisor {
     /// as every targeted session is gone. [`SweepScope::Orphans`] never touches an
     /// active session.
     pub async fn sweep(&self, scope: SweepScope) -> SweepReport {
+        self.sweep_inner(scope, false).await
+    }
+
+    /// The sweep; with `shutting_down`, the supervisor is marked shut down under
+    /// the same lock that takes the sessions, so no session can be created after
+    /// the sweep took its targets.
+    async fn sweep_inner(&self, scope: SweepScope, shutting_down: bool) -> SweepReport {
         let inner = &self.inner;
         let span = tracing::info_span!("sweep", ?scope);
         let _enter = span.enter();
         inner.counters.sweeps.inc();
         let taken: Vec<Arc<SessionShared>> = {
             let mut state = inner.lock();
+            if shutting_down {
+                inner.shut_down.store(true, Ordering::Release);
+            }
+            // Orphans were ended when they were released; active sessions are
+            // ended here, under the lock, so a concurrent drop or close() of one
+            // sees it taken and leaves it to this sweep.
             let mut t: Vec<_> = state.orphans.drain(..).collect();
             if scope == SweepScope::All {
-                t.extend(state.active.drain().map(|(_, s)| s));
+                let active: Vec<_> = state.active.drain().map(|(_, s)| s).collect();
+                t.extend(active.into_iter().filter(|s| !s.end()));
             }
             t
         };
@@ -472,7 +516,6 @@ impl Supervisor {
         let targets = taken
             .into_iter()
             .map(|shared| {
-                shared.end();
                 let done_inner = Arc::clone(&self.inner);
                 let done_shared = Arc::clone(&shared);
                 Target {
@@ -496,9 +539,10 @@ impl Supervisor {
 
     /// Ends every session, removes the instance cgroup and dismisses the guardian.
     pub async fn shutdown(self) -> Result<SweepReport> {
-        let report = self.sweep(SweepScope::All).await;
+        let report = self.sweep_inner(SweepScope::All, true).await;
         let inner = &self.inner;
-        inner.shut_down.store(true, Ordering::Release);
+        // Sessions being closed by `close()` calls whose callers went away.
+        inner.closing.wait_idle().await;
         let guardian = inner.guardian.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(g) = guardian {
             g.stop().await;
@@ -578,35 +622,41 @@ pub async fn recover(root: &Root, me: Option<Owner>, grace: Duration) -> Result<
             continue;
         }
         let owner = Owner::of_instance(&cg).unwrap_or(named);
-        if Some(owner) == me || owner.is_alive() {
+        if Some(owner) == me || !instance::owner_gone(&cg, owner) {
             continue;
         }
-        let instance = Arc::new(cg);
-        let mut targets = Vec::new();
-        for session in instance.children()? {
-            if let Ok(cg) = instance.open_child(&session) {
-                let id = cg.xattr(XATTR_SESSION).ok().flatten().unwrap_or(session);
-                targets.push(Target {
-                    id,
-                    parent: Arc::clone(&instance),
-                    cgroup: Arc::new(cg),
-                    children: Vec::new(),
-                    on_done: None,
-                });
-            }
-        }
-        report.merge(crate::sweep::sweep_targets(targets, grace).await);
-        // Members of the instance itself, if any, then the instance.
-        let outcome = crate::sweep::end_cgroup(root.cgroup(), &instance, &[], grace).await;
-        match outcome {
-            Ok(t) => {
-                report.removed += usize::from(t.removed);
-                report.terminated += t.terminated;
-                report.killed += t.killed;
-            }
+        // One instance failing (say, its guardian removes it right now) does not
+        // stop the recovery of the others.
+        match recover_instance(root, Arc::new(cg), grace).await {
+            Ok(r) => report.merge(r),
+            Err(e) if crate::cgroup::vanished(&e) => {}
             Err(e) => report.errors.push(crate::sweep::SweepError { session: name, error: e.to_string() }),
         }
     }
     report.elapsed = start.elapsed();
+    Ok(report)
+}
+
+/// Ends the sessions of one stale instance in parallel, then the instance.
+async fn recover_instance(root: &Root, instance: Arc<Cgroup>, grace: Duration) -> Result<SweepReport> {
+    let mut targets = Vec::new();
+    for session in instance.children()? {
+        if let Ok(cg) = instance.open_child(&session) {
+            let id = cg.xattr(XATTR_SESSION).ok().flatten().unwrap_or(session);
+            targets.push(Target {
+                id,
+                parent: Arc::clone(&instance),
+                cgroup: Arc::new(cg),
+                children: Vec::new(),
+                on_done: None,
+            });
+        }
+    }
+    let mut report = crate::sweep::sweep_targets(targets, grace).await;
+    // Members of the instance itself, if any, then the instance.
+    let t = crate::sweep::end_cgroup(root.cgroup(), &instance, &[], grace).await?;
+    report.removed += usize::from(t.removed);
+    report.terminated += t.terminated;
+    report.killed += t.killed;
     Ok(report)
 }

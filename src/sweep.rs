@@ -48,13 +48,10 @@ pub(crate) async fn end_cgroup(
     children: &[Arc<ChildCell>],
     grace: Duration,
 ) -> Result<Termination> {
+    // Another process may end and remove the same cgroup meanwhile (a wrapper of
+    // a shared session, a guardian, `procscope end`): gone counts as ended.
     let mut t = Termination::default();
-    let gone = |e: &Error| matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENODEV));
-    let members = match cg.member_pidfds_recursive() {
-        Ok(m) => m,
-        Err(e) if gone(&e) => Vec::new(),
-        Err(e) => return Err(e),
-    };
+    let members = or_gone(cg.member_pidfds_recursive(), Vec::new())?;
     let live_children: Vec<&Arc<ChildCell>> = children.iter().filter(|c| c.is_alive()).collect();
     let child_pids: HashSet<i32> = live_children.iter().map(|c| c.pid()).collect();
     for c in &live_children {
@@ -68,24 +65,15 @@ pub(crate) async fn end_cgroup(
     }
     t.signalled = live_children.len() + others.len();
 
-    let populated = |cg: &Cgroup| match cg.is_populated() {
-        Ok(p) => Ok(p),
-        Err(e) if gone(&e) => Ok(false),
-        Err(e) => Err(e),
-    };
-    let mut empty = !populated(cg)?;
+    let mut empty = !or_gone(cg.is_populated(), false)?;
     if !empty && !grace.is_zero() {
-        empty = cg.wait_empty(Some(Instant::now() + grace)).await?;
+        empty = or_gone(cg.wait_empty(Some(Instant::now() + grace)).await, true)?;
     }
     if !empty {
-        let left = match cg.member_pidfds_recursive() {
-            Ok(m) => m.len(),
-            Err(e) if gone(&e) => 0,
-            Err(e) => return Err(e),
-        };
-        t.kill_mechanism = Some(cg.kill().await?);
+        let left = or_gone(cg.member_pidfds_recursive().map(|m| m.len()), 0)?;
+        t.kill_mechanism = or_gone(cg.kill().await.map(Some), None)?;
         t.killed = left;
-        if !cg.wait_empty(Some(Instant::now() + KILL_WAIT)).await? {
+        if !or_gone(cg.wait_empty(Some(Instant::now() + KILL_WAIT)).await, true)? {
             return Err(Error::io(
                 "kill",
                 cg.path(),
@@ -97,12 +85,17 @@ pub(crate) async fn end_cgroup(
     for c in children {
         let _ = tokio::time::timeout(REAP_WAIT, c.wait()).await;
     }
-    match parent.remove_child_tree(cg).await {
-        Ok(()) => t.removed = true,
-        Err(e) if gone(&e) => t.removed = true,
-        Err(e) => return Err(e),
-    }
+    or_gone(parent.remove_child_tree(cg).await, ())?;
+    t.removed = true;
     Ok(t)
+}
+
+/// `value` when the cgroup turned out to be removed meanwhile.
+fn or_gone<T>(r: Result<T>, value: T) -> Result<T> {
+    match r {
+        Err(e) if crate::cgroup::vanished(&e) => Ok(value),
+        r => r,
+    }
 }
 
 /// What a sweep did.

@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::cgroup::Cgroup;
 use crate::cgroup::limits::Limits;
 use crate::error::{Error, Result};
-use crate::instance::{self, Owner, XATTR_CREATED, XATTR_OWNER_PID, XATTR_OWNER_START, XATTR_SESSION, XATTR_STATE};
+use crate::instance::{self, Owner, XATTR_CREATED, XATTR_SESSION, XATTR_STATE};
 use crate::names::validate_session_id;
 use crate::root::{Root, RootKind, XATTR_KIND};
 use crate::sweep::{SweepReport, Target};
@@ -93,7 +93,7 @@ pub fn list(root: &Root) -> Result<Vec<InstanceInfo>> {
             continue;
         }
         let owner = Owner::of_instance(&cg).unwrap_or(named);
-        let alive = owner.is_alive();
+        let alive = !instance::owner_gone(&cg, owner);
         let mut sessions = Vec::new();
         let mut dirs = cg.children().unwrap_or_default();
         dirs.sort();
@@ -185,10 +185,10 @@ pub fn open_or_create_instance(root: &Root, owner: Owner) -> Result<Cgroup> {
     let name = owner.instance_name();
     let cg = match root.cgroup().create_child(&name) {
         Ok(cg) => {
-            cg.set_xattr(XATTR_KIND, "instance")?;
-            cg.set_xattr(XATTR_OWNER_PID, &owner.pid.to_string())?;
-            cg.set_xattr(XATTR_OWNER_START, &owner.start.to_string())?;
-            cg.set_xattr(XATTR_CREATED, &instance::now_secs().to_string())?;
+            if let Err(e) = instance::mark_instance(&cg, owner) {
+                let _ = root.cgroup().remove_child(&name);
+                return Err(e);
+            }
             cg
         }
         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => root.cgroup().open_child(&name)?,

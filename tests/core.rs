@@ -84,12 +84,25 @@ async fn uid_and_gid_switch_drops_supplementary_groups() {
 async fn setuid_root_binary_gains_nothing() {
     let env = TestEnv::new();
     within(30, async {
-        let dir = std::env::temp_dir().join(format!("procscope-suid-{}", nanos()));
+        // Under the target dir, not /tmp (which may be mounted nosuid).
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("procscope-suid-{}", nanos()));
         std::fs::create_dir(&dir).unwrap();
         let suid = dir.join("fixture-suid");
         std::fs::copy(FIXTURE, &suid).unwrap();
         std::fs::set_permissions(&suid, std::fs::Permissions::from_mode(0o4755)).unwrap();
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // Control: without procscope, the same binary started as uid 65534 does
+        // run with euid 0 — so the bit works here, and the test has teeth.
+        let control = std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&suid)
+            .arg("self")
+            .output()
+            .expect("setpriv (util-linux) runs the control");
+        let control = String::from_utf8_lossy(&control.stdout);
+        let euid = control.lines().find_map(|l| l.strip_prefix("uid=")).and_then(|u| u.split_whitespace().nth(1));
+        assert_eq!(euid, Some("0"), "the setuid bit must work in {}: {control}", dir.display());
+
         let cg = env.cgroup("suid");
         let mut cmd = Command::new(&suid);
         cmd.arg("self").stdin(Stdio::Null).stdout(Stdio::Piped).uid(65534).gid(65534);
@@ -131,10 +144,26 @@ async fn daemons_and_grandchildren_stay_inside_and_die_with_the_cgroup() {
                 procs.iter().map(|p| rustix::process::getsid(Some(*p)).unwrap().as_raw_nonzero().get()).collect();
             assert!(sessions.len() >= 2, "the daemon should have its own session: {sessions:?}");
 
+            // The fallback must really freeze first: watch for `frozen 1`.
+            let frozen = {
+                let watch = procscope::Cgroup::open(cg.path()).unwrap();
+                tokio::spawn(async move {
+                    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+                    watch.wait_events(Some(deadline), |e| e.frozen || !e.populated).await.unwrap()
+                        && !watch.events().unwrap().populated
+                })
+            };
+            tokio::task::yield_now().await;
             cg.kill_with(mechanism).await.unwrap();
             assert!(cg.wait_empty(Some(tokio::time::Instant::now() + Duration::from_secs(5))).await.unwrap());
             assert!(cg.procs().unwrap().is_empty());
             assert!(!cg.events().unwrap().frozen, "left frozen by {mechanism:?}");
+            let saw = frozen.await.unwrap();
+            if mechanism == KillMechanism::FreezeKillThaw {
+                // The watcher returns on `frozen 1`, or on `populated 0` — which
+                // it only reaches first if the cgroup was never frozen.
+                assert!(!saw || !cg.is_populated().unwrap(), "FreezeKillThaw never froze the cgroup");
+            }
             let status = child.wait().await.unwrap();
             use std::os::unix::process::ExitStatusExt;
             assert_eq!(status.signal(), Some(libc::SIGKILL));
@@ -192,6 +221,9 @@ async fn a_removed_cgroup_fails_the_spawn_closed() {
             assert!(matches!(err, Error::CgroupRemoved { .. }), "{mechanism:?}: {err}");
             assert!(err.to_string().contains("removed"), "{err}");
         }
+        // The default (no forced mechanism) must not fall back to anything.
+        let err = fixture(&["self"]).spawn_in(&cg).unwrap_err();
+        assert!(matches!(err, Error::CgroupRemoved { .. }), "default mechanism: {err}");
         assert!(own_children().is_empty(), "a child was started anyway");
     })
     .await;
@@ -373,6 +405,50 @@ async fn member_pidfds_are_verified_members() {
         child.wait().await.unwrap();
         assert!(cg.member_pidfds().unwrap().is_empty());
         env.root.remove_child_tree(&cg).await.unwrap();
+    })
+    .await;
+    env.finish().await;
+}
+
+/// The child's signal state: nothing blocked, nothing caught, and an ignored
+/// signal of the parent reset — through `clone3` and through the `clone(2)`
+/// fallback used where `clone3` is filtered (Docker's default seccomp profile).
+#[tokio::test]
+async fn signals_are_reset_in_the_child_on_both_clone_paths() {
+    let env = TestEnv::new();
+    within(30, async {
+        // The parent ignores SIGTERM; tokio has handlers installed (SIGCHLD).
+        procscope::fixture::ignore_sigterm();
+        for legacy in [false, true] {
+            procscope::testing::force_legacy_clone(legacy);
+            for mechanism in [None, Some(SpawnMechanism::ForkJoinProcs)] {
+                let cg = env.cgroup(&format!("sig-{legacy}-{}", mechanism.is_some()));
+                let mut cmd = fixture(&["self"]);
+                if let Some(m) = mechanism {
+                    cmd.spawn_mechanism(m);
+                }
+                let mut child = cmd.spawn_in(&cg).unwrap();
+                let lines = read_until(child.stdout.as_mut().unwrap(), "").await;
+                let sig: Vec<u64> =
+                    field(&lines, "sig").split(' ').map(|h| u64::from_str_radix(h, 16).unwrap()).collect();
+                assert_eq!(sig[0], 0, "blocked signals in the child (legacy {legacy})");
+                // The fixture's own Rust runtime ignores SIGPIPE after exec; nothing else.
+                assert_eq!(sig[1], 1 << (libc::SIGPIPE - 1), "ignored signals in the child (legacy {legacy})");
+                // ... and catches SIGSEGV and SIGBUS (its stack-overflow guard).
+                let rust_runtime = (1 << (libc::SIGSEGV - 1)) | (1 << (libc::SIGBUS - 1));
+                assert_eq!(sig[2], rust_runtime, "caught signals in the child (legacy {legacy})");
+                assert_eq!(field(&lines, "cgroup"), cgroup_rel(&cg));
+                assert_eq!(field(&lines, "fds"), "0,1,2");
+                assert_eq!(field(&lines, "nnp"), "1");
+                if legacy {
+                    // clone(2) cannot place a child: the join path was used.
+                    assert_eq!(child.spawn_mechanism(), SpawnMechanism::ForkJoinProcs);
+                }
+                assert!(child.wait().await.unwrap().success());
+                env.root.remove_child_tree(&cg).await.unwrap();
+            }
+        }
+        procscope::testing::force_legacy_clone(false);
     })
     .await;
     env.finish().await;

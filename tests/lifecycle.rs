@@ -592,3 +592,61 @@ async fn guardian_pss_release_build() {
     .await;
     env.finish().await;
 }
+
+/// close() futures dropped half-way, racing a sweep of everything and session
+/// drops: every session is ended exactly once and nothing is left.
+#[tokio::test]
+async fn cancelled_closes_race_sweeps_of_everything() {
+    let env = TestEnv::new();
+    within(60, async {
+        let sup = supervisor(&env, Duration::from_millis(200)).await;
+        let mut sessions = Vec::new();
+        for i in 0..40 {
+            let s = sup.session(&format!("c-{i}")).unwrap();
+            s.spawn(&mut fixture(&["daemon", "sleep", "3600"])).unwrap();
+            sessions.push(s);
+        }
+        let mut closes = Vec::new();
+        for (i, s) in sessions.into_iter().enumerate() {
+            match i % 3 {
+                // A close whose future is dropped at once: it must still finish.
+                0 => drop(tokio::time::timeout(Duration::from_micros(1), s.close()).await),
+                // A close awaited while the sweep runs.
+                1 => closes.push(tokio::spawn(s.close())),
+                // Dropped: orphaned or taken by the sweep.
+                _ => drop(s),
+            }
+        }
+        let swept = sup.sweep(SweepScope::All).await;
+        for c in closes {
+            c.await.unwrap().unwrap();
+        }
+        let report = sup.shutdown().await.unwrap();
+        assert!(swept.errors.is_empty() && report.errors.is_empty(), "{swept:?} {report:?}");
+        assert!(env.root.children().unwrap().is_empty(), "{:?}", env.root.children());
+        assert!(!env.root.is_populated().unwrap());
+    })
+    .await;
+    env.finish().await;
+}
+
+/// Once shutdown has begun, no session can be created; a session created just
+/// before is swept by it.
+#[tokio::test]
+async fn shutdown_refuses_new_sessions_and_ends_the_last_ones() {
+    let env = TestEnv::new();
+    within(30, async {
+        let sup = supervisor(&env, Duration::ZERO).await;
+        let other = sup.clone();
+        let s = sup.session("last").unwrap();
+        s.spawn(&mut fixture(&["sleep", "3600"])).unwrap();
+        let report = sup.shutdown().await.unwrap();
+        assert_eq!(report.sessions, 1, "{report}");
+        let err = other.session("late").unwrap_err();
+        assert!(err.to_string().contains("shut down"), "{err}");
+        drop(s);
+        assert!(env.root.children().unwrap().is_empty());
+    })
+    .await;
+    env.finish().await;
+}

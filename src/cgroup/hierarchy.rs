@@ -191,7 +191,9 @@ impl Delegation {
     pub fn of(cgroup: &Cgroup) -> Result<Delegation> {
         use rustix::fs::{Access, AtFlags};
         let can = |name: &str, access| {
-            rustix::fs::accessat(cgroup, name, access, AtFlags::EACCESS | AtFlags::SYMLINK_NOFOLLOW).is_ok()
+            // AT_EACCESS alone: rustix emulates it before Linux 5.8 (faccessat2),
+            // and cgroupfs holds no symlinks to guard against.
+            rustix::fs::accessat(cgroup, name, access, AtFlags::EACCESS).is_ok()
         };
         let xattr_set = |name: &str| matches!(cgroup.xattr(name), Ok(Some(v)) if v.trim() == "1");
         Ok(Delegation {

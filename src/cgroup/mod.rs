@@ -192,7 +192,9 @@ impl Cgroup {
 
     /// Whether the kernel file `file` exists in this cgroup.
     pub fn has_file(&self, file: &str) -> bool {
-        rustix::fs::accessat(&self.dir, file, rustix::fs::Access::EXISTS, AtFlags::SYMLINK_NOFOLLOW).is_ok()
+        // fstatat, not faccessat: with AT_SYMLINK_NOFOLLOW the latter needs
+        // faccessat2 (Linux 5.8).
+        rustix::fs::statat(&self.dir, file, AtFlags::SYMLINK_NOFOLLOW).is_ok()
     }
 
     pub(crate) fn open_file(&self, file: &str, mode: OFlags) -> rustix::io::Result<OwnedFd> {

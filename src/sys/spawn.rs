@@ -33,7 +33,7 @@ use std::ffi::{CStr, c_char, c_long, c_void};
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr;
-use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, Ordering};
 
 use rustix::process::{Pid, WaitId, WaitIdOptions};
 use rustix::thread::{CapabilitySet, CapabilitySets};
@@ -263,11 +263,45 @@ impl Drop for ChildMapping {
 /// Whether this architecture has the `CLONE_VM` entry below.
 pub(crate) const SHARED_VM_SPAWN: bool = cfg!(any(target_arch = "x86_64", target_arch = "aarch64"));
 
+/// Set once `clone3` turned out to be unusable here: missing (ENOSYS: before
+/// Linux 5.3, or filtered by a seccomp profile such as Docker's default), or
+/// without `CLONE_CLEAR_SIGHAND` (EINVAL on 5.3 and 5.4).
+static CLONE3_UNUSABLE: AtomicBool = AtomicBool::new(false);
+/// Tests force the `clone(2)` path with this.
+pub(crate) static FORCE_LEGACY_CLONE: AtomicBool = AtomicBool::new(false);
+
 /// Starts a child as `plan` says, placed as `placement` says.
 ///
 /// Returns once the child has called `execve`. A failure in the child is reported
-/// as [`SpawnFailure::Child`] after the child has been reaped.
+/// as [`SpawnFailure::Child`] after the child has been reaped. Uses `clone3`, or
+/// `clone(2)` where `clone3` cannot be used; `clone(2)` cannot place a child
+/// into a cgroup, so [`Placement::IntoCgroup`] then fails with ENOSYS and the
+/// caller falls back to [`Placement::JoinProcs`].
 pub(crate) fn spawn(plan: &ChildPlan<'_>, placement: Placement<'_>) -> Result<Spawned, SpawnFailure> {
+    let legacy = FORCE_LEGACY_CLONE.load(Ordering::Relaxed) || CLONE3_UNUSABLE.load(Ordering::Relaxed);
+    if !legacy {
+        match spawn_clone3(plan, placement) {
+            Err(SpawnFailure::Clone(e)) if e.raw_os_error() == Some(libc::ENOSYS) => {
+                CLONE3_UNUSABLE.store(true, Ordering::Relaxed);
+            }
+            // Without CLONE_INTO_CGROUP in the flags, EINVAL means a kernel that
+            // does not know CLONE_CLEAR_SIGHAND.
+            Err(SpawnFailure::Clone(e))
+                if e.raw_os_error() == Some(libc::EINVAL) && !matches!(placement, Placement::IntoCgroup(_)) =>
+            {
+                CLONE3_UNUSABLE.store(true, Ordering::Relaxed);
+            }
+            other => return other,
+        }
+    }
+    if matches!(placement, Placement::IntoCgroup(_)) {
+        return Err(SpawnFailure::Clone(io::Error::from_raw_os_error(libc::ENOSYS)));
+    }
+    spawn_legacy(plan, placement)
+}
+
+/// The `clone3` path.
+fn spawn_clone3(plan: &ChildPlan<'_>, placement: Placement<'_>) -> Result<Spawned, SpawnFailure> {
     let mapping = ChildMapping::new().map_err(SpawnFailure::Clone)?;
     let report = mapping.report();
     let ctx = ChildCtx {
@@ -312,15 +346,68 @@ pub(crate) fn spawn(plan: &ChildPlan<'_>, placement: Placement<'_>) -> Result<Sp
         }
         if r < 0 { -(io::Error::last_os_error().raw_os_error().unwrap_or(libc::EINVAL) as c_long) } else { r }
     };
+    finish(ret, pidfd, &mapping)
+}
+
+/// The `clone(2)` path (glibc's wrapper, which runs `fn(arg)` on the given stack
+/// in the child): `CLONE_VM | CLONE_VFORK | CLONE_PIDFD` (Linux 5.2). Without
+/// `CLONE_CLEAR_SIGHAND` the child would inherit the parent's handlers, so all
+/// signals are blocked around the clone; the child resets every handler to the
+/// default before it unblocks them (see `reset_signals`).
+fn spawn_legacy(plan: &ChildPlan<'_>, placement: Placement<'_>) -> Result<Spawned, SpawnFailure> {
+    let mapping = ChildMapping::new().map_err(SpawnFailure::Clone)?;
+    let ctx = ChildCtx {
+        plan,
+        join_procs: match placement {
+            Placement::JoinProcs(fd) => fd.as_raw_fd(),
+            _ => -1,
+        },
+        report: mapping.report(),
+    };
+    let (low, size) = mapping.stack();
+    let top = (low + size) as *mut c_void;
+    let mut pidfd: libc::c_int = -1;
+    let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | libc::SIGCHLD;
+    // SAFETY: sigset_t is plain data; all zeros is a valid (empty) set.
+    let mut old = unsafe { std::mem::zeroed::<libc::sigset_t>() };
+    // SAFETY: as above.
+    let mut all = unsafe { std::mem::zeroed::<libc::sigset_t>() };
+    // SAFETY: initialises and applies signal sets owned by this frame.
+    unsafe {
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+    }
+    // SAFETY: `top` is the 16-aligned top of a stack the child owns until it
+    // execs or exits (CLONE_VFORK suspends this thread until then); `ctx` lives
+    // in this frame, which stays alive for the same reason; `legacy_entry` never
+    // returns into the parent's frames.
+    let ret =
+        unsafe { libc::clone(legacy_entry, top, flags, ptr::addr_of!(ctx) as *mut c_void, ptr::addr_of_mut!(pidfd)) };
+    let err = io::Error::last_os_error();
+    // SAFETY: restores this thread's previous mask.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, ptr::null_mut()) };
+    let ret: c_long = if ret < 0 { -(err.raw_os_error().unwrap_or(libc::EINVAL) as c_long) } else { ret as c_long };
+    finish(ret, pidfd, &mapping)
+}
+
+/// The child side of `clone(2)`: glibc calls it on the new stack.
+extern "C" fn legacy_entry(arg: *mut c_void) -> libc::c_int {
+    // SAFETY: `arg` is the `ChildCtx` passed to clone, alive as explained there.
+    unsafe { child_entry(arg) }
+}
+
+/// The parent's side after either clone: adopt the pidfd, read the child's
+/// report, reap a child that failed.
+fn finish(ret: c_long, pidfd: RawFd, mapping: &ChildMapping) -> Result<Spawned, SpawnFailure> {
     if ret < 0 {
         return Err(SpawnFailure::Clone(io::Error::from_raw_os_error(-ret as i32)));
     }
     // SAFETY: on success the kernel stored a new pidfd (O_CLOEXEC) that nothing
     // else owns.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
-    let pid = Pid::from_raw(ret as i32).expect("clone3 returned a positive pid");
-    // SAFETY: the report lies inside `mapping`, alive until the end of this function.
-    let report = unsafe { &*report };
+    let pid = Pid::from_raw(ret as i32).expect("clone returned a positive pid");
+    // SAFETY: the report lies inside `mapping`, which the caller keeps alive.
+    let report = unsafe { &*mapping.report() };
     let stage = report.stage.load(Ordering::SeqCst);
     if let Some(stage) = ChildStage::from_code(stage) {
         let errno = io::Error::from_raw_os_error(report.errno.load(Ordering::SeqCst));
@@ -536,8 +623,10 @@ fn child_steps(ctx: &ChildCtx<'_>) -> Step {
     check(ChildStage::Exec, r)
 }
 
-/// Every handled or ignored signal back to its default action, and an empty
-/// signal mask. `CLONE_CLEAR_SIGHAND` already reset handled ones; ignored ones
+/// Every handled or ignored signal back to its default action, then an empty
+/// signal mask — in that order, so that no handler of the parent can run in the
+/// child. With `clone3`, `CLONE_CLEAR_SIGHAND` already reset handled ones; with
+/// `clone(2)` the parent blocked every signal around the clone. Ignored ones
 /// (Rust sets SIGPIPE to ignored) survive both clone and exec unless reset here.
 fn reset_signals() {
     // Big enough for `struct sigaction` of the kernel on x86_64 and aarch64; the
