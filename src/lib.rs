@@ -53,6 +53,11 @@ pub use supervisor::{Builder, Counters, DEFAULT_GRACE, Supervisor, SweepScope, r
 pub use sweep::{SweepError, SweepReport, Termination};
 pub use sys::spawn::ChildStage;
 
+/// The README's examples, compiled as doc tests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 /// Hooks for tests of the crate's fallbacks. Not part of the API.
 #[doc(hidden)]
 pub mod testing {
