@@ -27,6 +27,8 @@ pub mod fixture;
 #[doc(hidden)]
 pub mod guardian;
 mod instance;
+#[cfg(feature = "rmcp")]
+pub mod mcp;
 pub mod names;
 mod pidfd;
 mod reaper;

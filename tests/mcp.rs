@@ -1,0 +1,323 @@
+//! Real MCP: the official Rust SDK (rmcp) over contained children, against
+//! servers nobody here wrote — `@modelcontextprotocol/server-everything` started
+//! through `npx` (so the server is a grandchild behind npm's processes) and
+//! `mcp-server-time` from PyPI — and a gateway written with the official Python
+//! SDK using `procscope exec` and `procscope end`.
+//!
+//! `scripts/install-mcp-servers` installs the servers into `.deps/`; these tests
+//! fail with that hint when they are missing.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use procscope::{Command, JobOutcome, PidFd, Stdio, Supervisor};
+use rmcp::ServiceExt;
+use rmcp::model::CallToolRequestParams;
+use serde_json::{Value, json};
+
+const PROCSCOPE: &str = env!("CARGO_BIN_EXE_procscope");
+
+fn deps() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(".deps")
+}
+
+fn require(path: &Path) -> PathBuf {
+    assert!(path.exists(), "{} is missing: run scripts/install-mcp-servers (scripts/test does)", path.display());
+    path.to_owned()
+}
+
+/// `npx --no-install mcp-server-everything` from the project-local install.
+fn everything() -> Vec<String> {
+    let prefix = deps().join("npm");
+    require(&prefix.join("node_modules/.bin/mcp-server-everything"));
+    vec![
+        "npx".into(),
+        "--prefix".into(),
+        prefix.display().to_string(),
+        "--no-install".into(),
+        "mcp-server-everything".into(),
+    ]
+}
+
+fn time_server() -> Vec<String> {
+    vec![require(&deps().join("venv/bin/mcp-server-time")).display().to_string()]
+}
+
+fn command(argv: &[String]) -> Command {
+    let mut c = Command::new(&argv[0]);
+    c.args(&argv[1..]).stderr(Stdio::Null);
+    c
+}
+
+fn args(v: Value) -> serde_json::Map<String, Value> {
+    v.as_object().unwrap().clone()
+}
+
+async fn supervisor(env: &TestEnv) -> Supervisor {
+    Supervisor::builder().root(env.path()).grace(Duration::from_millis(1000)).start().await.unwrap()
+}
+
+#[tokio::test]
+async fn rmcp_talks_to_real_servers_in_their_sessions() {
+    let env = TestEnv::new();
+    within(120, async {
+        let sup = supervisor(&env).await;
+        // server-everything behind npx: npx (node) → sh → node server.
+        let session = sup.session("everything").unwrap();
+        let client = ().serve(session.spawn_mcp(&mut command(&everything())).unwrap()).await.unwrap();
+        let tools = client.list_all_tools().await.unwrap();
+        assert!(tools.iter().any(|t| t.name == "echo"), "{tools:?}");
+        let r = client
+            .call_tool(CallToolRequestParams::new("get-sum").with_arguments(args(json!({"a": 20, "b": 22}))))
+            .await
+            .unwrap();
+        assert!(serde_json::to_string(&r.content).unwrap().contains("42"), "{r:?}");
+        let members = session.cgroup().member_pidfds_recursive().unwrap();
+        assert!(members.len() >= 2, "npx and the server should both be in the session: {}", members.len());
+
+        let time = sup.session("time").unwrap();
+        let tc = ().serve(time.spawn_mcp(&mut command(&time_server())).unwrap()).await.unwrap();
+        let r = tc
+            .call_tool(CallToolRequestParams::new("get_current_time").with_arguments(args(json!({"timezone": "UTC"}))))
+            .await
+            .unwrap();
+        assert!(serde_json::to_string(&r.content).unwrap().contains("UTC"), "{r:?}");
+
+        // Dropping the rmcp service kills nothing behind the session's back (the
+        // server may exit on its own when its stdin closes)...
+        drop(client);
+        drop(tc);
+        // ...ending the session does, with the whole tree.
+        let t = session.close().await.unwrap();
+        assert!(t.removed, "{t:?}");
+        assert!(members.iter().all(|m| !m.is_alive()));
+        time.close().await.unwrap();
+        sup.shutdown().await.unwrap();
+    })
+    .await;
+    env.finish().await;
+}
+
+/// A job cancelled in the middle of a long-running tool call: after the tick's
+/// sweep, no process of that server's tree remains.
+#[tokio::test]
+async fn a_job_cancelled_mid_call_leaves_nothing_after_the_sweep() {
+    let env = TestEnv::new();
+    within(120, async {
+        let sup = supervisor(&env).await;
+        let seen: Arc<Mutex<Vec<PidFd>>> = Arc::default();
+        let job = {
+            let (sup, seen) = (sup.clone(), seen.clone());
+            async move {
+                let session = sup.session("long").map_err(|e| e.to_string())?;
+                let client = ().serve(session.spawn_mcp(&mut command(&everything())).unwrap()).await.unwrap();
+                let call = client.call_tool(
+                    CallToolRequestParams::new("trigger-long-running-operation")
+                        .with_arguments(args(json!({"duration": 60, "steps": 60}))),
+                );
+                tokio::select! {
+                    r = call => Err(format!("the long call returned: {r:?}")),
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {
+                        *seen.lock().unwrap() = session.cgroup().member_pidfds_recursive().unwrap();
+                        Err::<(), String>("cancelled".into())
+                    }
+                }
+            }
+        };
+        let report = sup.tick([job], None).await;
+        assert_eq!(report.jobs, [JobOutcome::Failed("cancelled".into())]);
+        assert_eq!((report.sweep.sessions, report.sweep.removed), (1, 1), "{report}");
+        let seen = std::mem::take(&mut *seen.lock().unwrap());
+        assert!(seen.len() >= 2, "the server tree: {}", seen.len());
+        assert!(seen.iter().all(|p| !p.is_alive()), "a process of the server tree survived the sweep");
+        drop(seen);
+        sup.shutdown().await.unwrap();
+    })
+    .await;
+    env.finish().await;
+}
+
+/// Eight jobs on the same server kind in parallel; half are cancelled mid-call,
+/// the other half complete unaffected.
+#[tokio::test]
+async fn eight_parallel_jobs_half_cancelled_the_rest_unaffected() {
+    let env = TestEnv::new();
+    within(180, async {
+        let sup = supervisor(&env).await;
+        let jobs = (0..8).map(|i| {
+            let sup = sup.clone();
+            async move {
+                let session = sup.session(&format!("p{i}")).map_err(|e| e.to_string())?;
+                let transport = session.spawn_mcp(&mut command(&everything())).map_err(|e| e.to_string())?;
+                let client = ().serve(transport).await.map_err(|e| e.to_string())?;
+                if i % 2 == 0 {
+                    let call = client.call_tool(
+                        CallToolRequestParams::new("trigger-long-running-operation")
+                            .with_arguments(args(json!({"duration": 60, "steps": 60}))),
+                    );
+                    return match tokio::time::timeout(Duration::from_secs(1), call).await {
+                        Ok(r) => Err(format!("the long call returned: {r:?}")),
+                        Err(_) => Err("cancelled".into()),
+                    };
+                }
+                let r = client
+                    .call_tool(CallToolRequestParams::new("get-sum").with_arguments(args(json!({"a": i, "b": 100}))))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let text = serde_json::to_string(&r.content).unwrap();
+                if text.contains(&(i + 100).to_string()) { Ok(()) } else { Err(format!("job {i}: {text}")) }
+            }
+        });
+        let report = sup.tick(jobs, None).await;
+        for (i, outcome) in report.jobs.iter().enumerate() {
+            let expected = if i % 2 == 0 { JobOutcome::Failed("cancelled".into()) } else { JobOutcome::Ok };
+            assert_eq!(*outcome, expected, "job {i}");
+        }
+        assert_eq!((report.sweep.sessions, report.sweep.removed), (8, 8), "{report}");
+        assert!(report.sweep.errors.is_empty());
+        assert!(!sup.instance().is_populated().unwrap());
+        sup.shutdown().await.unwrap();
+    })
+    .await;
+    env.finish().await;
+}
+
+/// Live processes whose environment carries `PSTAG=<tag>`.
+fn tagged(tag: &str) -> Vec<i32> {
+    let needle = format!("PSTAG={tag}");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|s| s.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('Z')))
+                .unwrap_or(true);
+            let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            !zombie && env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes())
+        })
+        .collect()
+}
+
+fn python_tick(env: &TestEnv, mode: &str, tag: &str) -> Value {
+    let python = require(&deps().join("venv/bin/python"));
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/gateway.py");
+    let daemonizer = vec![PROCSCOPE.to_string(), "demo-server".into(), "--kind".into(), "daemonizer".into()];
+    let config = json!({
+        "mode": mode,
+        "procscope": PROCSCOPE,
+        "root": env.path(),
+        "tag": tag,
+        "servers": {"everything": everything(), "time": time_server(), "daemonizer": daemonizer},
+        "quick_tool": {
+            "everything": ["echo", {"message": "hi"}],
+            "time": ["get_current_time", {"timezone": "UTC"}],
+            "daemonizer": ["echo", {"text": "hi"}],
+        },
+        "slow_tool": {
+            "everything": ["trigger-long-running-operation", {"duration": 120, "steps": 120}],
+            "daemonizer": ["slow", {"ms": 120000}],
+        },
+        "cancel_after_s": 2.0,
+        "join_s": 20.0,
+        "jobs": [
+            {"id": "e-ok", "server": "everything", "behavior": "ok"},
+            {"id": "e-cancel", "server": "everything", "behavior": "cancel"},
+            {"id": "e-abandon", "server": "everything", "behavior": "abandon"},
+            {"id": "t-ok", "server": "time", "behavior": "ok"},
+            {"id": "d-ok", "server": "daemonizer", "behavior": "ok"},
+            {"id": "d-abandon", "server": "daemonizer", "behavior": "abandon"},
+        ],
+    });
+    // The SDK hands the servers the gateway's stderr: a file, not a pipe, or a
+    // leaked server would keep the pipe open and this call waiting.
+    let log = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{tag}.stderr"));
+    let out = std::process::Command::new(python)
+        .arg(script)
+        .arg(config.to_string())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+/// Waits (bounded) until no process carries the tag; returns what is left.
+async fn settle(tag: &str, secs: u64) -> Vec<i32> {
+    for _ in 0..secs * 20 {
+        if tagged(tag).is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tagged(tag)
+}
+
+fn expect_outcomes(v: &Value) {
+    let r = &v["results"];
+    for (id, outcome) in [
+        ("e-ok", "ok"),
+        ("t-ok", "ok"),
+        ("d-ok", "ok"),
+        ("e-cancel", "cancelled"),
+        ("e-abandon", "abandoned"),
+        ("d-abandon", "abandoned"),
+    ] {
+        assert_eq!(r[id]["outcome"], outcome, "{id}: {v}");
+    }
+}
+
+/// The exec drop-in, proven: a Python gateway's tick with cancelled and
+/// abandoned jobs, then `procscope end`: nothing of any server tree is left,
+/// the setsid'ed helper included.
+#[tokio::test]
+async fn python_gateway_with_exec_and_end_leaves_nothing() {
+    let env = TestEnv::new();
+    within(180, async {
+        let tag = format!("ps-{}", nanos());
+        let v = python_tick(&env, "procscope", &tag);
+        expect_outcomes(&v);
+        let end = &v["end"];
+        assert_eq!(end["status"], 0, "{end}");
+        // The abandoned jobs' sessions were still live; the others' wrappers had
+        // already ended theirs when their commands exited.
+        assert!(end["report"]["sessions"].as_u64().unwrap() >= 2, "the live sessions were ended: {end}");
+        // The wrappers exit right after their commands; then nothing carries the tag.
+        let left = settle(&tag, 5).await;
+        assert!(left.is_empty(), "processes left behind: {left:?}");
+        assert!(env.root.children().unwrap().is_empty(), "{:?}", env.root.children());
+        eprintln!("with procscope exec/end: 0 processes left; end: {}", end["report"]);
+    })
+    .await;
+    env.finish().await;
+}
+
+/// The same tick without procscope, to show the bug it fixes: the abandoned jobs'
+/// servers and the daemonized helper are left running. (The test cleans up.)
+#[tokio::test]
+async fn python_gateway_without_procscope_leaks() {
+    let env = TestEnv::new();
+    within(180, async {
+        let tag = format!("naive-{}", nanos());
+        let v = python_tick(&env, "naive", &tag);
+        expect_outcomes(&v);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let left = tagged(&tag);
+        eprintln!("without procscope: {} processes left behind (pids {left:?}); cleaning up", left.len());
+        for pid in &left {
+            if let Ok(fd) = PidFd::open(procscope::Pid::from_raw(*pid).unwrap()) {
+                let _ = fd.send_signal(procscope::Signal::KILL);
+            }
+        }
+        assert!(settle(&tag, 5).await.is_empty(), "cleanup failed");
+        assert!(left.len() >= 3, "the abandoned servers and the daemon should have leaked: {left:?}");
+    })
+    .await;
+    env.finish().await;
+}
