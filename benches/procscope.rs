@@ -1,0 +1,4 @@
+//! `scripts/bench`: procscope against the alternatives, in one run.
+fn main() {
+    println!("benchmarks: not written yet");
+}
