@@ -16,6 +16,7 @@
 //! | `echo` | copies stdin to stdout until EOF |
 //! | `alloc MIB` | allocates and touches MIB mebibytes |
 //! | `forkbomb` | forks children that fork, forever |
+//! | `spin SECS` | keeps one CPU busy for SECS seconds |
 //! | `record-signals FILE` | appends `SIGNAL FROM-PID` per signal received to FILE, forever |
 //! | `exit CODE` | exits with CODE |
 //! | `gateway ROOT N GUARDIAN` | a gateway: a supervisor under ROOT (guardian from `$PROCSCOPE_BIN` if GUARDIAN is 1) with N sessions each running a child that daemonizes a helper; prints `instance=`, `guardian=`, `ready`, then waits forever |
@@ -121,6 +122,14 @@ pub fn main(args: Vec<String>) -> ! {
                 }
             },
             "record-signals" => record_signals(&arg()),
+            "spin" => {
+                let secs: f64 = arg().parse().unwrap_or_else(|_| fail("spin SECS"));
+                let end = std::time::Instant::now() + Duration::from_secs_f64(secs);
+                let mut x = 0u64;
+                while std::time::Instant::now() < end {
+                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                }
+            }
             "gateway" => {
                 let (root, n, guardian) = (arg(), arg(), arg());
                 gateway(&root, n.parse().unwrap_or_else(|_| fail("gateway N")), guardian == "1")

@@ -52,7 +52,7 @@ pub use root::{Root, RootKind};
 pub use rustix::process::{Pid, Signal};
 pub use session::Session;
 pub use supervisor::{Builder, Counters, DEFAULT_GRACE, Supervisor, SweepScope, recover};
-pub use sweep::{SweepError, SweepReport, Termination};
+pub use sweep::{LimitHit, SweepError, SweepReport, Termination};
 pub use sys::spawn::ChildStage;
 
 /// The README's examples, compiled as doc tests.

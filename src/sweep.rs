@@ -34,6 +34,11 @@ pub struct Termination {
     pub kill_mechanism: Option<KillMechanism>,
     /// Whether the cgroup was removed.
     pub removed: bool,
+    /// Processes the kernel OOM-killed in this cgroup over its life (its
+    /// `memory.max`; `oom_kill` of `memory.events`).
+    pub oom_kills: u64,
+    /// Forks refused by its `pids.max` (`max` of `pids.events`).
+    pub pids_max_hits: u64,
 }
 
 /// Ends every process in `cg` and removes it from `parent`.
@@ -82,6 +87,9 @@ pub(crate) async fn end_cgroup(
         }
     }
     t.terminated = t.signalled.saturating_sub(t.killed);
+    // The limits' verdicts, read before the cgroup (and its counters) is gone.
+    t.oom_kills = cg.stats().memory_events.map_or(0, |e| e.oom_kill);
+    t.pids_max_hits = cg.pids_max_hits();
     for c in children {
         let _ = tokio::time::timeout(REAP_WAIT, c.wait()).await;
     }
@@ -112,8 +120,22 @@ pub struct SweepReport {
     pub removed: usize,
     /// Sessions that could not be ended completely, with why.
     pub errors: Vec<SweepError>,
+    /// Sessions in which a limit struck: OOM kills by `memory.max`, forks refused
+    /// by `pids.max`.
+    pub limits_hit: Vec<LimitHit>,
     /// Time the sweep took.
     pub elapsed: Duration,
+}
+
+/// A session whose limits struck while it ran.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LimitHit {
+    /// The session id.
+    pub session: String,
+    /// Processes OOM-killed by its `memory.max`.
+    pub oom_kills: u64,
+    /// Forks refused by its `pids.max`.
+    pub pids_max_hits: u64,
 }
 
 /// A session a sweep could not end completely.
@@ -133,6 +155,13 @@ impl SweepReport {
                 self.terminated += t.terminated;
                 self.killed += t.killed;
                 self.removed += usize::from(t.removed);
+                if t.oom_kills > 0 || t.pids_max_hits > 0 {
+                    self.limits_hit.push(LimitHit {
+                        session: session.to_owned(),
+                        oom_kills: t.oom_kills,
+                        pids_max_hits: t.pids_max_hits,
+                    });
+                }
             }
             Err(e) => self.errors.push(SweepError { session: session.to_owned(), error: e.to_string() }),
         }
@@ -145,6 +174,7 @@ impl SweepReport {
         self.killed += other.killed;
         self.removed += other.removed;
         self.errors.extend(other.errors);
+        self.limits_hit.extend(other.limits_hit);
         self.elapsed += other.elapsed;
     }
 }
@@ -160,7 +190,15 @@ impl fmt::Display for SweepReport {
             self.removed,
             self.errors.len(),
             self.elapsed.as_secs_f64() * 1e3
-        )
+        )?;
+        for hit in &self.limits_hit {
+            write!(
+                f,
+                "; session {}: {} OOM kill(s), {} fork(s) refused by pids.max",
+                hit.session, hit.oom_kills, hit.pids_max_hits
+            )?;
+        }
+        Ok(())
     }
 }
 

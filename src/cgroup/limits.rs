@@ -108,6 +108,15 @@ impl Cgroup {
         Ok(())
     }
 
+    /// `max` of `pids.events`: forks refused by `pids.max` (0 without the pids
+    /// controller).
+    pub fn pids_max_hits(&self) -> u64 {
+        self.read("pids.events")
+            .ok()
+            .and_then(|s| s.lines().find_map(|l| l.strip_prefix("max ").and_then(|v| v.trim().parse().ok())))
+            .unwrap_or(0)
+    }
+
     /// Reads usage statistics; a value whose controller is off is `None`.
     pub fn stats(&self) -> Stats {
         let num = |f: &str| self.read(f).ok().and_then(|s| s.trim().parse::<u64>().ok());

@@ -108,6 +108,7 @@ pub fn report_json(r: &procscope::SweepReport) -> serde_json::Value {
         "killed": r.killed,
         "removed": r.removed,
         "errors": r.errors.iter().map(|e| serde_json::json!({"session": e.session, "error": e.error})).collect::<Vec<_>>(),
+        "limits_hit": r.limits_hit.iter().map(|h| serde_json::json!({"session": h.session, "oom_kills": h.oom_kills, "pids_max_hits": h.pids_max_hits})).collect::<Vec<_>>(),
         "elapsed_ms": r.elapsed.as_secs_f64() * 1e3,
     })
 }
