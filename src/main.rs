@@ -12,7 +12,8 @@ const EXIT_CODES: &str = "\
 Exit codes:
   0    success
   1    the operation failed (or `doctor` found that containment would degrade)
-  2    invalid arguments or input; nothing was changed
+  2    invalid arguments or input, or a root that cannot be used (no cgroup2,
+       not delegated, a missing controller); nothing was changed
   exec: the command's own exit status; 128+N when it was killed by signal N;
        125 when procscope failed before the command ran, 126 when the command
        could not be executed, 127 when it was not found";

@@ -145,8 +145,12 @@ impl Hierarchy {
     ///
     /// # Errors
     /// [`Error::NoCgroup2`] when no cgroup2 filesystem is mounted.
+    ///
+    /// `PROCSCOPE_MOUNTINFO` names another mountinfo file to read instead (to
+    /// simulate hosts in tests).
     pub fn discover() -> Result<Hierarchy> {
-        let mountinfo = Path::new("/proc/self/mountinfo");
+        let fake = std::env::var_os("PROCSCOPE_MOUNTINFO").map(std::path::PathBuf::from);
+        let mountinfo = fake.as_deref().unwrap_or(Path::new("/proc/self/mountinfo"));
         let cgroup = Path::new("/proc/self/cgroup");
         let mi = std::fs::read_to_string(mountinfo).ctx("read", mountinfo)?;
         let cg = std::fs::read_to_string(cgroup).ctx("read", cgroup)?;

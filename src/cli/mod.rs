@@ -39,6 +39,9 @@ pub fn exit_code(e: &Error) -> i32 {
         | Error::InvalidLimit { .. }
         | Error::InvalidInput { .. }
         | Error::NotCgroup2 { .. }
+        | Error::NoCgroup2 { .. }
+        | Error::NotDelegated { .. }
+        | Error::ControllerUnavailable { .. }
         | Error::ContainsSelf { .. } => USAGE,
         Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => USAGE,
         _ => FAILED,
