@@ -215,81 +215,75 @@ impl Command {
     /// program), [`Error::Spawn`] with the child's failing step and errno,
     /// [`Error::CgroupRemoved`], [`Error::Io`].
     pub fn spawn_in(&mut self, cgroup: &Cgroup) -> Result<ContainedChild> {
-        let prepared = self.prepare()?;
-        let pipes = Pipes::new(&self.stdio)?;
-        let stdio = [pipes.child_fd(0), pipes.child_fd(1), pipes.child_fd(2)];
-        let (argv, envp) = (pointers(&prepared.argv), pointers(&prepared.envp));
-        let plan = ChildPlan {
-            program: &prepared.program,
-            argv: &argv,
-            envp: &envp,
-            stdio,
-            cwd: prepared.cwd.as_deref(),
-            uid: self.uid,
-            gid: self.gid,
-            setsid: self.setsid,
-            last_cap: last_cap(),
-        };
-
         let wanted = self.mechanism.unwrap_or(if NO_CLONE_INTO_CGROUP.load(Ordering::Relaxed) {
             SpawnMechanism::ForkJoinProcs
         } else {
             SpawnMechanism::Clone3IntoCgroup
         });
-        let program = self.program.to_string_lossy().into_owned();
-        let (spawned, mechanism) = match wanted {
-            SpawnMechanism::Clone3IntoCgroup => match spawn::spawn(&plan, Placement::IntoCgroup(cgroup.as_fd())) {
-                Ok(s) => (s, SpawnMechanism::Clone3IntoCgroup),
+        let forced = self.mechanism.is_some();
+        self.launch(|plan, program| match wanted {
+            SpawnMechanism::Clone3IntoCgroup => match spawn::spawn(plan, Placement::IntoCgroup(cgroup.as_fd())) {
+                Ok(s) => Ok((s, SpawnMechanism::Clone3IntoCgroup)),
                 // A removed cgroup: ENODEV per the kernel's docs, ENOENT seen on 6.18.
                 // Fail closed: never fall back to a spawn in another cgroup.
                 Err(SpawnFailure::Clone(e)) if matches!(e.raw_os_error(), Some(libc::ENODEV | libc::ENOENT)) => {
-                    return Err(Error::CgroupRemoved { path: cgroup.path().to_owned() });
+                    Err(Error::CgroupRemoved { path: cgroup.path().to_owned() })
                 }
                 // Only a kernel (or seccomp filter) without CLONE_INTO_CGROUP falls
                 // back. Any other failure is the cgroup's answer and must stand:
                 // EAGAIN from pids.max in particular, which a migration through
                 // cgroup.procs would get around.
                 Err(SpawnFailure::Clone(e))
-                    if self.mechanism.is_none()
-                        && matches!(e.raw_os_error(), Some(libc::E2BIG | libc::EINVAL | libc::ENOSYS)) =>
+                    if !forced && matches!(e.raw_os_error(), Some(libc::E2BIG | libc::EINVAL | libc::ENOSYS)) =>
                 {
                     NO_CLONE_INTO_CGROUP.store(true, Ordering::Relaxed);
                     tracing::warn!(error = %e, "clone3(CLONE_INTO_CGROUP) is not available; \
                         spawning with a join through cgroup.procs from now on (slower)");
-                    (spawn_joining(&plan, cgroup, &program)?, SpawnMechanism::ForkJoinProcs)
+                    Ok((spawn_joining(plan, cgroup, program)?, SpawnMechanism::ForkJoinProcs))
                 }
-                Err(failure) => return Err(spawn_error(failure, &program, cgroup)),
+                Err(failure) => Err(spawn_error(failure, program, cgroup)),
             },
-            SpawnMechanism::ForkJoinProcs => (spawn_joining(&plan, cgroup, &program)?, SpawnMechanism::ForkJoinProcs),
-        };
-        Ok(ContainedChild::new(spawned, pipes.into_parent_ends(), mechanism))
+            SpawnMechanism::ForkJoinProcs => Ok((spawn_joining(plan, cgroup, program)?, SpawnMechanism::ForkJoinProcs)),
+        })
     }
 
     /// Spawns the command in the caller's own cgroup (for the guardian, which must
     /// outlive the cgroups it watches). Same child preparation as
     /// [`spawn_in`](Self::spawn_in).
     pub(crate) fn spawn_uncontained(&mut self) -> Result<ContainedChild> {
+        self.launch(|plan, program| {
+            let spawned = spawn::spawn(plan, Placement::Inherit).map_err(|f| match f {
+                SpawnFailure::Clone(e) => Error::io("clone3", program, e),
+                SpawnFailure::Child { stage, errno } => {
+                    Error::Spawn { program: program.to_owned(), stage, source: errno }
+                }
+            })?;
+            Ok((spawned, SpawnMechanism::ForkJoinProcs))
+        })
+    }
+
+    /// Prepares everything the child needs (strings, pipes registered with
+    /// tokio), lets `place` start it, and wraps the result.
+    fn launch(
+        &self,
+        place: impl FnOnce(&ChildPlan<'_>, &str) -> Result<(spawn::Spawned, SpawnMechanism)>,
+    ) -> Result<ContainedChild> {
         let prepared = self.prepare()?;
         let pipes = Pipes::new(&self.stdio)?;
-        let stdio = [pipes.child_fd(0), pipes.child_fd(1), pipes.child_fd(2)];
         let (argv, envp) = (pointers(&prepared.argv), pointers(&prepared.envp));
         let plan = ChildPlan {
             program: &prepared.program,
             argv: &argv,
             envp: &envp,
-            stdio,
+            stdio: [pipes.child_fd(0), pipes.child_fd(1), pipes.child_fd(2)],
             cwd: prepared.cwd.as_deref(),
             uid: self.uid,
             gid: self.gid,
             setsid: self.setsid,
             last_cap: last_cap(),
         };
-        let program = self.program.to_string_lossy().into_owned();
-        let spawned = spawn::spawn(&plan, Placement::Inherit).map_err(|f| match f {
-            SpawnFailure::Clone(e) => Error::io("clone3", program.clone(), e),
-            SpawnFailure::Child { stage, errno } => Error::Spawn { program: program.clone(), stage, source: errno },
-        })?;
-        Ok(ContainedChild::new(spawned, pipes.into_parent_ends(), SpawnMechanism::ForkJoinProcs))
+        let (spawned, mechanism) = place(&plan, &self.program.to_string_lossy())?;
+        Ok(ContainedChild::new(spawned, pipes.into_parent_ends(), mechanism))
     }
 
     /// Resolves the program and builds the C strings the child needs.

@@ -128,13 +128,7 @@ async fn exec_ends_the_command_when_its_parent_dies() {
             .expect("the command outlived its gateway")
             .unwrap();
         // The wrapper removes what it made once the command is gone.
-        for _ in 0..200 {
-            if env.root.children().unwrap().is_empty() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert!(env.root.children().unwrap().is_empty(), "{:?}", env.root.children());
+        env.wait_root_empty().await;
     }
     env.finish().await;
 }
@@ -293,13 +287,7 @@ async fn ps_and_sweep_report_and_end_by_scope() {
         assert_eq!(v["sessions"].as_u64(), Some(0), "{v}");
         assert!(foreign.path().exists());
         env.root.remove_child("not-ours").unwrap();
-        for _ in 0..200 {
-            if env.root.children().unwrap().is_empty() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert!(env.root.children().unwrap().is_empty(), "{:?}", env.root.children());
+        env.wait_root_empty().await;
     }
     env.finish().await;
 }

@@ -41,6 +41,19 @@ impl TestEnv {
         self.root.create_child(name).expect("create a cgroup")
     }
 
+    /// Waits (bounded) until the root has no child cgroups — for processes such
+    /// as `procscope exec` wrappers that remove theirs as they exit — and
+    /// asserts it.
+    pub async fn wait_root_empty(&self) {
+        for _ in 0..200 {
+            if self.root.children().unwrap().is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(self.root.children().unwrap().is_empty(), "{:?}", self.root.children());
+    }
+
     /// Asserts that the test cleaned up after itself, then removes the root.
     pub async fn finish(mut self) {
         self.finished = true;
