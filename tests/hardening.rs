@@ -98,6 +98,9 @@ async fn a_cgroup_holding_the_caller_is_never_killed() {
     env.finish().await;
 }
 
+/// Arguments, extra environment, and what the error message must contain.
+type CliCase<'a> = (&'a [&'a str], Vec<(&'a str, &'a str)>, &'a [&'a str]);
+
 fn cli(env: &TestEnv, args: &[&str], extra_env: &[(&str, &str)]) -> Output {
     let mut c = std::process::Command::new(PROCSCOPE);
     let (sub, rest) = args.split_first().unwrap();
@@ -181,7 +184,7 @@ async fn bad_input_table() {
         assert!(!sup.instance().is_populated().unwrap());
 
         // CLI: exit code 2, the input and a fix in the message.
-        let cli_cases: Vec<(&[&str], Vec<(&str, &str)>, &[&str])> = vec![
+        let cli_cases: Vec<CliCase> = vec![
             (&["exec", "--session", "../etc", "--", "true"], vec![], &["../etc", "1–64"]),
             (&["exec", "--memory-max", "10QB", "--", "true"], vec![], &["10QB", "512M"]),
             (&["exec", "--memory-max", "-1", "--", "true"], vec![], &["-1", "negative"]),
