@@ -368,6 +368,18 @@ fn pointers(strings: &[CString]) -> Vec<*const c_char> {
     strings.iter().map(|s| s.as_ptr()).chain(std::iter::once(std::ptr::null())).collect()
 }
 
+/// `/dev/null`, opened once (read-write, close-on-exec) and lent to every child
+/// whose stdio is [`Stdio::Null`].
+pub(crate) fn dev_null() -> Result<BorrowedFd<'static>> {
+    static NULL: OnceLock<OwnedFd> = OnceLock::new();
+    if let Some(fd) = NULL.get() {
+        return Ok(fd.as_fd());
+    }
+    let fd = rustix::fs::open("/dev/null", OFlags::RDWR | OFlags::CLOEXEC, rustix::fs::Mode::empty())
+        .map_err(|e| Error::io("open", "/dev/null", e))?;
+    Ok(NULL.get_or_init(|| fd).as_fd())
+}
+
 /// `/proc/sys/kernel/cap_last_cap`, read once.
 fn last_cap() -> u32 {
     static LAST: OnceLock<u32> = OnceLock::new();
@@ -426,14 +438,7 @@ impl<'a> Pipes<'a> {
                     1 => rustix::stdio::stdout(),
                     _ => rustix::stdio::stderr(),
                 }),
-                Stdio::Null => ChildFd::Owned(
-                    rustix::fs::open(
-                        "/dev/null",
-                        if i == 0 { OFlags::RDONLY } else { OFlags::WRONLY } | OFlags::CLOEXEC,
-                        rustix::fs::Mode::empty(),
-                    )
-                    .map_err(|e| Error::io("open", "/dev/null", e))?,
-                ),
+                Stdio::Null => ChildFd::Borrowed(dev_null()?),
                 Stdio::Piped => {
                     if tokio::runtime::Handle::try_current().is_err() {
                         return Err(Error::InvalidInput {

@@ -185,7 +185,10 @@ fn print_self() {
     ));
     say(&format!("nnp={}", field("NoNewPrivs:")));
     say(&format!("sig={} {} {}", field("SigBlk:"), field("SigIgn:"), field("SigCgt:")));
-    say(&format!("sid={}", rustix::process::getsid(None).map(|p| p.as_raw_nonzero().get()).unwrap_or(0)));
+    // Field 6 of /proc/self/stat (getsid would assert on session 0).
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let sid = stat.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().nth(3)).unwrap_or("0");
+    say(&format!("sid={sid}"));
     say(&format!("uid={}", field("Uid:")));
     say(&format!("gid={}", field("Gid:")));
     say(&format!("groups={}", field("Groups:")));

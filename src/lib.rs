@@ -68,5 +68,15 @@ pub mod testing {
     pub fn force_legacy_clone(on: bool) {
         crate::sys::spawn::FORCE_LEGACY_CLONE.store(on, std::sync::atomic::Ordering::Relaxed);
     }
+
+    /// Creates the process-wide state procscope keeps for the life of the
+    /// process — the reaper's epoll fd and thread, `/dev/null` for
+    /// `Stdio::Null`, `/proc/self/status` for the signal mask — so that a test
+    /// that counts fds and threads can take its baseline after them.
+    pub fn init_process_state() {
+        let _ = crate::reaper::pending();
+        let _ = crate::command::dev_null();
+        crate::sys::spawn::init_process_state();
+    }
 }
 pub use tick::{JobOutcome, TickReport};

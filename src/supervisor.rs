@@ -204,6 +204,8 @@ pub(crate) struct CounterCells {
     pub processes_spawned: Counter,
     pub processes_terminated: Counter,
     pub processes_killed: Counter,
+    pub oom_kills: Counter,
+    pub pids_max_hits: Counter,
     pub sweeps: Counter,
 }
 
@@ -225,6 +227,11 @@ pub struct Counters {
     pub processes_terminated: u64,
     /// Processes killed at the deadline.
     pub processes_killed: u64,
+    /// Processes OOM-killed by their session's `memory.max` (counted when the
+    /// session ends).
+    pub oom_kills: u64,
+    /// Forks refused by a session's `pids.max` (counted when the session ends).
+    pub pids_max_hits: u64,
     /// Sweeps run.
     pub sweeps: u64,
 }
@@ -301,6 +308,14 @@ impl Inner {
             for c in shared.children() {
                 let _ = c.try_wait();
             }
+            // The limits' verdicts, before the cgroup and its counters go.
+            let oom = shared.cgroup.stats().memory_events.map_or(0, |e| e.oom_kill);
+            let refused = shared.cgroup.pids_max_hits();
+            self.counters.oom_kills.add(oom);
+            self.counters.pids_max_hits.add(refused);
+            if oom > 0 || refused > 0 {
+                tracing::warn!(oom_kills = oom, pids_max_hits = refused, "the session's limits struck");
+            }
             match self.instance.remove_child(&shared.dir) {
                 Ok(()) => {
                     state.dirs.remove(&shared.dir);
@@ -344,6 +359,8 @@ impl Inner {
                 }
                 self.counters.processes_terminated.add(t.terminated as u64);
                 self.counters.processes_killed.add(t.killed as u64);
+                self.counters.oom_kills.add(t.oom_kills);
+                self.counters.pids_max_hits.add(t.pids_max_hits);
             }
             Err(e) => {
                 tracing::warn!(session = %shared.id, error = %e, "ending the session failed; it stays in the orphan pool");
@@ -563,6 +580,8 @@ impl Supervisor {
             processes_spawned: c.processes_spawned.get(),
             processes_terminated: c.processes_terminated.get(),
             processes_killed: c.processes_killed.get(),
+            oom_kills: c.oom_kills.get(),
+            pids_max_hits: c.pids_max_hits.get(),
             sweeps: c.sweeps.get(),
         }
     }

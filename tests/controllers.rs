@@ -48,11 +48,21 @@ async fn memory_max_oom_kills_inside_the_session_only() {
         let events = hog.stats().memory_events.unwrap();
         assert!(events.oom_kill >= 1, "{events:?}");
         assert!(calm.try_wait().unwrap().is_none(), "the sibling was hit");
-        drop(hog);
-        let report = sup.sweep(SweepScope::All).await;
-        let hit = report.limits_hit.iter().find(|h| h.session == "hog").expect("the report names the OOM kill");
+        // Ending the session reports the kill...
+        let t = hog.close().await.unwrap();
+        assert!(t.oom_kills >= 1, "{t:?}");
+        // ...and so does a sweep, for a session it ends.
+        let hog2 = sup.session_with_limits("hog2", &limits).unwrap();
+        let mut eater = hog2.spawn(&mut fixture(&["spawn", "1", "alloc", "256", "sleep", "3600"])).unwrap();
+        assert_eq!(eater.wait().await.unwrap().signal(), Some(libc::SIGKILL));
+        drop(hog2); // the spawned child still runs: an orphan
+        let report = sup.sweep(SweepScope::Orphans).await;
+        let hit = report.limits_hit.iter().find(|h| h.session == "hog2").expect("the report names the OOM kill");
         assert!(hit.oom_kills >= 1, "{report}");
         assert!(report.to_string().contains("OOM kill"), "{report}");
+        assert!(sup.counters().oom_kills >= 2, "{:?}", sup.counters());
+        drop(sibling);
+        let _ = sup.sweep(SweepScope::All).await;
         assert!(calm.wait().await.is_ok());
         sup.shutdown().await.unwrap();
     })
@@ -233,7 +243,7 @@ async fn a_recycled_pid_is_never_signalled_by_a_sweep() {
         let mut got = String::new();
         for _ in 0..200 {
             got = std::fs::read_to_string(&log).unwrap_or_default();
-            if !got.is_empty() {
+            if got.contains('\n') {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -246,6 +256,33 @@ async fn a_recycled_pid_is_never_signalled_by_a_sweep() {
         stranger.kill().unwrap();
         stranger.wait().unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
+        sup.shutdown().await.unwrap();
+    })
+    .await;
+    env.finish().await;
+}
+
+/// A real MCP server (server-everything behind npx) killed by its session's
+/// memory limit: the end of the session reports the OOM kill.
+#[tokio::test]
+#[ignore = "needs the memory, pids and cpu controllers in cgroup2: runs in vm-tests"]
+async fn an_mcp_server_killed_by_its_memory_limit_is_reported() {
+    let env = TestEnv::new();
+    within(120, async {
+        let sup = supervisor(&env).await;
+        let prefix = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".deps/npm");
+        assert!(prefix.join("node_modules/.bin/mcp-server-everything").exists(), "run scripts/install-mcp-servers");
+        let limits = Limits { memory_max: Some(8 << 20), ..Limits::default() };
+        let s = sup.session_with_limits("everything", &limits).unwrap();
+        let mut c = Command::new("npx");
+        c.arg("--prefix").arg(&prefix).args(["--no-install", "mcp-server-everything"]);
+        c.stdin(Stdio::Piped).stdout(Stdio::Null).stderr(Stdio::Null);
+        let mut npx = s.spawn(&mut c).unwrap();
+        // Node does not fit in 8 MiB: the kernel OOM-kills inside the session.
+        let _ = tokio::time::timeout(Duration::from_secs(60), npx.wait()).await;
+        let t = s.close().await.unwrap();
+        assert!(t.oom_kills >= 1, "{t:?}");
+        eprintln!("server-everything under memory.max=8M: {} OOM kill(s) reported", t.oom_kills);
         sup.shutdown().await.unwrap();
     })
     .await;

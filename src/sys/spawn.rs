@@ -207,6 +207,18 @@ struct ChildCtx<'a> {
     plan: &'a ChildPlan<'a>,
     join_procs: RawFd,
     report: *const Report,
+    /// Signals to reset to the default action: bit `n - 1` for signal `n`.
+    reset: SignalReset,
+}
+
+/// Which signal dispositions the child resets.
+#[derive(Clone, Copy)]
+enum SignalReset {
+    /// After `CLONE_CLEAR_SIGHAND` only ignored signals remain to reset: these.
+    Ignored(u64),
+    /// Every signal that is not at its default (the `clone(2)` path, or when the
+    /// ignored set could not be read).
+    All,
 }
 
 /// The child's stack and the report page: one `MAP_SHARED` anonymous mapping with a
@@ -250,6 +262,52 @@ impl ChildMapping {
         let top = self.base as usize + self.len - 64;
         (low as u64, (top - low) as u64)
     }
+}
+
+thread_local! {
+    /// One child stack per thread, reused: with `CLONE_VFORK` this thread is
+    /// suspended while its child runs on the stack, so no two children ever
+    /// share it. Saves a mapping, a guard page and fresh page faults per spawn.
+    static MAPPING: std::cell::RefCell<Option<ChildMapping>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` with this thread's child mapping, its report cleared.
+fn with_mapping<R>(f: impl FnOnce(&ChildMapping) -> R) -> io::Result<R> {
+    MAPPING.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(ChildMapping::new()?);
+        }
+        let mapping = slot.as_ref().expect("just set");
+        // SAFETY: the report lies inside the mapping; no child uses it now (the
+        // previous one exec'd or exited before its spawn returned).
+        let report = unsafe { &*mapping.report() };
+        report.stage.store(0, Ordering::SeqCst);
+        report.errno.store(0, Ordering::SeqCst);
+        Ok(f(mapping))
+    })
+}
+
+/// Opens what the spawn path keeps open for the life of the process.
+pub(crate) fn init_process_state() {
+    let _ = ignored_signals();
+}
+
+/// The signals this process ignores (`SigIgn` of `/proc/self/status`), read
+/// through one fd kept open for the purpose; `None` if it cannot be read.
+fn ignored_signals() -> Option<u64> {
+    static STATUS: std::sync::OnceLock<Option<OwnedFd>> = std::sync::OnceLock::new();
+    let fd = STATUS
+        .get_or_init(|| {
+            let flags = rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC;
+            rustix::fs::open("/proc/self/status", flags, rustix::fs::Mode::empty()).ok()
+        })
+        .as_ref()?;
+    let mut buf = [0u8; 4096];
+    let n = rustix::io::pread(fd, &mut buf, 0).ok()?;
+    let text = std::str::from_utf8(&buf[..n]).ok()?;
+    let hex = text.lines().find_map(|l| l.strip_prefix("SigIgn:"))?;
+    u64::from_str_radix(hex.trim(), 16).ok()
 }
 
 impl Drop for ChildMapping {
@@ -302,7 +360,16 @@ pub(crate) fn spawn(plan: &ChildPlan<'_>, placement: Placement<'_>) -> Result<Sp
 
 /// The `clone3` path.
 fn spawn_clone3(plan: &ChildPlan<'_>, placement: Placement<'_>) -> Result<Spawned, SpawnFailure> {
-    let mapping = ChildMapping::new().map_err(SpawnFailure::Clone)?;
+    let reset = ignored_signals().map_or(SignalReset::All, SignalReset::Ignored);
+    with_mapping(|mapping| clone3_with(plan, placement, mapping, reset)).map_err(SpawnFailure::Clone)?
+}
+
+fn clone3_with(
+    plan: &ChildPlan<'_>,
+    placement: Placement<'_>,
+    mapping: &ChildMapping,
+    reset: SignalReset,
+) -> Result<Spawned, SpawnFailure> {
     let report = mapping.report();
     let ctx = ChildCtx {
         plan,
@@ -311,6 +378,7 @@ fn spawn_clone3(plan: &ChildPlan<'_>, placement: Placement<'_>) -> Result<Spawne
             _ => -1,
         },
         report,
+        reset,
     };
     let mut pidfd: RawFd = -1;
     let mut args = CloneArgs {
@@ -346,7 +414,7 @@ fn spawn_clone3(plan: &ChildPlan<'_>, placement: Placement<'_>) -> Result<Spawne
         }
         if r < 0 { -(io::Error::last_os_error().raw_os_error().unwrap_or(libc::EINVAL) as c_long) } else { r }
     };
-    finish(ret, pidfd, &mapping)
+    finish(ret, pidfd, mapping)
 }
 
 /// The `clone(2)` path (glibc's wrapper, which runs `fn(arg)` on the given stack
@@ -355,7 +423,14 @@ fn spawn_clone3(plan: &ChildPlan<'_>, placement: Placement<'_>) -> Result<Spawne
 /// signals are blocked around the clone; the child resets every handler to the
 /// default before it unblocks them (see `reset_signals`).
 fn spawn_legacy(plan: &ChildPlan<'_>, placement: Placement<'_>) -> Result<Spawned, SpawnFailure> {
-    let mapping = ChildMapping::new().map_err(SpawnFailure::Clone)?;
+    with_mapping(|mapping| legacy_with(plan, placement, mapping)).map_err(SpawnFailure::Clone)?
+}
+
+fn legacy_with(
+    plan: &ChildPlan<'_>,
+    placement: Placement<'_>,
+    mapping: &ChildMapping,
+) -> Result<Spawned, SpawnFailure> {
     let ctx = ChildCtx {
         plan,
         join_procs: match placement {
@@ -363,6 +438,7 @@ fn spawn_legacy(plan: &ChildPlan<'_>, placement: Placement<'_>) -> Result<Spawne
             _ => -1,
         },
         report: mapping.report(),
+        reset: SignalReset::All,
     };
     let (low, size) = mapping.stack();
     let top = (low + size) as *mut c_void;
@@ -387,7 +463,7 @@ fn spawn_legacy(plan: &ChildPlan<'_>, placement: Placement<'_>) -> Result<Spawne
     // SAFETY: restores this thread's previous mask.
     unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, ptr::null_mut()) };
     let ret: c_long = if ret < 0 { -(err.raw_os_error().unwrap_or(libc::EINVAL) as c_long) } else { ret as c_long };
-    finish(ret, pidfd, &mapping)
+    finish(ret, pidfd, mapping)
 }
 
 /// The child side of `clone(2)`: glibc calls it on the new stack.
@@ -547,7 +623,7 @@ fn child_steps(ctx: &ChildCtx<'_>) -> Step {
         check(ChildStage::JoinCgroup, r)?;
     }
 
-    reset_signals();
+    reset_signals(ctx.reset);
 
     // Stdio: first move any source that sits on 0..2 but not on its own slot out
     // of the way, so that placing one does not clobber another.
@@ -628,13 +704,20 @@ fn child_steps(ctx: &ChildCtx<'_>) -> Step {
 /// child. With `clone3`, `CLONE_CLEAR_SIGHAND` already reset handled ones; with
 /// `clone(2)` the parent blocked every signal around the clone. Ignored ones
 /// (Rust sets SIGPIPE to ignored) survive both clone and exec unless reset here.
-fn reset_signals() {
+fn reset_signals(which: SignalReset) {
     // Big enough for `struct sigaction` of the kernel on x86_64 and aarch64; the
     // handler is the first field, and all zeros is SIG_DFL with no flags.
     let mut old = [0u64; 4];
     let dfl = [0u64; 4];
     for sig in 1..=64 {
         if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        if let SignalReset::Ignored(mask) = which {
+            if mask & (1 << (sig - 1)) != 0 {
+                // SAFETY: a valid pointer to a buffer of the kernel's sigaction size.
+                unsafe { libc::syscall(libc::SYS_rt_sigaction, sig, dfl.as_ptr(), ptr::null_mut::<u64>(), 8usize) };
+            }
             continue;
         }
         // SAFETY: valid pointers to buffers of the kernel's sigaction size.

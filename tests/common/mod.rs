@@ -27,8 +27,8 @@ impl TestEnv {
         let mount = h.open_mount().expect("open the cgroup2 mount");
         let name = format!("procscope-test-{}-{}", std::process::id(), nanos());
         let root = mount.create_child(&name).expect("create the test root");
-        // The reaper's epoll fd lives for the whole process: create it first.
-        let _ = procscope::reaper_pending();
+        // What procscope keeps open for the whole process: create it first.
+        procscope::testing::init_process_state();
         TestEnv { root, mount, fds_before: open_fds(), finished: false }
     }
 

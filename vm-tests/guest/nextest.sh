@@ -1,0 +1,40 @@
+#!/bin/bash
+# Guest side: runs the project's tests from a nextest archive made on the host.
+# Usage (in the VM): nextest.sh CARGO_NEXTEST ARCHIVE WORKSPACE [nextest args...]
+# The host root is visible read-only under a tmpfs overlay, so the host's
+# cargo-nextest runs as is; the archive is extracted to the writable overlay.
+set -euo pipefail
+nextest=$1 archive=$2 workspace=$3
+shift 3
+
+extract=/var/tmp/nextest-extract
+rm -rf "$extract"
+mkdir -p "$extract"
+export HOME=/root CARGO_HOME=${CARGO_HOME:-/root/.cargo}
+export CARGO_TERM_COLOR=never NEXTEST_HIDE_PROGRESS_BAR=1
+
+# Tests marked #[ignore] that need the release binary run when it exists.
+if [ -x "$workspace/target/release/procscope" ]; then
+    export PROCSCOPE_RELEASE_BIN=$workspace/target/release/procscope
+fi
+
+# TCG is 10-20 times slower than the host, and scripts/test runs the stress
+# tests at full strength on the host: here they run shorter unless the host
+# passed PROCSCOPE_* settings through (vm-tests/run does).
+export PROCSCOPE_STRESS_ITERATIONS=${PROCSCOPE_STRESS_ITERATIONS:-300}
+export PROCSCOPE_SIBLING_SECS=${PROCSCOPE_SIBLING_SECS:-10}
+
+# Every test, including the ignored ones, unless the caller chose otherwise.
+ignored=(--run-ignored all)
+for arg in "$@"; do
+    case "$arg" in --run-ignored* | --ignored | --include-ignored) ignored=() ;; esac
+done
+
+echo "== nextest on $(uname -r)"
+exec "$nextest" nextest run \
+    --tool-config-file "vmtests:$(dirname "$(realpath "$0")")/../nextest.toml" \
+    --archive-file "$archive" --extract-to "$extract" \
+    --workspace-remap "$workspace" \
+    "${ignored[@]}" --no-fail-fast --color never \
+    --status-level pass --failure-output final --final-status-level fail \
+    "$@"
