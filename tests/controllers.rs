@@ -272,17 +272,30 @@ async fn an_mcp_server_killed_by_its_memory_limit_is_reported() {
         let sup = supervisor(&env).await;
         let prefix = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".deps/npm");
         assert!(prefix.join("node_modules/.bin/mcp-server-everything").exists(), "run scripts/install-mcp-servers");
-        let limits = Limits { memory_max: Some(8 << 20), ..Limits::default() };
+        let limits = Limits { memory_max: Some(512 << 20), ..Limits::default() };
         let s = sup.session_with_limits("everything", &limits).unwrap();
         let mut c = Command::new("npx");
         c.arg("--prefix").arg(&prefix).args(["--no-install", "mcp-server-everything"]);
         c.stdin(Stdio::Piped).stdout(Stdio::Null).stderr(Stdio::Null);
-        let mut npx = s.spawn(&mut c).unwrap();
-        // Node does not fit in 8 MiB: the kernel OOM-kills inside the session.
-        let _ = tokio::time::timeout(Duration::from_secs(60), npx.wait()).await;
+        let _npx = s.spawn(&mut c).unwrap();
+        // Let the server grow past what the lower limit below allows.
+        let current = || s.stats().memory_current.unwrap_or(0);
+        for _ in 0..900 {
+            if current() > 40 << 20 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(current() > 40 << 20, "the server never grew: {} bytes", current());
+        // The limit drops below its use: the kernel OOM-kills inside the session.
+        s.cgroup().set_limits(&Limits { memory_max: Some(8 << 20), ..Limits::default() }).unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while s.stats().memory_events.map_or(0, |e| e.oom_kill) == 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let t = s.close().await.unwrap();
         assert!(t.oom_kills >= 1, "{t:?}");
-        eprintln!("server-everything under memory.max=8M: {} OOM kill(s) reported", t.oom_kills);
+        eprintln!("server-everything over its memory.max: {} OOM kill(s) reported", t.oom_kills);
         sup.shutdown().await.unwrap();
     })
     .await;
