@@ -288,7 +288,8 @@ async fn an_mcp_server_killed_by_its_memory_limit_is_reported() {
         }
         assert!(current() > 40 << 20, "the server never grew: {} bytes", current());
         // The limit drops below its use: the kernel OOM-kills inside the session.
-        s.cgroup().set_limits(&Limits { memory_max: Some(8 << 20), ..Limits::default() }).unwrap();
+        // (1 MiB: below its anonymous memory alone, so reclaiming page cache cannot save it.)
+        s.cgroup().set_limits(&Limits { memory_max: Some(1 << 20), ..Limits::default() }).unwrap();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         while s.stats().memory_events.map_or(0, |e| e.oom_kill) == 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
