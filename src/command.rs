@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::ffi::{CString, OsStr, OsString, c_char};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -302,20 +302,36 @@ impl Command {
                 fix: "it contains a NUL byte, which cannot be passed to a program".into(),
             })
         };
-        let env = self.environment();
-        let path_var = env.iter().find_map(|kv| kv.as_bytes().strip_prefix(b"PATH=").map(OsStr::from_bytes));
+        let envp = self.environment()?;
+        let path_var = envp.iter().find_map(|kv| kv.as_bytes().strip_prefix(b"PATH=").map(OsStr::from_bytes));
         let resolved = resolve_program(&self.program, path_var)?;
         let mut argv = vec![cstr("argument", &self.program)?];
         for a in &self.args {
             argv.push(cstr("argument", a)?);
         }
-        let envp = env.iter().map(|kv| cstr("environment variable", kv)).collect::<Result<Vec<_>>>()?;
         let cwd = self.cwd.as_deref().map(|d| cstr("working directory", d.as_os_str())).transpose()?;
         Ok(Prepared { program: cstr("program", resolved.as_os_str())?, argv, envp, cwd })
     }
 
     /// `KEY=VALUE` pairs for the child.
-    fn environment(&self) -> Vec<OsString> {
+    ///
+    /// The common case — the parent's environment, unchanged — is one pass with
+    /// one allocation per variable; changes go through a map.
+    fn environment(&self) -> Result<Vec<CString>> {
+        let pair = |k: &OsStr, v: &OsStr| {
+            let mut kv = Vec::with_capacity(k.len() + v.len() + 2);
+            kv.extend_from_slice(k.as_bytes());
+            kv.push(b'=');
+            kv.extend_from_slice(v.as_bytes());
+            CString::new(kv).map_err(|e| Error::InvalidInput {
+                what: "environment variable",
+                value: String::from_utf8_lossy(&e.into_vec()).into_owned(),
+                fix: "it contains a NUL byte, which cannot be passed to a program".into(),
+            })
+        };
+        if !self.env.clear && self.env.vars.is_empty() {
+            return std::env::vars_os().map(|(k, v)| pair(&k, &v)).collect();
+        }
         let mut vars: BTreeMap<OsString, OsString> =
             if self.env.clear { BTreeMap::new() } else { std::env::vars_os().collect() };
         for (k, v) in &self.env.vars {
@@ -324,14 +340,7 @@ impl Command {
                 None => vars.remove(k),
             };
         }
-        vars.into_iter()
-            .map(|(k, v)| {
-                let mut kv = k.into_vec();
-                kv.push(b'=');
-                kv.extend_from_slice(v.as_bytes());
-                OsString::from_vec(kv)
-            })
-            .collect()
+        vars.iter().map(|(k, v)| pair(k, v)).collect()
     }
 }
 

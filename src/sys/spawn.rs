@@ -295,6 +295,8 @@ pub(crate) fn init_process_state() {
 
 /// The signals this process ignores (`SigIgn` of `/proc/self/status`), read
 /// through one fd kept open for the purpose; `None` if it cannot be read.
+/// (`/proc/self/stat` is cheaper to read, but its `sigignore` field holds only
+/// signals 1–31.)
 fn ignored_signals() -> Option<u64> {
     static STATUS: std::sync::OnceLock<Option<OwnedFd>> = std::sync::OnceLock::new();
     let fd = STATUS
@@ -687,12 +689,10 @@ fn child_steps(ctx: &ChildCtx<'_>) -> Step {
         permitted: CapabilitySet::empty(),
         inheritable: CapabilitySet::empty(),
     };
+    // Emptying permitted and inheritable also empties the ambient set: the
+    // kernel keeps ambient ⊆ permitted ∩ inheritable (cap_capset), so no
+    // PR_CAP_AMBIENT_CLEAR_ALL is needed.
     rustix::thread::set_capabilities(None, empty).map_err(|e| errno_of(ChildStage::Capabilities, e))?;
-    match rustix::thread::clear_ambient_capability_set() {
-        // EINVAL: a kernel without ambient capabilities (< 4.3) has none to clear.
-        Ok(()) | Err(rustix::io::Errno::INVAL) => {}
-        Err(e) => return Err(errno_of(ChildStage::AmbientCapabilities, e)),
-    }
     rustix::thread::set_no_new_privs(true).map_err(|e| errno_of(ChildStage::NoNewPrivs, e))?;
 
     let r = unsafe { libc::syscall(libc::SYS_execve, plan.program.as_ptr(), plan.argv.as_ptr(), plan.envp.as_ptr()) };
