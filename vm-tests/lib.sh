@@ -251,7 +251,7 @@ vm_run() {
     fi
 
     vm_log "booting $name (kernel $(basename "${VM_KERNEL[$series]}"), timeout ${timeout}s, log $VM_LOG)"
-    local start=$SECONDS qemu_rc=0
+    local start=$SECONDS qemu_rc=0 attempt
     # KVM guests hang on these machines: TCG. The host root is shared
     # read-only; the guest's init puts a tmpfs overlay on top of it.
     local qemu=(timeout -k 10 "$timeout" qemu-system-x86_64
@@ -260,11 +260,24 @@ vm_run() {
         -append "$append"
         -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap
         -nic none)
-    if [ "${VM_VERBOSE:-}" = 1 ]; then # stream the console to stderr too
-        "${qemu[@]}" </dev/null 2>&1 | tee "$VM_LOG" >&2 || qemu_rc=${PIPESTATUS[0]}
-    else
-        "${qemu[@]}" </dev/null >"$VM_LOG" 2>&1 || qemu_rc=$?
-    fi
+    for attempt in 1 2; do
+        qemu_rc=0
+        if [ "${VM_VERBOSE:-}" = 1 ]; then # stream the console to stderr too
+            "${qemu[@]}" </dev/null 2>&1 | tee "$VM_LOG" >&2 || qemu_rc=${PIPESTATUS[0]}
+        else
+            "${qemu[@]}" </dev/null >"$VM_LOG" 2>&1 || qemu_rc=$?
+        fi
+        # A kernel that panics before it runs our init is a flake of the
+        # emulated boot (seen: an int3 oops in early initcalls under TCG), not a
+        # result: boot once more, and show it. A second one counts as a failure.
+        if [ "$attempt" = 1 ] && ! grep -q VMTEST-BOOTED "$VM_LOG" && grep -q "Kernel panic" "$VM_LOG"; then
+            cp "$VM_LOG" "$VM_LOG.boot-flake"
+            vm_log "$name: the kernel panicked before init ran (log $VM_LOG.boot-flake); booting again:"
+            tr -d '\r' <"$VM_LOG" | grep -A2 -m1 -E "Oops|BUG|Kernel panic" | sed 's/^/    | /' >&2
+            continue
+        fi
+        break
+    done
     VM_SECS=$((SECONDS - start))
 
     # The console uses CRLF; a kernel message may share a line with ours.
