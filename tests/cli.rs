@@ -244,11 +244,13 @@ async fn ps_and_sweep_report_and_end_by_scope() {
         let left = procscope::Cgroup::open(env.path().join(me.instance_name()).join("s-left")).unwrap();
         left.set_xattr("user.procscope.state", "orphaned").unwrap();
         // Stale: a gateway SIGKILLed without a guardian.
-        let mut gw = std::process::Command::new(FIXTURE)
-            .args(["gateway", env.path().to_str().unwrap(), "1", "0"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut gw = Gateway(
+            std::process::Command::new(FIXTURE)
+                .args(["gateway", env.path().to_str().unwrap(), "1", "0"])
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
         let mut gw_out = BufReader::new(gw.stdout.take().unwrap());
         let mut line = String::new();
         while gw_out.read_line(&mut line).unwrap() > 0 && line.trim() != "ready" {

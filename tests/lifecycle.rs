@@ -450,11 +450,11 @@ fn smaps_kib(pid: i32, key: &str) -> u64 {
         .unwrap()
 }
 
-fn spawn_gateway(env: &TestEnv, sessions: usize, guardian: bool) -> (std::process::Child, Vec<String>) {
+fn spawn_gateway(env: &TestEnv, sessions: usize, guardian: bool) -> (Gateway, Vec<String>) {
     spawn_gateway_with(env, sessions, guardian, env!("CARGO_BIN_EXE_procscope"))
 }
 
-fn spawn_gateway_with(env: &TestEnv, sessions: usize, guardian: bool, bin: &str) -> (std::process::Child, Vec<String>) {
+fn spawn_gateway_with(env: &TestEnv, sessions: usize, guardian: bool, bin: &str) -> (Gateway, Vec<String>) {
     use std::io::BufRead;
     let mut child = std::process::Command::new(FIXTURE)
         .args(["gateway", env.path().to_str().unwrap(), &sessions.to_string(), if guardian { "1" } else { "0" }])
@@ -477,7 +477,7 @@ fn spawn_gateway_with(env: &TestEnv, sessions: usize, guardian: bool, bin: &str)
     }
     // Let the daemons finish forking before anyone counts or kills.
     std::thread::sleep(Duration::from_millis(100));
-    (child, lines)
+    (Gateway(child), lines)
 }
 
 /// SIGKILL of the gateway: its guardian ends every process of its sessions

@@ -197,3 +197,30 @@ pub fn field<'a>(lines: &'a [String], key: &str) -> &'a str {
 pub async fn within<F: std::future::Future>(secs: u64, fut: F) -> F::Output {
     tokio::time::timeout(Duration::from_secs(secs), fut).await.expect("test timed out")
 }
+
+/// A gateway process started by a test; SIGKILLed and reaped on drop, so a
+/// failing test does not leave it (or, through its guardian, its sessions)
+/// running.
+pub struct Gateway(pub std::process::Child);
+
+impl std::ops::Deref for Gateway {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Gateway {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
