@@ -8,7 +8,8 @@
 # old sessions; nothing is written outside the unit's subtree or to the
 # delegated top cgroup's own attributes.
 set -u
-ROOTDIR=${PROCSCOPE_DIR:-/work/main}
+# The repository, from where this script lies (vm-tests/systemd/).
+ROOTDIR=$(cd "$(dirname "$0")/../.." && pwd)
 BIN=$ROOTDIR/target/release/procscope
 GATEWAY=$ROOTDIR/target/release/examples/gateway
 UNIT_CG=/sys/fs/cgroup/system.slice/gw.service
