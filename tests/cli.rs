@@ -270,7 +270,10 @@ async fn ps_and_sweep_report_and_end_by_scope() {
         );
         let ps = run(&env, &["ps"]);
         let table = String::from_utf8_lossy(&ps.stdout);
-        assert!(table.contains("INSTANCE") && table.contains("stale") && table.contains("sleep"), "{table}");
+        assert!(
+            table.contains("INSTANCE") && table.contains("stale") && table.contains("procscope-fixture"),
+            "{table}"
+        );
 
         let v = json(&run(&env, &["sweep", "--json", "--grace", "100ms"]));
         assert_eq!((v["sessions"].as_u64(), v["removed"].as_u64()), (Some(1), Some(2)), "stale only: {v}");
