@@ -243,6 +243,8 @@ vm_run() {
         # console readable; our unit writes to /dev/console itself.
         append+=" systemd.unified_cgroup_hierarchy=1 systemd.show_status=error"
         append+=" fstab=no systemd.gpt_auto=no"
+        # Keep the host's /tmp visible: the repository may live under it.
+        append+=" systemd.mask=tmp.mount"
         # systemd.run boots into kernel-command-line.target, which does not
         # pull in sockets.target: start D-Bus too (systemd-run --wait needs it).
         append+=" systemd.wants=dbus.socket"
