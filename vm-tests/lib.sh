@@ -269,12 +269,20 @@ vm_run() {
         else
             "${qemu[@]}" </dev/null >"$VM_LOG" 2>&1 || qemu_rc=$?
         fi
-        # A kernel that panics before it runs our init is a flake of the
-        # emulated boot (seen: an int3 oops in early initcalls under TCG), not a
-        # result: boot once more, and show it. A second one counts as a failure.
-        if [ "$attempt" = 1 ] && ! grep -q VMTEST-BOOTED "$VM_LOG" && grep -q "Kernel panic" "$VM_LOG"; then
+        # Two kinds of panic are flakes of the emulation, not results: one
+        # before our init ran, and an "Oops: int3" anywhere — a breakpoint of
+        # the kernel's live code patching that TCG mis-emulates (seen in early
+        # initcalls and in the page allocator on 6.12). Boot once more, and
+        # show it; a second one counts as a failure.
+        local flake=
+        if ! grep -q VMTEST-BOOTED "$VM_LOG" && grep -q "Kernel panic" "$VM_LOG"; then
+            flake="the kernel panicked before init ran"
+        elif grep -q "Oops: int3" "$VM_LOG"; then
+            flake="the kernel hit an int3 oops (a TCG flake of live code patching)"
+        fi
+        if [ "$attempt" = 1 ] && [ -n "$flake" ]; then
             cp "$VM_LOG" "$VM_LOG.boot-flake"
-            vm_log "$name: the kernel panicked before init ran (log $VM_LOG.boot-flake); booting again:"
+            vm_log "$name: $flake (log $VM_LOG.boot-flake); booting again:"
             tr -d '\r' <"$VM_LOG" | grep -A2 -m1 -E "Oops|BUG|Kernel panic" | sed 's/^/    | /' >&2
             continue
         fi
