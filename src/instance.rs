@@ -88,6 +88,14 @@ pub(crate) fn mark_instance(cg: &Cgroup, owner: Owner) -> Result<()> {
     cg.set_xattr(XATTR_CREATED, &now_secs().to_string())
 }
 
+/// Records a new session cgroup: procscope made it, its id, state `active`, when.
+pub(crate) fn mark_session(cg: &Cgroup, id: &str) -> Result<()> {
+    cg.set_xattr(crate::root::XATTR_KIND, "session")?;
+    cg.set_xattr(XATTR_SESSION, id)?;
+    cg.set_xattr(XATTR_STATE, "active")?;
+    cg.set_xattr(XATTR_CREATED, &now_secs().to_string())
+}
+
 /// Whether the owner of instance `cg` is provably gone. An owner recorded in
 /// another pid namespace cannot be checked from here: it counts as alive, so a
 /// sweep on the host never ends a live gateway in a container.

@@ -12,9 +12,9 @@ use crate::cgroup::Cgroup;
 use crate::cgroup::limits::Limits;
 use crate::error::{Error, Result};
 use crate::guardian::Guardian;
-use crate::instance::{self, Owner, XATTR_CREATED, XATTR_SESSION, XATTR_STATE};
+use crate::instance::{self, Owner, XATTR_SESSION, XATTR_STATE};
 use crate::names::validate_session_id;
-use crate::root::{Root, RootKind, XATTR_KIND};
+use crate::root::{Root, RootKind};
 use crate::session::{Session, SessionShared};
 use crate::sweep::{SweepReport, Target, Termination};
 
@@ -469,10 +469,7 @@ impl Supervisor {
             .expect("an unused name");
         let cgroup = inner.instance.create_child(&dir)?;
         let setup = || -> Result<()> {
-            cgroup.set_xattr(XATTR_KIND, "session")?;
-            cgroup.set_xattr(XATTR_SESSION, id)?;
-            cgroup.set_xattr(XATTR_STATE, "active")?;
-            cgroup.set_xattr(XATTR_CREATED, &instance::now_secs().to_string())?;
+            instance::mark_session(&cgroup, id)?;
             cgroup.set_limits(limits)
         };
         if let Err(e) = setup() {

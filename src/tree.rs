@@ -16,7 +16,7 @@ use crate::cgroup::limits::Limits;
 use crate::error::{Error, Result};
 use crate::instance::{self, Owner, XATTR_CREATED, XATTR_SESSION, XATTR_STATE};
 use crate::names::validate_session_id;
-use crate::root::{Root, RootKind, XATTR_KIND};
+use crate::root::{Root, RootKind};
 use crate::sweep::{SweepReport, Target};
 
 /// The state of a session as seen from outside its supervisor.
@@ -213,10 +213,7 @@ pub fn open_or_create_session(root: &Root, instance: &Cgroup, id: &str, limits: 
     };
     let setup = || -> Result<()> {
         if created {
-            cg.set_xattr(XATTR_KIND, "session")?;
-            cg.set_xattr(XATTR_SESSION, id)?;
-            cg.set_xattr(XATTR_STATE, "active")?;
-            cg.set_xattr(XATTR_CREATED, &instance::now_secs().to_string())?;
+            instance::mark_session(&cg, id)?;
         }
         cg.set_limits(limits)
     };
