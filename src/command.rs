@@ -68,6 +68,18 @@ struct Env {
 /// close other fds, `setsid`, clear the bounding set, groups/gid/uid, `chdir`,
 /// empty the capability sets, `no_new_privs`, `execve`. A failing step comes back
 /// as [`Error::Spawn`] with the step and the child's errno.
+///
+/// # Signals
+/// The child starts with no signal blocked and every signal at its default
+/// action. The kernel resets handled signals (`CLONE_CLEAR_SIGHAND`); the child
+/// resets the signals the gateway ignores (`SIG_IGN`, which `execve` would
+/// otherwise pass on: `SIGPIPE` in any Rust program, `SIGHUP` under `nohup`,
+/// `SIGCHLD` in gateways that let the kernel reap). Which signals are ignored is
+/// read at the first spawn, at every [`Supervisor::start`](crate::Supervisor::start)
+/// and by [`refresh_ignored_signals`](crate::refresh_ignored_signals), not at
+/// every spawn: a `/proc/self/status` read costs about a tenth of a spawn. A
+/// signal ignored after the last read stays ignored in children, as
+/// `std::process` and tokio leave every signal but `SIGPIPE`.
 #[derive(Debug)]
 pub struct Command {
     program: OsString,
@@ -270,7 +282,7 @@ impl Command {
     ) -> Result<ContainedChild> {
         let prepared = self.prepare()?;
         let pipes = Pipes::new(&self.stdio)?;
-        let (argv, envp) = (pointers(&prepared.argv), pointers(&prepared.envp));
+        let (argv, envp) = (prepared.argv.pointers(), prepared.envp.pointers());
         let plan = ChildPlan {
             program: &prepared.program,
             argv: &argv,
@@ -303,11 +315,12 @@ impl Command {
             })
         };
         let envp = self.environment()?;
-        let path_var = envp.iter().find_map(|kv| kv.as_bytes().strip_prefix(b"PATH=").map(OsStr::from_bytes));
+        let path_var = envp.iter().find_map(|kv| kv.strip_prefix(b"PATH=").map(OsStr::from_bytes));
         let resolved = resolve_program(&self.program, path_var)?;
-        let mut argv = vec![cstr("argument", &self.program)?];
+        let mut argv = CStrings::with_capacity(1 + self.args.len());
+        argv.push("argument", &[self.program.as_bytes()])?;
         for a in &self.args {
-            argv.push(cstr("argument", a)?);
+            argv.push("argument", &[a.as_bytes()])?;
         }
         let cwd = self.cwd.as_deref().map(|d| cstr("working directory", d.as_os_str())).transpose()?;
         Ok(Prepared { program: cstr("program", resolved.as_os_str())?, argv, envp, cwd })
@@ -315,22 +328,16 @@ impl Command {
 
     /// `KEY=VALUE` pairs for the child.
     ///
-    /// The common case — the parent's environment, unchanged — is one pass with
-    /// one allocation per variable; changes go through a map.
-    fn environment(&self) -> Result<Vec<CString>> {
-        let pair = |k: &OsStr, v: &OsStr| {
-            let mut kv = Vec::with_capacity(k.len() + v.len() + 2);
-            kv.extend_from_slice(k.as_bytes());
-            kv.push(b'=');
-            kv.extend_from_slice(v.as_bytes());
-            CString::new(kv).map_err(|e| Error::InvalidInput {
-                what: "environment variable",
-                value: String::from_utf8_lossy(&e.into_vec()).into_owned(),
-                fix: "it contains a NUL byte, which cannot be passed to a program".into(),
-            })
-        };
+    /// The common case — the parent's environment, unchanged — is one pass into
+    /// one buffer; changes go through a map.
+    fn environment(&self) -> Result<CStrings> {
+        const WHAT: &str = "environment variable";
+        let mut out = CStrings::with_capacity(64);
         if !self.env.clear && self.env.vars.is_empty() {
-            return std::env::vars_os().map(|(k, v)| pair(&k, &v)).collect();
+            for (k, v) in std::env::vars_os() {
+                out.push(WHAT, &[k.as_bytes(), b"=", v.as_bytes()])?;
+            }
+            return Ok(out);
         }
         let mut vars: BTreeMap<OsString, OsString> =
             if self.env.clear { BTreeMap::new() } else { std::env::vars_os().collect() };
@@ -340,7 +347,59 @@ impl Command {
                 None => vars.remove(k),
             };
         }
-        vars.iter().map(|(k, v)| pair(k, v)).collect()
+        for (k, v) in &vars {
+            out.push(WHAT, &[k.as_bytes(), b"=", v.as_bytes()])?;
+        }
+        Ok(out)
+    }
+}
+
+/// NUL-terminated strings back to back in one buffer: `argv` or `envp` with
+/// one allocation instead of one per string.
+#[derive(Debug)]
+struct CStrings {
+    buf: Vec<u8>,
+    /// Where each string starts in `buf`.
+    starts: Vec<usize>,
+}
+
+impl CStrings {
+    fn with_capacity(strings: usize) -> CStrings {
+        CStrings { buf: Vec::with_capacity(strings * 32), starts: Vec::with_capacity(strings) }
+    }
+
+    /// Appends the concatenation of `parts`; fails if any contains a NUL byte.
+    fn push(&mut self, what: &'static str, parts: &[&[u8]]) -> Result<()> {
+        if parts.iter().any(|p| p.contains(&0)) {
+            return Err(Error::InvalidInput {
+                what,
+                value: String::from_utf8_lossy(&parts.concat()).into_owned(),
+                fix: "it contains a NUL byte, which cannot be passed to a program".into(),
+            });
+        }
+        self.starts.push(self.buf.len());
+        for p in parts {
+            self.buf.extend_from_slice(p);
+        }
+        self.buf.push(0);
+        Ok(())
+    }
+
+    /// The strings, without their NULs.
+    fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        let ends = self.starts.iter().skip(1).copied().chain(std::iter::once(self.buf.len()));
+        self.starts.iter().zip(ends).map(|(&s, e)| &self.buf[s..e - 1])
+    }
+
+    /// A NULL-terminated array of pointers to the strings, valid while `self` is
+    /// not changed.
+    fn pointers(&self) -> Vec<*const c_char> {
+        let base = self.buf.as_ptr();
+        let mut out = Vec::with_capacity(self.starts.len() + 1);
+        // `wrapping_add` stays inside `buf`: every start is below its length.
+        out.extend(self.starts.iter().map(|&s| base.wrapping_add(s).cast::<c_char>()));
+        out.push(std::ptr::null());
+        out
     }
 }
 
@@ -367,14 +426,9 @@ fn spawn_error(failure: SpawnFailure, program: &str, cgroup: &Cgroup) -> Error {
 
 struct Prepared {
     program: CString,
-    argv: Vec<CString>,
-    envp: Vec<CString>,
+    argv: CStrings,
+    envp: CStrings,
     cwd: Option<CString>,
-}
-
-/// A NULL-terminated array of pointers into `strings`.
-fn pointers(strings: &[CString]) -> Vec<*const c_char> {
-    strings.iter().map(|s| s.as_ptr()).chain(std::iter::once(std::ptr::null())).collect()
 }
 
 /// `/dev/null`, opened once (read-write, close-on-exec) and lent to every child
@@ -483,5 +537,56 @@ impl<'a> Pipes<'a> {
     /// Closes the child's ends (dropped here) and hands over ours.
     fn into_parent_ends(self) -> crate::child::ParentPipes {
         self.parent
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(c: &CStrings) -> Vec<String> {
+        c.iter().map(|s| String::from_utf8(s.to_vec()).unwrap()).collect()
+    }
+
+    #[test]
+    fn cstrings_point_at_nul_terminated_copies() {
+        let mut c = CStrings::with_capacity(1);
+        c.push("argument", &[b"a"]).unwrap();
+        c.push("argument", &[]).unwrap();
+        c.push("argument", &[b"KEY", b"=", b"value with spaces"]).unwrap();
+        assert_eq!(strings(&c), ["a", "", "KEY=value with spaces"]);
+        let ptrs = c.pointers();
+        assert_eq!(ptrs.len(), 4);
+        assert!(ptrs[3].is_null());
+        for (p, want) in ptrs.iter().zip(["a", "", "KEY=value with spaces"]) {
+            let at = (*p as usize) - (c.buf.as_ptr() as usize);
+            let s = std::ffi::CStr::from_bytes_until_nul(&c.buf[at..]).unwrap();
+            assert_eq!(s.to_str().unwrap(), want);
+        }
+        let err = c.push("environment variable", &[b"K", b"=", b"a\0b"]).unwrap_err();
+        assert!(err.to_string().contains("NUL"), "{err}");
+        assert_eq!(c.iter().count(), 3, "a rejected string is not added");
+    }
+
+    #[test]
+    fn environment_applies_changes_to_the_parents() {
+        let parent: Vec<String> =
+            std::env::vars_os().map(|(k, v)| format!("{}={}", k.to_string_lossy(), v.to_string_lossy())).collect();
+        let unchanged = Command::new("x").environment().unwrap();
+        assert_eq!(strings(&unchanged), parent);
+
+        let mut cmd = Command::new("x");
+        cmd.env("PROCSCOPE_TEST_A", "1").env_remove("PATH");
+        let changed = strings(&cmd.environment().unwrap());
+        assert!(changed.contains(&"PROCSCOPE_TEST_A=1".to_owned()));
+        assert!(!changed.iter().any(|kv| kv.starts_with("PATH=")));
+        assert_eq!(changed.len(), parent.len() + 1 - usize::from(std::env::var_os("PATH").is_some()));
+
+        let mut cmd = Command::new("x");
+        cmd.env("B", "2").env_clear().env("A", "1");
+        assert_eq!(strings(&cmd.environment().unwrap()), ["A=1"]);
+
+        let err = Command::new("x").env("K", "a\0b").environment().unwrap_err();
+        assert!(err.to_string().contains("NUL"), "{err}");
     }
 }

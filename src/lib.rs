@@ -55,6 +55,15 @@ pub use supervisor::{Builder, Counters, DEFAULT_GRACE, Supervisor, SweepScope, r
 pub use sweep::{LimitHit, SweepError, SweepReport, Termination};
 pub use sys::spawn::ChildStage;
 
+/// Reads again which signals this process ignores, so that children spawned from
+/// now on start with those at their default action too.
+///
+/// Needed only after the gateway ignores a signal (`SIG_IGN`) once it has
+/// started its supervisor; see [`Command`]'s section on signals.
+pub fn refresh_ignored_signals() {
+    sys::spawn::refresh_ignored_signals();
+}
+
 /// The README's examples, compiled as doc tests.
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]
@@ -71,7 +80,7 @@ pub mod testing {
 
     /// Creates the process-wide state procscope keeps for the life of the
     /// process — the reaper's epoll fd and thread, `/dev/null` for
-    /// `Stdio::Null`, `/proc/self/status` for the signal mask — so that a test
+    /// `Stdio::Null` — and reads the ignored signals, so that a test
     /// that counts fds and threads can take its baseline after them.
     pub fn init_process_state() {
         let _ = crate::reaper::pending();

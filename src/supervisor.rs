@@ -91,7 +91,9 @@ impl Builder {
     }
 
     /// Opens the root, recovers stale instances, creates this instance's cgroup
-    /// and starts the guardian.
+    /// and starts the guardian. Also reads which signals the gateway ignores,
+    /// for its children to reset (see [`Command`](crate::Command)'s section on
+    /// signals).
     ///
     /// # Errors
     /// Root errors ([`Error::NoCgroup2`], [`Error::NotDelegated`], …); I/O errors
@@ -102,6 +104,8 @@ impl Builder {
             None => Root::discover()?,
         };
         let owner = Owner::this_process()?;
+        // Children reset the signals the gateway ignores as of now.
+        crate::refresh_ignored_signals();
         let recovery =
             if self.recover { recover(&root, Some(owner), self.grace).await? } else { SweepReport::default() };
         let (instance_name, instance) = create_instance(&root, owner)?;

@@ -419,6 +419,22 @@ async fn signals_are_reset_in_the_child_on_both_clone_paths() {
     within(30, async {
         // The parent ignores SIGTERM; tokio has handlers installed (SIGCHLD).
         procscope::fixture::ignore_sigterm();
+        // Ignored signals are read at the first spawn, by Supervisor::start and
+        // on request; TestEnv read them before SIGTERM was ignored, so a child
+        // spawned now keeps SIGTERM ignored, as std::process would leave it.
+        let ignored_in_child = |lines: &[String]| -> u64 {
+            u64::from_str_radix(field(lines, "sig").split(' ').nth(1).unwrap(), 16).unwrap()
+        };
+        {
+            let cg = env.cgroup("sig-stale");
+            let mut child = fixture(&["self"]).spawn_in(&cg).unwrap();
+            let lines = read_until(child.stdout.as_mut().unwrap(), "").await;
+            let want = (1 << (libc::SIGPIPE - 1)) | (1 << (libc::SIGTERM - 1));
+            assert_eq!(ignored_in_child(&lines), want, "ignored signals before the refresh");
+            assert!(child.wait().await.unwrap().success());
+            env.root.remove_child_tree(&cg).await.unwrap();
+        }
+        procscope::refresh_ignored_signals();
         for legacy in [false, true] {
             procscope::testing::force_legacy_clone(legacy);
             for mechanism in [None, Some(SpawnMechanism::ForkJoinProcs)] {

@@ -33,7 +33,7 @@ use std::ffi::{CStr, c_char, c_long, c_void};
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
 
 use rustix::process::{Pid, WaitId, WaitIdOptions};
 use rustix::thread::{CapabilitySet, CapabilitySets};
@@ -288,28 +288,46 @@ fn with_mapping<R>(f: impl FnOnce(&ChildMapping) -> R) -> io::Result<R> {
     })
 }
 
-/// Opens what the spawn path keeps open for the life of the process.
+/// Reads which signals the process ignores, for the children spawned from now
+/// on (see [`refresh_ignored_signals`]).
 pub(crate) fn init_process_state() {
-    let _ = ignored_signals();
+    refresh_ignored_signals();
 }
 
-/// The signals this process ignores (`SigIgn` of `/proc/self/status`), read
-/// through one fd kept open for the purpose; `None` if it cannot be read.
-/// (`/proc/self/stat` is cheaper to read, but its `sigignore` field holds only
-/// signals 1–31.)
-fn ignored_signals() -> Option<u64> {
-    static STATUS: std::sync::OnceLock<Option<OwnedFd>> = std::sync::OnceLock::new();
-    let fd = STATUS
-        .get_or_init(|| {
-            let flags = rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC;
-            rustix::fs::open("/proc/self/status", flags, rustix::fs::Mode::empty()).ok()
-        })
-        .as_ref()?;
-    let mut buf = [0u8; 4096];
-    let n = rustix::io::pread(fd, &mut buf, 0).ok()?;
-    let text = std::str::from_utf8(&buf[..n]).ok()?;
-    let hex = text.lines().find_map(|l| l.strip_prefix("SigIgn:"))?;
-    u64::from_str_radix(hex.trim(), 16).ok()
+/// What [`refresh_ignored_signals`] found: `IGNORED_UNREAD` before the first
+/// read, `IGNORED_UNKNOWN` if `/proc/self/status` could not be read, otherwise
+/// the `SigIgn` mask (bit `n - 1` for signal `n`; SIGKILL's bit is never set,
+/// so the two markers cannot be a mask).
+static IGNORED: AtomicU64 = AtomicU64::new(IGNORED_UNREAD);
+const IGNORED_UNREAD: u64 = u64::MAX;
+const IGNORED_UNKNOWN: u64 = u64::MAX - 1;
+
+/// Reads the signals this process ignores (`SigIgn` of `/proc/self/status`;
+/// `/proc/self/stat` is cheaper to read, but its `sigignore` field holds only
+/// signals 1–31) for the children spawned from now on.
+///
+/// Not read at every spawn: formatting `/proc/self/status` costs about a tenth
+/// of a spawn. Read at the first spawn, at every `Supervisor::start` and when a
+/// caller asks (`procscope::refresh_ignored_signals`).
+pub(crate) fn refresh_ignored_signals() {
+    let read = || -> Option<u64> {
+        let text = std::fs::read_to_string("/proc/self/status").ok()?;
+        let hex = text.lines().find_map(|l| l.strip_prefix("SigIgn:"))?;
+        u64::from_str_radix(hex.trim(), 16).ok()
+    };
+    IGNORED.store(read().unwrap_or(IGNORED_UNKNOWN), Ordering::Relaxed);
+}
+
+/// Which dispositions the child resets: the ignored signals as last read, or
+/// every one that is not at its default if they could not be read.
+fn signal_reset() -> SignalReset {
+    if IGNORED.load(Ordering::Relaxed) == IGNORED_UNREAD {
+        refresh_ignored_signals();
+    }
+    match IGNORED.load(Ordering::Relaxed) {
+        IGNORED_UNKNOWN | IGNORED_UNREAD => SignalReset::All,
+        mask => SignalReset::Ignored(mask),
+    }
 }
 
 impl Drop for ChildMapping {
@@ -362,7 +380,7 @@ pub(crate) fn spawn(plan: &ChildPlan<'_>, placement: Placement<'_>) -> Result<Sp
 
 /// The `clone3` path.
 fn spawn_clone3(plan: &ChildPlan<'_>, placement: Placement<'_>) -> Result<Spawned, SpawnFailure> {
-    let reset = ignored_signals().map_or(SignalReset::All, SignalReset::Ignored);
+    let reset = signal_reset();
     with_mapping(|mapping| clone3_with(plan, placement, mapping, reset)).map_err(SpawnFailure::Clone)?
 }
 
