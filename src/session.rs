@@ -59,10 +59,9 @@ impl SessionShared {
         self.lock().children.clone()
     }
 
-    /// Anything still alive: a child of ours, or any process in the cgroup
-    /// (grandchildren, daemons). An unreadable cgroup counts as alive.
-    pub(crate) fn anything_alive(&self) -> bool {
-        self.lock().children.iter().any(|c| c.is_alive()) || self.cgroup.is_populated().unwrap_or(true)
+    /// Whether a child spawned in the session is still alive (its pidfd says).
+    pub(crate) fn children_alive(&self) -> bool {
+        self.lock().children.iter().any(|c| c.is_alive())
     }
 }
 

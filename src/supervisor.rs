@@ -182,6 +182,10 @@ struct State {
     orphans: Vec<Arc<SessionShared>>,
     /// Directory names in use under the instance (active and orphaned sessions).
     dirs: HashSet<String>,
+    /// Controllers enabled for the sessions (in the instance's
+    /// `cgroup.subtree_control`): which limit counters a session has.
+    memory_on: bool,
+    pids_on: bool,
 }
 
 #[derive(Default)]
@@ -303,7 +307,10 @@ impl Inner {
             return;
         }
         let _enter = shared.span.enter();
-        let alive = shared.anything_alive();
+        // Only our children's pidfds are checked here; grandchildren and
+        // daemons keep the cgroup busy, and rmdir says so (EBUSY) without a
+        // read of cgroup.events.
+        let alive = shared.children_alive();
         let mut state = self.lock();
         if state.active.get(&shared.id).is_some_and(|s| Arc::ptr_eq(s, shared)) {
             state.active.remove(&shared.id);
@@ -312,18 +319,19 @@ impl Inner {
             for c in shared.children() {
                 let _ = c.try_wait();
             }
-            // The limits' verdicts, before the cgroup and its counters go.
-            let oom = shared.cgroup.stats().memory_events.map_or(0, |e| e.oom_kill);
-            let refused = shared.cgroup.pids_max_hits();
-            self.counters.oom_kills.add(oom);
-            self.counters.pids_max_hits.add(refused);
-            if oom > 0 || refused > 0 {
-                tracing::warn!(oom_kills = oom, pids_max_hits = refused, "the session's limits struck");
-            }
+            // The limits' verdicts, read while the cgroup and its counters exist
+            // (only the enabled controllers have them) and counted once it is gone.
+            let oom = if state.memory_on { shared.cgroup.oom_kills() } else { 0 };
+            let refused = if state.pids_on { shared.cgroup.pids_max_hits() } else { 0 };
             match self.instance.remove_child(&shared.dir) {
                 Ok(()) => {
                     state.dirs.remove(&shared.dir);
                     self.counters.sessions_removed.inc();
+                    self.counters.oom_kills.add(oom);
+                    self.counters.pids_max_hits.add(refused);
+                    if oom > 0 || refused > 0 {
+                        tracing::warn!(oom_kills = oom, pids_max_hits = refused, "the session's limits struck");
+                    }
                     tracing::debug!("session ended with nothing alive; cgroup removed");
                     return;
                 }
@@ -331,7 +339,8 @@ impl Inner {
                     state.dirs.remove(&shared.dir);
                     return;
                 }
-                // EBUSY right after the last exit: let a sweep retry.
+                // EBUSY: a process of the session outlived our children (or a
+                // cgroup was made below it); the sweep takes it from here.
                 Err(_) => {}
             }
         }
@@ -464,7 +473,10 @@ impl Supervisor {
             return Err(Error::SessionExists { id: id.to_owned() });
         }
         if !limits.is_empty() {
-            self.enable_controllers(&limits.controllers())?;
+            let controllers = limits.controllers();
+            self.enable_controllers(&controllers)?;
+            state.memory_on |= controllers.contains(&"memory");
+            state.pids_on |= controllers.contains(&"pids");
         }
         let base = format!("s-{id}");
         let dir = (1..)

@@ -88,7 +88,7 @@ pub(crate) async fn end_cgroup(
     }
     t.terminated = t.signalled.saturating_sub(t.killed);
     // The limits' verdicts, read before the cgroup (and its counters) is gone.
-    t.oom_kills = cg.stats().memory_events.map_or(0, |e| e.oom_kill);
+    t.oom_kills = cg.oom_kills();
     t.pids_max_hits = cg.pids_max_hits();
     for c in children {
         let _ = tokio::time::timeout(REAP_WAIT, c.wait()).await;

@@ -61,6 +61,15 @@ async fn memory_max_oom_kills_inside_the_session_only() {
         assert!(hit.oom_kills >= 1, "{report}");
         assert!(report.to_string().contains("OOM kill"), "{report}");
         assert!(sup.counters().oom_kills >= 2, "{:?}", sup.counters());
+        // ...and so does the guard of a session dropped with nothing alive.
+        let before = sup.counters().oom_kills;
+        let hog3 = sup.session_with_limits("hog3", &limits).unwrap();
+        let mut eater = hog3.spawn(&mut fixture(&["alloc", "256", "sleep", "3600"])).unwrap();
+        assert_eq!(eater.wait().await.unwrap().signal(), Some(libc::SIGKILL));
+        let dir = hog3.cgroup().path().to_owned();
+        drop(hog3);
+        assert!(!dir.exists(), "the guard removes an empty session at once");
+        assert!(sup.counters().oom_kills > before, "{:?}", sup.counters());
         drop(sibling);
         let _ = sup.sweep(SweepScope::All).await;
         assert!(calm.wait().await.is_ok());

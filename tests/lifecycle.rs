@@ -38,6 +38,44 @@ fn state_of(session_cgroup: &std::path::Path) -> Option<String> {
     procscope::Cgroup::open(session_cgroup).ok()?.xattr("user.procscope.state").ok()?
 }
 
+/// The guard removes a session whose processes are all gone at once, and hands
+/// one whose own child has exited but whose daemonized grandchild lives on to
+/// the orphan pool (rmdir refuses it), where the sweep ends it.
+#[tokio::test]
+async fn the_guard_removes_empty_sessions_and_orphans_busy_ones() {
+    let env = TestEnv::new();
+    within(30, async {
+        let sup = supervisor(&env, Duration::from_millis(500)).await;
+
+        let empty = sup.session("empty").unwrap();
+        assert!(empty.spawn(&mut fixture(&["exit", "0"])).unwrap().wait().await.unwrap().success());
+        let empty_dir = empty.cgroup().path().to_owned();
+        drop(empty);
+        assert!(!empty_dir.exists(), "an empty session is removed by its guard");
+        let c = sup.counters();
+        assert_eq!((c.sessions_removed, c.sessions_orphaned), (1, 0), "{c:?}");
+
+        let busy = sup.session("busy").unwrap();
+        // The child starts a setsid'ed daemon and exits.
+        assert!(busy.spawn(&mut fixture(&["daemon"])).unwrap().wait().await.unwrap().success());
+        assert_eq!(busy.cgroup().procs().unwrap().len(), 1, "the daemon lives in the session");
+        let busy_dir = busy.cgroup().path().to_owned();
+        drop(busy);
+        assert!(busy_dir.exists(), "a session with a live process is not removed");
+        assert_eq!(state_of(&busy_dir).as_deref(), Some("orphaned"));
+        let c = sup.counters();
+        assert_eq!((c.sessions_removed, c.sessions_orphaned), (1, 1), "{c:?}");
+
+        let report = sup.sweep_orphans().await;
+        assert!(report.errors.is_empty(), "{report}");
+        assert_eq!((report.sessions, report.removed), (1, 1), "{report}");
+        assert!(!busy_dir.exists());
+        sup.shutdown().await.unwrap();
+    })
+    .await;
+    env.finish().await;
+}
+
 /// Every way a job can end leaves its session in the orphan pool, marked
 /// `orphaned`, and the next sweep ends it.
 #[tokio::test]

@@ -108,6 +108,12 @@ impl Cgroup {
         Ok(())
     }
 
+    /// `oom_kill` of `memory.events`: processes of this cgroup killed by an OOM
+    /// killer (0 without the memory controller).
+    pub fn oom_kills(&self) -> u64 {
+        self.read("memory.events").map_or(0, |s| MemoryEvents::parse(&s).oom_kill)
+    }
+
     /// `max` of `pids.events`: forks refused by `pids.max` (0 without the pids
     /// controller).
     pub fn pids_max_hits(&self) -> u64 {
