@@ -163,6 +163,11 @@ async fn bad_input_table() {
                 &["fortnights", "2s"],
             ),
             ("argument with NUL", Command::new(FIXTURE).arg("a\0b").spawn_in(sup.instance()).map(drop), &["NUL"]),
+            (
+                "environment value with NUL",
+                Command::new(FIXTURE).env("PROCSCOPE_X", "a\0b").spawn_in(sup.instance()).map(drop),
+                &["PROCSCOPE_X=a", "NUL"],
+            ),
             ("empty program", Command::new("").spawn_in(sup.instance()).map(drop), &["empty"]),
             (
                 "missing program",
