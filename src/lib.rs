@@ -59,7 +59,8 @@ pub use sys::spawn::ChildStage;
 /// now on start with those at their default action too.
 ///
 /// Needed only after the gateway ignores a signal (`SIG_IGN`) once it has
-/// started its supervisor; see [`Command`]'s section on signals.
+/// started its supervisor or made its first spawn, whichever came last; see
+/// [`Command`]'s section on signals.
 pub fn refresh_ignored_signals() {
     sys::spawn::refresh_ignored_signals();
 }

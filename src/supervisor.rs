@@ -182,10 +182,6 @@ struct State {
     orphans: Vec<Arc<SessionShared>>,
     /// Directory names in use under the instance (active and orphaned sessions).
     dirs: HashSet<String>,
-    /// Controllers enabled for the sessions (in the instance's
-    /// `cgroup.subtree_control`): which limit counters a session has.
-    memory_on: bool,
-    pids_on: bool,
 }
 
 #[derive(Default)]
@@ -235,8 +231,10 @@ pub struct Counters {
     pub processes_terminated: u64,
     /// Processes killed at the deadline.
     pub processes_killed: u64,
-    /// Processes OOM-killed by their session's `memory.max` (counted when the
-    /// session ends).
+    /// Processes of sessions killed by an OOM killer (`oom_kill` of the session's
+    /// `memory.events`, which exists once the memory controller is on for
+    /// sessions: their own `memory.max`, or a limit above them), counted when the
+    /// session ends.
     pub oom_kills: u64,
     /// Forks refused by a session's `pids.max` (counted when the session ends).
     pub pids_max_hits: u64,
@@ -320,9 +318,12 @@ impl Inner {
                 let _ = c.try_wait();
             }
             // The limits' verdicts, read while the cgroup and its counters exist
-            // (only the enabled controllers have them) and counted once it is gone.
-            let oom = if state.memory_on { shared.cgroup.oom_kills() } else { 0 };
-            let refused = if state.pids_on { shared.cgroup.pids_max_hits() } else { 0 };
+            // and counted once it is gone (a busy session is counted by the
+            // sweep that ends it). Without the controllers the files are missing
+            // and the counts 0; `procscope exec` wrappers of the same gateway may
+            // have enabled them, so they are not skipped.
+            let oom = shared.cgroup.oom_kills();
+            let refused = shared.cgroup.pids_max_hits();
             match self.instance.remove_child(&shared.dir) {
                 Ok(()) => {
                     state.dirs.remove(&shared.dir);
@@ -341,7 +342,10 @@ impl Inner {
                 }
                 // EBUSY: a process of the session outlived our children (or a
                 // cgroup was made below it); the sweep takes it from here.
-                Err(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not remove the session's cgroup; a sweep will retry");
+                }
             }
         }
         let _ = shared.cgroup.set_xattr(XATTR_STATE, "orphaned");
@@ -473,10 +477,7 @@ impl Supervisor {
             return Err(Error::SessionExists { id: id.to_owned() });
         }
         if !limits.is_empty() {
-            let controllers = limits.controllers();
-            self.enable_controllers(&controllers)?;
-            state.memory_on |= controllers.contains(&"memory");
-            state.pids_on |= controllers.contains(&"pids");
+            self.enable_controllers(&limits.controllers())?;
         }
         let base = format!("s-{id}");
         let dir = (1..)
@@ -576,6 +577,13 @@ impl Supervisor {
         let guardian = inner.guardian.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(g) = guardian {
             g.stop().await;
+        }
+        // Whatever the sweep could not reach (a session whose guard ran as the
+        // shutdown began) dies with the instance: everything below it is ours.
+        if inner.instance.is_populated().unwrap_or(true) {
+            tracing::warn!(instance = %inner.instance.path().display(),
+                "processes left in the instance after the final sweep; killing them");
+            inner.instance.kill().await?;
         }
         inner.root.cgroup().remove_child_tree(&inner.instance).await?;
         tracing::info!(%report, "supervisor shut down");

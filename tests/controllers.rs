@@ -61,15 +61,32 @@ async fn memory_max_oom_kills_inside_the_session_only() {
         assert!(hit.oom_kills >= 1, "{report}");
         assert!(report.to_string().contains("OOM kill"), "{report}");
         assert!(sup.counters().oom_kills >= 2, "{:?}", sup.counters());
-        // ...and so does the guard of a session dropped with nothing alive.
+        // ...and so does the guard of a session dropped with nothing alive,
+        // once.
         let before = sup.counters().oom_kills;
         let hog3 = sup.session_with_limits("hog3", &limits).unwrap();
         let mut eater = hog3.spawn(&mut fixture(&["alloc", "256", "sleep", "3600"])).unwrap();
         assert_eq!(eater.wait().await.unwrap().signal(), Some(libc::SIGKILL));
+        let kills = hog3.cgroup().oom_kills();
+        assert!(kills >= 1);
         let dir = hog3.cgroup().path().to_owned();
         drop(hog3);
         assert!(!dir.exists(), "the guard removes an empty session at once");
-        assert!(sup.counters().oom_kills > before, "{:?}", sup.counters());
+        assert_eq!(sup.counters().oom_kills, before + kills, "{:?}", sup.counters());
+        // A session the guard cannot remove (a daemon lives on) is counted by the
+        // sweep that ends it, not by the guard as well.
+        let before = sup.counters().oom_kills;
+        let hog4 = sup.session_with_limits("hog4", &limits).unwrap();
+        assert!(hog4.spawn(&mut fixture(&["daemon"])).unwrap().wait().await.unwrap().success());
+        let mut eater = hog4.spawn(&mut fixture(&["alloc", "256", "sleep", "3600"])).unwrap();
+        assert_eq!(eater.wait().await.unwrap().signal(), Some(libc::SIGKILL));
+        let kills = hog4.cgroup().oom_kills();
+        assert!(kills >= 1);
+        drop(hog4);
+        assert_eq!(sup.counters().oom_kills, before, "the guard counted a session it could not remove");
+        let report = sup.sweep_orphans().await;
+        assert!(report.errors.is_empty(), "{report}");
+        assert_eq!(sup.counters().oom_kills, before + kills, "{:?}", sup.counters());
         drop(sibling);
         let _ = sup.sweep(SweepScope::All).await;
         assert!(calm.wait().await.is_ok());
@@ -128,6 +145,15 @@ async fn pids_max_stops_a_fork_bomb() {
         assert!(report.errors.is_empty(), "{report:?}");
         assert!(report.limits_hit.iter().any(|h| h.session == "bomb" && h.pids_max_hits > 0), "{report}");
         assert!(!sup.instance().is_populated().unwrap());
+        // The guard of a session dropped with nothing alive counts its refusals.
+        let before = sup.counters().pids_max_hits;
+        let one = sup.session_with_limits("one", &Limits { pids_max: Some(1), ..Limits::default() }).unwrap();
+        let status = one.spawn(&mut fixture(&["spawn", "1", "exit", "0"])).unwrap().wait().await.unwrap();
+        assert!(!status.success(), "a second process in a session of pids.max 1");
+        let refused = one.cgroup().pids_max_hits();
+        assert!(refused >= 1);
+        drop(one);
+        assert_eq!(sup.counters().pids_max_hits, before + refused, "{:?}", sup.counters());
         sup.shutdown().await.unwrap();
     })
     .await;

@@ -418,9 +418,10 @@ async fn signals_are_reset_in_the_child_on_both_clone_paths() {
     let env = TestEnv::new();
     within(30, async {
         // The parent ignores SIGTERM; tokio has handlers installed (SIGCHLD).
+        procscope::refresh_ignored_signals();
         procscope::fixture::ignore_sigterm();
         // Ignored signals are read at the first spawn, by Supervisor::start and
-        // on request; TestEnv read them before SIGTERM was ignored, so a child
+        // on request; they were read before SIGTERM was ignored, so a child
         // spawned now keeps SIGTERM ignored, as std::process would leave it.
         let ignored_in_child = |lines: &[String]| -> u64 {
             u64::from_str_radix(field(lines, "sig").split(' ').nth(1).unwrap(), 16).unwrap()

@@ -699,3 +699,22 @@ async fn shutdown_refuses_new_sessions_and_ends_the_last_ones() {
     .await;
     env.finish().await;
 }
+
+/// Shutdown leaves nothing in the instance, even processes no session of the
+/// supervisor knows (a session lost between its guard and the final sweep, or
+/// a cgroup someone made below the instance): they are killed with it.
+#[tokio::test]
+async fn shutdown_kills_what_the_final_sweep_did_not_reach() {
+    let env = TestEnv::new();
+    within(30, async {
+        let sup = supervisor(&env, Duration::from_millis(200)).await;
+        let stray = sup.instance().create_child("stray").unwrap();
+        let mut child = fixture(&["sleep", "3600"]).spawn_in(&stray).unwrap();
+        let report = sup.shutdown().await.unwrap();
+        assert_eq!(report.sessions, 0, "the stray cgroup is no session: {report}");
+        assert_eq!(child.wait().await.unwrap().signal(), Some(libc::SIGKILL));
+        assert!(env.root.children().unwrap().is_empty(), "{:?}", env.root.children());
+    })
+    .await;
+    env.finish().await;
+}

@@ -310,19 +310,24 @@ const IGNORED_UNKNOWN: u64 = u64::MAX - 1;
 /// of a spawn. Read at the first spawn, at every `Supervisor::start` and when a
 /// caller asks (`procscope::refresh_ignored_signals`).
 pub(crate) fn refresh_ignored_signals() {
+    IGNORED.store(read_ignored_signals(), Ordering::Relaxed);
+}
+
+fn read_ignored_signals() -> u64 {
     let read = || -> Option<u64> {
         let text = std::fs::read_to_string("/proc/self/status").ok()?;
         let hex = text.lines().find_map(|l| l.strip_prefix("SigIgn:"))?;
         u64::from_str_radix(hex.trim(), 16).ok()
     };
-    IGNORED.store(read().unwrap_or(IGNORED_UNKNOWN), Ordering::Relaxed);
+    read().unwrap_or(IGNORED_UNKNOWN)
 }
 
 /// Which dispositions the child resets: the ignored signals as last read, or
 /// every one that is not at its default if they could not be read.
 fn signal_reset() -> SignalReset {
     if IGNORED.load(Ordering::Relaxed) == IGNORED_UNREAD {
-        refresh_ignored_signals();
+        // The first spawn's read never overwrites a refresh that won the race.
+        let _ = IGNORED.compare_exchange(IGNORED_UNREAD, read_ignored_signals(), Ordering::Relaxed, Ordering::Relaxed);
     }
     match IGNORED.load(Ordering::Relaxed) {
         IGNORED_UNKNOWN | IGNORED_UNREAD => SignalReset::All,
