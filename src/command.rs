@@ -331,27 +331,48 @@ impl Command {
     /// The common case — the parent's environment, unchanged — is one pass into
     /// one buffer; changes go through a map.
     fn environment(&self) -> Result<CStrings> {
-        const WHAT: &str = "environment variable";
         let mut out = CStrings::with_capacity(64);
         if !self.env.clear && self.env.vars.is_empty() {
             for (k, v) in std::env::vars_os() {
-                out.push(WHAT, &[k.as_bytes(), b"=", v.as_bytes()])?;
+                push_env(&mut out, &k, &v)?;
             }
             return Ok(out);
         }
         let mut vars: BTreeMap<OsString, OsString> =
             if self.env.clear { BTreeMap::new() } else { std::env::vars_os().collect() };
         for (k, v) in &self.env.vars {
+            if k.is_empty() || k.as_bytes().contains(&b'=') {
+                return Err(Error::InvalidInput {
+                    what: "environment variable name",
+                    value: k.to_string_lossy().into_owned(),
+                    fix: "a name is not empty and contains no '='".into(),
+                });
+            }
             match v {
                 Some(v) => vars.insert(k.clone(), v.clone()),
                 None => vars.remove(k),
             };
         }
         for (k, v) in &vars {
-            out.push(WHAT, &[k.as_bytes(), b"=", v.as_bytes()])?;
+            push_env(&mut out, k, v)?;
         }
         Ok(out)
     }
+}
+
+/// Appends `KEY=VALUE`. An error names the variable but never shows its value:
+/// environment values are where gateways pass their servers' secrets.
+fn push_env(out: &mut CStrings, k: &OsStr, v: &OsStr) -> Result<()> {
+    if k.as_bytes().contains(&0) || v.as_bytes().contains(&0) {
+        return Err(Error::InvalidInput {
+            what: "environment variable",
+            value: k.to_string_lossy().into_owned(),
+            fix: "its name or value contains a NUL byte, which cannot be passed to a program \
+                  (the value is not shown)"
+                .into(),
+        });
+    }
+    out.push("environment variable", &[k.as_bytes(), b"=", v.as_bytes()])
 }
 
 /// NUL-terminated strings back to back in one buffer: `argv` or `envp` with
@@ -545,7 +566,7 @@ mod tests {
     use super::*;
 
     fn strings(c: &CStrings) -> Vec<String> {
-        c.iter().map(|s| String::from_utf8(s.to_vec()).unwrap()).collect()
+        c.iter().map(|s| String::from_utf8_lossy(s).into_owned()).collect()
     }
 
     #[test]
@@ -586,7 +607,15 @@ mod tests {
         cmd.env("B", "2").env_clear().env("A", "1");
         assert_eq!(strings(&cmd.environment().unwrap()), ["A=1"]);
 
-        let err = Command::new("x").env("K", "a\0b").environment().unwrap_err();
-        assert!(err.to_string().contains("NUL"), "{err}");
+        let err = Command::new("x").env("K", "s3cr3t\0").environment().unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("\"K\"") && msg.contains("NUL"), "{msg}");
+        assert!(!msg.contains("s3cr3t"), "the value is not shown: {msg}");
+        let err = Command::new("x").env("K\0", "s3cr3t").environment().unwrap_err();
+        assert!(!err.to_string().contains("s3cr3t"), "the value is not shown: {err}");
+        for bad in ["", "A=B"] {
+            let err = Command::new("x").env(bad, "1").environment().unwrap_err();
+            assert!(err.to_string().contains("'='"), "{err}");
+        }
     }
 }
