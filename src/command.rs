@@ -307,20 +307,13 @@ impl Command {
                 fix: "the command is empty; give the program to run".into(),
             });
         }
-        let cstr = |what: &'static str, s: &OsStr| {
-            CString::new(s.as_bytes()).map_err(|_| Error::InvalidInput {
-                what,
-                value: s.to_string_lossy().into_owned(),
-                fix: "it contains a NUL byte, which cannot be passed to a program".into(),
-            })
-        };
+        let cstr = |what: &'static str, s: &OsStr| CString::new(s.as_bytes()).map_err(|_| nul_byte(what, s));
         let envp = self.environment()?;
         let path_var = envp.iter().find_map(|kv| kv.strip_prefix(b"PATH=").map(OsStr::from_bytes));
         let resolved = resolve_program(&self.program, path_var)?;
         let mut argv = CStrings::with_capacity(1 + self.args.len());
-        argv.push("argument", &[self.program.as_bytes()])?;
-        for a in &self.args {
-            argv.push("argument", &[a.as_bytes()])?;
+        for a in std::iter::once(&self.program).chain(&self.args) {
+            argv.push(&[a.as_bytes()]).map_err(|_| nul_byte("argument", a))?;
         }
         let cwd = self.cwd.as_deref().map(|d| cstr("working directory", d.as_os_str())).transpose()?;
         Ok(Prepared { program: cstr("program", resolved.as_os_str())?, argv, envp, cwd })
@@ -363,17 +356,26 @@ impl Command {
 /// Appends `KEY=VALUE`. An error names the variable but never shows its value:
 /// environment values are where gateways pass their servers' secrets.
 fn push_env(out: &mut CStrings, k: &OsStr, v: &OsStr) -> Result<()> {
-    if k.as_bytes().contains(&0) || v.as_bytes().contains(&0) {
-        return Err(Error::InvalidInput {
-            what: "environment variable",
-            value: k.to_string_lossy().into_owned(),
-            fix: "its name or value contains a NUL byte, which cannot be passed to a program \
-                  (the value is not shown)"
-                .into(),
-        });
-    }
-    out.push("environment variable", &[k.as_bytes(), b"=", v.as_bytes()])
+    out.push(&[k.as_bytes(), b"=", v.as_bytes()]).map_err(|_| Error::InvalidInput {
+        what: "environment variable",
+        value: k.to_string_lossy().into_owned(),
+        fix: "its name or value contains a NUL byte, which cannot be passed to a program (the value is not shown)"
+            .into(),
+    })
 }
+
+/// `s` (an argument, the program, a directory) contains a NUL byte.
+fn nul_byte(what: &'static str, s: &OsStr) -> Error {
+    Error::InvalidInput {
+        what,
+        value: s.to_string_lossy().into_owned(),
+        fix: "it contains a NUL byte, which cannot be passed to a program".into(),
+    }
+}
+
+/// A string for the child contains a NUL byte; the caller says which.
+#[derive(Debug)]
+struct NulByte;
 
 /// NUL-terminated strings back to back in one buffer: `argv` or `envp` with
 /// one allocation instead of one per string.
@@ -389,14 +391,11 @@ impl CStrings {
         CStrings { buf: Vec::with_capacity(strings * 32), starts: Vec::with_capacity(strings) }
     }
 
-    /// Appends the concatenation of `parts`; fails if any contains a NUL byte.
-    fn push(&mut self, what: &'static str, parts: &[&[u8]]) -> Result<()> {
+    /// Appends the concatenation of `parts`; fails, adding nothing, if any
+    /// contains a NUL byte.
+    fn push(&mut self, parts: &[&[u8]]) -> std::result::Result<(), NulByte> {
         if parts.iter().any(|p| p.contains(&0)) {
-            return Err(Error::InvalidInput {
-                what,
-                value: String::from_utf8_lossy(&parts.concat()).into_owned(),
-                fix: "it contains a NUL byte, which cannot be passed to a program".into(),
-            });
+            return Err(NulByte);
         }
         self.starts.push(self.buf.len());
         for p in parts {
@@ -572,9 +571,9 @@ mod tests {
     #[test]
     fn cstrings_point_at_nul_terminated_copies() {
         let mut c = CStrings::with_capacity(1);
-        c.push("argument", &[b"a"]).unwrap();
-        c.push("argument", &[]).unwrap();
-        c.push("argument", &[b"KEY", b"=", b"value with spaces"]).unwrap();
+        c.push(&[b"a"]).unwrap();
+        c.push(&[]).unwrap();
+        c.push(&[b"KEY", b"=", b"value with spaces"]).unwrap();
         assert_eq!(strings(&c), ["a", "", "KEY=value with spaces"]);
         let ptrs = c.pointers();
         assert_eq!(ptrs.len(), 4);
@@ -584,8 +583,7 @@ mod tests {
             let s = std::ffi::CStr::from_bytes_until_nul(&c.buf[at..]).unwrap();
             assert_eq!(s.to_str().unwrap(), want);
         }
-        let err = c.push("environment variable", &[b"K", b"=", b"a\0b"]).unwrap_err();
-        assert!(err.to_string().contains("NUL"), "{err}");
+        assert!(c.push(&[b"K", b"=", b"a\0b"]).is_err());
         assert_eq!(c.iter().count(), 3, "a rejected string is not added");
     }
 

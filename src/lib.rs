@@ -86,7 +86,7 @@ pub mod testing {
     pub fn init_process_state() {
         let _ = crate::reaper::pending();
         let _ = crate::command::dev_null();
-        crate::sys::spawn::init_process_state();
+        crate::sys::spawn::refresh_ignored_signals();
     }
 }
 pub use tick::{JobOutcome, TickReport};

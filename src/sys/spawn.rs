@@ -288,12 +288,6 @@ fn with_mapping<R>(f: impl FnOnce(&ChildMapping) -> R) -> io::Result<R> {
     })
 }
 
-/// Reads which signals the process ignores, for the children spawned from now
-/// on (see [`refresh_ignored_signals`]).
-pub(crate) fn init_process_state() {
-    refresh_ignored_signals();
-}
-
 /// What [`refresh_ignored_signals`] found: `IGNORED_UNREAD` before the first
 /// read, `IGNORED_UNKNOWN` if `/proc/self/status` could not be read, otherwise
 /// the `SigIgn` mask (bit `n - 1` for signal `n`; SIGKILL's bit is never set,
