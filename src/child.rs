@@ -30,6 +30,10 @@ impl ChildCell {
         self.pidfd.raw_pid()
     }
 
+    pub(crate) fn pidfd(&self) -> &PidFd {
+        &self.pidfd
+    }
+
     /// Whether the child is still running (not exited).
     pub(crate) fn is_alive(&self) -> bool {
         self.status.lock().unwrap_or_else(|p| p.into_inner()).is_none() && self.pidfd.is_alive()
@@ -124,6 +128,7 @@ impl ParentPipes {
 pub struct ContainedChild {
     cell: Arc<ChildCell>,
     mechanism: SpawnMechanism,
+    sealed: bool,
     /// The write end of the child's stdin, when it was [`Stdio::Piped`](crate::Stdio::Piped).
     pub stdin: Option<ChildStdin>,
     /// The read end of the child's stdout, when piped.
@@ -133,13 +138,14 @@ pub struct ContainedChild {
 }
 
 impl ContainedChild {
-    pub(crate) fn new(spawned: Spawned, pipes: ParentPipes, mechanism: SpawnMechanism) -> ContainedChild {
+    pub(crate) fn new(spawned: Spawned, pipes: ParentPipes, mechanism: SpawnMechanism, sealed: bool) -> ContainedChild {
         ContainedChild {
             cell: Arc::new(ChildCell {
                 pidfd: PidFd::from_owned(spawned.pidfd, spawned.pid),
                 status: Mutex::new(None),
             }),
             mechanism,
+            sealed,
             stdin: pipes.stdin,
             stdout: pipes.stdout,
             stderr: pipes.stderr,
@@ -163,6 +169,12 @@ impl ContainedChild {
     /// How the child was placed in its cgroup.
     pub fn spawn_mechanism(&self) -> SpawnMechanism {
         self.mechanism
+    }
+
+    /// Whether the child was sealed into its session (see
+    /// [`Command::sealing`](crate::Command::sealing)).
+    pub fn is_sealed(&self) -> bool {
+        self.sealed
     }
 
     /// Waits for the child to exit and reaps it. Closes stdin first, so a child

@@ -13,6 +13,7 @@ use rustix::fs::OFlags;
 use crate::cgroup::{Cgroup, files};
 use crate::child::ContainedChild;
 use crate::error::{Error, Result};
+use crate::seal::Sealing;
 use crate::sys::spawn::{self, ChildPlan, ChildStage, Placement, SpawnFailure};
 
 /// How a child gets into its cgroup.
@@ -91,6 +92,7 @@ pub struct Command {
     uid: Option<u32>,
     gid: Option<u32>,
     mechanism: Option<SpawnMechanism>,
+    sealing: Sealing,
 }
 
 impl Command {
@@ -106,6 +108,7 @@ impl Command {
             uid: None,
             gid: None,
             mechanism: None,
+            sealing: Sealing::Auto,
         }
     }
 
@@ -199,6 +202,18 @@ impl Command {
         self
     }
 
+    /// Whether the child is sealed into its session ([`Sealing::Auto`] by
+    /// default: sealed wherever this process holds `CAP_SYS_ADMIN`).
+    ///
+    /// A sealed child starts in a cgroup namespace rooted at its session and
+    /// sees every cgroup mount read-only: even as uid 0 it cannot leave its
+    /// session, create cgroups, write cgroup files or forge procscope's state.
+    /// Its `/proc/self/cgroup` reads `0::/`. [`Sealing::Off`] gives that up.
+    pub fn sealing(&mut self, sealing: Sealing) -> &mut Self {
+        self.sealing = sealing;
+        self
+    }
+
     /// Forces a spawn mechanism instead of the best available one (for tests and
     /// `procscope doctor`).
     pub fn spawn_mechanism(&mut self, m: SpawnMechanism) -> &mut Self {
@@ -233,7 +248,7 @@ impl Command {
             SpawnMechanism::Clone3IntoCgroup
         });
         let forced = self.mechanism.is_some();
-        self.launch(|plan, program| match wanted {
+        self.launch(self.sealing, |plan, program| match wanted {
             SpawnMechanism::Clone3IntoCgroup => match spawn::spawn(plan, Placement::IntoCgroup(cgroup.as_fd())) {
                 Ok(s) => Ok((s, SpawnMechanism::Clone3IntoCgroup)),
                 // A removed cgroup: ENODEV per the kernel's docs, ENOENT seen on 6.18.
@@ -263,7 +278,7 @@ impl Command {
     /// outlive the cgroups it watches). Same child preparation as
     /// [`spawn_in`](Self::spawn_in).
     pub(crate) fn spawn_uncontained(&mut self) -> Result<ContainedChild> {
-        self.launch(|plan, program| {
+        self.launch(Sealing::Off, |plan, program| {
             let spawned = spawn::spawn(plan, Placement::Inherit).map_err(|f| match f {
                 SpawnFailure::Clone(e) => Error::io("clone3", program, e),
                 SpawnFailure::Child { stage, errno } => {
@@ -278,9 +293,11 @@ impl Command {
     /// tokio), lets `place` start it, and wraps the result.
     fn launch(
         &self,
+        sealing: Sealing,
         place: impl FnOnce(&ChildPlan<'_>, &str) -> Result<(spawn::Spawned, SpawnMechanism)>,
     ) -> Result<ContainedChild> {
         let prepared = self.prepare()?;
+        let seal = crate::seal::plan(sealing)?;
         let pipes = Pipes::new(&self.stdio)?;
         let (argv, envp) = (prepared.argv.pointers(), prepared.envp.pointers());
         let plan = ChildPlan {
@@ -293,9 +310,10 @@ impl Command {
             gid: self.gid,
             setsid: self.setsid,
             last_cap: last_cap(),
+            seal: seal.as_deref().map(Vec::as_slice),
         };
         let (spawned, mechanism) = place(&plan, &self.program.to_string_lossy())?;
-        Ok(ContainedChild::new(spawned, pipes.into_parent_ends(), mechanism))
+        Ok(ContainedChild::new(spawned, pipes.into_parent_ends(), mechanism, seal.is_some()))
     }
 
     /// Resolves the program and builds the C strings the child needs.

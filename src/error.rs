@@ -163,6 +163,16 @@ pub enum Error {
         fix: String,
     },
 
+    /// A child must be sealed into its session, but this process cannot seal it.
+    /// Nothing was started.
+    #[error("cannot seal the child into its session: {missing} is missing; {fix}")]
+    SealingUnavailable {
+        /// What is missing.
+        missing: String,
+        /// How to get it.
+        fix: &'static str,
+    },
+
     /// The operation would act on the calling process or one of its ancestors.
     #[error("refusing to {op} {}: it contains this process", path.display())]
     ContainsSelf {

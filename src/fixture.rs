@@ -19,6 +19,11 @@
 //! | `spin SECS` | keeps one CPU busy for SECS seconds |
 //! | `record-signals FILE` | appends `SIGNAL FROM-PID` per signal received to FILE, forever |
 //! | `exit CODE` | exits with CODE |
+//! | `try-write PATH VALUE` | writes VALUE to PATH; prints `try-write PATH=ok` or `=E<errno>` |
+//! | `try-mkdir PATH` | creates a directory; prints `try-mkdir PATH=…` likewise |
+//! | `try-setxattr PATH NAME VALUE` | sets an xattr; prints `try-setxattr PATH NAME=…` |
+//! | `try-rmxattr PATH NAME` | removes an xattr; prints `try-rmxattr PATH NAME=…` |
+//! | `try-kill PID SIG` | `kill(PID, SIG)` with SIG one of KILL, STOP, TERM; prints `try-kill PID SIG=…` |
 //! | `gateway ROOT N GUARDIAN` | a gateway: a supervisor under ROOT (guardian from `$PROCSCOPE_BIN` if GUARDIAN is 1) with N sessions each running a child that daemonizes a helper; prints `instance=`, `guardian=`, `ready`, then waits forever |
 //!
 //! After the last action it exits 0.
@@ -28,6 +33,18 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use crate::sys::signal;
+
+/// Prints `LABEL=ok` or `LABEL=E<errno>` for one attempted action.
+fn attempt(label: &str, r: Result<(), i32>) {
+    match r {
+        Ok(()) => say(&format!("{label}=ok")),
+        Err(e) => say(&format!("{label}=E{e}")),
+    }
+}
+
+fn errno(e: std::io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(0)
+}
 
 /// Runs the fixture with `args` (without the program name). Never returns.
 pub fn main(args: Vec<String>) -> ! {
@@ -133,6 +150,39 @@ pub fn main(args: Vec<String>) -> ! {
             "gateway" => {
                 let (root, n, guardian) = (arg(), arg(), arg());
                 gateway(&root, n.parse().unwrap_or_else(|_| fail("gateway N")), guardian == "1")
+            }
+            "try-write" => {
+                let (path, value) = (arg(), arg());
+                let r =
+                    std::fs::OpenOptions::new().write(true).open(&path).and_then(|mut f| f.write_all(value.as_bytes()));
+                attempt(&format!("try-write {path}"), r.map_err(errno));
+            }
+            "try-mkdir" => {
+                let path = arg();
+                attempt(&format!("try-mkdir {path}"), std::fs::create_dir(&path).map_err(errno));
+            }
+            "try-setxattr" => {
+                let (path, name, value) = (arg(), arg(), arg());
+                let r = rustix::fs::lsetxattr(&path, &name, value.as_bytes(), rustix::fs::XattrFlags::empty());
+                attempt(&format!("try-setxattr {path} {name}"), r.map_err(|e| e.raw_os_error()));
+            }
+            "try-rmxattr" => {
+                let (path, name) = (arg(), arg());
+                let r = rustix::fs::lremovexattr(&path, &name);
+                attempt(&format!("try-rmxattr {path} {name}"), r.map_err(|e| e.raw_os_error()));
+            }
+            "try-kill" => {
+                let (pid, sig) = (arg(), arg());
+                let p = pid.parse().ok().and_then(rustix::process::Pid::from_raw);
+                let p = p.unwrap_or_else(|| fail("try-kill PID KILL|STOP|TERM"));
+                let signal = match sig.as_str() {
+                    "KILL" => rustix::process::Signal::KILL,
+                    "STOP" => rustix::process::Signal::STOP,
+                    "TERM" => rustix::process::Signal::TERM,
+                    _ => fail("try-kill PID KILL|STOP|TERM"),
+                };
+                let r = rustix::process::kill_process(p, signal);
+                attempt(&format!("try-kill {pid} {sig}"), r.map_err(|e| e.raw_os_error()));
             }
             "exit" => std::process::exit(arg().parse().unwrap_or_else(|_| fail("exit CODE"))),
             other => fail(&format!("unknown action {other:?}")),

@@ -2,21 +2,22 @@
 //!
 //! An instance belongs to one supervisor process, named by pid *and* start time
 //! (field 22 of `/proc/<pid>/stat`, clock ticks since boot), so a recycled pid is
-//! never mistaken for the owner. The same facts are kept in `user.procscope.*`
-//! xattrs, which any process can read to tell live instances from stale ones.
+//! never mistaken for the owner. The same facts are kept in procscope's xattrs
+//! ([`Cgroup::meta`]: `trusted.procscope.*` on root-owned directories, which
+//! children cannot forge), so any process can tell live instances from stale ones.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::cgroup::Cgroup;
 use crate::error::{Error, Result};
 
-pub(crate) const XATTR_OWNER_PID: &str = "user.procscope.owner_pid";
-pub(crate) const XATTR_OWNER_START: &str = "user.procscope.owner_start";
+pub(crate) const XATTR_OWNER_PID: &str = "owner_pid";
+pub(crate) const XATTR_OWNER_START: &str = "owner_start";
 /// The owner's pid namespace (`pid:[4026531836]`): a pid means nothing outside it.
-pub(crate) const XATTR_OWNER_PIDNS: &str = "user.procscope.owner_pidns";
-pub(crate) const XATTR_CREATED: &str = "user.procscope.created";
-pub(crate) const XATTR_SESSION: &str = "user.procscope.session";
-pub(crate) const XATTR_STATE: &str = "user.procscope.state";
+pub(crate) const XATTR_OWNER_PIDNS: &str = "owner_pidns";
+pub(crate) const XATTR_CREATED: &str = "created";
+pub(crate) const XATTR_SESSION: &str = "session";
+pub(crate) const XATTR_STATE: &str = "state";
 
 /// A process identified by pid and start time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -64,8 +65,8 @@ impl Owner {
     /// The owner recorded on an instance cgroup: xattrs first, else its name.
     pub fn of_instance(cg: &Cgroup) -> Option<Owner> {
         let from_xattrs = || -> Option<Owner> {
-            let pid = cg.xattr(XATTR_OWNER_PID).ok()??.parse().ok()?;
-            let start = cg.xattr(XATTR_OWNER_START).ok()??.parse().ok()?;
+            let pid = cg.meta(XATTR_OWNER_PID).ok()??.parse().ok()?;
+            let start = cg.meta(XATTR_OWNER_START).ok()??.parse().ok()?;
             Some(Owner { pid, start })
         };
         from_xattrs().or_else(|| Owner::from_instance_name(cg.name()))
@@ -79,28 +80,28 @@ pub(crate) fn pid_namespace() -> Option<String> {
 
 /// Records the owner on a new instance cgroup.
 pub(crate) fn mark_instance(cg: &Cgroup, owner: Owner) -> Result<()> {
-    cg.set_xattr(crate::root::XATTR_KIND, "instance")?;
-    cg.set_xattr(XATTR_OWNER_PID, &owner.pid.to_string())?;
-    cg.set_xattr(XATTR_OWNER_START, &owner.start.to_string())?;
+    cg.set_meta(crate::root::XATTR_KIND, "instance")?;
+    cg.set_meta(XATTR_OWNER_PID, &owner.pid.to_string())?;
+    cg.set_meta(XATTR_OWNER_START, &owner.start.to_string())?;
     if let Some(ns) = pid_namespace() {
-        cg.set_xattr(XATTR_OWNER_PIDNS, &ns)?;
+        cg.set_meta(XATTR_OWNER_PIDNS, &ns)?;
     }
-    cg.set_xattr(XATTR_CREATED, &now_secs().to_string())
+    cg.set_meta(XATTR_CREATED, &now_secs().to_string())
 }
 
 /// Records a new session cgroup: procscope made it, its id, state `active`, when.
 pub(crate) fn mark_session(cg: &Cgroup, id: &str) -> Result<()> {
-    cg.set_xattr(crate::root::XATTR_KIND, "session")?;
-    cg.set_xattr(XATTR_SESSION, id)?;
-    cg.set_xattr(XATTR_STATE, "active")?;
-    cg.set_xattr(XATTR_CREATED, &now_secs().to_string())
+    cg.set_meta(crate::root::XATTR_KIND, "session")?;
+    cg.set_meta(XATTR_SESSION, id)?;
+    cg.set_meta(XATTR_STATE, "active")?;
+    cg.set_meta(XATTR_CREATED, &now_secs().to_string())
 }
 
 /// Whether the owner of instance `cg` is provably gone. An owner recorded in
 /// another pid namespace cannot be checked from here: it counts as alive, so a
 /// sweep on the host never ends a live gateway in a container.
 pub(crate) fn owner_gone(cg: &Cgroup, owner: Owner) -> bool {
-    let recorded = cg.xattr(XATTR_OWNER_PIDNS).ok().flatten();
+    let recorded = cg.meta(XATTR_OWNER_PIDNS).ok().flatten();
     match (recorded, pid_namespace()) {
         (Some(theirs), Some(ours)) if theirs != ours => false,
         _ => !owner.is_alive(),
@@ -127,9 +128,9 @@ pub(crate) fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-/// The kind of a directory procscope made, from its `user.procscope.kind` xattr.
+/// The kind of a directory procscope made, from its `kind` metadata.
 pub(crate) fn kind_of(cg: &Cgroup) -> Option<String> {
-    cg.xattr(crate::root::XATTR_KIND).ok().flatten()
+    cg.meta(crate::root::XATTR_KIND).ok().flatten()
 }
 
 #[cfg(test)]

@@ -33,6 +33,7 @@ pub mod names;
 mod pidfd;
 mod reaper;
 mod root;
+mod seal;
 mod session;
 mod supervisor;
 mod sweep;
@@ -50,6 +51,7 @@ pub use pidfd::PidFd;
 pub use reaper::pending as reaper_pending;
 pub use root::{Root, RootKind};
 pub use rustix::process::{Pid, Signal};
+pub use seal::{SealStatus, Sealing, status as seal_status};
 pub use session::Session;
 pub use supervisor::{Builder, Counters, DEFAULT_GRACE, Supervisor, SweepScope, recover};
 pub use sweep::{LimitHit, SweepError, SweepReport, Termination};
@@ -86,6 +88,7 @@ pub mod testing {
     pub fn init_process_state() {
         let _ = crate::reaper::pending();
         let _ = crate::command::dev_null();
+        crate::seal::init();
         crate::sys::spawn::refresh_ignored_signals();
     }
 }

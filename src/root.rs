@@ -17,8 +17,9 @@ use crate::error::{Error, Result};
 pub const SUPERVISOR_CGROUP: &str = "supervisor";
 /// Name of the root procscope creates under the cgroup2 mount when running as root.
 pub const DEFAULT_ROOT_NAME: &str = "procscope";
-/// xattr marking a directory as made by procscope (value: `root`, `instance`, `session`).
-pub(crate) const XATTR_KIND: &str = "user.procscope.kind";
+/// Metadata key marking a directory as made by procscope (value: `root`,
+/// `instance`, `session`, `exec`); see [`Cgroup::meta`].
+pub(crate) const XATTR_KIND: &str = "kind";
 
 /// How the root was chosen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -127,7 +128,7 @@ impl Root {
                 Ok(c) => c,
                 Err(e) if prepare && e.raw_os_error() == Some(libc::ENOENT) => {
                     let c = mount.create_child(DEFAULT_ROOT_NAME)?;
-                    c.set_xattr(XATTR_KIND, "root")?;
+                    c.set_meta(XATTR_KIND, "root")?;
                     c
                 }
                 Err(e) => return Err(e),

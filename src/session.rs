@@ -72,7 +72,7 @@ impl SessionShared {
 /// Dropping a `Session` — on return, `?`, panic, an aborted task or a future
 /// dropped by `select!`/`timeout` — is the end of the session: if nothing in it
 /// is alive the cgroup is removed at once; otherwise the session goes to the
-/// supervisor's orphan pool (and its cgroup's `user.procscope.state` becomes
+/// supervisor's orphan pool (and its cgroup's `state` metadata becomes
 /// `orphaned`) for the next sweep. `Drop` never blocks, never panics and needs
 /// no runtime. [`close`](Self::close) ends a session gracefully right away.
 pub struct Session {

@@ -348,7 +348,7 @@ impl Inner {
                 }
             }
         }
-        let _ = shared.cgroup.set_xattr(XATTR_STATE, "orphaned");
+        let _ = shared.cgroup.set_meta(XATTR_STATE, "orphaned");
         state.orphans.push(Arc::clone(shared));
         self.counters.sessions_orphaned.inc();
         tracing::info!("session ended with processes alive; moved to the orphan pool");
@@ -650,7 +650,7 @@ impl Supervisor {
 
 /// Ends the instances under `root` whose owner process is gone, and removes
 /// them. A live instance — another running supervisor — is never touched, and
-/// neither is anything procscope did not create (no `user.procscope.kind`).
+/// neither is anything procscope did not create (no `kind` metadata).
 /// `me` is skipped too.
 pub async fn recover(root: &Root, me: Option<Owner>, grace: Duration) -> Result<SweepReport> {
     let start = tokio::time::Instant::now();
@@ -682,7 +682,7 @@ async fn recover_instance(root: &Root, instance: Arc<Cgroup>, grace: Duration) -
     let mut targets = Vec::new();
     for session in instance.children()? {
         if let Ok(cg) = instance.open_child(&session) {
-            let id = cg.xattr(XATTR_SESSION).ok().flatten().unwrap_or(session);
+            let id = cg.meta(XATTR_SESSION).ok().flatten().unwrap_or(session);
             targets.push(Target {
                 id,
                 parent: Arc::clone(&instance),

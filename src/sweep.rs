@@ -86,6 +86,34 @@ pub(crate) async fn end_cgroup(
             ));
         }
     }
+    // Verified ending: every process we hold a pidfd for must be gone, also one
+    // that left the cgroup (possible only for an unsealed child). It gets
+    // SIGKILL through its pidfd; one that survives even that is an error, never
+    // a success.
+    let mut outside: Vec<&crate::pidfd::PidFd> =
+        live_children.iter().map(|c| c.pidfd()).chain(others.iter()).filter(|p| p.is_alive()).collect();
+    if !outside.is_empty() {
+        for p in &outside {
+            let _ = p.send_signal(Signal::KILL);
+        }
+        let deadline = Instant::now() + KILL_WAIT;
+        for p in &outside {
+            let _ = tokio::time::timeout_at(deadline, p.exited()).await;
+        }
+        t.killed += outside.len();
+        outside.retain(|p| p.is_alive());
+        if !outside.is_empty() {
+            let pids: Vec<String> = outside.iter().map(|p| p.raw_pid().to_string()).collect();
+            return Err(Error::io(
+                "kill",
+                cg.path(),
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("process(es) {} outside the cgroup survived SIGKILL", pids.join(", ")),
+                ),
+            ));
+        }
+    }
     t.terminated = t.signalled.saturating_sub(t.killed);
     // The limits' verdicts, read before the cgroup (and its counters) is gone.
     t.oom_kills = cg.oom_kills();

@@ -2,7 +2,7 @@
 //! with their state, sessions shared across processes (the `procscope exec`
 //! wrapper), and sweeps by scope.
 //!
-//! Only directories procscope made (a `user.procscope.kind` xattr) are ever
+//! Only directories procscope made (a `kind` in [`Cgroup::meta`]) are ever
 //! listed, ended or removed.
 
 use std::path::PathBuf;
@@ -117,15 +117,15 @@ pub fn list(root: &Root) -> Result<Vec<InstanceInfo>> {
 }
 
 fn age(cg: &Cgroup) -> Option<u64> {
-    let created: u64 = cg.xattr(XATTR_CREATED).ok()??.parse().ok()?;
+    let created: u64 = cg.meta(XATTR_CREATED).ok()??.parse().ok()?;
     Some(instance::now_secs().saturating_sub(created))
 }
 
 fn session_info(s: &Cgroup, dir: &str, owner_alive: bool) -> SessionInfo {
-    let id = s.xattr(XATTR_SESSION).ok().flatten().unwrap_or_else(|| dir.trim_start_matches("s-").to_owned());
+    let id = s.meta(XATTR_SESSION).ok().flatten().unwrap_or_else(|| dir.trim_start_matches("s-").to_owned());
     let state = if !owner_alive {
         SessionState::Stale
-    } else if s.xattr(XATTR_STATE).ok().flatten().as_deref() == Some("orphaned") {
+    } else if s.meta(XATTR_STATE).ok().flatten().as_deref() == Some("orphaned") {
         SessionState::Orphaned
     } else {
         SessionState::Active
@@ -275,7 +275,7 @@ pub async fn end_sessions(root: &Root, instance: Arc<Cgroup>, sessions: Vec<Cgro
     let targets = sessions
         .into_iter()
         .map(|cg| Target {
-            id: cg.xattr(XATTR_SESSION).ok().flatten().unwrap_or_else(|| cg.name().to_owned()),
+            id: cg.meta(XATTR_SESSION).ok().flatten().unwrap_or_else(|| cg.name().to_owned()),
             parent: Arc::clone(&instance),
             cgroup: Arc::new(cg),
             children: Vec::new(),

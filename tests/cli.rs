@@ -242,7 +242,7 @@ async fn ps_and_sweep_report_and_end_by_scope() {
         let (mut orphan, _o2) = exec_ready(&env, &["--session", "left"], &["ignore-term", "ready", "sleep", "3600"]);
         let me = procscope::Owner::this_process().unwrap();
         let left = procscope::Cgroup::open(env.path().join(me.instance_name()).join("s-left")).unwrap();
-        left.set_xattr("user.procscope.state", "orphaned").unwrap();
+        left.set_meta("state", "orphaned").unwrap();
         // Stale: a gateway SIGKILLed without a guardian.
         let mut gw = Gateway(
             std::process::Command::new(FIXTURE)

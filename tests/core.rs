@@ -7,7 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use common::*;
-use procscope::{ChildStage, Command, Error, KillMechanism, Limits, PidFd, Signal, SpawnMechanism, Stdio};
+use procscope::{ChildStage, Command, Error, KillMechanism, Limits, PidFd, Sealing, Signal, SpawnMechanism, Stdio};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn fixture(args: &[&str]) -> Command {
@@ -21,15 +21,24 @@ async fn child_is_in_its_cgroup_from_its_first_instruction() {
     let env = TestEnv::new();
     within(30, async {
         for mechanism in [SpawnMechanism::Clone3IntoCgroup, SpawnMechanism::ForkJoinProcs] {
-            let cg = env.cgroup(mechanism.as_str());
-            let mut child = fixture(&["self"]).spawn_mechanism(mechanism).spawn_in(&cg).unwrap();
-            assert_eq!(child.spawn_mechanism(), mechanism);
-            let lines = read_until(child.stdout.as_mut().unwrap(), "").await;
-            // The child reads /proc/self/cgroup itself: it never ran anywhere else
-            // before exec, and with clone3 it never ran anywhere else at all.
-            assert_eq!(field(&lines, "cgroup"), cgroup_rel(&cg), "{mechanism:?}");
-            assert!(child.wait().await.unwrap().success());
-            env.root.remove_child_tree(&cg).await.unwrap();
+            for sealing in [Sealing::Off, Sealing::Required] {
+                let cg = env.cgroup(&format!("{}-{}", mechanism.as_str(), sealing.as_str()));
+                let mut cmd = fixture(&["self", "ready", "wait-eof"]);
+                cmd.stdin(Stdio::Piped).spawn_mechanism(mechanism).sealing(sealing);
+                let mut child = cmd.spawn_in(&cg).unwrap();
+                assert_eq!(child.spawn_mechanism(), mechanism);
+                assert_eq!(child.is_sealed(), sealing == Sealing::Required);
+                let lines = read_until(child.stdout.as_mut().unwrap(), "ready").await;
+                // The child reads /proc/self/cgroup itself: unsealed, it never ran
+                // anywhere else before exec (with clone3, nowhere else at all).
+                // Sealed, its cgroup namespace is rooted where it was when it
+                // sealed itself, its first step: it sees "/".
+                let want = if sealing == Sealing::Off { cgroup_rel(&cg) } else { "/".to_owned() };
+                assert_eq!(field(&lines, "cgroup"), want, "{mechanism:?} {sealing:?}");
+                assert_eq!(cgroup_of(child.id()).as_deref(), Some(cgroup_rel(&cg).as_str()), "seen from outside");
+                assert!(child.wait().await.unwrap().success());
+                env.root.remove_child_tree(&cg).await.unwrap();
+            }
         }
     })
     .await;
@@ -454,7 +463,8 @@ async fn signals_are_reset_in_the_child_on_both_clone_paths() {
                 // ... and catches SIGSEGV and SIGBUS (its stack-overflow guard).
                 let rust_runtime = (1 << (libc::SIGSEGV - 1)) | (1 << (libc::SIGBUS - 1));
                 assert_eq!(sig[2], rust_runtime, "caught signals in the child (legacy {legacy})");
-                assert_eq!(field(&lines, "cgroup"), cgroup_rel(&cg));
+                assert!(child.is_sealed(), "a root test process seals by default");
+                assert_eq!(field(&lines, "cgroup"), "/", "sealed: its cgroup namespace is its session");
                 assert_eq!(field(&lines, "fds"), "0,1,2");
                 assert_eq!(field(&lines, "nnp"), "1");
                 if legacy {

@@ -64,7 +64,7 @@ async fn a_root_caller_without_delegation_uses_the_mount() {
     let root = Root::discover().unwrap();
     assert_eq!(root.kind(), RootKind::Owned);
     assert_eq!(root.path(), default);
-    assert_eq!(root.cgroup().xattr("user.procscope.kind").unwrap().as_deref(), Some("root"));
+    assert_eq!(root.cgroup().meta("kind").unwrap().as_deref(), Some("root"));
     // `locate` finds the same root without creating anything.
     assert_eq!(Root::locate().unwrap().path(), default);
     drop(root);

@@ -35,7 +35,7 @@ async fn wait_ready(child: &mut procscope::ContainedChild) {
 }
 
 fn state_of(session_cgroup: &std::path::Path) -> Option<String> {
-    procscope::Cgroup::open(session_cgroup).ok()?.xattr("user.procscope.state").ok()?
+    procscope::Cgroup::open(session_cgroup).ok()?.meta("state").ok()?
 }
 
 /// The guard removes a session whose processes are all gone at once, and hands

@@ -38,6 +38,11 @@ pub(crate) mod files {
     pub const SUBTREE_CONTROL: &str = "cgroup.subtree_control";
 }
 
+/// The xattr namespace of procscope's state on root-owned directories.
+const META_TRUSTED: &str = "trusted.procscope.";
+/// The xattr namespace of procscope's state on directories delegated to a user.
+const META_USER: &str = "user.procscope.";
+
 /// A cgroup-v2 directory, held open.
 #[derive(Debug)]
 pub struct Cgroup {
@@ -270,7 +275,7 @@ impl Cgroup {
         self.write(files::SUBTREE_CONTROL, line.trim_end())
     }
 
-    /// Reads the extended attribute `name` (e.g. `user.procscope.state`).
+    /// Reads the extended attribute `name` (e.g. `trusted.procscope.state`).
     pub fn xattr(&self, name: &str) -> Result<Option<String>> {
         let mut buf = vec![0u8; 256];
         match rustix::fs::fgetxattr(&self.dir, name, &mut buf[..]) {
@@ -287,6 +292,31 @@ impl Cgroup {
     pub fn set_xattr(&self, name: &str, value: &str) -> Result<()> {
         rustix::fs::fsetxattr(&self.dir, name, value.as_bytes(), rustix::fs::XattrFlags::empty())
             .ctx("set xattr", &self.path.join(name))
+    }
+
+    /// The xattr namespace procscope keeps its state in on this directory:
+    /// `trusted.procscope.` on a directory owned by root, which only a process
+    /// with `CAP_SYS_ADMIN` can read or write (a child running as uid 0 cannot
+    /// forge it); `user.procscope.` on a directory delegated to another user,
+    /// which any process of that user can write.
+    pub fn meta_prefix(&self) -> &'static str {
+        match self.owner_uid() {
+            Ok(0) | Err(_) => META_TRUSTED,
+            Ok(_) => META_USER,
+        }
+    }
+
+    /// Reads procscope's metadata `key` (`kind`, `state`, `owner_pid`, …) in the
+    /// namespace [`meta_prefix`](Self::meta_prefix) names. State in the other
+    /// namespace is never read: on a root-owned directory a `user.*` value
+    /// could have been written by any uid-0 process.
+    pub fn meta(&self, key: &str) -> Result<Option<String>> {
+        self.xattr(&format!("{}{key}", self.meta_prefix()))
+    }
+
+    /// Sets procscope's metadata `key` (see [`meta`](Self::meta)).
+    pub fn set_meta(&self, key: &str, value: &str) -> Result<()> {
+        self.set_xattr(&format!("{}{key}", self.meta_prefix()), value)
     }
 
     /// The owner uid of the directory.

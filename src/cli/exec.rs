@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use procscope::cgroup::limits::{CpuMax, parse_bytes, parse_count, parse_cpu_max, parse_duration};
-use procscope::{Cgroup, Command, Error, Limits, Owner, PidFd, Root, Stdio, tree};
+use procscope::{Cgroup, Command, Error, Limits, Owner, PidFd, Root, Sealing, Stdio, tree};
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::USAGE;
@@ -56,6 +56,15 @@ pub struct ExecArgs {
     /// Run the command with this gid (needs --uid)
     #[arg(long, requires = "uid")]
     gid: Option<u32>,
+    /// Do not seal the command into its session. This gives up containment
+    /// against a hostile command: running as uid 0 it can then leave its session
+    /// and write any cgroup file
+    #[arg(long, conflicts_with = "seal")]
+    no_seal: bool,
+    /// Require sealing: fail (exit 125) rather than run the command unsealed
+    /// [default: sealed whenever procscope runs with CAP_SYS_ADMIN]
+    #[arg(long)]
+    seal: bool,
     /// The process that owns the session [default: the parent process]
     #[arg(long, value_name = "PID")]
     owner: Option<i32>,
@@ -139,6 +148,11 @@ async fn exec(a: ExecArgs) -> i32 {
     if let (Some(uid), Some(gid)) = (a.uid, a.gid) {
         cmd.uid(uid).gid(gid);
     }
+    cmd.sealing(match (a.seal, a.no_seal) {
+        (true, _) => Sealing::Required,
+        (_, true) => Sealing::Off,
+        _ => Sealing::Auto,
+    });
     let mut child = match cmd.spawn_in(&leaf) {
         Ok(c) => c,
         Err(e) => {
@@ -210,7 +224,7 @@ fn place(root: &Root, owner: Owner, id: &str, limits: &Limits, me: i32) -> Resul
             let instance = tree::open_or_create_instance(root, owner)?;
             let session = tree::open_or_create_session(root, &instance, id, limits)?;
             let leaf = session.create_child(&format!("p-{me}"))?;
-            leaf.set_xattr("user.procscope.kind", "exec")?;
+            leaf.set_meta("kind", "exec")?;
             Ok::<_, Error>((instance, session, leaf))
         })();
         match attempt {

@@ -2,6 +2,8 @@
 //!
 //! - [`spawn`]: `clone3` and the child's steps between clone and `execve`, all of
 //!   them async-signal-safe.
+//! - [`seal`]: the child's sealing steps (cgroup and mount namespaces, read-only
+//!   cgroup mounts), async-signal-safe as well.
 //! - [`signal`]: signal dispositions and synchronous signal waits, used by the
 //!   fixture and demo servers and by the CLI's wrapper.
 //!
@@ -10,5 +12,6 @@
 #![allow(unsafe_code)]
 
 pub(crate) mod async_fd;
+pub(crate) mod seal;
 pub(crate) mod signal;
 pub(crate) mod spawn;

@@ -77,6 +77,10 @@ struct CloneArgs {
 pub enum ChildStage {
     /// Writing `0` into the session's `cgroup.procs` (the fork-and-join path).
     JoinCgroup,
+    /// Sealing: `unshare(CLONE_NEWCGROUP | CLONE_NEWNS)`.
+    SealNamespaces,
+    /// Sealing: making every cgroup mount read-only in the child's view.
+    SealMounts,
     /// Resetting signal dispositions and the signal mask.
     Signals,
     /// Placing stdin, stdout and stderr on fds 0, 1 and 2.
@@ -106,8 +110,10 @@ pub enum ChildStage {
 }
 
 impl ChildStage {
-    const ALL: [ChildStage; 14] = [
+    const ALL: [ChildStage; 16] = [
         ChildStage::JoinCgroup,
+        ChildStage::SealNamespaces,
+        ChildStage::SealMounts,
         ChildStage::Signals,
         ChildStage::Stdio,
         ChildStage::CloseFds,
@@ -135,6 +141,8 @@ impl ChildStage {
     pub fn describe(self) -> &'static str {
         match self {
             ChildStage::JoinCgroup => "joining the session cgroup (cgroup.procs)",
+            ChildStage::SealNamespaces => "sealing: entering a cgroup and a mount namespace of its own",
+            ChildStage::SealMounts => "sealing: making the cgroup mounts read-only",
             ChildStage::Signals => "resetting signal dispositions",
             ChildStage::Stdio => "setting up stdin/stdout/stderr",
             ChildStage::CloseFds => "closing inherited file descriptors",
@@ -179,6 +187,9 @@ pub(crate) struct ChildPlan<'a> {
     pub setsid: bool,
     /// Highest capability number (`/proc/sys/kernel/cap_last_cap`).
     pub last_cap: u32,
+    /// Seal the child (see [`super::seal`]): these cgroup mounts become
+    /// read-only in its view. `None`: unsealed.
+    pub seal: Option<&'a [super::seal::SealMount]>,
 }
 
 /// A child that has called `execve` (or died before).
@@ -640,6 +651,12 @@ fn child_steps(ctx: &ChildCtx<'_>) -> Step {
     if ctx.join_procs >= 0 {
         let r = unsafe { libc::syscall(libc::SYS_write, ctx.join_procs, b"0".as_ptr(), 1usize) };
         check(ChildStage::JoinCgroup, r)?;
+    }
+
+    // Sealing first, while the child still holds CAP_SYS_ADMIN, and after it is
+    // in its cgroup: the cgroup namespace is rooted where the child is now.
+    if let Some(mounts) = plan.seal {
+        super::seal::seal(mounts)?;
     }
 
     reset_signals(ctx.reset);

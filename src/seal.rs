@@ -1,0 +1,264 @@
+//! Sealing: whether a child is sealed, and what the parent prepares for it.
+//!
+//! A sealed child starts in a cgroup namespace rooted at its session cgroup and
+//! in a mount namespace of its own in which every cgroup mount (v1 and v2) is
+//! read-only. Even as uid 0 — which owns every cgroup file, capabilities or not
+//! — it can then neither leave its session nor create cgroups, write any cgroup
+//! interface file (its own session's limits, `cgroup.kill` and `cgroup.freeze`
+//! included) or set xattrs on cgroup directories. Everything else it sees as
+//! before: the same filesystem, mounts made later included (propagation is
+//! kept). `/proc/self/cgroup` shows `0::/`: the namespace root.
+//!
+//! Where the cgroup2 mount has `nsdelegate` (systemd sets it), the cgroup
+//! namespace is a delegation boundary of its own as well.
+//!
+//! The child makes these steps itself, first of all its steps, while it still
+//! holds `CAP_SYS_ADMIN`; the parent only lists the cgroup mounts. That list is
+//! read from `/proc/self/mountinfo` again whenever the mount table has changed
+//! (the file polls `POLLPRI` on a change), so a cgroup hierarchy mounted while
+//! the gateway runs is sealed too.
+
+use std::io::Read;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use rustix::event::{PollFd, PollFlags};
+use rustix::fs::{Mode, OFlags};
+
+use crate::cgroup::hierarchy::{MountEntry, parse_mountinfo};
+use crate::error::{Error, Result};
+use crate::sys::seal::SealMount;
+
+/// Whether children are sealed into their session.
+///
+/// A sealed child starts in a cgroup namespace rooted at its session and sees
+/// every cgroup mount read-only, so even as uid 0 it cannot leave its session,
+/// create cgroups, write any cgroup file or forge procscope's state (see the
+/// crate's README, "Sealing").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Sealing {
+    /// Seal where this process holds `CAP_SYS_ADMIN`, and then fail closed: a
+    /// child that cannot be sealed is not started. Without `CAP_SYS_ADMIN` (a
+    /// non-root gateway in a delegated subtree) children run unsealed, and one
+    /// `tracing` warning and `procscope doctor` say so.
+    #[default]
+    Auto,
+    /// Always seal; without the privilege to, the spawn fails with
+    /// [`Error::SealingUnavailable`].
+    Required,
+    /// Never seal. This gives up containment against hostile children: a child
+    /// running as uid 0 can then move itself out of its session, write any
+    /// cgroup file and forge `user.*` xattrs.
+    Off,
+}
+
+impl Sealing {
+    /// The name used by the CLI and in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Sealing::Auto => "auto",
+            Sealing::Required => "required",
+            Sealing::Off => "off",
+        }
+    }
+}
+
+/// What [`capability`] found: can this process seal children at all?
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Capability {
+    /// It can.
+    Yes,
+    /// It cannot: what is missing, and how to get it.
+    No { missing: String, fix: &'static str },
+}
+
+/// Whether this process can seal children now: `CAP_SYS_ADMIN` in its
+/// effective set (checked at every call: a gateway may drop it) and a kernel
+/// with cgroup namespaces.
+pub(crate) fn capability() -> Capability {
+    static CGROUP_NS: OnceLock<bool> = OnceLock::new();
+    if !*CGROUP_NS.get_or_init(|| std::path::Path::new("/proc/self/ns/cgroup").exists()) {
+        return Capability::No {
+            missing: "cgroup namespaces (/proc/self/ns/cgroup is missing)".into(),
+            fix: "use a kernel built with CONFIG_CGROUPS and namespaces (Linux 4.6 or later), \
+                  or turn sealing off explicitly",
+        };
+    }
+    let admin = rustix::thread::capabilities(None)
+        .map(|c| c.effective.contains(rustix::thread::CapabilitySet::SYS_ADMIN))
+        .unwrap_or(false);
+    if admin {
+        Capability::Yes
+    } else {
+        Capability::No {
+            missing: "CAP_SYS_ADMIN (needed to create the cgroup and mount namespaces)".into(),
+            fix: "run the gateway as root (or with CAP_SYS_ADMIN), or turn sealing off explicitly \
+                  (Sealing::Off, `procscope exec --no-seal`), which gives up containment against \
+                  hostile children",
+        }
+    }
+}
+
+/// Decides for one spawn: `Some(mounts)` to seal with, `None` for unsealed.
+///
+/// # Errors
+/// [`Error::SealingUnavailable`] when sealing is required (explicitly, or by
+/// [`Sealing::Auto`] for a process with `CAP_SYS_ADMIN`) but cannot be done;
+/// [`Error::Io`] when the mount table cannot be read.
+pub(crate) fn plan(sealing: Sealing) -> Result<Option<Arc<Vec<SealMount>>>> {
+    match (sealing, capability()) {
+        (Sealing::Off, _) => Ok(None),
+        (_, Capability::Yes) => cgroup_mounts().map(Some),
+        (Sealing::Required, Capability::No { missing, fix }) => Err(Error::SealingUnavailable { missing, fix }),
+        (Sealing::Auto, Capability::No { missing, .. }) => {
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| {
+                tracing::warn!(
+                    %missing,
+                    "children run unsealed: a child running as this user can leave its session \
+                     and write cgroup files; `procscope doctor` says how to seal them"
+                );
+            });
+            Ok(None)
+        }
+    }
+}
+
+/// The watched mount table: an open `/proc/self/mountinfo` (it polls
+/// `POLLPRI` once the table changes) and the cgroup mounts read from it.
+struct Table {
+    watch: OwnedFd,
+    mounts: Arc<Vec<SealMount>>,
+}
+
+static TABLE: Mutex<Option<Table>> = Mutex::new(None);
+
+/// The cgroup mounts (v1 and v2) of this process's mount namespace, read again
+/// when the mount table changed since the last read.
+///
+/// # Errors
+/// [`Error::Io`] when `/proc/self/mountinfo` cannot be read.
+pub(crate) fn cgroup_mounts() -> Result<Arc<Vec<SealMount>>> {
+    let mut table = TABLE.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(t) = table.as_ref() {
+        let mut fds = [PollFd::new(&t.watch, PollFlags::PRI)];
+        let changed = match rustix::event::poll(&mut fds, Some(&rustix::time::Timespec { tv_sec: 0, tv_nsec: 0 })) {
+            Ok(_) => fds[0].revents().intersects(PollFlags::PRI | PollFlags::ERR),
+            Err(_) => true,
+        };
+        if !changed {
+            return Ok(Arc::clone(&t.mounts));
+        }
+    }
+    const PATH: &str = "/proc/self/mountinfo";
+    let fd = rustix::fs::open(PATH, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
+        .map_err(|e| Error::io("open", PATH, e))?;
+    let mut file = std::fs::File::from(fd);
+    let mut text = String::new();
+    file.read_to_string(&mut text).map_err(|e| Error::io("read", PATH, e))?;
+    let mounts = Arc::new(seal_mounts(&parse_mountinfo(&text)));
+    *table = Some(Table { watch: OwnedFd::from(file), mounts: Arc::clone(&mounts) });
+    Ok(mounts)
+}
+
+/// Opens the mount-table watch now, so that a test counting fds can take its
+/// baseline after it.
+pub(crate) fn init() {
+    let _ = cgroup_mounts();
+}
+
+/// Every `cgroup` and `cgroup2` mount point, once each, with the flags a
+/// pre-5.12 remount must keep; first the tmpfs that holds them on hybrid and v1
+/// hosts (`/sys/fs/cgroup`), as systemd's `ProtectControlGroups=` does.
+fn seal_mounts(entries: &[MountEntry]) -> Vec<SealMount> {
+    let is_cgroup = |m: &&MountEntry| m.fs_type == "cgroup" || m.fs_type == "cgroup2";
+    let holders = entries.iter().filter(|h| {
+        h.fs_type == "tmpfs"
+            && h.mount_point != std::path::Path::new("/")
+            && entries.iter().filter(is_cgroup).any(|m| m.parent == h.id)
+    });
+    let mut out: Vec<SealMount> = Vec::new();
+    for m in holders.chain(entries.iter().filter(is_cgroup)) {
+        let Ok(path) = std::ffi::CString::new(m.mount_point.as_os_str().as_bytes()) else { continue };
+        if out.iter().any(|o| o.path == path) {
+            continue;
+        }
+        out.push(SealMount { path, keep_flags: keep_flags(&m.options) });
+    }
+    out
+}
+
+/// The per-mount flags in mountinfo's options field that `MS_REMOUNT` would
+/// otherwise reset.
+fn keep_flags(options: &str) -> u64 {
+    options
+        .split(',')
+        .map(|o| match o {
+            "nosuid" => libc::MS_NOSUID,
+            "nodev" => libc::MS_NODEV,
+            "noexec" => libc::MS_NOEXEC,
+            "noatime" => libc::MS_NOATIME,
+            "nodiratime" => libc::MS_NODIRATIME,
+            "relatime" => libc::MS_RELATIME,
+            "strictatime" => libc::MS_STRICTATIME,
+            _ => 0,
+        })
+        .fold(0, |a, f| a | f)
+}
+
+/// What protects a sealed child on this host, for `procscope doctor`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SealStatus {
+    /// Whether children of this process are sealed by default.
+    pub sealed_by_default: bool,
+    /// If not, what is missing and how to get it.
+    pub missing: Option<(String, &'static str)>,
+    /// The cgroup mounts a sealed child sees read-only.
+    pub read_only_mounts: Vec<String>,
+    /// Whether the cgroup2 mount has `nsdelegate` (the cgroup namespace is then
+    /// a delegation boundary as well).
+    pub nsdelegate: bool,
+    /// `mount_setattr` (Linux 5.12) or the per-mount remount before it.
+    pub read_only_by: &'static str,
+}
+
+/// What sealing would do for a child of this process now.
+pub fn status() -> SealStatus {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let entries = parse_mountinfo(&text);
+    let nsdelegate =
+        entries.iter().any(|m| m.fs_type == "cgroup2" && m.super_options.split(',').any(|o| o == "nsdelegate"));
+    let read_only_mounts =
+        seal_mounts(&entries).iter().map(|m| String::from_utf8_lossy(m.path.as_bytes()).into_owned()).collect();
+    let release = rustix::system::uname().release().to_string_lossy().into_owned();
+    let read_only_by =
+        if crate::cgroup::hierarchy::kernel_at_least(&release, 5, 12) { "mount_setattr" } else { "remount" };
+    let (sealed_by_default, missing) = match capability() {
+        Capability::Yes => (true, None),
+        Capability::No { missing, fix } => (false, Some((missing, fix))),
+    };
+    SealStatus { sealed_by_default, missing, read_only_mounts, nsdelegate, read_only_by }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_every_cgroup_mount_once_with_its_flags() {
+        let text = "\
+31 23 0:28 / /sys/fs/cgroup ro,nosuid,nodev,noexec - tmpfs tmpfs ro,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu rw,nosuid,nodev,noexec,relatime shared:5 - cgroup cgroup rw,cpu
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw,nsdelegate
+42 27 0:38 / /srv/with\\040space rw - cgroup2 cgroup2 rw
+43 31 0:38 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw
+";
+        let m = seal_mounts(&parse_mountinfo(text));
+        let paths: Vec<_> = m.iter().map(|m| m.path.to_str().unwrap()).collect();
+        assert_eq!(paths, ["/sys/fs/cgroup", "/sys/fs/cgroup/cpu", "/sys/fs/cgroup/unified", "/srv/with space"]);
+        assert_eq!(m[1].keep_flags, libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC | libc::MS_RELATIME);
+        assert_eq!(m[3].keep_flags, 0);
+    }
+}
