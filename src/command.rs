@@ -93,6 +93,8 @@ pub struct Command {
     gid: Option<u32>,
     mechanism: Option<SpawnMechanism>,
     sealing: Sealing,
+    /// For the guardian only: keep capabilities (it drops them itself).
+    keep_caps: bool,
 }
 
 impl Command {
@@ -109,6 +111,7 @@ impl Command {
             gid: None,
             mechanism: None,
             sealing: Sealing::Auto,
+            keep_caps: false,
         }
     }
 
@@ -274,10 +277,11 @@ impl Command {
         })
     }
 
-    /// Spawns the command in the caller's own cgroup (for the guardian, which must
-    /// outlive the cgroups it watches). Same child preparation as
-    /// [`spawn_in`](Self::spawn_in).
-    pub(crate) fn spawn_uncontained(&mut self) -> Result<ContainedChild> {
+    /// Spawns the command in the caller's own cgroup, unsealed and with the
+    /// caller's capabilities: only for the guardian, which must outlive the
+    /// cgroups it watches and drops its privileges itself (see `guardian`).
+    pub(crate) fn spawn_guardian(&mut self) -> Result<ContainedChild> {
+        self.keep_caps = true;
         self.launch(Sealing::Off, |plan, program| {
             let spawned = spawn::spawn(plan, Placement::Inherit).map_err(|f| match f {
                 SpawnFailure::Clone(e) => Error::io("clone3", program, e),
@@ -310,6 +314,7 @@ impl Command {
             gid: self.gid,
             setsid: self.setsid,
             last_cap: last_cap(),
+            keep_caps: self.keep_caps,
             seal: seal.as_deref().map(Vec::as_slice),
         };
         let (spawned, mechanism) = place(&plan, &self.program.to_string_lossy())?;

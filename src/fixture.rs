@@ -20,6 +20,7 @@
 //! | `record-signals FILE` | appends `SIGNAL FROM-PID` per signal received to FILE, forever |
 //! | `exit CODE` | exits with CODE |
 //! | `try-write PATH VALUE` | writes VALUE to PATH; prints `try-write PATH=ok` or `=E<errno>` |
+//! | `try-read PATH` | reads PATH; prints `try-read PATH=…` likewise |
 //! | `try-mkdir PATH` | creates a directory; prints `try-mkdir PATH=…` likewise |
 //! | `try-setxattr PATH NAME VALUE` | sets an xattr; prints `try-setxattr PATH NAME=…` |
 //! | `try-rmxattr PATH NAME` | removes an xattr; prints `try-rmxattr PATH NAME=…` |
@@ -156,6 +157,10 @@ pub fn main(args: Vec<String>) -> ! {
                 let r =
                     std::fs::OpenOptions::new().write(true).open(&path).and_then(|mut f| f.write_all(value.as_bytes()));
                 attempt(&format!("try-write {path}"), r.map_err(errno));
+            }
+            "try-read" => {
+                let path = arg();
+                attempt(&format!("try-read {path}"), std::fs::read(&path).map(drop).map_err(errno));
             }
             "try-mkdir" => {
                 let path = arg();

@@ -14,6 +14,10 @@
 //!
 //! Before acting it checks that the instance cgroup's recorded owner is the
 //! supervisor it was started for, so it can never kill a stranger's cgroup.
+//!
+//! It is started with the gateway's capabilities and then takes an identity of
+//! its own ([`GUARDIAN_UID`] as real and saved uid, effective uid 0, only
+//! `CAP_KILL`): a child running as uid 0 can neither kill, stop nor ptrace it.
 
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
@@ -57,7 +61,7 @@ impl Guardian {
             .stdin(Stdio::Fd(control_r))
             .stdout(Stdio::Fd(ready_w))
             .setsid(true);
-        let child = cmd.spawn_uncontained()?;
+        let child = cmd.spawn_guardian()?;
         drop(cmd);
         let cell = Arc::clone(child.cell());
         drop(child);
@@ -163,6 +167,11 @@ fn run(args: &[String]) -> std::result::Result<(), String> {
     } else {
         None
     };
+    if let Err(e) = take_identity() {
+        // A gateway without CAP_SETUID (not root): the guardian runs as the
+        // gateway's user, as its children do; say so once.
+        eprintln!("procscope guardian: running without an identity of its own ({e}); children of this uid can stop it");
+    }
     let mut stdout = std::io::stdout().lock();
     let _ = stdout.write_all(b"ready\n").and_then(|_| stdout.flush());
     drop(stdout);
@@ -172,6 +181,47 @@ fn run(args: &[String]) -> std::result::Result<(), String> {
         return Ok(());
     }
     clean_up(&instance, Path::new(path));
+    Ok(())
+}
+
+/// The guardian's real and saved uid: one no other process uses (in systemd's
+/// unused range 1879048192–2147483647, outside its "foreign" range).
+///
+/// `kill(2)` from a process without `CAP_KILL` needs its uid or euid to equal
+/// the target's real or saved uid, and ptrace needs all of the target's uids
+/// to match. A guardian with real and saved uid [`GUARDIAN_UID`] is out of
+/// reach of every uid-0 child, while its effective uid 0 still lets it write
+/// the root-owned `cgroup.kill` and remove the cgroups it guards.
+pub const GUARDIAN_UID: u32 = 2_147_483_646;
+
+/// Takes the guardian's identity: real and saved uid [`GUARDIAN_UID`],
+/// effective uid 0 (for the cgroup files), then `CAP_KILL` as its only
+/// capability, an empty bounding set, `no_new_privs` and not dumpable.
+fn take_identity() -> std::result::Result<(), String> {
+    use rustix::thread::{CapabilitySet, CapabilitySets};
+    if !rustix::process::geteuid().is_root() {
+        return Err("not root".into());
+    }
+    let last = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .unwrap_or(40);
+    for cap in 0..=last.min(63) {
+        let _ = rustix::thread::remove_capability_from_bounding_set(CapabilitySet::from_bits_retain(1 << cap));
+    }
+    let (guardian, root) = (rustix::process::Uid::from_raw(GUARDIAN_UID), rustix::process::Uid::ROOT);
+    rustix::thread::set_thread_res_uid(guardian, root, guardian).map_err(|e| format!("setresuid: {e}"))?;
+    // CAP_KILL only: the kill fallback (before cgroup.kill) signals members that
+    // may run as any uid.
+    let kill_only = CapabilitySets {
+        effective: CapabilitySet::KILL,
+        permitted: CapabilitySet::KILL,
+        inheritable: CapabilitySet::empty(),
+    };
+    rustix::thread::set_capabilities(None, kill_only).map_err(|e| format!("capset: {e}"))?;
+    rustix::thread::set_no_new_privs(true).map_err(|e| format!("no_new_privs: {e}"))?;
+    rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+        .map_err(|e| format!("PR_SET_DUMPABLE: {e}"))?;
     Ok(())
 }
 

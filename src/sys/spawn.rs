@@ -187,6 +187,10 @@ pub(crate) struct ChildPlan<'a> {
     pub setsid: bool,
     /// Highest capability number (`/proc/sys/kernel/cap_last_cap`).
     pub last_cap: u32,
+    /// Keep the capabilities and leave `no_new_privs` unset: only for the
+    /// guardian, our own program, which drops them itself once it has taken
+    /// an identity of its own.
+    pub keep_caps: bool,
     /// Seal the child (see [`super::seal`]): these cgroup mounts become
     /// read-only in its view. `None`: unsealed.
     pub seal: Option<&'a [super::seal::SealMount]>,
@@ -688,6 +692,17 @@ fn child_steps(ctx: &ChildCtx<'_>) -> Step {
     if plan.setsid {
         let r = unsafe { libc::syscall(libc::SYS_setsid) };
         check(ChildStage::Setsid, r)?;
+    }
+
+    if plan.keep_caps {
+        // Only uid/gid switches and chdir apply; the guardian drops the rest.
+        if let Some(cwd) = plan.cwd {
+            let r = unsafe { libc::syscall(libc::SYS_chdir, cwd.as_ptr()) };
+            check(ChildStage::Chdir, r)?;
+        }
+        let r =
+            unsafe { libc::syscall(libc::SYS_execve, plan.program.as_ptr(), plan.argv.as_ptr(), plan.envp.as_ptr()) };
+        return check(ChildStage::Exec, r);
     }
 
     // The bounding set needs CAP_SETPCAP. Without it (a gateway that holds no

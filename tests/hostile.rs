@@ -1,0 +1,407 @@
+//! Hostile children. A child running as uid 0 holds no capabilities, yet owns
+//! every root-owned cgroup file. Each attack below is made by a fresh child in
+//! an "attacker" session, through the library and through `procscope exec`.
+//! Sealed (the default for a root gateway), every attempt must fail and the
+//! whole tree must be as it was; the control run with sealing off shows the
+//! same attacks working, so the tests have teeth.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::*;
+use procscope::cgroup::hierarchy::Hierarchy;
+use procscope::{Cgroup, Command, Root, Sealing, Session, Stdio, Supervisor, tree};
+
+const PROCSCOPE: &str = env!("CARGO_BIN_EXE_procscope");
+
+/// procscope's metadata keys, read in both xattr namespaces.
+const META_KEYS: &[&str] = &["kind", "state", "session", "owner_pid", "owner_start", "owner_pidns", "created"];
+/// Files whose content a snapshot records, where they exist.
+const WATCHED_FILES: &[&str] =
+    &["cgroup.max.descendants", "cgroup.max.depth", "cgroup.freeze", "cgroup.subtree_control", "cgroup.type"];
+
+/// Every directory under `dir`, with the watched files and procscope's xattrs
+/// (both namespaces): what an attack could change.
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<(String, Option<String>)>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let cg = Cgroup::open(&d).unwrap();
+        let mut facts = Vec::new();
+        for f in WATCHED_FILES {
+            facts.push((f.to_string(), cg.read(f).ok()));
+        }
+        for ns in ["trusted", "user"] {
+            for k in META_KEYS {
+                let name = format!("{ns}.procscope.{k}");
+                facts.push((name.clone(), cg.xattr(&name).ok().flatten()));
+            }
+        }
+        out.insert(d.clone(), facts);
+        for name in cg.children().unwrap() {
+            stack.push(d.join(name));
+        }
+    }
+    out
+}
+
+/// The places an attacker aims at.
+struct Targets {
+    mount: PathBuf,
+    root: PathBuf,
+    instance: PathBuf,
+    own: PathBuf,
+    /// A session of the same supervisor.
+    other: PathBuf,
+    /// A session of another supervisor (another instance).
+    foreign: PathBuf,
+    foreign_instance: PathBuf,
+    /// The name of the cgroup an attacker tries to create in the mount's root.
+    mount_evil: String,
+}
+
+/// One attack: the fixture's arguments and a name for messages.
+struct Attack {
+    name: &'static str,
+    args: Vec<String>,
+}
+
+fn attacks(t: &Targets) -> Vec<Attack> {
+    let p = |d: &Path, f: &str| d.join(f).to_string_lossy().into_owned();
+    let a = |name, args: &[&str]| Attack { name, args: args.iter().map(|s| s.to_string()).collect() };
+    let mut v = vec![
+        a("leave the session for the mount's root", &["try-write", &p(&t.mount, "cgroup.procs"), "0"]),
+        a("leave the session for the procscope root", &["try-write", &p(&t.root, "cgroup.procs"), "0"]),
+        a("move into another session", &["try-write", &p(&t.other, "cgroup.procs"), "0"]),
+        a("move into another gateway's session", &["try-write", &p(&t.foreign, "cgroup.procs"), "0"]),
+        a("create a cgroup in its own session", &["try-mkdir", &p(&t.own, "sub")]),
+        a("create a cgroup in the root", &["try-mkdir", &p(&t.root, "evil")]),
+        a("create a cgroup in the mount", &["try-mkdir", &p(&t.mount, &t.mount_evil)]),
+        a("limit the root's descendants", &["try-write", &p(&t.root, "cgroup.max.descendants"), "0"]),
+        a("limit the root's depth", &["try-write", &p(&t.root, "cgroup.max.depth"), "1"]),
+        a("limit the instance's descendants", &["try-write", &p(&t.instance, "cgroup.max.descendants"), "0"]),
+        a("lift its own session's limits", &["try-write", &p(&t.own, "cgroup.max.depth"), "5"]),
+        a("freeze another gateway's session", &["try-write", &p(&t.foreign, "cgroup.freeze"), "1"]),
+        a("kill another session", &["try-write", &p(&t.other, "cgroup.kill"), "1"]),
+        a("kill another gateway's session", &["try-write", &p(&t.foreign, "cgroup.kill"), "1"]),
+        a("enable controllers in its own session", &["try-write", &p(&t.own, "cgroup.subtree_control"), "+pids"]),
+    ];
+    for ns in ["trusted", "user"] {
+        let key = |k: &str| format!("{ns}.procscope.{k}");
+        let (state, owner, kind) = (key("state"), key("owner_pid"), key("kind"));
+        let (other, own, inst, finst) = (
+            t.other.to_string_lossy().into_owned(),
+            t.own.to_string_lossy().into_owned(),
+            t.instance.to_string_lossy().into_owned(),
+            t.foreign_instance.to_string_lossy().into_owned(),
+        );
+        v.extend([
+            Attack {
+                name: "mark another session orphaned",
+                args: vec!["try-setxattr".into(), other, state, "orphaned".into()],
+            },
+            Attack {
+                name: "give another gateway a dead owner",
+                args: vec!["try-setxattr".into(), finst, owner, "1".into()],
+            },
+            Attack { name: "hide its own session", args: vec!["try-rmxattr".into(), own, kind.clone()] },
+            Attack { name: "hide its own instance", args: vec!["try-rmxattr".into(), inst, kind] },
+        ]);
+    }
+    v
+}
+
+/// Runs one attack in a fresh child of `session`; returns the fixture's result
+/// (`ok` or `E<errno>`), or `killed` when the attack ended the attacker itself.
+async fn run_attack(session: &Session, attack: &Attack, sealing: Sealing) -> String {
+    let mut cmd = Command::new(FIXTURE);
+    cmd.args(&attack.args).stdin(Stdio::Null).stdout(Stdio::Piped).sealing(sealing);
+    let mut child = session.spawn(&mut cmd).unwrap();
+    assert_eq!(child.is_sealed(), sealing != Sealing::Off);
+    let lines = read_until(child.stdout.as_mut().unwrap(), "").await;
+    let status = child.wait().await.unwrap();
+    match lines.last().and_then(|l| l.rsplit_once('=')) {
+        Some((_, result)) => result.to_owned(),
+        None => format!("no result (exit {status:?})"),
+    }
+}
+
+/// Starts a victim that sleeps, and returns it.
+fn victim(session: &Session) -> procscope::ContainedChild {
+    let mut cmd = Command::new(FIXTURE);
+    cmd.args(["sleep", "3600"]).stdin(Stdio::Null).stdout(Stdio::Null);
+    session.spawn(&mut cmd).unwrap()
+}
+
+struct Scene {
+    a: Supervisor,
+    b: Supervisor,
+    attacker: Session,
+    other: Session,
+    foreign: Session,
+    targets: Targets,
+}
+
+async fn scene(env: &TestEnv) -> Scene {
+    let grace = Duration::from_millis(200);
+    let a = Supervisor::builder().root(env.path()).grace(grace).start().await.unwrap();
+    let b = Supervisor::builder().root(env.path()).grace(grace).recover(false).start().await.unwrap();
+    let attacker = a.session("attacker").unwrap();
+    let other = a.session("other").unwrap();
+    let foreign = b.session("foreign").unwrap();
+    let targets = Targets {
+        mount: Hierarchy::discover().unwrap().mount_point,
+        root: env.path(),
+        instance: a.instance().path().to_owned(),
+        own: attacker.cgroup().path().to_owned(),
+        other: other.cgroup().path().to_owned(),
+        foreign: foreign.cgroup().path().to_owned(),
+        foreign_instance: b.instance().path().to_owned(),
+        mount_evil: format!("procscope-evil-{}", std::process::id()),
+    };
+    Scene { a, b, attacker, other, foreign, targets }
+}
+
+/// Sealed: every attack fails, nothing in the tree changes, every session is
+/// still listed as it was and ends completely.
+#[tokio::test]
+async fn a_sealed_uid0_child_cannot_escape_tamper_or_forge() {
+    let env = TestEnv::new();
+    within(60, async {
+        let s = scene(&env).await;
+        let mut victims = [victim(&s.other), victim(&s.foreign)];
+        let before = snapshot(&env.path());
+        for attack in attacks(&s.targets) {
+            let result = run_attack(&s.attacker, &attack, Sealing::Auto).await;
+            assert!(result.starts_with('E'), "sealed, the attack '{}' ({:?}) got {result}", attack.name, attack.args);
+        }
+        assert_eq!(snapshot(&env.path()), before, "the tree changed under a sealed attacker");
+        assert!(!s.targets.mount.join(&s.targets.mount_evil).exists(), "a cgroup appeared in the mount's root");
+        for v in &victims {
+            assert!(v.pidfd().is_alive(), "a victim died");
+        }
+
+        // Listed as before: both instances, their sessions active, the victims in them.
+        let listed = tree::list(&Root::open(env.path()).unwrap()).unwrap();
+        let sessions: BTreeMap<String, (String, usize)> = listed
+            .iter()
+            .flat_map(|i| i.sessions.iter().map(|s| (s.id.clone(), (s.state.as_str().to_owned(), s.processes))))
+            .collect();
+        assert_eq!(listed.len(), 2, "{listed:?}");
+        assert_eq!(sessions["attacker"], ("active".to_owned(), 0));
+        assert_eq!(sessions["other"], ("active".to_owned(), 1));
+        assert_eq!(sessions["foreign"], ("active".to_owned(), 1));
+
+        for session in [s.attacker, s.other, s.foreign] {
+            let t = session.close().await.unwrap();
+            assert!(t.removed, "{t:?}");
+        }
+        for v in &mut victims {
+            v.wait().await.unwrap();
+        }
+        s.a.shutdown().await.unwrap();
+        s.b.shutdown().await.unwrap();
+    })
+    .await;
+    env.finish().await;
+}
+
+/// The control: sealing off, the same child escapes, kills another session,
+/// creates cgroups and writes the root's limits. Only procscope's state stays
+/// out of reach, because it lives in `trusted.*` (the same forgery against
+/// `user.*` works).
+#[tokio::test]
+async fn control_unsealed_the_attacks_work() {
+    let env = TestEnv::new();
+    within(60, async {
+        let s = scene(&env).await;
+        let mut other_victim = victim(&s.other);
+        let mut results = BTreeMap::new();
+        for attack in attacks(&s.targets) {
+            let result = run_attack(&s.attacker, &attack, Sealing::Off).await;
+            results.insert((attack.name, attack.args.get(2).cloned().unwrap_or_default()), result);
+        }
+        let get =
+            |name: &str| -> Vec<&String> { results.iter().filter(|(k, _)| k.0 == name).map(|(_, v)| v).collect() };
+        for worked in [
+            "leave the session for the mount's root",
+            "move into another session",
+            "create a cgroup in its own session",
+            "create a cgroup in the root",
+            "limit the root's descendants",
+            "kill another session",
+            "kill another gateway's session",
+            "lift its own session's limits",
+        ] {
+            assert_eq!(get(worked), [&"ok".to_owned()], "unsealed, '{worked}' should work: {results:?}");
+        }
+        // trusted.* needs CAP_SYS_ADMIN, user.* only ownership.
+        for (k, v) in &results {
+            if k.1.starts_with("trusted.") {
+                assert_eq!(v, "E1", "unsealed, {k:?} is still refused (EPERM)");
+            } else if k.1.starts_with("user.") {
+                assert!(v == "ok" || v == "E61", "unsealed, {k:?} is writable: {v}");
+            }
+        }
+        // The kill of another session worked: its victim is dead.
+        let status = other_victim.wait().await.unwrap();
+        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(libc::SIGKILL));
+        // Undo what the control did, so the test cleans up like any other.
+        let root = Cgroup::open(env.path()).unwrap();
+        root.write("cgroup.max.descendants", "max").unwrap();
+        root.write("cgroup.max.depth", "max").unwrap();
+        root.remove_child("evil").unwrap();
+        // (The mount's root directory refuses it even unsealed: mode 0555 here.)
+        let _ = Cgroup::open(&s.targets.mount).unwrap().remove_child(&s.targets.mount_evil);
+        Cgroup::open(&s.targets.instance).unwrap().write("cgroup.max.descendants", "max").unwrap();
+        s.attacker.cgroup().remove_child("sub").unwrap();
+        for session in [s.attacker, s.other, s.foreign] {
+            session.close().await.unwrap();
+        }
+        s.a.shutdown().await.unwrap();
+        s.b.shutdown().await.unwrap();
+    })
+    .await;
+    env.finish().await;
+}
+
+/// Verified endings: a tracked child that left its cgroup (possible only
+/// unsealed) and ignores SIGTERM is still ended by `close()`, through its
+/// pidfd, and counted as killed — never reported as a success while alive.
+#[tokio::test]
+async fn close_kills_a_tracked_child_that_left_its_cgroup() {
+    let env = TestEnv::new();
+    within(30, async {
+        let sup = Supervisor::builder().root(env.path()).grace(Duration::from_millis(200)).start().await.unwrap();
+        let session = sup.session("leaver").unwrap();
+        let mount = Hierarchy::discover().unwrap().mount_point;
+        let procs = mount.join("cgroup.procs").to_string_lossy().into_owned();
+        let mut cmd = Command::new(FIXTURE);
+        cmd.args(["ignore-term", "try-write", &procs, "0", "ready", "sleep", "3600"])
+            .stdin(Stdio::Null)
+            .stdout(Stdio::Piped)
+            .sealing(Sealing::Off);
+        let mut child = session.spawn(&mut cmd).unwrap();
+        let lines = read_until(child.stdout.as_mut().unwrap(), "ready").await;
+        assert!(lines.iter().any(|l| l.ends_with("cgroup.procs=ok")), "{lines:?}");
+        assert_eq!(cgroup_of(child.id()).as_deref(), Some("/"), "the child left its session");
+        let t = session.close().await.unwrap();
+        assert_eq!(t.killed, 1, "{t:?}");
+        assert_eq!(t.terminated, 0, "{t:?}");
+        assert!(!child.pidfd().is_alive(), "close() returned while the child lived");
+        let status = child.wait().await.unwrap();
+        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(libc::SIGKILL));
+        sup.shutdown().await.unwrap();
+    })
+    .await;
+    env.finish().await;
+}
+
+/// Through `procscope exec`: sealed by default, `--no-seal` is the control.
+#[tokio::test]
+async fn exec_seals_by_default_and_no_seal_is_the_control() {
+    let env = TestEnv::new();
+    within(60, async {
+        let s = scene(&env).await;
+        let mut other_victim = victim(&s.other);
+        let other_kill = s.targets.other.join("cgroup.kill").to_string_lossy().into_owned();
+        let escape = s.targets.mount.join("cgroup.procs").to_string_lossy().into_owned();
+        let root = env.path().to_string_lossy().into_owned();
+        let run = |extra: &[&str]| {
+            let mut args = vec!["exec", "--root", &root, "--session", "x"];
+            args.extend_from_slice(extra);
+            args.extend_from_slice(&["--", FIXTURE, "try-write", &escape, "0", "try-write", &other_kill, "1"]);
+            let out = std::process::Command::new(PROCSCOPE).args(&args).output().unwrap();
+            (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+        };
+        let before = snapshot(&env.path());
+        for extra in [&[][..], &["--seal"][..]] {
+            let (code, out) = run(extra);
+            assert_eq!(code, Some(0), "{out}");
+            assert!(out.contains("cgroup.procs=E30") && out.contains("cgroup.kill=E30"), "EROFS expected: {out}");
+            assert!(other_victim.pidfd().is_alive());
+        }
+        assert_eq!(snapshot(&env.path()), before, "the tree changed under a sealed exec");
+
+        let (code, out) = run(&["--no-seal"]);
+        assert_eq!(code, Some(0), "{out}");
+        assert!(out.contains("cgroup.procs=ok") && out.contains("cgroup.kill=ok"), "unsealed, both work: {out}");
+        other_victim.wait().await.unwrap();
+        for session in [s.attacker, s.other, s.foreign] {
+            session.close().await.unwrap();
+        }
+        s.a.shutdown().await.unwrap();
+        s.b.shutdown().await.unwrap();
+    })
+    .await;
+    env.finish().await;
+}
+
+/// A guardian children cannot stop. A sealed uid-0 child can neither kill, stop
+/// nor read the memory of the gateway's guardian; the same child kills a uid-0
+/// process that lacks the guardian's identity (the control). After the
+/// attempts the gateway is SIGKILLed, and the guardian still ends its sessions.
+#[tokio::test]
+async fn a_uid0_child_cannot_stop_the_guardian() {
+    use std::io::BufRead;
+    let env = TestEnv::new();
+    within(60, async {
+        let mut gateway = std::process::Command::new(FIXTURE)
+            .args(["gateway", env.path().to_str().unwrap(), "1", "1"])
+            .env("PROCSCOPE_BIN", PROCSCOPE)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = Vec::new();
+        let mut out = std::io::BufReader::new(gateway.stdout.take().unwrap());
+        while lines.last().map(String::as_str) != Some("ready") {
+            let mut line = String::new();
+            assert!(out.read_line(&mut line).unwrap() > 0, "gateway exited early: {lines:?}");
+            lines.push(line.trim().to_owned());
+        }
+        let guardian: i32 = field(&lines, "guardian").parse().unwrap();
+        let guardian_fd = procscope::PidFd::open(procscope::Pid::from_raw(guardian).unwrap()).unwrap();
+        let instance = Cgroup::open(field(&lines, "instance")).unwrap();
+        let status = std::fs::read_to_string(format!("/proc/{guardian}/status")).unwrap();
+        let uids = status.lines().find_map(|l| l.strip_prefix("Uid:")).unwrap();
+        let uids: Vec<&str> = uids.split_whitespace().collect();
+        assert_eq!(uids, ["2147483646", "0", "2147483646", "0"], "real, effective, saved, fs uid");
+
+        let mut control = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+        let sup = Supervisor::builder().root(env.path()).recover(false).start().await.unwrap();
+        let attacker = sup.session("attacker").unwrap();
+        let g = guardian.to_string();
+        let tries: Vec<Attack> = vec![
+            Attack { name: "kill the guardian", args: vec!["try-kill".into(), g.clone(), "KILL".into()] },
+            Attack { name: "stop the guardian", args: vec!["try-kill".into(), g.clone(), "STOP".into()] },
+            Attack { name: "read the guardian's memory", args: vec!["try-read".into(), format!("/proc/{g}/environ")] },
+        ];
+        for attack in &tries {
+            let result = run_attack(&attacker, attack, Sealing::Auto).await;
+            assert!(result.starts_with('E'), "'{}' got {result}", attack.name);
+        }
+        let control_kill = Attack {
+            name: "kill a uid-0 process",
+            args: vec!["try-kill".into(), control.id().to_string(), "KILL".into()],
+        };
+        assert_eq!(run_attack(&attacker, &control_kill, Sealing::Auto).await, "ok", "the control kill works");
+        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&control.wait().unwrap()), Some(libc::SIGKILL));
+        assert!(guardian_fd.is_alive(), "the guardian survived the attempts");
+        let state = std::fs::read_to_string(format!("/proc/{guardian}/stat")).unwrap();
+        assert!(!state.contains(") T "), "the guardian is not stopped: {state}");
+
+        // The guardian still does its job.
+        gateway.kill().unwrap();
+        gateway.wait().unwrap();
+        tokio::time::timeout(Duration::from_secs(5), guardian_fd.exited()).await.expect("guardian exits").unwrap();
+        assert!(!instance.path().exists(), "the guardian removed the gateway's instance");
+        attacker.close().await.unwrap();
+        sup.shutdown().await.unwrap();
+    })
+    .await;
+    env.finish().await;
+}
