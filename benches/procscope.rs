@@ -106,6 +106,7 @@ fn main() -> ExitCode {
             };
         }
         group!("spawn", spawn_latency);
+        group!("sealing", sealing_cost);
         group!("join", join_fallback);
         group!("spawn_2gib", spawn_2gib);
         group!("cycle", session_cycle);
@@ -231,6 +232,53 @@ async fn spawn_latency(cfg: &Cfg, r: &mut Results) -> anyhow::Result<()> {
         "x",
         Target::Max(1.25),
         &format!("p50/p50, {n} interleaved pairs; p99/p99 = {:.2}", ps.p99() / tk.p99()),
+    );
+    drop(session);
+    sup.shutdown().await?;
+    Ok(())
+}
+
+/// `spawn_unsealed_p50_us`, `sealing_cost_ratio`: what sealing adds to a spawn
+/// (a cgroup and a mount namespace, the cgroup mounts read-only): sealed
+/// (the default for a root gateway) against `Sealing::Off`, interleaved; and
+/// the whole cycle to the child's exit (namespace teardown included).
+async fn sealing_cost(cfg: &Cfg, r: &mut Results) -> anyhow::Result<()> {
+    let n = cfg.n(1000, 3000);
+    let sup = supervisor(cfg, procscope::DEFAULT_GRACE).await?;
+    let session = sup.session("sealing")?;
+    let (mut sealed, mut unsealed) = (Samples::with_capacity(n), Samples::with_capacity(n));
+    let (mut sealed_cycle, mut unsealed_cycle) = (Samples::with_capacity(n), Samples::with_capacity(n));
+    for i in 0..n + WARMUP {
+        for step in 0..2 {
+            let seal = (step == 0) == (i % 2 == 0);
+            let mut cmd = ps_true();
+            cmd.sealing(if seal { procscope::Sealing::Required } else { procscope::Sealing::Off });
+            let t = Instant::now();
+            let mut c = session.spawn(&mut cmd)?;
+            let d = t.elapsed();
+            ensure!(c.is_sealed() == seal, "sealing not as asked");
+            ensure!(c.wait().await?.success(), "/bin/true failed");
+            let cycle = t.elapsed();
+            if i >= WARMUP {
+                let (s, cy) =
+                    if seal { (&mut sealed, &mut sealed_cycle) } else { (&mut unsealed, &mut unsealed_cycle) };
+                s.push_us(d);
+                cy.push_us(cycle);
+            }
+        }
+    }
+    r.add("spawn_sealed_p50_us", sealed.median(), "us", Target::None);
+    r.add("spawn_unsealed_p50_us", unsealed.median(), "us", Target::None);
+    r.add_note(
+        "sealing_cost_ratio",
+        sealed.median() / unsealed.median(),
+        "x",
+        Target::None,
+        &format!(
+            "sealed/unsealed spawn p50, {n} interleaved pairs; spawn to exit {:.0} vs {:.0} us",
+            sealed_cycle.median(),
+            unsealed_cycle.median()
+        ),
     );
     drop(session);
     sup.shutdown().await?;

@@ -185,7 +185,8 @@ fn seal_mounts(entries: &[MountEntry]) -> Vec<SealMount> {
         if out.iter().any(|o| o.path == path) {
             continue;
         }
-        out.push(SealMount { path, keep_flags: keep_flags(&m.options) });
+        let covered = out.iter().any(|o| m.mount_point.starts_with(std::ffi::OsStr::from_bytes(o.path.as_bytes())));
+        out.push(SealMount { path, keep_flags: keep_flags(&m.options), covered });
     }
     out
 }
@@ -260,5 +261,7 @@ mod tests {
         assert_eq!(paths, ["/sys/fs/cgroup", "/sys/fs/cgroup/cpu", "/sys/fs/cgroup/unified", "/srv/with space"]);
         assert_eq!(m[1].keep_flags, libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC | libc::MS_RELATIME);
         assert_eq!(m[3].keep_flags, 0);
+        let covered: Vec<bool> = m.iter().map(|m| m.covered).collect();
+        assert_eq!(covered, [false, true, true, false], "the recursive setattr of /sys/fs/cgroup covers both");
     }
 }

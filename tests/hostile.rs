@@ -405,3 +405,22 @@ async fn a_uid0_child_cannot_stop_the_guardian() {
     .await;
     env.finish().await;
 }
+
+/// `procscope doctor` reports the protections in force here: sealing on (this
+/// test runs as root), the cgroup mounts a sealed child sees read-only, and
+/// the state kept in `trusted.*`.
+#[tokio::test]
+async fn doctor_reports_the_protections_in_force() {
+    let env = TestEnv::new();
+    let out =
+        std::process::Command::new(PROCSCOPE).args(["doctor", "--json", "--root"]).arg(env.path()).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let sealing = &v["sealing"];
+    assert_eq!(sealing["sealed_by_default"], true, "{v}");
+    let mount = Hierarchy::discover().unwrap().mount_point;
+    let ro: Vec<&str> = sealing["read_only_mounts"].as_array().unwrap().iter().map(|m| m.as_str().unwrap()).collect();
+    assert!(ro.contains(&mount.to_str().unwrap()), "{ro:?}");
+    assert_eq!(sealing["state_xattrs"], "trusted.procscope.*", "{v}");
+    assert_eq!(sealing["guardian_uid"], 2147483646u32, "{v}");
+    env.finish().await;
+}

@@ -96,6 +96,28 @@ pub async fn run(root: Option<PathBuf>, json: bool) -> i32 {
         .as_deref()
         .and_then(|o| o.split('/').rev().find(|c| c.ends_with(".service") || c.ends_with(".scope")).map(str::to_owned));
 
+    let seal = procscope::seal_status();
+    if let Some((missing, fix)) = &seal.missing {
+        problems.push(Problem {
+            problem: format!(
+                "children run unsealed ({missing} is missing): a child running as this user can leave its \
+                 session, write cgroup files and forge procscope's state"
+            ),
+            fix: (*fix).into(),
+            degrades: false,
+        });
+    } else if !seal.nsdelegate && mount.is_some() {
+        problems.push(Problem {
+            problem: "cgroup2 is mounted without nsdelegate: sealed children are kept in by their read-only \
+                      view of the cgroup mounts alone"
+                .into(),
+            fix: "mount cgroup2 with nsdelegate (systemd does), so that a cgroup namespace is a delegation \
+                  boundary as well"
+                .into(),
+            degrades: false,
+        });
+    }
+    let state_xattrs = root.as_ref().map(|r| format!("{}*", r.cgroup().meta_prefix())).unwrap_or_default();
     let degraded = problems.iter().any(|p| p.degrades);
     if json {
         let v = json!({
@@ -114,6 +136,15 @@ pub async fn run(root: Option<PathBuf>, json: bool) -> i32 {
                 "cgroup_kill": f.cgroup_kill, "cgroup_freeze": f.cgroup_freeze,
             })),
             "capabilities": caps,
+            "sealing": {
+                "sealed_by_default": seal.sealed_by_default,
+                "cgroup_namespace": seal.sealed_by_default,
+                "read_only_mounts": seal.read_only_mounts,
+                "read_only_by": seal.read_only_by,
+                "nsdelegate": seal.nsdelegate,
+                "state_xattrs": state_xattrs,
+                "guardian_uid": procscope::guardian::GUARDIAN_UID,
+            },
             "systemd": { "running": systemd, "unit": unit },
             "problems": problems.iter().map(|p| json!({"problem": p.problem, "fix": p.fix, "degrades": p.degrades})).collect::<Vec<_>>(),
             "ok": !degraded,
@@ -131,6 +162,24 @@ pub async fn run(root: Option<PathBuf>, json: bool) -> i32 {
         show("spawn mechanism", spawn);
         show("kill mechanism", kill);
         show("capabilities", &format!("CapEff {caps}"));
+        show(
+            "sealing",
+            &if seal.sealed_by_default {
+                format!(
+                    "on: cgroup namespace per child; read-only ({}): {}; nsdelegate: {}",
+                    seal.read_only_by,
+                    seal.read_only_mounts.join(" "),
+                    if seal.nsdelegate { "yes" } else { "no" }
+                )
+            } else {
+                "OFF (see below)".into()
+            },
+        );
+        show("state xattrs", if state_xattrs.is_empty() { "?" } else { &state_xattrs });
+        show(
+            "guardian identity",
+            &format!("uid {} (real and saved), no capability but CAP_KILL", procscope::guardian::GUARDIAN_UID),
+        );
         show(
             "systemd",
             &if systemd {

@@ -49,6 +49,9 @@ pub(crate) struct SealMount {
     /// `MS_NOSUID`, `MS_NODEV`, `MS_NOEXEC` and the atime flags the mount has
     /// now, kept by the pre-5.12 remount (which would otherwise clear them).
     pub keep_flags: u64,
+    /// Below an earlier mount of the list: the recursive `mount_setattr` of that
+    /// one covered it already (only the per-mount remount needs it).
+    pub covered: bool,
 }
 
 /// Seals the calling child: new cgroup and mount namespaces, then every mount
@@ -62,7 +65,11 @@ pub(super) fn seal(mounts: &[SealMount]) -> Result<(), (ChildStage, i32)> {
         return Err((ChildStage::SealNamespaces, errno()));
     }
     let attr = MountAttr { attr_set: MOUNT_ATTR_RDONLY, attr_clr: 0, propagation: 0, userns_fd: 0 };
+    let mut recursive = true;
     for m in mounts {
+        if m.covered && recursive {
+            continue;
+        }
         // SAFETY: a NUL-terminated path and a valid `mount_attr` of the given size.
         let r = unsafe {
             libc::syscall(
@@ -81,6 +88,7 @@ pub(super) fn seal(mounts: &[SealMount]) -> Result<(), (ChildStage, i32)> {
         if e != libc::ENOSYS {
             return Err((ChildStage::SealMounts, e));
         }
+        recursive = false;
         // Before Linux 5.12: a read-only bind remount of this one mount (the
         // parent lists every cgroup mount, nested ones included).
         let flags = libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | m.keep_flags;
