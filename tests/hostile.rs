@@ -145,6 +145,18 @@ struct Scene {
     targets: Targets,
 }
 
+impl Scene {
+    /// Closes every session (each must be removed) and shuts both supervisors down.
+    async fn end(self) {
+        for session in [self.attacker, self.other, self.foreign] {
+            let t = session.close().await.unwrap();
+            assert!(t.removed, "{t:?}");
+        }
+        self.a.shutdown().await.unwrap();
+        self.b.shutdown().await.unwrap();
+    }
+}
+
 async fn scene(env: &TestEnv) -> Scene {
     let grace = Duration::from_millis(200);
     let a = Supervisor::builder().root(env.path()).grace(grace).start().await.unwrap();
@@ -195,15 +207,10 @@ async fn a_sealed_uid0_child_cannot_escape_tamper_or_forge() {
         assert_eq!(sessions["other"], ("active".to_owned(), 1));
         assert_eq!(sessions["foreign"], ("active".to_owned(), 1));
 
-        for session in [s.attacker, s.other, s.foreign] {
-            let t = session.close().await.unwrap();
-            assert!(t.removed, "{t:?}");
-        }
+        s.end().await;
         for v in &mut victims {
             v.wait().await.unwrap();
         }
-        s.a.shutdown().await.unwrap();
-        s.b.shutdown().await.unwrap();
     })
     .await;
     env.finish().await;
@@ -258,11 +265,7 @@ async fn control_unsealed_the_attacks_work() {
         let _ = Cgroup::open(&s.targets.mount).unwrap().remove_child(&s.targets.mount_evil);
         Cgroup::open(&s.targets.instance).unwrap().write("cgroup.max.descendants", "max").unwrap();
         s.attacker.cgroup().remove_child("sub").unwrap();
-        for session in [s.attacker, s.other, s.foreign] {
-            session.close().await.unwrap();
-        }
-        s.a.shutdown().await.unwrap();
-        s.b.shutdown().await.unwrap();
+        s.end().await;
     })
     .await;
     env.finish().await;
@@ -330,11 +333,7 @@ async fn exec_seals_by_default_and_no_seal_is_the_control() {
         assert_eq!(code, Some(0), "{out}");
         assert!(out.contains("cgroup.procs=ok") && out.contains("cgroup.kill=ok"), "unsealed, both work: {out}");
         other_victim.wait().await.unwrap();
-        for session in [s.attacker, s.other, s.foreign] {
-            session.close().await.unwrap();
-        }
-        s.a.shutdown().await.unwrap();
-        s.b.shutdown().await.unwrap();
+        s.end().await;
     })
     .await;
     env.finish().await;
