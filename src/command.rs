@@ -315,7 +315,7 @@ impl Command {
             setsid: self.setsid,
             last_cap: last_cap(),
             keep_caps: self.keep_caps,
-            seal: seal.as_deref().map(Vec::as_slice),
+            seal: seal.as_ref().map(crate::seal::SealPlan::child),
         };
         let (spawned, mechanism) = place(&plan, &self.program.to_string_lossy())?;
         Ok(ContainedChild::new(spawned, pipes.into_parent_ends(), mechanism, seal.is_some()))

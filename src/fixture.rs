@@ -247,6 +247,10 @@ fn print_self() {
     say(&format!("uid={}", field("Uid:")));
     say(&format!("gid={}", field("Gid:")));
     say(&format!("groups={}", field("Groups:")));
+    let link = |p: &str| std::fs::read_link(p).map(|l| l.display().to_string()).unwrap_or_default();
+    say(&format!("cwd={}", link("/proc/self/cwd")));
+    say(&format!("mntns={}", link("/proc/self/ns/mnt")));
+    say(&format!("cgroupns={}", link("/proc/self/ns/cgroup")));
 }
 
 fn record_signals(path: &str) -> ! {

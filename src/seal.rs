@@ -12,15 +12,22 @@
 //! Where the cgroup2 mount has `nsdelegate` (systemd sets it), the cgroup
 //! namespace is a delegation boundary of its own as well.
 //!
-//! The child makes these steps itself, first of all its steps, while it still
-//! holds `CAP_SYS_ADMIN`; the parent only lists the cgroup mounts. That list is
-//! read from `/proc/self/mountinfo` again whenever the mount table has changed
-//! (the file polls `POLLPRI` on a change), so a cgroup hierarchy mounted while
-//! the gateway runs is sealed too.
+//! The parent prepares one sealed mount namespace: a copy of its own in which
+//! every cgroup mount is read-only and receives no mounts from its peers. Each
+//! child joins it (`setns`) as the first of its steps, while it still holds
+//! `CAP_SYS_ADMIN`, takes a cgroup namespace of its own and returns to the
+//! parent's working directory. No mount table is copied per child and none is
+//! torn down when a child exits (a teardown waits for an RCU grace period,
+//! which with many exits at once is slow). The namespace is built again
+//! whenever `/proc/self/mountinfo` polls `POLLPRI` (the mount table changed),
+//! so a child sealed later sees a hierarchy mounted meanwhile read-only, and
+//! every other mount as the parent sees it then. A parent whose root is not
+//! its namespace's root (a chroot) or whose working directory is gone has
+//! each child copy the namespace and seal the copy itself instead.
 
 use std::io::Read;
-use std::os::fd::OwnedFd;
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use rustix::event::{PollFd, PollFlags};
@@ -28,7 +35,7 @@ use rustix::fs::{Mode, OFlags};
 
 use crate::cgroup::hierarchy::{MountEntry, parse_mountinfo};
 use crate::error::{Error, Result};
-use crate::sys::seal::SealMount;
+use crate::sys::seal::{ChildSeal, SealMount};
 
 /// Whether children are sealed into their session.
 ///
@@ -107,10 +114,18 @@ pub(crate) fn capability() -> Capability {
 /// [`Error::SealingUnavailable`] when sealing is required (explicitly, or by
 /// [`Sealing::Auto`] for a process with `CAP_SYS_ADMIN`) but cannot be done;
 /// [`Error::Io`] when the mount table cannot be read.
-pub(crate) fn plan(sealing: Sealing) -> Result<Option<Arc<Vec<SealMount>>>> {
+pub(crate) fn plan(sealing: Sealing) -> Result<Option<SealPlan>> {
     match (sealing, capability()) {
         (Sealing::Off, _) => Ok(None),
-        (_, Capability::Yes) => cgroup_mounts().map(Some),
+        (_, Capability::Yes) => {
+            let (mounts, template) = current()?;
+            // The template's root is this process's root; the working
+            // directory is re-entered by path (`setns` resets it), so a
+            // directory without a path (removed) means copying instead.
+            let cwd =
+                std::env::current_dir().ok().and_then(|d| std::ffi::CString::new(d.into_os_string().into_vec()).ok());
+            Ok(Some(SealPlan { mounts, template: template.zip(cwd) }))
+        }
         (Sealing::Required, Capability::No { missing, fix }) => Err(Error::SealingUnavailable { missing, fix }),
         (Sealing::Auto, Capability::No { missing, .. }) => {
             static WARNED: std::sync::Once = std::sync::Once::new();
@@ -126,21 +141,45 @@ pub(crate) fn plan(sealing: Sealing) -> Result<Option<Arc<Vec<SealMount>>>> {
     }
 }
 
+/// What one sealed spawn uses.
+pub(crate) struct SealPlan {
+    mounts: Arc<Vec<SealMount>>,
+    /// The prepared namespace and this process's working directory.
+    template: Option<(Arc<OwnedFd>, std::ffi::CString)>,
+}
+
+impl SealPlan {
+    /// The child's sealing step.
+    pub(crate) fn child(&self) -> ChildSeal<'_> {
+        match &self.template {
+            Some((ns, cwd)) => ChildSeal::Template { ns: ns.as_fd(), cwd },
+            None => ChildSeal::Copy(&self.mounts),
+        }
+    }
+}
+
 /// The watched mount table: an open `/proc/self/mountinfo` (it polls
-/// `POLLPRI` once the table changes) and the cgroup mounts read from it.
+/// `POLLPRI` once the table changes), the cgroup mounts read from it and the
+/// sealed mount namespace built from them.
 struct Table {
     watch: OwnedFd,
     mounts: Arc<Vec<SealMount>>,
+    template: Option<Arc<OwnedFd>>,
 }
 
 static TABLE: Mutex<Option<Table>> = Mutex::new(None);
 
-/// The cgroup mounts (v1 and v2) of this process's mount namespace, read again
-/// when the mount table changed since the last read.
+/// The cgroup mounts and the sealed namespace prepared from them.
+type Prepared = (Arc<Vec<SealMount>>, Option<Arc<OwnedFd>>);
+
+/// The cgroup mounts (v1 and v2) of this process's mount namespace and the
+/// sealed namespace built from them, both made again when the mount table
+/// changed since the last call: children sealed later see a hierarchy mounted
+/// meanwhile read-only too, and every other mount as it is now.
 ///
 /// # Errors
 /// [`Error::Io`] when `/proc/self/mountinfo` cannot be read.
-pub(crate) fn cgroup_mounts() -> Result<Arc<Vec<SealMount>>> {
+fn current() -> Result<Prepared> {
     let mut table = TABLE.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(t) = table.as_ref() {
         let mut fds = [PollFd::new(&t.watch, PollFlags::PRI)];
@@ -149,7 +188,7 @@ pub(crate) fn cgroup_mounts() -> Result<Arc<Vec<SealMount>>> {
             Err(_) => true,
         };
         if !changed {
-            return Ok(Arc::clone(&t.mounts));
+            return Ok((Arc::clone(&t.mounts), t.template.clone()));
         }
     }
     const PATH: &str = "/proc/self/mountinfo";
@@ -159,14 +198,25 @@ pub(crate) fn cgroup_mounts() -> Result<Arc<Vec<SealMount>>> {
     let mut text = String::new();
     file.read_to_string(&mut text).map_err(|e| Error::io("read", PATH, e))?;
     let mounts = Arc::new(seal_mounts(&parse_mountinfo(&text)));
-    *table = Some(Table { watch: OwnedFd::from(file), mounts: Arc::clone(&mounts) });
-    Ok(mounts)
+    // A template that cannot be built is not fatal: each child then copies
+    // the namespace itself, and fails closed if that fails too.
+    let template = match crate::sys::seal::build_template(&mounts) {
+        Ok(ns) => ns.map(Arc::new),
+        Err(e) => {
+            tracing::debug!(error = %e, "no shared sealed mount namespace; each sealed child copies its own");
+            None
+        }
+    };
+    *table = Some(Table { watch: OwnedFd::from(file), mounts: Arc::clone(&mounts), template: template.clone() });
+    Ok((mounts, template))
 }
 
-/// Opens the mount-table watch now, so that a test counting fds can take its
-/// baseline after it.
+/// Opens the mount-table watch and builds the sealed namespace now, so that a
+/// test counting fds can take its baseline after them.
 pub(crate) fn init() {
-    let _ = cgroup_mounts();
+    if capability() == Capability::Yes {
+        let _ = current();
+    }
 }
 
 /// Every `cgroup` and `cgroup2` mount point, once each, with the flags a

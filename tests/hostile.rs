@@ -303,6 +303,78 @@ async fn close_kills_a_tracked_child_that_left_its_cgroup() {
     env.finish().await;
 }
 
+/// Sealed children join one prepared mount namespace (not the gateway's), each
+/// with a cgroup namespace of its own, in the gateway's working directory. A
+/// cgroup hierarchy mounted while the gateway runs is read-only for children
+/// sealed after it; the control, unsealed, creates a cgroup there.
+#[tokio::test]
+async fn a_hierarchy_mounted_later_is_sealed_for_later_children() {
+    let env = TestEnv::new();
+    let late = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("late-cgroup2-{}", nanos()));
+    std::fs::create_dir_all(&late).unwrap();
+    within(60, async {
+        let sup = Supervisor::builder().root(env.path()).start().await.unwrap();
+        let session = sup.session("s").unwrap();
+        let describe = |args: &[&str], sealing: Sealing| {
+            let mut cmd = Command::new(FIXTURE);
+            cmd.arg("self").args(args).stdin(Stdio::Null).stdout(Stdio::Piped).sealing(sealing);
+            session.spawn(&mut cmd).unwrap()
+        };
+        let link = |p: &str| std::fs::read_link(p).unwrap().display().to_string();
+        let (own_mnt, own_cgroupns) = (link("/proc/self/ns/mnt"), link("/proc/self/ns/cgroup"));
+        let cwd = std::env::current_dir().unwrap().display().to_string();
+
+        // Both alive at once, so that no namespace number is reused between them.
+        let mut seen = Vec::new();
+        let mut sleepers = [
+            describe(&["ready", "sleep", "3600"], Sealing::Auto),
+            describe(&["ready", "sleep", "3600"], Sealing::Auto),
+        ];
+        for child in &mut sleepers {
+            let lines = read_until(child.stdout.as_mut().unwrap(), "ready").await;
+            assert_eq!(field(&lines, "cwd"), cwd, "a sealed child starts in the gateway's directory");
+            seen.push((field(&lines, "mntns").to_owned(), field(&lines, "cgroupns").to_owned()));
+        }
+        assert_eq!(seen[0].0, seen[1].0, "sealed children share the prepared mount namespace");
+        assert_ne!(seen[0].0, own_mnt, "… which is not the gateway's");
+        assert_ne!(seen[0].1, seen[1].1, "each has a cgroup namespace of its own");
+        assert!(seen.iter().all(|s| s.1 != own_cgroupns));
+        for child in &mut sleepers {
+            child.kill().await.unwrap();
+        }
+
+        let mounted = std::process::Command::new("mount").args(["-t", "cgroup2", "none"]).arg(&late).status().unwrap();
+        assert!(mounted.success(), "mount -t cgroup2 at {}", late.display());
+        // The same hierarchy seen through the late mount: the test root's
+        // limit, written with the value it has ("max").
+        let rel = env.path().strip_prefix(Hierarchy::discover().unwrap().mount_point).unwrap().to_owned();
+        let limit = late.join(rel).join("cgroup.max.descendants").to_string_lossy().into_owned();
+        let try_write = |sealing| {
+            let mut child = describe(&["try-write", &limit, "max"], sealing);
+            async move {
+                let lines = read_until(child.stdout.as_mut().unwrap(), "").await;
+                child.wait().await.unwrap();
+                (field(&lines, "mntns").to_owned(), lines.last().cloned().unwrap_or_default())
+            }
+        };
+        let (mnt, result) = try_write(Sealing::Auto).await;
+        let outcome = result.rsplit_once('=').map(|(_, r)| r.to_owned());
+        assert_ne!(mnt, seen[0].0, "the mount table changed: a new prepared namespace");
+        // Unmount before asserting, so that a failure does not leave the mount.
+        let control = try_write(Sealing::Off).await.1;
+        let unmounted = std::process::Command::new("umount").arg(&late).status().unwrap();
+        assert!(unmounted.success());
+        assert_eq!(outcome.as_deref(), Some("E30"), "sealed, a write through the late mount: {result}");
+        assert!(control.ends_with("=ok"), "unsealed, the write through the late mount works: {control}");
+
+        session.close().await.unwrap();
+        sup.shutdown().await.unwrap();
+    })
+    .await;
+    let _ = std::fs::remove_dir(&late);
+    env.finish().await;
+}
+
 /// Through `procscope exec`: sealed by default, `--no-seal` is the control.
 #[tokio::test]
 async fn exec_seals_by_default_and_no_seal_is_the_control() {

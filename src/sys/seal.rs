@@ -1,23 +1,30 @@
 //! The child's sealing steps: a cgroup namespace rooted at its session and a
 //! mount namespace of its own in which every cgroup mount is read-only.
 //!
-//! They run first in the child, right after it is in its cgroup and while it
-//! still holds `CAP_SYS_ADMIN`; the later steps drop every capability, so the
-//! child can neither leave the namespaces (`setns` needs `CAP_SYS_ADMIN`) nor
-//! remount anything writable. This is systemd's `ProtectControlGroups=strict`
+//! The read-only mount namespace is prepared once, by the parent
+//! ([`build_template`]); each child joins it and takes a cgroup namespace of
+//! its own. Both steps run first in the child, right after it is in its cgroup
+//! and while it still holds `CAP_SYS_ADMIN`; the later steps drop every
+//! capability, so the child can neither leave the namespaces (`setns` needs
+//! `CAP_SYS_ADMIN`) nor remount anything writable. This is systemd's `ProtectControlGroups=strict`
 //! (a cgroup namespace plus a read-only cgroup view) and runc's setup.
 //!
 //! # Async-signal safety
 //!
-//! Everything here runs in the child between clone and `execve`: raw system
-//! calls on memory the parent prepared, no allocation, no locks.
+//! Everything here but [`build_template`] runs in the child between clone and
+//! `execve`: raw system calls on memory the parent prepared, no allocation, no
+//! locks.
 //!
 //! # References
 //! - unshare(2), cgroup_namespaces(7), mount_namespaces(7), mount_setattr(2)
 //! - Documentation/admin-guide/cgroup-v2.rst, "Namespace" and "nsdelegate"
 
-use std::ffi::{CString, c_long};
+use std::ffi::{CStr, CString, c_long};
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::ptr;
+
+use rustix::fs::{Mode, OFlags};
 
 use super::spawn::ChildStage;
 
@@ -54,17 +61,57 @@ pub(crate) struct SealMount {
     pub covered: bool,
 }
 
-/// Seals the calling child: new cgroup and mount namespaces, then every mount
-/// in `mounts` read-only (recursively with `mount_setattr`, else one
-/// `MS_REMOUNT | MS_BIND | MS_RDONLY` per mount). Async-signal-safe.
-pub(super) fn seal(mounts: &[SealMount]) -> Result<(), (ChildStage, i32)> {
-    // SAFETY: unshare affects only this task; CLONE_NEWNS needs an fs_struct of
-    // our own, which we have (no CLONE_FS).
-    let r = unsafe { libc::syscall(libc::SYS_unshare, libc::CLONE_NEWCGROUP | libc::CLONE_NEWNS) };
-    if r < 0 {
-        return Err((ChildStage::SealNamespaces, errno()));
+/// How a sealed child gets its read-only view of the cgroup mounts.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum ChildSeal<'a> {
+    /// Join this prepared mount namespace (see [`build_template`]) and return
+    /// to `cwd`, the parent's working directory, by path: `setns` resets the
+    /// root and working directory to the namespace's root. Nothing is copied
+    /// per child, and nothing is torn down when it exits.
+    Template { ns: BorrowedFd<'a>, cwd: &'a CStr },
+    /// Copy the parent's mount namespace and make these mounts read-only in
+    /// the copy (a gateway whose root is not its namespace's root, or whose
+    /// working directory has no path).
+    Copy(&'a [SealMount]),
+}
+
+/// Seals the calling child: a cgroup namespace of its own (rooted at the
+/// cgroup it is in now) and a mount namespace in which every cgroup mount is
+/// read-only. Async-signal-safe.
+pub(super) fn seal(how: ChildSeal<'_>) -> Result<(), (ChildStage, i32)> {
+    match how {
+        ChildSeal::Template { ns, cwd } => {
+            // SAFETY: setns affects only this task, which has an fs_struct of
+            // its own (no CLONE_FS); `ns` is an open mount-namespace fd.
+            let r = unsafe { libc::syscall(libc::SYS_setns, ns.as_raw_fd(), libc::CLONE_NEWNS) };
+            check(ChildStage::SealNamespaces, r)?;
+            // SAFETY: as above.
+            let r = unsafe { libc::syscall(libc::SYS_unshare, libc::CLONE_NEWCGROUP) };
+            check(ChildStage::SealNamespaces, r)?;
+            // Still with every capability: the caller's directory is entered
+            // as the caller would, whatever uid the child switches to later.
+            // SAFETY: a NUL-terminated path.
+            let r = unsafe { libc::syscall(libc::SYS_chdir, cwd.as_ptr()) };
+            check(ChildStage::Chdir, r)
+        }
+        ChildSeal::Copy(mounts) => {
+            // SAFETY: unshare affects only this task; CLONE_NEWNS needs an
+            // fs_struct of our own, which we have (no CLONE_FS).
+            let r = unsafe { libc::syscall(libc::SYS_unshare, libc::CLONE_NEWCGROUP | libc::CLONE_NEWNS) };
+            check(ChildStage::SealNamespaces, r)?;
+            read_only(mounts, false).map_err(|e| (ChildStage::SealMounts, e))
+        }
     }
-    let attr = MountAttr { attr_set: MOUNT_ATTR_RDONLY, attr_clr: 0, propagation: 0, userns_fd: 0 };
+}
+
+/// Makes every mount in `mounts` read-only in the caller's mount namespace:
+/// recursively with `mount_setattr`, else (before Linux 5.12) one
+/// `MS_REMOUNT | MS_BIND | MS_RDONLY` per mount. With `private`, each also
+/// stops receiving mounts from its peers, so that a cgroup hierarchy mounted
+/// later beneath it does not appear writable. Async-signal-safe.
+fn read_only(mounts: &[SealMount], private: bool) -> Result<(), i32> {
+    let propagation = if private { libc::MS_PRIVATE } else { 0 };
+    let attr = MountAttr { attr_set: MOUNT_ATTR_RDONLY, attr_clr: 0, propagation, userns_fd: 0 };
     let mut recursive = true;
     for m in mounts {
         if m.covered && recursive {
@@ -86,29 +133,78 @@ pub(super) fn seal(mounts: &[SealMount]) -> Result<(), (ChildStage, i32)> {
         }
         let e = errno();
         if e != libc::ENOSYS {
-            return Err((ChildStage::SealMounts, e));
+            return Err(e);
         }
         recursive = false;
         // Before Linux 5.12: a read-only bind remount of this one mount (the
         // parent lists every cgroup mount, nested ones included).
         let flags = libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | m.keep_flags;
-        // SAFETY: NUL-terminated path; NULL source, type and data are allowed
-        // for a remount.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_mount,
-                ptr::null::<libc::c_char>(),
-                m.path.as_ptr(),
-                ptr::null::<libc::c_char>(),
-                flags,
-                ptr::null::<libc::c_void>(),
-            )
-        };
+        let r = mount(m.path.as_ptr(), flags);
         if r < 0 {
-            return Err((ChildStage::SealMounts, errno()));
+            return Err(errno());
+        }
+        if private && mount(m.path.as_ptr(), libc::MS_PRIVATE) < 0 {
+            return Err(errno());
         }
     }
     Ok(())
+}
+
+/// `mount(NULL, path, NULL, flags, NULL)`: a remount or a propagation change.
+fn mount(path: *const libc::c_char, flags: u64) -> c_long {
+    // SAFETY: `path` is NUL-terminated (callers pass a CString's pointer);
+    // NULL source, type and data are allowed for a remount or propagation change.
+    unsafe {
+        libc::syscall(
+            libc::SYS_mount,
+            ptr::null::<libc::c_char>(),
+            path,
+            ptr::null::<libc::c_char>(),
+            flags,
+            ptr::null::<libc::c_void>(),
+        )
+    }
+}
+
+fn check(stage: ChildStage, r: c_long) -> Result<(), (ChildStage, i32)> {
+    if r < 0 { Err((stage, errno())) } else { Ok(()) }
+}
+
+/// A prepared sealed mount namespace: a copy of the caller's in which every
+/// mount of `mounts` is read-only and receives no later mounts from its peers.
+/// Sealed children join it with `setns` instead of copying the mount table
+/// each, so that neither their spawn nor their exit pays for a namespace.
+///
+/// Built on a short-lived thread of its own: `unshare(CLONE_NEWNS)` moves only
+/// the calling thread, which then ends. `Ok(None)` when the caller's root is
+/// not its namespace's root (a chroot): joining the namespace would leave the
+/// chroot, so children copy the namespace instead.
+///
+/// # Errors
+/// The failing step and its errno.
+pub(crate) fn build_template(mounts: &[SealMount]) -> io::Result<Option<OwnedFd>> {
+    std::thread::scope(|s| {
+        s.spawn(|| -> io::Result<Option<OwnedFd>> {
+            let root = rustix::fs::stat("/")?;
+            // SAFETY: unshare moves only this thread, which ends right after;
+            // CLONE_NEWNS implies a private fs_struct for it (CLONE_FS).
+            if unsafe { libc::syscall(libc::SYS_unshare, libc::CLONE_NEWNS) } < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            read_only(mounts, true).map_err(io::Error::from_raw_os_error)?;
+            let ns = rustix::fs::open("/proc/thread-self/ns/mnt", OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?;
+            // Enter it as a child would (root and cwd become the namespace's
+            // root) and compare roots.
+            // SAFETY: as for unshare above; `ns` is an open mount-namespace fd.
+            if unsafe { libc::syscall(libc::SYS_setns, ns.as_raw_fd(), libc::CLONE_NEWNS) } < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let joined = rustix::fs::stat("/")?;
+            Ok((joined.st_dev == root.st_dev && joined.st_ino == root.st_ino).then_some(ns))
+        })
+        .join()
+        .unwrap_or_else(|_| Err(io::Error::other("the thread building the sealed mount namespace panicked")))
+    })
 }
 
 /// This thread's errno (in a `CLONE_VM` child, the TLS of the suspended parent

@@ -77,7 +77,8 @@ struct CloneArgs {
 pub enum ChildStage {
     /// Writing `0` into the session's `cgroup.procs` (the fork-and-join path).
     JoinCgroup,
-    /// Sealing: `unshare(CLONE_NEWCGROUP | CLONE_NEWNS)`.
+    /// Sealing: joining the sealed mount namespace (or copying one) and
+    /// taking a cgroup namespace of its own.
     SealNamespaces,
     /// Sealing: making every cgroup mount read-only in the child's view.
     SealMounts,
@@ -141,7 +142,9 @@ impl ChildStage {
     pub fn describe(self) -> &'static str {
         match self {
             ChildStage::JoinCgroup => "joining the session cgroup (cgroup.procs)",
-            ChildStage::SealNamespaces => "sealing: entering a cgroup and a mount namespace of its own",
+            ChildStage::SealNamespaces => {
+                "sealing: entering the sealed mount namespace and a cgroup namespace of its own"
+            }
             ChildStage::SealMounts => "sealing: making the cgroup mounts read-only",
             ChildStage::Signals => "resetting signal dispositions",
             ChildStage::Stdio => "setting up stdin/stdout/stderr",
@@ -191,9 +194,8 @@ pub(crate) struct ChildPlan<'a> {
     /// guardian, our own program, which drops them itself once it has taken
     /// an identity of its own.
     pub keep_caps: bool,
-    /// Seal the child (see [`super::seal`]): these cgroup mounts become
-    /// read-only in its view. `None`: unsealed.
-    pub seal: Option<&'a [super::seal::SealMount]>,
+    /// Seal the child (see [`super::seal`]). `None`: unsealed.
+    pub seal: Option<super::seal::ChildSeal<'a>>,
 }
 
 /// A child that has called `execve` (or died before).
@@ -659,8 +661,8 @@ fn child_steps(ctx: &ChildCtx<'_>) -> Step {
 
     // Sealing first, while the child still holds CAP_SYS_ADMIN, and after it is
     // in its cgroup: the cgroup namespace is rooted where the child is now.
-    if let Some(mounts) = plan.seal {
-        super::seal::seal(mounts)?;
+    if let Some(how) = plan.seal {
+        super::seal::seal(how)?;
     }
 
     reset_signals(ctx.reset);
@@ -694,26 +696,18 @@ fn child_steps(ctx: &ChildCtx<'_>) -> Step {
         check(ChildStage::Setsid, r)?;
     }
 
-    if plan.keep_caps {
-        // Only uid/gid switches and chdir apply; the guardian drops the rest.
-        if let Some(cwd) = plan.cwd {
-            let r = unsafe { libc::syscall(libc::SYS_chdir, cwd.as_ptr()) };
-            check(ChildStage::Chdir, r)?;
-        }
-        let r =
-            unsafe { libc::syscall(libc::SYS_execve, plan.program.as_ptr(), plan.argv.as_ptr(), plan.envp.as_ptr()) };
-        return check(ChildStage::Exec, r);
-    }
-
     // The bounding set needs CAP_SETPCAP. Without it (a gateway that holds no
     // capabilities) the first drop fails with EPERM, and the empty permitted set
-    // plus no_new_privs below still keep execve from granting anything.
-    for cap in 0..=plan.last_cap.min(63) {
-        match rustix::thread::remove_capability_from_bounding_set(CapabilitySet::from_bits_retain(1 << cap)) {
-            Ok(()) => {}
-            Err(rustix::io::Errno::INVAL) => break,
-            Err(rustix::io::Errno::PERM) if cap == 0 => break,
-            Err(e) => return Err(errno_of(ChildStage::BoundingSet, e)),
+    // plus no_new_privs below still keep execve from granting anything. The
+    // guardian (`keep_caps`) keeps its capabilities and drops them itself.
+    if !plan.keep_caps {
+        for cap in 0..=plan.last_cap.min(63) {
+            match rustix::thread::remove_capability_from_bounding_set(CapabilitySet::from_bits_retain(1 << cap)) {
+                Ok(()) => {}
+                Err(rustix::io::Errno::INVAL) => break,
+                Err(rustix::io::Errno::PERM) if cap == 0 => break,
+                Err(e) => return Err(errno_of(ChildStage::BoundingSet, e)),
+            }
         }
     }
 
@@ -733,16 +727,18 @@ fn child_steps(ctx: &ChildCtx<'_>) -> Step {
         check(ChildStage::Chdir, r)?;
     }
 
-    let empty = CapabilitySets {
-        effective: CapabilitySet::empty(),
-        permitted: CapabilitySet::empty(),
-        inheritable: CapabilitySet::empty(),
-    };
-    // Emptying permitted and inheritable also empties the ambient set: the
-    // kernel keeps ambient ⊆ permitted ∩ inheritable (cap_capset), so no
-    // PR_CAP_AMBIENT_CLEAR_ALL is needed.
-    rustix::thread::set_capabilities(None, empty).map_err(|e| errno_of(ChildStage::Capabilities, e))?;
-    rustix::thread::set_no_new_privs(true).map_err(|e| errno_of(ChildStage::NoNewPrivs, e))?;
+    if !plan.keep_caps {
+        let empty = CapabilitySets {
+            effective: CapabilitySet::empty(),
+            permitted: CapabilitySet::empty(),
+            inheritable: CapabilitySet::empty(),
+        };
+        // Emptying permitted and inheritable also empties the ambient set: the
+        // kernel keeps ambient ⊆ permitted ∩ inheritable (cap_capset), so no
+        // PR_CAP_AMBIENT_CLEAR_ALL is needed.
+        rustix::thread::set_capabilities(None, empty).map_err(|e| errno_of(ChildStage::Capabilities, e))?;
+        rustix::thread::set_no_new_privs(true).map_err(|e| errno_of(ChildStage::NoNewPrivs, e))?;
+    }
 
     let r = unsafe { libc::syscall(libc::SYS_execve, plan.program.as_ptr(), plan.argv.as_ptr(), plan.envp.as_ptr()) };
     check(ChildStage::Exec, r)
