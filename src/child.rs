@@ -13,6 +13,7 @@ use tokio::net::unix::pipe;
 
 use crate::command::SpawnMechanism;
 use crate::error::{Error, Result};
+use crate::identity::TransientUser;
 use crate::pidfd::PidFd;
 use crate::sys::spawn::Spawned;
 
@@ -129,6 +130,9 @@ pub struct ContainedChild {
     cell: Arc<ChildCell>,
     mechanism: SpawnMechanism,
     sealed: bool,
+    /// The transient user the child runs as, held until the handle is dropped
+    /// (a session holds its own for as long as it lasts).
+    user: Option<Arc<TransientUser>>,
     /// The write end of the child's stdin, when it was [`Stdio::Piped`](crate::Stdio::Piped).
     pub stdin: Option<ChildStdin>,
     /// The read end of the child's stdout, when piped.
@@ -138,7 +142,13 @@ pub struct ContainedChild {
 }
 
 impl ContainedChild {
-    pub(crate) fn new(spawned: Spawned, pipes: ParentPipes, mechanism: SpawnMechanism, sealed: bool) -> ContainedChild {
+    pub(crate) fn new(
+        spawned: Spawned,
+        pipes: ParentPipes,
+        mechanism: SpawnMechanism,
+        sealed: bool,
+        user: Option<Arc<TransientUser>>,
+    ) -> ContainedChild {
         ContainedChild {
             cell: Arc::new(ChildCell {
                 pidfd: PidFd::from_owned(spawned.pidfd, spawned.pid),
@@ -146,6 +156,7 @@ impl ContainedChild {
             }),
             mechanism,
             sealed,
+            user,
             stdin: pipes.stdin,
             stdout: pipes.stdout,
             stderr: pipes.stderr,
@@ -169,6 +180,12 @@ impl ContainedChild {
     /// How the child was placed in its cgroup.
     pub fn spawn_mechanism(&self) -> SpawnMechanism {
         self.mechanism
+    }
+
+    /// The uid (and gid) of the transient user the child runs as, if it was
+    /// started with [`Command::transient_user`](crate::Command::transient_user).
+    pub fn transient_uid(&self) -> Option<u32> {
+        self.user.as_ref().map(|u| u.uid())
     }
 
     /// Whether the child was sealed into its session (see

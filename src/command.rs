@@ -5,14 +5,15 @@ use std::ffi::{CString, OsStr, OsString, c_char};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use rustix::fs::OFlags;
 
 use crate::cgroup::{Cgroup, files};
 use crate::child::ContainedChild;
 use crate::error::{Error, Result};
+use crate::identity::TransientUser;
 use crate::seal::Sealing;
 use crate::sys::spawn::{self, ChildPlan, ChildStage, Placement, SpawnFailure};
 
@@ -93,6 +94,7 @@ pub struct Command {
     gid: Option<u32>,
     mechanism: Option<SpawnMechanism>,
     sealing: Sealing,
+    transient_user: bool,
     /// For the guardian only: keep capabilities (it drops them itself).
     keep_caps: bool,
 }
@@ -111,6 +113,7 @@ impl Command {
             gid: None,
             mechanism: None,
             sealing: Sealing::Auto,
+            transient_user: false,
             keep_caps: false,
         }
     }
@@ -205,6 +208,25 @@ impl Command {
         self
     }
 
+    /// Runs the child as a transient user: a uid and gid of their own, taken
+    /// from [`TRANSIENT_UIDS`](crate::identity::TRANSIENT_UIDS) and owning no
+    /// file, like systemd's `DynamicUser=` (see [`identity`](crate::identity)).
+    ///
+    /// Through [`Session::spawn`](crate::Session::spawn), every such child of
+    /// one session shares its session's user, which is released when the
+    /// session ends; through [`spawn_in`](Self::spawn_in), the child gets one
+    /// of its own, released when its handle is dropped. Two sessions with
+    /// transient users cannot signal, ptrace or read `/proc` of each other, and
+    /// cannot read `/etc/shadow` or write files owned by root. For servers that
+    /// need no files of the gateway's user; supplementary groups are dropped.
+    ///
+    /// Needs `CAP_SETUID` and `CAP_SETGID`; cannot be combined with
+    /// [`uid`](Self::uid) or [`gid`](Self::gid).
+    pub fn transient_user(&mut self, on: bool) -> &mut Self {
+        self.transient_user = on;
+        self
+    }
+
     /// Whether the child is sealed into its session ([`Sealing::Auto`] by
     /// default: sealed wherever this process holds `CAP_SYS_ADMIN`).
     ///
@@ -245,13 +267,29 @@ impl Command {
     /// program), [`Error::Spawn`] with the child's failing step and errno,
     /// [`Error::CgroupRemoved`], [`Error::Io`].
     pub fn spawn_in(&mut self, cgroup: &Cgroup) -> Result<ContainedChild> {
+        self.spawn_as(cgroup, None)
+    }
+
+    /// Whether [`transient_user`](Self::transient_user) is on.
+    pub(crate) fn wants_transient_user(&self) -> bool {
+        self.transient_user
+    }
+
+    /// [`spawn_in`](Self::spawn_in), with the session's transient user (when
+    /// the command wants one) instead of one of the child's own.
+    pub(crate) fn spawn_as(
+        &mut self,
+        cgroup: &Cgroup,
+        session_user: Option<&Arc<TransientUser>>,
+    ) -> Result<ContainedChild> {
+        let user = self.user_for(session_user)?;
         let wanted = self.mechanism.unwrap_or(if NO_CLONE_INTO_CGROUP.load(Ordering::Relaxed) {
             SpawnMechanism::ForkJoinProcs
         } else {
             SpawnMechanism::Clone3IntoCgroup
         });
         let forced = self.mechanism.is_some();
-        self.launch(self.sealing, |plan, program| match wanted {
+        self.launch(self.sealing, user, |plan, program| match wanted {
             SpawnMechanism::Clone3IntoCgroup => match spawn::spawn(plan, Placement::IntoCgroup(cgroup.as_fd())) {
                 Ok(s) => Ok((s, SpawnMechanism::Clone3IntoCgroup)),
                 // A removed cgroup: ENODEV per the kernel's docs, ENOENT seen on 6.18.
@@ -282,7 +320,7 @@ impl Command {
     /// cgroups it watches and drops its privileges itself (see `guardian`).
     pub(crate) fn spawn_guardian(&mut self) -> Result<ContainedChild> {
         self.keep_caps = true;
-        self.launch(Sealing::Off, |plan, program| {
+        self.launch(Sealing::Off, None, |plan, program| {
             let spawned = spawn::spawn(plan, Placement::Inherit).map_err(|f| match f {
                 SpawnFailure::Clone(e) => Error::io("clone3", program, e),
                 SpawnFailure::Child { stage, errno } => {
@@ -298,6 +336,7 @@ impl Command {
     fn launch(
         &self,
         sealing: Sealing,
+        user: Option<Arc<TransientUser>>,
         place: impl FnOnce(&ChildPlan<'_>, &str) -> Result<(spawn::Spawned, SpawnMechanism)>,
     ) -> Result<ContainedChild> {
         let prepared = self.prepare()?;
@@ -310,15 +349,33 @@ impl Command {
             envp: &envp,
             stdio: [pipes.child_fd(0), pipes.child_fd(1), pipes.child_fd(2)],
             cwd: prepared.cwd.as_deref(),
-            uid: self.uid,
-            gid: self.gid,
+            uid: user.as_ref().map(|u| u.uid()).or(self.uid),
+            gid: user.as_ref().map(|u| u.uid()).or(self.gid),
             setsid: self.setsid,
             last_cap: last_cap(),
             keep_caps: self.keep_caps,
             seal: seal.as_ref().map(crate::seal::SealPlan::child),
         };
         let (spawned, mechanism) = place(&plan, &self.program.to_string_lossy())?;
-        Ok(ContainedChild::new(spawned, pipes.into_parent_ends(), mechanism, seal.is_some()))
+        Ok(ContainedChild::new(spawned, pipes.into_parent_ends(), mechanism, seal.is_some(), user))
+    }
+
+    /// The transient user the child runs as: the session's, or a new one.
+    fn user_for(&self, session_user: Option<&Arc<TransientUser>>) -> Result<Option<Arc<TransientUser>>> {
+        if !self.transient_user {
+            return Ok(None);
+        }
+        if self.uid.is_some() || self.gid.is_some() {
+            return Err(Error::InvalidInput {
+                what: "identity",
+                value: format!("uid {:?}, gid {:?} and a transient user", self.uid, self.gid),
+                fix: "give either a fixed uid/gid or a transient user, not both".into(),
+            });
+        }
+        match session_user {
+            Some(u) => Ok(Some(Arc::clone(u))),
+            None => TransientUser::allocate().map(|u| Some(Arc::new(u))),
+        }
     }
 
     /// Resolves the program and builds the C strings the child needs.

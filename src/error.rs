@@ -173,6 +173,16 @@ pub enum Error {
         fix: &'static str,
     },
 
+    /// A child should run as a transient user, but none can be given to it.
+    /// Nothing was started.
+    #[error("cannot run the child as a transient user: {missing} is missing; {fix}")]
+    TransientUserUnavailable {
+        /// What is missing.
+        missing: String,
+        /// How to get it.
+        fix: &'static str,
+    },
+
     /// The operation would act on the calling process or one of its ancestors.
     #[error("refusing to {op} {}: it contains this process", path.display())]
     ContainsSelf {

@@ -21,6 +21,7 @@
 //! | `exit CODE` | exits with CODE |
 //! | `try-write PATH VALUE` | writes VALUE to PATH; prints `try-write PATH=ok` or `=E<errno>` |
 //! | `try-read PATH` | reads PATH; prints `try-read PATH=…` likewise |
+//! | `try-open PATH` | opens PATH for reading, reads nothing (for `/proc/PID/mem`: the ptrace access check); prints `try-open PATH=…` |
 //! | `try-mkdir PATH` | creates a directory; prints `try-mkdir PATH=…` likewise |
 //! | `try-setxattr PATH NAME VALUE` | sets an xattr; prints `try-setxattr PATH NAME=…` |
 //! | `try-rmxattr PATH NAME` | removes an xattr; prints `try-rmxattr PATH NAME=…` |
@@ -161,6 +162,10 @@ pub fn main(args: Vec<String>) -> ! {
             "try-read" => {
                 let path = arg();
                 attempt(&format!("try-read {path}"), std::fs::read(&path).map(drop).map_err(errno));
+            }
+            "try-open" => {
+                let path = arg();
+                attempt(&format!("try-open {path}"), std::fs::File::open(&path).map(drop).map_err(errno));
             }
             "try-mkdir" => {
                 let path = arg();

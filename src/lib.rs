@@ -26,6 +26,7 @@ mod error;
 pub mod fixture;
 #[doc(hidden)]
 pub mod guardian;
+pub mod identity;
 mod instance;
 #[cfg(feature = "rmcp")]
 pub mod mcp;

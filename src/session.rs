@@ -10,6 +10,7 @@ use crate::cgroup::{Cgroup, Events};
 use crate::child::{ChildCell, ContainedChild};
 use crate::command::Command;
 use crate::error::{Error, Result};
+use crate::identity::TransientUser;
 use crate::supervisor::Inner;
 use crate::sweep::Termination;
 
@@ -29,6 +30,9 @@ pub(crate) struct SessionShared {
 #[derive(Default)]
 struct SessionState {
     children: Vec<Arc<ChildCell>>,
+    /// The session's transient user, from its first child that wanted one
+    /// until the session is gone (see [`Command::transient_user`]).
+    user: Option<Arc<TransientUser>>,
     /// No more spawns: the session has been released, closed or taken by a sweep.
     ended: bool,
 }
@@ -115,7 +119,10 @@ impl Session {
         }
         // Holding the lock across the spawn: a concurrent sweep cannot mark the
         // session ended between the spawn and the registration.
-        let child = cmd.spawn_in(&self.shared.cgroup)?;
+        if cmd.wants_transient_user() && state.user.is_none() {
+            state.user = Some(Arc::new(TransientUser::allocate()?));
+        }
+        let child = cmd.spawn_as(&self.shared.cgroup, state.user.as_ref())?;
         state.children.push(Arc::clone(child.cell()));
         state.children.retain(|c| Arc::strong_count(c) > 1 || c.is_alive());
         drop(state);

@@ -493,5 +493,167 @@ async fn doctor_reports_the_protections_in_force() {
     assert!(ro.contains(&mount.to_str().unwrap()), "{ro:?}");
     assert_eq!(sealing["state_xattrs"], "trusted.procscope.*", "{v}");
     assert_eq!(sealing["guardian_uid"], 2147483646u32, "{v}");
+    let transient = &v["transient_users"];
+    assert_eq!(transient["first_uid"], procscope::identity::TRANSIENT_UIDS.start, "{v}");
+    assert_eq!(transient["last_uid"], procscope::identity::TRANSIENT_UIDS.end - 1, "{v}");
+    assert_eq!(transient["lock_dir"], procscope::identity::LOCK_DIR, "{v}");
+    env.finish().await;
+}
+
+/// Transient users keep sessions apart, pairwise: a child of either session can
+/// neither signal the other's server, nor read its environment, nor pass the
+/// ptrace access check on it (opening `/proc/PID/mem`), nor read
+/// `/etc/shadow` or a root-only file, nor write a root-owned file. Inside one
+/// session the children share their user. The control is the same pair of
+/// sessions as uid 0, where every attempt works. Each user is released (its
+/// lock file removed) when its session ends.
+#[tokio::test]
+async fn transient_users_keep_sessions_apart_pairwise() {
+    let env = TestEnv::new();
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("transient-{}", nanos()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let (secret, owned) = (dir.join("secret"), dir.join("root-owned"));
+    std::fs::write(&secret, "secret").unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    std::fs::write(&owned, "root's").unwrap();
+    std::fs::set_permissions(&owned, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    within(60, async {
+        let sup = Supervisor::builder().root(env.path()).grace(Duration::from_millis(200)).start().await.unwrap();
+        let run = |session: &Session, transient: bool, args: Vec<String>| {
+            let mut cmd = Command::new(FIXTURE);
+            cmd.arg("self").args(args).stdin(Stdio::Null).stdout(Stdio::Piped).transient_user(transient);
+            session.spawn(&mut cmd).unwrap()
+        };
+        let attacks = |victim: u32| {
+            vec![
+                "try-open".into(),
+                format!("/proc/{victim}/mem"),
+                "try-read".into(),
+                format!("/proc/{victim}/environ"),
+                "try-read".into(),
+                "/etc/shadow".into(),
+                "try-read".into(),
+                secret.to_string_lossy().into_owned(),
+                "try-write".into(),
+                owned.to_string_lossy().into_owned(),
+                "root's".into(),
+                "try-kill".into(),
+                victim.to_string(),
+                "KILL".into(),
+            ]
+        };
+        let results = |lines: &[String]| -> Vec<String> {
+            lines.iter().filter(|l| l.starts_with("try-")).map(|l| l.rsplit_once('=').unwrap().1.to_owned()).collect()
+        };
+
+        for transient in [true, false] {
+            let (a, b) = (sup.session("a").unwrap(), sup.session("b").unwrap());
+            let mut victims = Vec::new();
+            let mut uids = Vec::new();
+            for s in [&a, &b] {
+                let mut v = run(s, transient, vec!["ready".into(), "sleep".into(), "3600".into()]);
+                let lines = read_until(v.stdout.as_mut().unwrap(), "ready").await;
+                let uid = real_id(&lines, "uid");
+                assert_eq!(v.transient_uid(), transient.then_some(uid));
+                uids.push(uid);
+                victims.push(v);
+            }
+            if transient {
+                assert_ne!(uids[0], uids[1], "two sessions, two users");
+                for uid in &uids {
+                    assert!(procscope::identity::TRANSIENT_UIDS.contains(uid), "{uid}");
+                    assert!(Path::new(procscope::identity::LOCK_DIR).join(uid.to_string()).exists());
+                }
+                // Inside a session, children share the user.
+                let mut same = run(&a, true, vec![]);
+                let lines = read_until(same.stdout.as_mut().unwrap(), "").await;
+                same.wait().await.unwrap();
+                assert_eq!(real_id(&lines, "uid"), uids[0], "{lines:?}");
+                assert!(field(&lines, "groups").is_empty(), "no supplementary groups: {lines:?}");
+            } else {
+                assert_eq!(uids, [0, 0]);
+            }
+            // Each attacks the other's victim.
+            for (attacker, victim) in [(&a, victims[1].id()), (&b, victims[0].id())] {
+                let mut child = run(attacker, transient, attacks(victim));
+                let lines = read_until(child.stdout.as_mut().unwrap(), "").await;
+                child.wait().await.unwrap();
+                let got = results(&lines);
+                let expected: Vec<&str> =
+                    if transient { vec!["E13", "E13", "E13", "E13", "E13", "E1"] } else { vec!["ok"; 6] };
+                assert_eq!(got, expected, "transient={transient}: {lines:?}");
+            }
+            for v in &mut victims {
+                if transient {
+                    assert!(v.pidfd().is_alive(), "a victim of a transient attacker died");
+                } else {
+                    let status = v.wait().await.unwrap();
+                    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(libc::SIGKILL));
+                }
+            }
+            for s in [a, b] {
+                s.close().await.unwrap();
+            }
+            for v in &mut victims {
+                v.wait().await.unwrap();
+            }
+            let held: Vec<u32> = victims.iter().filter_map(|v| v.transient_uid()).collect();
+            drop(victims);
+            for uid in held {
+                assert!(
+                    !Path::new(procscope::identity::LOCK_DIR).join(uid.to_string()).exists(),
+                    "user {uid} released when its session ended"
+                );
+            }
+        }
+        sup.shutdown().await.unwrap();
+    })
+    .await;
+    assert_eq!(std::fs::read_to_string(&owned).unwrap(), "root's");
+    std::fs::remove_dir_all(&dir).unwrap();
+    env.finish().await;
+}
+
+/// The real id of the fixture's `uid=` or `gid=` line (real, effective, saved, fs).
+fn real_id(lines: &[String], key: &str) -> u32 {
+    field(lines, key).split_whitespace().next().unwrap().parse().unwrap()
+}
+
+/// `exec --transient-user` runs the command as a user of the range and releases
+/// it when the command ends; with `--uid` it is refused before anything starts.
+#[tokio::test]
+async fn exec_runs_as_a_transient_user_and_releases_it() {
+    let env = TestEnv::new();
+    let root = env.path().to_string_lossy().into_owned();
+    let out = std::process::Command::new(PROCSCOPE)
+        .args(["exec", "--root", &root, "--transient-user", "--", FIXTURE, "self"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    let uid = real_id(&lines, "uid");
+    assert!(procscope::identity::TRANSIENT_UIDS.contains(&uid), "{uid}");
+    assert_eq!(real_id(&lines, "gid"), uid);
+    assert!(!Path::new(procscope::identity::LOCK_DIR).join(uid.to_string()).exists(), "released");
+
+    let before = snapshot(&env.path());
+    let out = std::process::Command::new(PROCSCOPE)
+        .args(["exec", "--root", &root, "--transient-user", "--uid", "1", "--gid", "1", "--", FIXTURE, "self"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "usage error");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--transient-user"));
+    assert_eq!(snapshot(&env.path()), before);
+
+    // The library refuses the same, with nothing started.
+    let sup = Supervisor::builder().root(env.path()).start().await.unwrap();
+    let session = sup.session("s").unwrap();
+    let err = session.spawn(Command::new(FIXTURE).transient_user(true).uid(1).gid(1)).unwrap_err();
+    assert!(matches!(err, procscope::Error::InvalidInput { what: "identity", .. }), "{err}");
+    assert!(!session.cgroup().is_populated().unwrap());
+    session.close().await.unwrap();
+    sup.shutdown().await.unwrap();
     env.finish().await;
 }

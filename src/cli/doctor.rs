@@ -117,6 +117,7 @@ pub async fn run(root: Option<PathBuf>, json: bool) -> i32 {
             degrades: false,
         });
     }
+    let transient_in_use = std::fs::read_dir(procscope::identity::LOCK_DIR).map_or(0, |d| d.count());
     let state_xattrs = root.as_ref().map(|r| format!("{}*", r.cgroup().meta_prefix())).unwrap_or_default();
     let degraded = problems.iter().any(|p| p.degrades);
     if json {
@@ -144,6 +145,12 @@ pub async fn run(root: Option<PathBuf>, json: bool) -> i32 {
                 "nsdelegate": seal.nsdelegate,
                 "state_xattrs": state_xattrs,
                 "guardian_uid": procscope::guardian::GUARDIAN_UID,
+            },
+            "transient_users": {
+                "first_uid": procscope::identity::TRANSIENT_UIDS.start,
+                "last_uid": procscope::identity::TRANSIENT_UIDS.end - 1,
+                "lock_dir": procscope::identity::LOCK_DIR,
+                "lock_files": transient_in_use,
             },
             "systemd": { "running": systemd, "unit": unit },
             "problems": problems.iter().map(|p| json!({"problem": p.problem, "fix": p.fix, "degrades": p.degrades})).collect::<Vec<_>>(),
@@ -179,6 +186,15 @@ pub async fn run(root: Option<PathBuf>, json: bool) -> i32 {
         show(
             "guardian identity",
             &format!("uid {} (real and saved), no capability but CAP_KILL", procscope::guardian::GUARDIAN_UID),
+        );
+        show(
+            "transient users",
+            &format!(
+                "uids {}..={} (--transient-user); {transient_in_use} lock file(s) in {}",
+                procscope::identity::TRANSIENT_UIDS.start,
+                procscope::identity::TRANSIENT_UIDS.end - 1,
+                procscope::identity::LOCK_DIR
+            ),
         );
         show(
             "systemd",

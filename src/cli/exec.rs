@@ -51,11 +51,17 @@ pub struct ExecArgs {
     #[arg(long, allow_hyphen_values = true, default_value = "2s", value_parser = |s: &str| parse_duration("grace", s).map_err(|e| e.to_string()))]
     grace: Duration,
     /// Run the command as this uid (needs --gid; supplementary groups are dropped)
-    #[arg(long, requires = "gid")]
+    #[arg(long, requires = "gid", conflicts_with = "transient_user")]
     uid: Option<u32>,
     /// Run the command with this gid (needs --uid)
     #[arg(long, requires = "uid")]
     gid: Option<u32>,
+    /// Run the command as a transient user: a uid and gid of its own from
+    /// 2063597568..2063663103 that own no file, released when the command ends
+    /// (like systemd's DynamicUser=). For untrusted servers that need no files
+    /// of this user
+    #[arg(long)]
+    transient_user: bool,
     /// Do not seal the command into its session. This gives up containment
     /// against a hostile command: running as uid 0 it can then leave its session
     /// and write any cgroup file
@@ -148,6 +154,7 @@ async fn exec(a: ExecArgs) -> i32 {
     if let (Some(uid), Some(gid)) = (a.uid, a.gid) {
         cmd.uid(uid).gid(gid);
     }
+    cmd.transient_user(a.transient_user);
     cmd.sealing(match (a.seal, a.no_seal) {
         (true, _) => Sealing::Required,
         (_, true) => Sealing::Off,
