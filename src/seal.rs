@@ -25,6 +25,7 @@
 //! its namespace's root (a chroot) or whose working directory is gone has
 //! each child copy the namespace and seal the copy itself instead.
 
+use std::ffi::CString;
 use std::io::Read;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -46,10 +47,13 @@ use crate::sys::seal::{ChildSeal, SealMount};
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Sealing {
-    /// Seal where this process holds `CAP_SYS_ADMIN`, and then fail closed: a
-    /// child that cannot be sealed is not started. Without `CAP_SYS_ADMIN` (a
-    /// non-root gateway in a delegated subtree) children run unsealed, and one
-    /// `tracing` warning and `procscope doctor` say so.
+    /// Seal wherever this process can, and then fail closed: a child that
+    /// cannot be sealed is not started. A process with `CAP_SYS_ADMIN` (a root
+    /// gateway) always can; one without it (a non-root gateway in a delegated
+    /// subtree) can where unprivileged user namespaces are allowed: each child
+    /// then takes a user namespace of its own, mapping its uid and gid onto
+    /// themselves, to make the others. Otherwise children run unsealed, and
+    /// one `tracing` warning and `procscope doctor` say so.
     #[default]
     Auto,
     /// Always seal; without the privilege to, the spawn fails with
@@ -72,18 +76,22 @@ impl Sealing {
     }
 }
 
-/// What [`capability`] found: can this process seal children at all?
+/// What [`capability`] found: can this process seal children, and how?
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Capability {
-    /// It can.
-    Yes,
+    /// With `CAP_SYS_ADMIN`: namespaces made by the child (a root gateway).
+    Admin,
+    /// Without it, through a user namespace of the child's own (a non-root
+    /// gateway where unprivileged user namespaces are allowed).
+    UserNamespace,
     /// It cannot: what is missing, and how to get it.
     No { missing: String, fix: &'static str },
 }
 
 /// Whether this process can seal children now: `CAP_SYS_ADMIN` in its
-/// effective set (checked at every call: a gateway may drop it) and a kernel
-/// with cgroup namespaces.
+/// effective set (checked at every call: a gateway may drop it), or else
+/// unprivileged user namespaces (probed once), and a kernel with cgroup
+/// namespaces.
 pub(crate) fn capability() -> Capability {
     static CGROUP_NS: OnceLock<bool> = OnceLock::new();
     if !*CGROUP_NS.get_or_init(|| std::path::Path::new("/proc/self/ns/cgroup").exists()) {
@@ -97,14 +105,63 @@ pub(crate) fn capability() -> Capability {
         .map(|c| c.effective.contains(rustix::thread::CapabilitySet::SYS_ADMIN))
         .unwrap_or(false);
     if admin {
-        Capability::Yes
-    } else {
-        Capability::No {
-            missing: "CAP_SYS_ADMIN (needed to create the cgroup and mount namespaces)".into(),
-            fix: "run the gateway as root (or with CAP_SYS_ADMIN), or turn sealing off explicitly \
-                  (Sealing::Off, `procscope exec --no-seal`), which gives up containment against \
+        return Capability::Admin;
+    }
+    static USERNS: OnceLock<std::result::Result<(), String>> = OnceLock::new();
+    match USERNS.get_or_init(probe_user_namespace) {
+        Ok(()) => Capability::UserNamespace,
+        Err(why) => Capability::No {
+            missing: format!("CAP_SYS_ADMIN (and no user namespace can stand in for it: {why})"),
+            fix: "run the gateway as root (or with CAP_SYS_ADMIN), or allow unprivileged user namespaces \
+                  (user.max_user_namespaces > 0; kernel.unprivileged_userns_clone=1 on Debian's older \
+                  kernels; kernel.apparmor_restrict_unprivileged_userns=0 on Ubuntu), or turn sealing off \
+                  explicitly (Sealing::Off, `procscope exec --no-seal`), which gives up containment against \
                   hostile children",
-        }
+        },
+    }
+}
+
+/// The uid and gid maps a child's own user namespace gets: this process's
+/// effective ids onto themselves.
+fn id_maps() -> (CString, CString) {
+    let uid = rustix::process::geteuid().as_raw();
+    let gid = rustix::process::getegid().as_raw();
+    let map = |id: u32| CString::new(format!("{id} {id} 1\n")).expect("no NUL in digits");
+    (map(uid), map(gid))
+}
+
+/// Whether a child of this process can take a user namespace of its own and
+/// map its ids in it: one child that goes as far as that and then fails its
+/// `execve` on purpose (no program is run).
+fn probe_user_namespace() -> std::result::Result<(), String> {
+    use crate::sys::spawn::{ChildPlan, Placement, SpawnFailure};
+    let null = crate::command::dev_null().map_err(|e| e.to_string())?;
+    let (uid_map, gid_map) = id_maps();
+    let nothing = [std::ptr::null()];
+    let plan = ChildPlan {
+        program: c"",
+        argv: &nothing,
+        envp: &nothing,
+        stdio: [null, null, null],
+        cwd: None,
+        uid: None,
+        gid: None,
+        setsid: false,
+        last_cap: 0,
+        keep_caps: true,
+        seal: Some(ChildSeal::UserNs { mounts: &[], uid_map: &uid_map, gid_map: &gid_map }),
+    };
+    match crate::sys::spawn::spawn(&plan, Placement::Inherit) {
+        Err(SpawnFailure::Child { stage: crate::ChildStage::Exec, .. }) => Ok(()),
+        Err(SpawnFailure::Child { errno, .. }) => Err(match errno.raw_os_error() {
+            Some(libc::ENOSPC) => "user.max_user_namespaces is 0 or reached".into(),
+            Some(libc::EPERM | libc::EACCES) => {
+                format!("a user namespace is refused ({errno}): a sysctl, AppArmor or seccomp forbids it")
+            }
+            _ => format!("creating one failed: {errno}"),
+        }),
+        Err(SpawnFailure::Clone(e)) => Err(format!("clone: {e}")),
+        Ok(_) => Err("the probe ran a program".into()),
     }
 }
 
@@ -117,14 +174,17 @@ pub(crate) fn capability() -> Capability {
 pub(crate) fn plan(sealing: Sealing) -> Result<Option<SealPlan>> {
     match (sealing, capability()) {
         (Sealing::Off, _) => Ok(None),
-        (_, Capability::Yes) => {
-            let (mounts, template) = current()?;
+        (_, Capability::Admin) => {
+            let (mounts, template) = current(true)?;
             // The template's root is this process's root; the working
             // directory is re-entered by path (`setns` resets it), so a
             // directory without a path (removed) means copying instead.
-            let cwd =
-                std::env::current_dir().ok().and_then(|d| std::ffi::CString::new(d.into_os_string().into_vec()).ok());
-            Ok(Some(SealPlan { mounts, template: template.zip(cwd) }))
+            let cwd = std::env::current_dir().ok().and_then(|d| CString::new(d.into_os_string().into_vec()).ok());
+            Ok(Some(SealPlan { mounts, template: template.zip(cwd), user_ns: None }))
+        }
+        (_, Capability::UserNamespace) => {
+            let (mounts, _) = current(false)?;
+            Ok(Some(SealPlan { mounts, template: None, user_ns: Some(id_maps()) }))
         }
         (Sealing::Required, Capability::No { missing, fix }) => Err(Error::SealingUnavailable { missing, fix }),
         (Sealing::Auto, Capability::No { missing, .. }) => {
@@ -145,15 +205,18 @@ pub(crate) fn plan(sealing: Sealing) -> Result<Option<SealPlan>> {
 pub(crate) struct SealPlan {
     mounts: Arc<Vec<SealMount>>,
     /// The prepared namespace and this process's working directory.
-    template: Option<(Arc<OwnedFd>, std::ffi::CString)>,
+    template: Option<(Arc<OwnedFd>, CString)>,
+    /// The uid and gid maps of the child's own user namespace.
+    user_ns: Option<(CString, CString)>,
 }
 
 impl SealPlan {
     /// The child's sealing step.
     pub(crate) fn child(&self) -> ChildSeal<'_> {
-        match &self.template {
-            Some((ns, cwd)) => ChildSeal::Template { ns: ns.as_fd(), cwd },
-            None => ChildSeal::Copy(&self.mounts),
+        match (&self.template, &self.user_ns) {
+            (_, Some((uid_map, gid_map))) => ChildSeal::UserNs { mounts: &self.mounts, uid_map, gid_map },
+            (Some((ns, cwd)), None) => ChildSeal::Template { ns: ns.as_fd(), cwd },
+            (None, None) => ChildSeal::Copy(&self.mounts),
         }
     }
 }
@@ -165,6 +228,9 @@ struct Table {
     watch: OwnedFd,
     mounts: Arc<Vec<SealMount>>,
     template: Option<Arc<OwnedFd>>,
+    /// Whether building `template` was tried (it is `None` for a chrooted
+    /// process, and for one that cannot build it).
+    template_tried: bool,
 }
 
 static TABLE: Mutex<Option<Table>> = Mutex::new(None);
@@ -179,7 +245,7 @@ type Prepared = (Arc<Vec<SealMount>>, Option<Arc<OwnedFd>>);
 ///
 /// # Errors
 /// [`Error::Io`] when `/proc/self/mountinfo` cannot be read.
-fn current() -> Result<Prepared> {
+fn current(with_template: bool) -> Result<Prepared> {
     let mut table = TABLE.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(t) = table.as_ref() {
         let mut fds = [PollFd::new(&t.watch, PollFlags::PRI)];
@@ -187,7 +253,7 @@ fn current() -> Result<Prepared> {
             Ok(_) => fds[0].revents().intersects(PollFlags::PRI | PollFlags::ERR),
             Err(_) => true,
         };
-        if !changed {
+        if !changed && (t.template_tried || !with_template) {
             return Ok((Arc::clone(&t.mounts), t.template.clone()));
         }
     }
@@ -200,22 +266,29 @@ fn current() -> Result<Prepared> {
     let mounts = Arc::new(seal_mounts(&parse_mountinfo(&text)));
     // A template that cannot be built is not fatal: each child then copies
     // the namespace itself, and fails closed if that fails too.
-    let template = match crate::sys::seal::build_template(&mounts) {
-        Ok(ns) => ns.map(Arc::new),
+    let template = match with_template.then(|| crate::sys::seal::build_template(&mounts)).transpose() {
+        Ok(ns) => ns.flatten().map(Arc::new),
         Err(e) => {
             tracing::debug!(error = %e, "no shared sealed mount namespace; each sealed child copies its own");
             None
         }
     };
-    *table = Some(Table { watch: OwnedFd::from(file), mounts: Arc::clone(&mounts), template: template.clone() });
+    *table = Some(Table {
+        watch: OwnedFd::from(file),
+        mounts: Arc::clone(&mounts),
+        template: template.clone(),
+        template_tried: with_template,
+    });
     Ok((mounts, template))
 }
 
 /// Opens the mount-table watch and builds the sealed namespace now, so that a
 /// test counting fds can take its baseline after them.
 pub(crate) fn init() {
-    if capability() == Capability::Yes {
-        let _ = current();
+    match capability() {
+        Capability::Admin => drop(current(true)),
+        Capability::UserNamespace => drop(current(false)),
+        Capability::No { .. } => {}
     }
 }
 
@@ -273,6 +346,10 @@ pub struct SealStatus {
     pub nsdelegate: bool,
     /// `mount_setattr` (Linux 5.12) or the per-mount remount before it.
     pub read_only_by: &'static str,
+    /// Whether each child takes a user namespace of its own to seal itself
+    /// (this process lacks `CAP_SYS_ADMIN`; unprivileged user namespaces are
+    /// allowed).
+    pub user_namespace: bool,
 }
 
 /// What sealing would do for a child of this process now.
@@ -286,11 +363,12 @@ pub fn status() -> SealStatus {
     let release = rustix::system::uname().release().to_string_lossy().into_owned();
     let read_only_by =
         if crate::cgroup::hierarchy::kernel_at_least(&release, 5, 12) { "mount_setattr" } else { "remount" };
-    let (sealed_by_default, missing) = match capability() {
-        Capability::Yes => (true, None),
-        Capability::No { missing, fix } => (false, Some((missing, fix))),
+    let (sealed_by_default, missing, user_namespace) = match capability() {
+        Capability::Admin => (true, None, false),
+        Capability::UserNamespace => (true, None, true),
+        Capability::No { missing, fix } => (false, Some((missing, fix)), false),
     };
-    SealStatus { sealed_by_default, missing, read_only_mounts, nsdelegate, read_only_by }
+    SealStatus { sealed_by_default, missing, read_only_mounts, nsdelegate, read_only_by, user_namespace }
 }
 
 #[cfg(test)]

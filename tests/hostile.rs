@@ -657,3 +657,162 @@ async fn exec_runs_as_a_transient_user_and_releases_it() {
     sup.shutdown().await.unwrap();
     env.finish().await;
 }
+
+const NOBODY: u32 = 65534;
+
+/// A subtree delegated to uid 65534 as systemd's `Delegate=yes` does it (the
+/// directories and their `cgroup.procs`, `cgroup.threads` and
+/// `cgroup.subtree_control` change owner): `gateway/` for the gateway's
+/// process, `sessions/` for its procscope root.
+struct Delegated {
+    top: Cgroup,
+    gateway: Cgroup,
+    sessions: Cgroup,
+}
+
+fn delegated(env: &TestEnv) -> Delegated {
+    let top = env.cgroup("delegated");
+    let gateway = top.create_child("gateway").unwrap();
+    let sessions = top.create_child("sessions").unwrap();
+    for dir in [top.path(), gateway.path(), sessions.path()] {
+        for name in ["", "cgroup.procs", "cgroup.threads", "cgroup.subtree_control"] {
+            std::os::unix::fs::chown(dir.join(name), Some(NOBODY), Some(NOBODY)).unwrap();
+        }
+    }
+    Delegated { top, gateway, sessions }
+}
+
+impl Delegated {
+    /// Asserts the gateway left nothing in its root, and removes the subtree.
+    fn remove(self, env: &TestEnv) {
+        assert_eq!(self.sessions.children().unwrap(), Vec::<String>::new(), "exec removed what it made");
+        for name in ["sessions", "gateway"] {
+            self.top.remove_child(name).unwrap();
+        }
+        env.root.remove_child("delegated").unwrap();
+    }
+}
+
+/// A non-root gateway in a delegated subtree (no `CAP_SYS_ADMIN`) seals its
+/// children too, through a user namespace of each child's own that maps its
+/// uid onto itself. The sealed child, running as the gateway's user, cannot
+/// move into the delegated top or the gateway's cgroup, create a cgroup or set
+/// an xattr there, though its user owns them all; the control (`--no-seal`)
+/// does each.
+#[tokio::test]
+async fn a_non_root_gateway_seals_through_a_user_namespace() {
+    let env = TestEnv::new();
+    within(60, async {
+        let Delegated { top, gateway, sessions } = delegated(&env);
+        let p = |cg: &Cgroup, name: &str| cg.path().join(name).to_string_lossy().into_owned();
+        let attacks = [
+            ("try-write", p(&top, "cgroup.procs"), Some("0")),
+            ("try-write", p(&gateway, "cgroup.procs"), Some("0")),
+            ("try-mkdir", p(&top, "evil"), None),
+            ("try-setxattr", p(&top, ""), Some("user.procscope.kind")),
+        ];
+        let run = |extra: &'static [&'static str]| {
+            let mut cmd = Command::new(PROCSCOPE);
+            cmd.args(["exec", "--root"]).arg(sessions.path()).args(["--session", "s"]).args(extra);
+            cmd.args(["--", FIXTURE, "self"]);
+            for (action, path, value) in &attacks {
+                cmd.arg(action).arg(path.trim_end_matches('/'));
+                if let Some(v) = value {
+                    cmd.arg(v);
+                }
+                if *action == "try-setxattr" {
+                    cmd.arg("forged");
+                }
+            }
+            // The gateway itself: uid 65534 in its delegated cgroup, unsealed.
+            cmd.uid(NOBODY).gid(NOBODY).sealing(Sealing::Off).stdin(Stdio::Null).stdout(Stdio::Piped);
+            let mut child = cmd.spawn_in(&gateway).unwrap();
+            async move {
+                let lines = read_until(child.stdout.as_mut().unwrap(), "").await;
+                let status = child.wait().await.unwrap();
+                assert!(status.success(), "exec as uid {NOBODY}: {status:?} {lines:?}");
+                lines
+            }
+        };
+        let results = |lines: &[String]| -> Vec<String> {
+            lines.iter().filter(|l| l.starts_with("try-")).map(|l| l.rsplit_once('=').unwrap().1.to_owned()).collect()
+        };
+
+        let sealed = run(&[]).await;
+        assert_eq!(field(&sealed, "cgroup"), "/", "sealed: its cgroup namespace is rooted at its session");
+        assert_eq!(real_id(&sealed, "uid"), NOBODY, "its uid maps onto itself");
+        assert_eq!(results(&sealed), ["E30"; 4], "sealed: every attempt meets a read-only mount: {sealed:?}");
+        assert!(top.children().unwrap().iter().all(|c| c != "evil"));
+
+        let control = run(&["--no-seal"]).await;
+        assert_ne!(field(&control, "cgroup"), "/");
+        assert_eq!(results(&control), ["ok"; 4], "unsealed, the gateway's user does each: {control:?}");
+        // The control left the evil cgroup and an xattr; the exec's own
+        // session moved out with it and ended. Undo what it made.
+        top.remove_child("evil").unwrap();
+        Delegated { top, gateway, sessions }.remove(&env);
+    })
+    .await;
+    env.finish().await;
+}
+
+/// Where a gateway can seal neither way (no `CAP_SYS_ADMIN`, and user
+/// namespaces capped at 0 in the namespace it runs in), `exec --seal` is
+/// refused with exit 125 and a message that names what is missing, and
+/// nothing is created; `doctor` says sealing is off and why; the default
+/// (`Auto`) runs the command unsealed.
+#[tokio::test]
+async fn a_gateway_that_cannot_seal_is_refused_when_sealing_is_required() {
+    let env = TestEnv::new();
+    within(60, async {
+        let d = delegated(&env);
+        // The gateway runs as uid 65534 (uid 0 of a user namespace of its own,
+        // which caps user namespaces at 0 and holds no capability) in its
+        // delegated cgroup.
+        let run = |args: Vec<String>| {
+            let script = "echo 0 > /proc/sys/user/max_user_namespaces && \
+                          exec setpriv --bounding-set=-all --inh-caps=-all \"$@\"";
+            let mut cmd = Command::new("unshare");
+            cmd.args(["--user", "--map-root-user", "sh", "-c", script, "sh", PROCSCOPE]).args(args);
+            cmd.uid(NOBODY).gid(NOBODY).sealing(Sealing::Off).stdin(Stdio::Null).stdout(Stdio::Piped);
+            cmd.stderr(Stdio::Piped);
+            let mut child = cmd.spawn_in(&d.gateway).unwrap();
+            async move {
+                let mut err = String::new();
+                tokio::io::AsyncReadExt::read_to_string(child.stderr.as_mut().unwrap(), &mut err).await.unwrap();
+                let out = read_until(child.stdout.as_mut().unwrap(), "").await;
+                (child.wait().await.unwrap().code(), out, err)
+            }
+        };
+        let root = d.sessions.path().to_string_lossy().into_owned();
+        let exec = |extra: &[&str]| {
+            let mut a: Vec<String> = ["exec", "--root", &root, "--session", "s"].map(String::from).to_vec();
+            a.extend(extra.iter().map(|s| s.to_string()));
+            a.extend(["--", FIXTURE, "self"].map(String::from));
+            a
+        };
+
+        let (code, out, err) = run(vec!["doctor".into(), "--json".into()]).await;
+        assert!(matches!(code, Some(0 | 1)), "doctor: {code:?} {err}");
+        let v: serde_json::Value = serde_json::from_str(&out.join("\n")).unwrap();
+        assert_eq!(v["sealing"]["sealed_by_default"], false, "{v}");
+        let problems = v["problems"].to_string();
+        assert!(problems.contains("unsealed") && problems.contains("max_user_namespaces"), "{problems}");
+
+        let before = snapshot(&env.path());
+        let (code, out, err) = run(exec(&["--seal"])).await;
+        assert_eq!(code, Some(125), "{out:?} {err}");
+        assert!(out.is_empty(), "nothing ran: {out:?}");
+        for needle in ["cannot seal", "CAP_SYS_ADMIN", "max_user_namespaces", "--no-seal"] {
+            assert!(err.contains(needle), "the message lacks {needle:?}: {err}");
+        }
+        assert_eq!(snapshot(&env.path()), before, "a refused exec changed the tree");
+
+        let (code, out, err) = run(exec(&[])).await;
+        assert_eq!(code, Some(0), "{err}");
+        assert_ne!(field(&out, "cgroup"), "/", "Auto, unable to seal: unsealed");
+        d.remove(&env);
+    })
+    .await;
+    env.finish().await;
+}

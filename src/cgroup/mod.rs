@@ -299,9 +299,15 @@ impl Cgroup {
     /// with `CAP_SYS_ADMIN` can read or write (a child running as uid 0 cannot
     /// forge it); `user.procscope.` on a directory delegated to another user,
     /// which any process of that user can write.
+    ///
+    /// "Root" is the host's root: in a user namespace that maps its uid 0 to
+    /// another user (a rootless container), a directory that looks root-owned
+    /// belongs to that user, and `user.procscope.` is used, as a process
+    /// outside the namespace reads it too.
     pub fn meta_prefix(&self) -> &'static str {
         match self.owner_uid() {
-            Ok(0) | Err(_) => META_TRUSTED,
+            Ok(0) if uid0_is_host_root() => META_TRUSTED,
+            Err(_) => META_TRUSTED,
             Ok(_) => META_USER,
         }
     }
@@ -352,4 +358,33 @@ fn check_cgroup2(fd: &OwnedFd, path: &Path) -> Result<()> {
 /// One pid per line; anything else is skipped.
 pub(crate) fn parse_pids(text: &str) -> Vec<Pid> {
     text.lines().filter_map(|l| l.trim().parse::<i32>().ok()).filter_map(Pid::from_raw).collect()
+}
+
+/// Whether uid 0 of this process's user namespace is the host's uid 0
+/// (`/proc/self/uid_map` maps 0 onto 0), read once.
+fn uid0_is_host_root() -> bool {
+    static ROOT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ROOT.get_or_init(|| {
+        let map = std::fs::read_to_string("/proc/self/uid_map").unwrap_or_else(|_| "0 0 4294967295".into());
+        maps_0_to_0(&map)
+    })
+}
+
+/// Whether a `uid_map` text maps id 0 onto 0.
+fn maps_0_to_0(map: &str) -> bool {
+    map.lines().any(|l| {
+        let f: Vec<u64> = l.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+        matches!(f[..], [inside, outside, count] if inside == 0 && outside == 0 && count > 0)
+    })
+}
+
+#[cfg(test)]
+mod uid_map_tests {
+    #[test]
+    fn only_a_map_of_0_onto_0_is_the_hosts_root() {
+        assert!(super::maps_0_to_0("         0          0 4294967295\n"));
+        assert!(!super::maps_0_to_0("         0      65534          1\n"));
+        assert!(!super::maps_0_to_0("      1000       1000          1\n"));
+        assert!(!super::maps_0_to_0(""));
+    }
 }

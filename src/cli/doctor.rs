@@ -143,6 +143,7 @@ pub async fn run(root: Option<PathBuf>, json: bool) -> i32 {
                 "read_only_mounts": seal.read_only_mounts,
                 "read_only_by": seal.read_only_by,
                 "nsdelegate": seal.nsdelegate,
+                "user_namespace": seal.user_namespace,
                 "state_xattrs": state_xattrs,
                 "guardian_uid": procscope::guardian::GUARDIAN_UID,
             },
@@ -173,7 +174,8 @@ pub async fn run(root: Option<PathBuf>, json: bool) -> i32 {
             "sealing",
             &if seal.sealed_by_default {
                 format!(
-                    "on: cgroup namespace per child; read-only ({}): {}; nsdelegate: {}",
+                    "on: {}cgroup namespace per child; read-only ({}): {}; nsdelegate: {}",
+                    if seal.user_namespace { "user namespace (no CAP_SYS_ADMIN) and " } else { "" },
                     seal.read_only_by,
                     seal.read_only_mounts.join(" "),
                     if seal.nsdelegate { "yes" } else { "no" }

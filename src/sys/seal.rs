@@ -73,6 +73,12 @@ pub(crate) enum ChildSeal<'a> {
     /// the copy (a gateway whose root is not its namespace's root, or whose
     /// working directory has no path).
     Copy(&'a [SealMount]),
+    /// For a parent without `CAP_SYS_ADMIN` (a non-root gateway in a delegated
+    /// subtree): a user namespace of the child's own first, in which it holds
+    /// the capabilities to make the others. Its uid and gid map onto
+    /// themselves (`uid_map` and `gid_map` are "ID ID 1"), so the child stays
+    /// who it was, and `setgroups` is denied in it.
+    UserNs { mounts: &'a [SealMount], uid_map: &'a CStr, gid_map: &'a CStr },
 }
 
 /// Seals the calling child: a cgroup namespace of its own (rooted at the
@@ -101,7 +107,36 @@ pub(super) fn seal(how: ChildSeal<'_>) -> Result<(), (ChildStage, i32)> {
             check(ChildStage::SealNamespaces, r)?;
             read_only(mounts, false).map_err(|e| (ChildStage::SealMounts, e))
         }
+        ChildSeal::UserNs { mounts, uid_map, gid_map } => {
+            // SAFETY: as above. CLONE_NEWUSER needs a thread group of one and
+            // an fs_struct of our own: this child has both.
+            let r = unsafe {
+                libc::syscall(libc::SYS_unshare, libc::CLONE_NEWUSER | libc::CLONE_NEWCGROUP | libc::CLONE_NEWNS)
+            };
+            check(ChildStage::SealNamespaces, r)?;
+            write_file(c"/proc/self/setgroups", c"deny").map_err(|e| (ChildStage::SealNamespaces, e))?;
+            write_file(c"/proc/self/uid_map", uid_map).map_err(|e| (ChildStage::SealNamespaces, e))?;
+            write_file(c"/proc/self/gid_map", gid_map).map_err(|e| (ChildStage::SealNamespaces, e))?;
+            read_only(mounts, false).map_err(|e| (ChildStage::SealMounts, e))
+        }
     }
+}
+
+/// Writes `text` to the file at `path` in one `write`. Async-signal-safe.
+fn write_file(path: &CStr, text: &CStr) -> Result<(), i32> {
+    // SAFETY: a NUL-terminated path; the fd is ours and closed below.
+    let fd =
+        unsafe { libc::syscall(libc::SYS_openat, libc::AT_FDCWD, path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(errno());
+    }
+    let bytes = text.to_bytes();
+    // SAFETY: writing `bytes`, which outlive the call, to our fd.
+    let n = unsafe { libc::syscall(libc::SYS_write, fd, bytes.as_ptr(), bytes.len()) };
+    let e = errno();
+    // SAFETY: closing the fd opened above.
+    unsafe { libc::syscall(libc::SYS_close, fd) };
+    if n < 0 { Err(e) } else { Ok(()) }
 }
 
 /// Makes every mount in `mounts` read-only in the caller's mount namespace:
