@@ -13,15 +13,8 @@ ROOTDIR=$(cd "$(dirname "$0")/../.." && pwd)
 BIN=$ROOTDIR/target/release/procscope
 GATEWAY=$ROOTDIR/target/release/examples/gateway
 UNIT_CG=/sys/fs/cgroup/system.slice/gw.service
-pass=0 fail=0
-ok() { echo "VMCHECK PASS $*"; pass=$((pass + 1)); }
-bad() { echo "VMCHECK FAIL $*"; fail=$((fail + 1)); }
-check() { local what=$1; shift; if "$@"; then ok "$what"; else bad "$what"; fi; }
-wait_for() { # wait_for SECONDS COMMAND...: poll a condition, bounded
-    local end=$((SECONDS + $1)); shift
-    while [ $SECONDS -lt $end ]; do "$@" && return 0; sleep 0.2; done
-    return 1
-}
+# shellcheck source=../guest/scenario.bash
+source "$ROOTDIR/vm-tests/guest/scenario.bash"
 sessions() { ls -d "$UNIT_CG"/i-*/s-* 2>/dev/null; }
 session_pids() { for s in $(sessions); do find "$s" -name cgroup.procs -exec cat {} +; done | tr "\n" " "; }
 alive() { for p in "$@"; do [ -d /proc/$p ] && ! grep -q '^State:.*Z' /proc/$p/status 2>/dev/null && return 0; done; return 1; }
@@ -84,5 +77,4 @@ systemctl stop gw.service
 check "stop leaves no process" bash -c "! { $(declare -f alive); alive $old; }"
 check "stop removes the unit cgroup" test ! -e $UNIT_CG
 check "system.slice memory.max unchanged" test "$(cat /sys/fs/cgroup/system.slice/memory.max 2>/dev/null || echo none)" = "$top_memory_before"
-echo "VMCHECK SUMMARY $pass passed, $fail failed"
-[ $fail -eq 0 ]
+finish
