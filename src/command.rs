@@ -85,6 +85,7 @@ struct Env {
 #[derive(Debug)]
 pub struct Command {
     program: OsString,
+    arg0: Option<OsString>,
     args: Vec<OsString>,
     env: Env,
     cwd: Option<PathBuf>,
@@ -104,6 +105,7 @@ impl Command {
     pub fn new(program: impl AsRef<OsStr>) -> Command {
         Command {
             program: program.as_ref().to_owned(),
+            arg0: None,
             args: Vec::new(),
             env: Env::default(),
             cwd: None,
@@ -116,6 +118,12 @@ impl Command {
             transient_user: false,
             keep_caps: false,
         }
+    }
+
+    /// Sets the child's `argv[0]` (by default the program as given).
+    pub fn arg0(&mut self, arg0: impl AsRef<OsStr>) -> &mut Self {
+        self.arg0 = Some(arg0.as_ref().to_owned());
+        self
     }
 
     /// Adds an argument.
@@ -315,6 +323,96 @@ impl Command {
         })
     }
 
+    /// The program this command runs, looked up in `PATH` (the child's, if
+    /// set) as a spawn would, and checked to be an executable file.
+    ///
+    /// # Errors
+    /// [`Error::ProgramNotFound`]; [`Error::Spawn`] at stage
+    /// [`ChildStage::Exec`](crate::ChildStage::Exec) with `EACCES` for a file
+    /// that is not executable; [`Error::InvalidInput`] for an empty program.
+    pub fn resolve(&self) -> Result<PathBuf> {
+        let prepared = self.prepare()?;
+        let path = PathBuf::from(OsStr::from_bytes(prepared.program.as_bytes()));
+        let executable = rustix::fs::stat(&path)
+            .map(|st| rustix::fs::FileType::from_raw_mode(st.st_mode).is_file() && st.st_mode & 0o111 != 0);
+        match executable {
+            Ok(true) => Ok(path),
+            Ok(false) => Err(Error::Spawn {
+                program: self.program.to_string_lossy().into_owned(),
+                stage: crate::ChildStage::Exec,
+                source: std::io::Error::from_raw_os_error(libc::EACCES),
+            }),
+            Err(e) => Err(Error::Spawn {
+                program: self.program.to_string_lossy().into_owned(),
+                stage: crate::ChildStage::Exec,
+                source: e.into(),
+            }),
+        }
+    }
+
+    /// Checks, before anything is placed, what a spawn or
+    /// [`exec_in`](Self::exec_in) would otherwise find only later: the
+    /// program resolves to an executable file ([`resolve`](Self::resolve)),
+    /// sealing can be done if it is required, and the identity settings agree.
+    ///
+    /// # Errors
+    /// As [`resolve`](Self::resolve); [`Error::SealingUnavailable`];
+    /// [`Error::InvalidInput`] for a fixed uid/gid with a transient user.
+    pub fn check(&self) -> Result<()> {
+        self.resolve()?;
+        crate::seal::plan_in_place(self.sealing)?;
+        if self.transient_user && (self.uid.is_some() || self.gid.is_some()) {
+            return self.user_for(None).map(drop);
+        }
+        Ok(())
+    }
+
+    /// Replaces the calling process with the command, inside `cgroup`: like
+    /// `std`'s `CommandExt::exec`, the process moves itself into `cgroup`,
+    /// seals itself ([`sealing`](Self::sealing)), drops every privilege as a
+    /// spawned child does, and calls `execve`. Its pid, its stdio, its
+    /// controlling terminal and every fd without `FD_CLOEXEC` become the
+    /// command's; nothing stays behind in between. With a
+    /// [`transient_user`](Self::transient_user), the running command itself
+    /// keeps its uid taken. [`stdin`](Self::stdin) and the other stdio
+    /// settings and [`setsid`](Self::setsid) do not apply.
+    ///
+    /// Returns only on failure; the process may already be in `cgroup` then.
+    /// Sealing through a user namespace (a caller without `CAP_SYS_ADMIN`)
+    /// needs a single-threaded process.
+    pub fn exec_in(&mut self, cgroup: &Cgroup) -> Error {
+        let run = || -> Result<Error> {
+            let prepared = self.prepare()?;
+            let seal = crate::seal::plan_in_place(self.sealing)?;
+            let user = self.user_for(None)?;
+            let join = cgroup
+                .open_file(crate::cgroup::files::PROCS, rustix::fs::OFlags::WRONLY)
+                .map_err(|e| Error::io("open", cgroup.path().join(crate::cgroup::files::PROCS), e))?;
+            let (argv, envp) = (prepared.argv.pointers(), prepared.envp.pointers());
+            let null = dev_null()?;
+            let uid = user.as_ref().map(|u| u.uid()).or(self.uid);
+            let gid = user.as_ref().map(|u| u.uid()).or(self.gid);
+            // Held until execve (FD_CLOEXEC): see TransientUser::hand_over.
+            let _allocation = user.map(|u| Arc::into_inner(u).expect("the only holder").hand_over()).transpose()?;
+            let plan = ChildPlan {
+                program: &prepared.program,
+                argv: &argv,
+                envp: &envp,
+                stdio: [null, null, null],
+                cwd: prepared.cwd.as_deref(),
+                uid,
+                gid,
+                setsid: false,
+                last_cap: last_cap(),
+                keep_caps: false,
+                seal: seal.as_ref().map(crate::seal::SealPlan::child),
+            };
+            let (stage, source) = spawn::become_in_place(&plan, join.as_fd());
+            Ok(Error::Spawn { program: self.program.to_string_lossy().into_owned(), stage, source })
+        };
+        run().unwrap_or_else(|e| e)
+    }
+
     /// Spawns the command in the caller's own cgroup, unsealed and with the
     /// caller's capabilities: only for the guardian, which must outlive the
     /// cgroups it watches and drops its privileges itself (see `guardian`).
@@ -392,7 +490,7 @@ impl Command {
         let path_var = envp.iter().find_map(|kv| kv.strip_prefix(b"PATH=").map(OsStr::from_bytes));
         let resolved = resolve_program(&self.program, path_var)?;
         let mut argv = CStrings::with_capacity(1 + self.args.len());
-        for a in std::iter::once(&self.program).chain(&self.args) {
+        for a in std::iter::once(self.arg0.as_ref().unwrap_or(&self.program)).chain(&self.args) {
             argv.push(&[a.as_bytes()]).map_err(|_| nul_byte("argument", a))?;
         }
         let cwd = self.cwd.as_deref().map(|d| cstr("working directory", d.as_os_str())).transpose()?;

@@ -183,6 +183,18 @@ pub enum Error {
         fix: &'static str,
     },
 
+    /// The process named as the owner of a command's session cannot own it:
+    /// it is gone, or it is not an ancestor of the command. Nothing was placed.
+    #[error("cannot make {owner} (pid {pid}) the owner: {why}")]
+    OwnerUnusable {
+        /// Where the owner came from (`--owner`, `PROCSCOPE_OWNER=…`, `parent`).
+        owner: String,
+        /// Its pid.
+        pid: i32,
+        /// What is wrong.
+        why: String,
+    },
+
     /// The operation would act on the calling process or one of its ancestors.
     #[error("refusing to {op} {}: it contains this process", path.display())]
     ContainsSelf {

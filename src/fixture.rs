@@ -26,7 +26,7 @@
 //! | `try-setxattr PATH NAME VALUE` | sets an xattr; prints `try-setxattr PATH NAME=…` |
 //! | `try-rmxattr PATH NAME` | removes an xattr; prints `try-rmxattr PATH NAME=…` |
 //! | `try-kill PID SIG` | `kill(PID, SIG)` with SIG one of KILL, STOP, TERM; prints `try-kill PID SIG=…` |
-//! | `gateway ROOT N GUARDIAN` | a gateway: a supervisor under ROOT (guardian from `$PROCSCOPE_BIN` if GUARDIAN is 1) with N sessions each running a child that daemonizes a helper; prints `instance=`, `guardian=`, `ready`, then waits forever |
+//! | `gateway ROOT N GUARDIAN` | a gateway: a supervisor under ROOT (with a guardian if GUARDIAN is 1) with N sessions each running a child that daemonizes a helper; prints `instance=`, `guardian=`, `ready`, then waits forever |
 //!
 //! After the last action it exits 0.
 
@@ -280,8 +280,7 @@ fn gateway(root: &str, sessions: usize, guardian: bool) -> ! {
     rt.block_on(async {
         let mut builder = crate::Supervisor::builder().root(root).grace(Duration::from_millis(500));
         if guardian {
-            let program = std::env::var_os("PROCSCOPE_BIN").unwrap_or_else(|| fail("PROCSCOPE_BIN is not set"));
-            builder = builder.guardian_program(program);
+            builder = builder.guardian(true);
         }
         let sup = builder.start().await.unwrap_or_else(|e| fail(&e.to_string()));
         say(&format!("instance={}", sup.instance().path().display()));

@@ -1,187 +1,576 @@
-//! The guardian: one small process per supervisor that kills the supervisor's
-//! instance cgroup when the supervisor dies — even by SIGKILL, with no systemd.
+//! The guardian: one small process per instance that ends what the instance's
+//! gateway leaves behind — each `procscope exec` command's leftovers when the
+//! command's main process exits, and the whole instance when the gateway dies,
+//! even by SIGKILL, with no systemd.
 //!
-//! It is the `procscope` program run as `procscope __guardian PID START PATH`,
-//! started outside the instance cgroup (in the supervisor's own cgroup, in a
-//! session of its own so terminal signals do not reach it). It holds a pidfd of
-//! the supervisor and its end of a pipe; it never starts a runtime and stays at
-//! a few hundred KiB of its own memory.
+//! # Starting
+//! The supervisor (or the first `procscope exec`) of an instance runs
+//! `/proc/self/exe` — the gateway's own program for a library user — with
+//! [`GUARDIAN_ENV`] set; a constructor that procscope links into every program
+//! turns that process into the guardian before its `main` (see `sys::hook`).
+//! It forks once so that it is nobody's child (a server that waits for its
+//! children never sees it), takes a session of its own, reports `ready PID` on
+//! the pipe it was given and closes every inherited fd. If it cannot start,
+//! the supervisor's `start` fails.
 //!
-//! - The supervisor writes `bye` on shutdown: the guardian exits, touching nothing.
-//! - The supervisor's pidfd becomes readable (it died): the guardian writes
-//!   `cgroup.kill` of the instance, waits for `populated 0`, removes the session
-//!   cgroups and the instance, and exits.
+//! # Watching
+//! One `poll` loop, never a fixed sleep: a pidfd of the gateway; inotify on the
+//! instance and its sessions, so that new sessions and `exec` commands are seen
+//! as they are made; a pidfd of each command's main process (its cgroup is
+//! `p-<pid>-<start>-<grace ms>`); `cgroup.events` of each command that is
+//! ending.
 //!
-//! Before acting it checks that the instance cgroup's recorded owner is the
-//! supervisor it was started for, so it can never kill a stranger's cgroup.
+//! - A command's main process exits, however it exits: its grace period starts
+//!   then — never before, so it cannot race the gateway's own TERM/KILL
+//!   escalation. What is left in its cgroup (`setsid` helpers, daemons) gets
+//!   SIGTERM and SIGCONT, then `cgroup.kill` when the grace runs out, and the
+//!   cgroup is removed, its session too once it has no command left.
+//! - The gateway dies: `cgroup.kill` of the whole instance, then every cgroup
+//!   of it is removed.
+//! - The instance is removed (a supervisor's shutdown, `procscope end`, a
+//!   sweep): the guardian exits, touching nothing. An `exec` instance that has
+//!   no session left is removed by the guardian itself, which then exits; the
+//!   next `exec` starts a new one.
 //!
-//! It is started with the gateway's capabilities and then takes an identity of
-//! its own ([`GUARDIAN_UID`] as real and saved uid, effective uid 0, only
-//! `CAP_KILL`): a child running as uid 0 can neither kill, stop nor ptrace it.
+//! Before acting it checks that the instance's recorded owner is the gateway
+//! it was started for, so it can never kill a stranger's cgroup.
+//!
+//! # Identity
+//! Started with the gateway's capabilities, it takes an identity of its own
+//! ([`GUARDIAN_UID`] as real and saved uid, effective uid 0, only `CAP_KILL`):
+//! a child running as uid 0 can neither kill, stop nor ptrace it.
 
-use std::io::{Read, Write};
-use std::os::fd::AsFd;
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::io::Read;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags};
+use rustix::fs::inotify::{self, CreateFlags, WatchFlags};
+use rustix::fs::{FlockOperation, Mode, OFlags};
 
 use crate::cgroup::Cgroup;
-use crate::child::ChildCell;
 use crate::command::{Command, Stdio};
 use crate::error::{Error, Result};
 use crate::instance::{Owner, start_time};
 use crate::pidfd::PidFd;
 
-/// The argument that selects guardian mode in the `procscope` program.
-pub const GUARDIAN_ARG: &str = "__guardian";
+/// The environment variable that makes a process linking procscope the
+/// guardian: `MODE OWNER_PID OWNER_START INSTANCE_PATH`.
+pub const GUARDIAN_ENV: &str = "PROCSCOPE_GUARDIAN";
 
-/// How long the supervisor waits for the guardian to report ready.
+/// A file the guardian appends what it does to, one line per event, when its
+/// starter has this variable set (for debugging; nothing is logged otherwise).
+pub const LOG_ENV: &str = "PROCSCOPE_GUARDIAN_LOG";
+
+/// Appends a line to the guardian's log, if one was asked for.
+fn log(msg: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    if let Some(path) = std::env::var_os(LOG_ENV)
+        && let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path)
+    {
+        let _ = writeln!(f, "{} {msg}", std::process::id());
+    }
+}
+
+/// How long a starter waits for the guardian to report ready.
 const READY_WAIT: Duration = Duration::from_secs(5);
 
-/// The supervisor's handle on its guardian.
+/// Metadata on the instance: the guardian's pid and start time.
+const XATTR_GUARDIAN: &str = "guardian";
+
+/// What the guardian may do with its instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// A supervisor's instance: only the supervisor removes it.
+    Supervisor,
+    /// An instance of `procscope exec` commands: removed with its last session.
+    Exec,
+}
+
+impl Role {
+    fn as_str(self) -> &'static str {
+        match self {
+            Role::Supervisor => "supervisor",
+            Role::Exec => "exec",
+        }
+    }
+}
+
+/// A started guardian.
 pub(crate) struct Guardian {
-    child: Arc<ChildCell>,
-    control: std::fs::File,
+    pidfd: PidFd,
 }
 
 impl Guardian {
-    /// Starts the guardian and waits until it is watching.
-    pub(crate) fn start(program: &Path, owner: Owner, instance: &Cgroup) -> Result<Guardian> {
-        let pipe =
-            |what| rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| Error::io("pipe", what, e));
-        let (control_r, control_w) = pipe("guardian control")?;
-        let (ready_r, ready_w) = pipe("guardian ready")?;
-        let mut cmd = Command::new(program);
-        cmd.arg(GUARDIAN_ARG)
-            .arg(owner.pid.to_string())
-            .arg(owner.start.to_string())
-            .arg(instance.path())
-            .stdin(Stdio::Fd(control_r))
-            .stdout(Stdio::Fd(ready_w))
-            .setsid(true);
-        let child = cmd.spawn_guardian()?;
-        drop(cmd);
-        let cell = Arc::clone(child.cell());
-        drop(child);
-        let mut ready = std::fs::File::from(ready_r);
-        let mut fds = [PollFd::new(&ready, PollFlags::IN)];
-        let timeout = rustix::time::Timespec { tv_sec: READY_WAIT.as_secs() as i64, tv_nsec: 0 };
-        let _ = rustix::event::poll(&mut fds, Some(&timeout));
-        let mut buf = [0u8; 16];
-        let n = if fds[0].revents().contains(PollFlags::IN) { ready.read(&mut buf).unwrap_or(0) } else { 0 };
-        if !buf[..n].starts_with(b"ready") {
-            let _ = cell.signal(rustix::process::Signal::KILL);
+    /// Starts the guardian of `instance` and waits until it is watching.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the program cannot become a guardian (the
+    /// constructor is not linked), the process cannot be started, or it does
+    /// not report ready in time.
+    pub(crate) fn start(owner: Owner, instance: &Cgroup, role: Role) -> Result<Guardian> {
+        const WHAT: &str = "/proc/self/exe";
+        if !crate::sys::hook::ran() {
             return Err(Error::io(
                 "start guardian",
-                program,
-                std::io::Error::other("it did not report ready (is it the procscope program?)"),
+                WHAT,
+                std::io::Error::other("procscope's start-up hook did not run in this program"),
             ));
         }
-        tracing::info!(pid = cell.pid(), "guardian watching this process");
-        Ok(Guardian { child: cell, control: std::fs::File::from(control_w) })
+        let (ready_r, ready_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+            .map_err(|e| Error::io("pipe", "guardian ready", e))?;
+        let spec = format!("{} {} {} {}", role.as_str(), owner.pid, owner.start, instance.path().display());
+        let mut cmd = Command::new(WHAT);
+        cmd.arg0("procscope-guardian")
+            .env_clear()
+            .env(GUARDIAN_ENV, spec)
+            .stdin(Stdio::Null)
+            .stdout(Stdio::Fd(ready_w))
+            .stderr(Stdio::Null);
+        if let Some(log) = std::env::var_os(LOG_ENV) {
+            cmd.env(LOG_ENV, log);
+        }
+        // The intermediate process forks the guardian and exits at once.
+        let mut intermediate = cmd.spawn_guardian()?;
+        drop(cmd);
+        let mut ready = std::fs::File::from(ready_r);
+        let mut line = String::new();
+        if poll_in(&ready, READY_WAIT) {
+            let _ = ready.read_to_string(&mut line);
+        }
+        // Reaped here, without a thread: `exec` may need to stay
+        // single-threaded (sealing through a user namespace).
+        poll_in(intermediate.pidfd(), Duration::from_secs(1));
+        let _ = intermediate.try_wait();
+        drop(intermediate);
+        let pid = match line.trim().strip_prefix("ready ").and_then(|p| p.parse::<i32>().ok()) {
+            Some(pid) => pid,
+            None => {
+                let why = line.trim().strip_prefix("error ").unwrap_or("it did not report ready");
+                return Err(Error::io("start guardian", instance.path(), std::io::Error::other(why.to_owned())));
+            }
+        };
+        // It waits for its instance's end, so it is alive: the pidfd is its.
+        let pidfd = rustix::process::Pid::from_raw(pid)
+            .ok_or_else(|| Error::io("start guardian", instance.path(), std::io::Error::other("pid 0")))
+            .and_then(|p| PidFd::open(p).map_err(|e| Error::io("pidfd_open", instance.path(), e)))?;
+        if let Some(start) = start_time(pid) {
+            let _ = instance.set_meta(XATTR_GUARDIAN, &format!("{pid} {start}"));
+        }
+        tracing::info!(pid, instance = %instance.path().display(), "guardian watching this instance");
+        Ok(Guardian { pidfd })
     }
 
     pub(crate) fn pid(&self) -> u32 {
-        self.child.pid() as u32
+        self.pidfd.raw_pid() as u32
     }
 
-    /// Tells the guardian to exit without acting, and waits for it.
-    pub(crate) async fn stop(mut self) {
-        let _ = self.control.write_all(b"bye\n");
-        if tokio::time::timeout(Duration::from_secs(2), self.child.wait()).await.is_err() {
-            let _ = self.child.signal(rustix::process::Signal::KILL);
-            let _ = self.child.wait().await;
+    /// Waits until the guardian has exited (it does once its instance is
+    /// gone), at most `limit`; then kills it.
+    pub(crate) async fn wait_gone(self, limit: Duration) {
+        let _ = tokio::time::timeout(limit, self.pidfd.exited()).await;
+        if self.pidfd.is_alive() {
+            let _ = self.pidfd.send_signal(rustix::process::Signal::KILL);
         }
-    }
-
-    /// Tells the guardian to exit, without waiting (from `Drop`); the reaper
-    /// collects it.
-    pub(crate) fn dismiss(mut self) {
-        let _ = self.control.write_all(b"bye\n");
     }
 }
 
-/// Finds the `procscope` program for the guardian: `$PROCSCOPE_BIN`, the running
-/// executable if it is `procscope`, a `procscope` next to it or one directory
-/// up (cargo's `deps/` and `examples/`), then `PATH`.
-pub fn find_program() -> Option<PathBuf> {
-    let executable = |p: &Path| {
-        rustix::fs::stat(p)
-            .is_ok_and(|st| rustix::fs::FileType::from_raw_mode(st.st_mode).is_file() && st.st_mode & 0o111 != 0)
+/// Waits until `fd` is readable (or hung up), at most `limit`, through any
+/// signal that interrupts the wait (a gateway with a SIGCHLD handler gets one
+/// when the guardian's intermediate process exits).
+fn poll_in(fd: &impl AsFd, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ts = rustix::time::Timespec::try_from(left).unwrap_or(rustix::time::Timespec { tv_sec: 5, tv_nsec: 0 });
+        let mut fds = [PollFd::new(fd, PollFlags::IN)];
+        match rustix::event::poll(&mut fds, Some(&ts)) {
+            Ok(_) if fds[0].revents().intersects(PollFlags::IN | PollFlags::HUP | PollFlags::ERR) => return true,
+            Ok(_) | Err(rustix::io::Errno::INTR) if !left.is_zero() => continue,
+            _ => return false,
+        }
+    }
+}
+
+/// The guardian of `instance` for `procscope exec`: started unless one runs
+/// (the instance records its pid and start time). Call it once the caller's
+/// own cgroup exists in the instance, so that the instance cannot go away
+/// meanwhile.
+///
+/// # Errors
+/// As [`Guardian::start`].
+pub(crate) fn ensure(owner: Owner, instance: &Cgroup) -> Result<()> {
+    // Concurrent `exec`s of one gateway start one guardian: the first takes
+    // the lock, the others then find it. A lock held too long (a process that
+    // can open the directory keeps it) is waited for at most a second.
+    let dir = rustix::fs::open(instance.path(), OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+        .map_err(|e| Error::io("open", instance.path(), e))?;
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while rustix::fs::flock(&dir, FlockOperation::NonBlockingLockExclusive).is_err() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let running = instance.meta(XATTR_GUARDIAN).ok().flatten().and_then(|v| {
+        let (pid, start) = v.split_once(' ')?;
+        let pid: i32 = pid.parse().ok()?;
+        (start_time(pid)? == start.parse::<u64>().ok()?).then_some(pid)
+    });
+    if running.is_none() {
+        Guardian::start(owner, instance, Role::Exec)?;
+    }
+    Ok(())
+}
+
+/// The name of an `exec` command's cgroup: `p-<pid>-<start>-<grace ms>`.
+pub(crate) fn command_cgroup_name(main: Owner, grace: Duration) -> String {
+    format!("p-{}-{}-{}", main.pid, main.start, grace.as_millis())
+}
+
+fn parse_command_cgroup_name(name: &str) -> Option<(Owner, Duration)> {
+    let mut it = name.strip_prefix("p-")?.split('-');
+    let pid = it.next()?.parse().ok().filter(|p| *p > 0)?;
+    let start = it.next()?.parse().ok()?;
+    let grace = Duration::from_millis(it.next()?.parse().ok()?);
+    it.next().is_none().then_some((Owner { pid, start }, grace))
+}
+
+/// The guardian's main, from the constructor. Never returns.
+pub(crate) fn main(spec: &OsStr) -> ! {
+    // Whatever happens, report on the ready pipe (fd 1) and exit.
+    let report = |line: &str| {
+        let _ = rustix::io::write(rustix::stdio::stdout(), format!("{line}\n").as_bytes());
     };
-    if let Some(p) = std::env::var_os("PROCSCOPE_BIN").map(PathBuf::from) {
-        return executable(&p).then_some(p);
-    }
-    if let Ok(exe) = std::env::current_exe() {
-        if exe.file_name().is_some_and(|n| n == "procscope") {
-            return Some(exe);
+    let code = match Watch::set_up(spec) {
+        Ok(mut watch) => {
+            report(&format!("ready {}", std::process::id()));
+            quiet_stdio();
+            watch.run();
+            0
         }
-        for dir in exe.ancestors().skip(1).take(2) {
-            let candidate = dir.join("procscope");
-            if executable(&candidate) {
-                return Some(candidate);
-            }
-        }
-    }
-    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join("procscope")).find(|p| executable(p))
-}
-
-/// The guardian's main: `args` are `PID START INSTANCE_PATH`. Never returns.
-pub fn main(args: &[String]) -> ! {
-    let code = match run(args) {
-        Ok(()) => 0,
         Err(e) => {
-            eprintln!("procscope guardian: {e}");
+            report(&format!("error {e}"));
             1
         }
     };
     std::process::exit(code)
 }
 
-fn run(args: &[String]) -> std::result::Result<(), String> {
-    let [pid, start, path] = args else { return Err("usage: procscope __guardian PID START INSTANCE_PATH".into()) };
-    let owner = Owner {
-        pid: pid.parse().map_err(|_| format!("bad pid {pid:?}"))?,
-        start: start.parse().map_err(|_| format!("bad start time {start:?}"))?,
-    };
-    for sig in [libc::SIGINT, libc::SIGHUP, libc::SIGPIPE] {
-        let _ = crate::sys::signal::set_ignored(sig, true);
+/// `/dev/null` on fds 0, 1 and 2, so that no pipe of the gateway's (or of
+/// the starter's) stays open here.
+fn quiet_stdio() {
+    if let Ok(null) = rustix::fs::open("/dev/null", OFlags::RDWR | OFlags::CLOEXEC, Mode::empty()) {
+        let _ = rustix::stdio::dup2_stdin(&null);
+        let _ = rustix::stdio::dup2_stdout(&null);
+        let _ = rustix::stdio::dup2_stderr(&null);
     }
-    let instance = Cgroup::open(path).map_err(|e| e.to_string())?;
-    if Owner::of_instance(&instance) != Some(owner) {
-        return Err(format!(
-            "{path} does not belong to pid {} (start {}); refusing to watch it",
-            owner.pid, owner.start
-        ));
+}
+
+/// A command (an `exec`'s cgroup) the guardian follows.
+struct Tracked {
+    session: PathBuf,
+    cgroup: Cgroup,
+    grace: Duration,
+    /// The main process, while it runs.
+    main: Option<PidFd>,
+    /// Once the main process is gone: `cgroup.events`, and when to kill.
+    /// `cgroup.events` is `None` when the cgroup is gone already.
+    ending: Option<(Option<OwnedFd>, Instant)>,
+}
+
+/// Where a watched directory sits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Level {
+    /// The root: only the instance's own removal matters there.
+    Root,
+    Instance,
+    Session,
+}
+
+struct Watch {
+    role: Role,
+    path: PathBuf,
+    instance: Cgroup,
+    owner: PidFd,
+    inotify: OwnedFd,
+    /// Watch descriptor → directory. Every directory is watched for
+    /// `IN_CREATE` and `IN_DELETE` of its subdirectories: cgroupfs sends no
+    /// `IN_DELETE_SELF` or `IN_IGNORED` when a cgroup is removed, only the
+    /// parent's `IN_DELETE`.
+    dirs: HashMap<i32, (PathBuf, Level)>,
+    commands: HashMap<PathBuf, Tracked>,
+}
+
+impl Watch {
+    fn set_up(spec: &OsStr) -> std::result::Result<Watch, String> {
+        let spec = std::str::from_utf8(spec.as_bytes()).map_err(|_| "the spec is not UTF-8".to_owned())?;
+        let mut parts = spec.splitn(4, ' ');
+        let (role, pid, start, path) = (parts.next(), parts.next(), parts.next(), parts.next());
+        let role = match role {
+            Some("supervisor") => Role::Supervisor,
+            Some("exec") => Role::Exec,
+            _ => return Err(format!("bad spec {spec:?}: ROLE OWNER_PID OWNER_START INSTANCE_PATH")),
+        };
+        let owner = Owner {
+            pid: pid.and_then(|p| p.parse().ok()).ok_or_else(|| format!("bad pid in {spec:?}"))?,
+            start: start.and_then(|s| s.parse().ok()).ok_or_else(|| format!("bad start time in {spec:?}"))?,
+        };
+        let path = PathBuf::from(path.ok_or_else(|| format!("no instance path in {spec:?}"))?);
+        for sig in [libc::SIGINT, libc::SIGHUP, libc::SIGPIPE, libc::SIGTERM] {
+            let _ = crate::sys::signal::set_ignored(sig, true);
+        }
+        crate::sys::hook::detach().map_err(|e| format!("fork: {e}"))?;
+        let instance = Cgroup::open(&path).map_err(|e| e.to_string())?;
+        if Owner::of_instance(&instance) != Some(owner) {
+            return Err(format!("{} does not belong to pid {} (start {})", path.display(), owner.pid, owner.start));
+        }
+        // Open, then check the start time: the pidfd cannot name a recycled pid.
+        let pidfd = rustix::process::Pid::from_raw(owner.pid)
+            .map(PidFd::open)
+            .transpose()
+            .map_err(|e| format!("pidfd_open({}): {e}", owner.pid))?
+            .filter(|_| owner.is_alive())
+            .ok_or_else(|| format!("the gateway (pid {}) is gone", owner.pid))?;
+        let inotify =
+            inotify::init(CreateFlags::CLOEXEC | CreateFlags::NONBLOCK).map_err(|e| format!("inotify: {e}"))?;
+        let mut watch = Watch {
+            role,
+            path: path.clone(),
+            instance,
+            owner: pidfd,
+            inotify,
+            dirs: HashMap::new(),
+            commands: HashMap::new(),
+        };
+        let root = path.parent().ok_or("the instance has no parent")?;
+        watch.add_dir(root, Level::Root)?;
+        watch.add_dir(&path, Level::Instance)?;
+        if let Err(e) = take_identity() {
+            // A gateway without CAP_SETUID (not root): the guardian runs as the
+            // gateway's user, as its children do.
+            log(format_args!("no identity of its own: {e}"));
+        }
+        Ok(watch)
     }
-    // Our parent is the supervisor while getppid() says so: open its pidfd, then
-    // check again, so that the pidfd cannot refer to a recycled pid.
-    let parent = rustix::process::getppid().map(|p| p.as_raw_nonzero().get());
-    let pidfd = if parent == Some(owner.pid) && start_time(owner.pid) == Some(owner.start) {
-        let fd = PidFd::open(rustix::process::Pid::from_raw(owner.pid).expect("positive"))
-            .map_err(|e| format!("pidfd_open({}): {e}", owner.pid))?;
-        let still = rustix::process::getppid().map(|p| p.as_raw_nonzero().get()) == Some(owner.pid);
-        still.then_some(fd)
-    } else {
-        None
-    };
-    if let Err(e) = take_identity() {
-        // A gateway without CAP_SETUID (not root): the guardian runs as the
-        // gateway's user, as its children do; say so once.
-        eprintln!("procscope guardian: running without an identity of its own ({e}); children of this uid can stop it");
+
+    /// Watches `dir` for directories made and removed in it, then takes in
+    /// what it holds already (not for the root).
+    fn add_dir(&mut self, dir: &Path, level: Level) -> std::result::Result<(), String> {
+        let flags = match level {
+            Level::Root => WatchFlags::DELETE | WatchFlags::ONLYDIR,
+            _ => WatchFlags::CREATE | WatchFlags::DELETE | WatchFlags::ONLYDIR,
+        };
+        let wd = match inotify::add_watch(&self.inotify, dir, flags) {
+            Ok(wd) => wd,
+            // Gone already: a session removed meanwhile.
+            Err(rustix::io::Errno::NOENT) if level == Level::Session => return Ok(()),
+            Err(e) => return Err(format!("inotify_add_watch {}: {e}", dir.display())),
+        };
+        // The same directory made again: its old watch is stale.
+        self.dirs.retain(|w, (d, _)| *w == wd || d != dir);
+        self.dirs.insert(wd, (dir.to_owned(), level));
+        log(format_args!("watching {} (wd {wd})", dir.display()));
+        if level == Level::Root {
+            return Ok(());
+        }
+        let names = Cgroup::open(dir).and_then(|c| c.children()).unwrap_or_default();
+        for name in names {
+            self.made(dir, level, &name);
+        }
+        Ok(())
     }
-    let mut stdout = std::io::stdout().lock();
-    let _ = stdout.write_all(b"ready\n").and_then(|_| stdout.flush());
-    drop(stdout);
-    if let Some(pidfd) = pidfd
-        && !watch(&pidfd)
-    {
-        return Ok(());
+
+    /// Stops watching `dir` (removed) and forgets the commands below it.
+    fn forget_dir(&mut self, dir: &Path) {
+        let stale: Vec<i32> = self.dirs.iter().filter(|(_, (d, _))| d == dir).map(|(w, _)| *w).collect();
+        for wd in stale {
+            let _ = inotify::remove_watch(&self.inotify, wd);
+            self.dirs.remove(&wd);
+        }
+        self.commands.retain(|p, _| !p.starts_with(dir));
     }
-    clean_up(&instance, Path::new(path));
-    Ok(())
+
+    /// A directory `name` was made in `dir` (or found there).
+    fn made(&mut self, dir: &Path, level: Level, name: &str) {
+        let path = dir.join(name);
+        match level {
+            Level::Root => {}
+            Level::Instance => {
+                if name.starts_with("s-") {
+                    let _ = self.add_dir(&path, Level::Session);
+                }
+            }
+            Level::Session => self.track(dir, &path, name),
+        }
+    }
+
+    /// Follows the command whose cgroup is `path`.
+    fn track(&mut self, session: &Path, path: &Path, name: &str) {
+        let Some((main, grace)) = parse_command_cgroup_name(name) else { return };
+        if self.commands.contains_key(path) {
+            return;
+        }
+        let Ok(cgroup) = Cgroup::open(path) else { return };
+        let main_fd =
+            rustix::process::Pid::from_raw(main.pid).and_then(|p| PidFd::open(p).ok()).filter(|_| main.is_alive());
+        log(format_args!("command {} (main {} alive: {})", path.display(), main.pid, main_fd.is_some()));
+        let mut command = Tracked { session: session.to_owned(), cgroup, grace, main: main_fd, ending: None };
+        if command.main.is_none() {
+            begin_ending(&mut command);
+        }
+        self.commands.insert(path.to_owned(), command);
+    }
+
+    fn run(&mut self) {
+        loop {
+            let now = Instant::now();
+            let keys: Vec<PathBuf> = self.commands.keys().cloned().collect();
+            let timeout = self
+                .commands
+                .values()
+                .filter_map(|c| c.ending.as_ref().map(|(_, t)| t.saturating_duration_since(now)))
+                .min();
+            let mut fds = vec![PollFd::new(&self.owner, PollFlags::IN), PollFd::new(&self.inotify, PollFlags::IN)];
+            for k in &keys {
+                let c = &self.commands[k];
+                match (&c.main, &c.ending) {
+                    (_, Some((Some(events), _))) => fds.push(PollFd::new(events, PollFlags::PRI)),
+                    (Some(main), None) => fds.push(PollFd::new(main, PollFlags::IN)),
+                    // Nothing to wait for: a placeholder that never fires.
+                    _ => fds.push(PollFd::new(&self.inotify, PollFlags::empty())),
+                }
+            }
+            let ts = timeout.map(|t| {
+                rustix::time::Timespec::try_from(t).unwrap_or(rustix::time::Timespec { tv_sec: i64::MAX, tv_nsec: 0 })
+            });
+            match rustix::event::poll(&mut fds, ts.as_ref()) {
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+            let owner_gone = fds[0].revents().intersects(PollFlags::IN | PollFlags::HUP);
+            let inotify_ready = !fds[1].revents().is_empty();
+            let ready: Vec<bool> = fds[2..].iter().map(|f| !f.revents().is_empty()).collect();
+            drop(fds);
+            if owner_gone {
+                log(format_args!("the owner is gone: ending the instance"));
+                if Owner::of_instance(&self.instance).is_some() {
+                    clean_up(&self.instance, &self.path);
+                }
+                return;
+            }
+            if inotify_ready && self.read_inotify() {
+                return;
+            }
+            for (k, ready) in keys.iter().zip(ready) {
+                if let Some(c) = self.commands.get_mut(k) {
+                    if ready && c.ending.is_none() {
+                        c.main = None;
+                        begin_ending(c);
+                    }
+                    if c.ending.is_some() && step_ending(c) {
+                        let c = self.commands.remove(k).expect("present");
+                        if self.finish(c) {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads inotify events; true when the instance is gone.
+    fn read_inotify(&mut self) -> bool {
+        let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 4096];
+        let mut events = Vec::new();
+        {
+            let mut reader = inotify::Reader::new(&self.inotify, &mut buf);
+            while let Ok(ev) = reader.next() {
+                let Some((dir, level)) = self.dirs.get(&ev.wd()).cloned() else { continue };
+                let Some(name) = ev.file_name().and_then(|n| n.to_str().ok()) else { continue };
+                let deleted = ev.events().contains(inotify::ReadFlags::DELETE);
+                events.push((dir, level, name.to_owned(), deleted));
+            }
+        }
+        for (dir, level, name, deleted) in events {
+            log(format_args!("{} {}/{name}", if deleted { "removed" } else { "made" }, dir.display()));
+            match (level, deleted) {
+                (Level::Root, true) if dir.join(&name) == self.path => return true,
+                (_, true) => self.forget_dir(&dir.join(&name)),
+                (_, false) => self.made(&dir, level, &name),
+            }
+        }
+        false
+    }
+
+    /// A command's cgroup is empty: removes it, its session once it holds no
+    /// command, and (for `exec`) the instance once it holds no session. True
+    /// when the instance is gone.
+    fn finish(&mut self, c: Tracked) -> bool {
+        log(format_args!("command {} ended", c.cgroup.path().display()));
+        let Ok(session) = Cgroup::open(&c.session) else { return false };
+        remove_blocking(&session, &c.cgroup);
+        if session.children().is_ok_and(|l| l.is_empty())
+            && !session.is_populated().unwrap_or(true)
+            && self.instance.remove_child(session.name()).is_ok()
+        {
+            self.forget_dir(&c.session);
+        }
+        if self.role == Role::Exec
+            && self.instance.children().is_ok_and(|l| l.is_empty())
+            && let Some(root) = self.path.parent().and_then(|p| Cgroup::open(p).ok())
+            && root.remove_child(self.instance.name()).is_ok()
+        {
+            return true;
+        }
+        false
+    }
+}
+
+/// The main process is gone: SIGTERM and SIGCONT to what is left, and the
+/// grace period starts.
+fn begin_ending(c: &mut Tracked) {
+    for m in c.cgroup.member_pidfds_recursive().unwrap_or_default() {
+        let _ = m.send_signal(rustix::process::Signal::TERM);
+        let _ = m.send_signal(rustix::process::Signal::CONT);
+    }
+    // No `cgroup.events` (the cgroup is gone): nothing to wait for.
+    let events = c.cgroup.open_file(crate::cgroup::files::EVENTS, OFlags::RDONLY).ok();
+    let deadline = if events.is_some() { Instant::now() + c.grace } else { Instant::now() };
+    c.ending = Some((events, deadline));
+}
+
+/// True once the ending command's cgroup is empty, killing it when its
+/// grace has run out.
+fn step_ending(c: &mut Tracked) -> bool {
+    if !c.cgroup.is_populated().unwrap_or(false) {
+        return true;
+    }
+    let Some((_, deadline)) = &c.ending else { return false };
+    if Instant::now() < *deadline {
+        return false;
+    }
+    kill_blocking(&c.cgroup);
+    true
+}
+
+/// `cgroup.kill` (else SIGKILL to every member until none is left), then
+/// waits until the cgroup is empty, at most 5 s.
+fn kill_blocking(cg: &Cgroup) {
+    if cg.write("cgroup.kill", "1").is_err() {
+        for _ in 0..64 {
+            let members = cg.member_pidfds_recursive().unwrap_or_default();
+            if members.is_empty() {
+                break;
+            }
+            for m in &members {
+                let _ = m.send_signal(rustix::process::Signal::KILL);
+            }
+            let _ = cg.wait_events_blocking(Some(Duration::from_millis(100)), |e| !e.populated);
+        }
+    }
+    let _ = cg.wait_events_blocking(Some(Duration::from_secs(5)), |e| !e.populated);
 }
 
 /// The guardian's real and saved uid: one no other process uses (in systemd's
@@ -225,48 +614,9 @@ fn take_identity() -> std::result::Result<(), String> {
     Ok(())
 }
 
-/// Waits for the supervisor's death (true) or its `bye` (false).
-fn watch(pidfd: &PidFd) -> bool {
-    let stdin = rustix::stdio::stdin();
-    let mut control_open = true;
-    loop {
-        let mut fds = vec![PollFd::new(pidfd, PollFlags::IN)];
-        if control_open {
-            fds.push(PollFd::new(&stdin, PollFlags::IN));
-        }
-        match rustix::event::poll(&mut fds, None) {
-            Ok(_) | Err(rustix::io::Errno::INTR) => {}
-            Err(_) => return !pidfd.is_alive(),
-        }
-        if fds[0].revents().intersects(PollFlags::IN | PollFlags::HUP) {
-            return true;
-        }
-        if control_open && !fds[1].revents().is_empty() {
-            let mut buf = [0u8; 64];
-            match rustix::io::read(stdin.as_fd(), &mut buf) {
-                Ok(n) if buf[..n].windows(3).any(|w| w == b"bye") => return false,
-                Ok(0) | Err(_) => control_open = false,
-                Ok(_) => {}
-            }
-        }
-    }
-}
-
 /// Kills everything in the instance and removes it, synchronously.
 fn clean_up(instance: &Cgroup, path: &Path) {
-    if instance.write("cgroup.kill", "1").is_err() {
-        for _ in 0..64 {
-            let members = instance.member_pidfds_recursive().unwrap_or_default();
-            if members.is_empty() {
-                break;
-            }
-            for m in &members {
-                let _ = m.send_signal(rustix::process::Signal::KILL);
-            }
-            let _ = instance.wait_events_blocking(Some(Duration::from_millis(100)), |e| !e.populated);
-        }
-    }
-    let _ = instance.wait_events_blocking(Some(Duration::from_secs(5)), |e| !e.populated);
+    kill_blocking(instance);
     for name in instance.children().unwrap_or_default() {
         if let Ok(session) = instance.open_child(&name) {
             remove_blocking(instance, &session);
@@ -293,6 +643,22 @@ fn remove_blocking(parent: &Cgroup, cg: &Cgroup) {
                 wait = (wait * 2).min(Duration::from_millis(100));
             }
             _ => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_cgroup_names_round_trip() {
+        let main = Owner { pid: 4242, start: 99 };
+        let name = command_cgroup_name(main, Duration::from_millis(2500));
+        assert_eq!(name, "p-4242-99-2500");
+        assert_eq!(parse_command_cgroup_name(&name), Some((main, Duration::from_millis(2500))));
+        for bad in ["p-1-2", "p-0-1-2", "p-x-1-2", "s-1-2-3", "p-1-2-3-4", "p-1-2-"] {
+            assert_eq!(parse_command_cgroup_name(bad), None, "{bad}");
         }
     }
 }

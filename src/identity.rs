@@ -83,6 +83,7 @@ impl TransientUser {
             });
         }
         std::fs::create_dir_all(LOCK_DIR).map_err(|e| Error::io("create", LOCK_DIR, e))?;
+        let _allocating = allocation_lock()?;
         let taken = ids_in_use()?;
         // Start where this process last stopped, spread by pid, so that
         // gateways allocating at once rarely try the same uid first.
@@ -114,6 +115,40 @@ impl TransientUser {
     /// The uid, which is also the gid.
     pub(crate) fn uid(&self) -> u32 {
         self.uid
+    }
+
+    /// For a process that becomes the command itself (`procscope exec`): the
+    /// uid's lock file is released, and the allocation lock is returned
+    /// instead, to be held (it is `FD_CLOEXEC`) until the process has switched
+    /// to the uid and calls `execve`. From then on the running process itself
+    /// keeps the uid taken: no allocator gives out a uid a process runs with.
+    pub(crate) fn hand_over(self) -> Result<OwnedFd> {
+        let lock = allocation_lock()?;
+        drop(self);
+        Ok(lock)
+    }
+}
+
+/// The lock every allocation takes (`LOCK_DIR/.allocating`), so that a uid
+/// being handed over to a starting process is never given out meanwhile.
+/// Waited for at most 2 s.
+fn allocation_lock() -> Result<OwnedFd> {
+    let path = Path::new(LOCK_DIR).join(".allocating");
+    let fd = rustix::fs::open(
+        &path,
+        OFlags::CREATE | OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::from_raw_mode(0o600),
+    )
+    .map_err(|e| Error::io("open", &path, e))?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => return Ok(fd),
+            Err(rustix::io::Errno::WOULDBLOCK) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            Err(e) => return Err(Error::io("flock", &path, e)),
+        }
     }
 }
 

@@ -11,7 +11,8 @@ use clap::{Args, Parser, Subcommand};
 const EXIT_CODES: &str = "\
 Exit codes:
   0    success
-  1    the operation failed (or `doctor` found that containment would degrade)
+  1    the operation failed (or `doctor` found that containment would degrade,
+       or `end` found no session for an id, without --missing-ok)
   2    invalid arguments or input, or a root that cannot be used (no cgroup2,
        not delegated, a missing controller); nothing was changed
   exec: the command's own exit status; 128+N when it was killed by signal N;
@@ -48,9 +49,14 @@ enum Cmd {
         /// How long processes get between SIGTERM and cgroup.kill
         #[arg(long, allow_hyphen_values = true, default_value = "2s", value_parser = parse_grace)]
         grace: Duration,
-        /// The process whose sessions these are [default: the parent process]
+        /// The process whose sessions these are [default: $PROCSCOPE_OWNER, else
+        /// the parent process]. Sessions that `exec`s started below it through
+        /// intermediaries (a watchdog, `sh -c`, `npx`) are found too
         #[arg(long, value_name = "PID")]
         owner: Option<i32>,
+        /// Exit 0 even when an id matches no session
+        #[arg(long)]
+        missing_ok: bool,
         /// Print a JSON object instead of text
         #[arg(long)]
         json: bool,
@@ -108,16 +114,11 @@ fn parse_grace(s: &str) -> Result<Duration, String> {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some(procscope::guardian::GUARDIAN_ARG) {
-        // Before anything else: the guardian stays small.
-        procscope::guardian::main(&args[2..]);
-    }
     let cli = Cli::parse();
     let code = match cli.command {
         Cmd::Exec(a) => cli::exec::run(a),
-        Cmd::End { root, grace, owner, json, ids } => {
-            cli::run_async(cli::admin::end(root.root, grace, owner, json, ids))
+        Cmd::End { root, grace, owner, missing_ok, json, ids } => {
+            cli::run_async(cli::admin::end(root.root, grace, owner, missing_ok, json, ids))
         }
         Cmd::Ps { root, json } => cli::run_async(cli::admin::ps(root.root, json)),
         Cmd::Sweep { root, orphans, all, grace, json } => {

@@ -172,8 +172,23 @@ fn probe_user_namespace() -> std::result::Result<(), String> {
 /// [`Sealing::Auto`] for a process with `CAP_SYS_ADMIN`) but cannot be done;
 /// [`Error::Io`] when the mount table cannot be read.
 pub(crate) fn plan(sealing: Sealing) -> Result<Option<SealPlan>> {
+    plan_with(sealing, true)
+}
+
+/// [`plan`] for a process that seals itself and becomes the command: no
+/// prepared namespace (joining one needs an fs_struct of its own, which a
+/// thread of a multi-threaded process does not have); it copies its own.
+pub(crate) fn plan_in_place(sealing: Sealing) -> Result<Option<SealPlan>> {
+    plan_with(sealing, false)
+}
+
+fn plan_with(sealing: Sealing, template: bool) -> Result<Option<SealPlan>> {
     match (sealing, capability()) {
         (Sealing::Off, _) => Ok(None),
+        (_, Capability::Admin) if !template => {
+            let (mounts, _) = current(false)?;
+            Ok(Some(SealPlan { mounts, template: None, user_ns: None }))
+        }
         (_, Capability::Admin) => {
             let (mounts, template) = current(true)?;
             // The template's root is this process's root; the working

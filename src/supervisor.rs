@@ -44,14 +44,7 @@ pub struct Builder {
     root: Option<PathBuf>,
     grace: Duration,
     recover: bool,
-    guardian: GuardianSetting,
-}
-
-#[derive(Debug, Clone)]
-enum GuardianSetting {
-    Off,
-    Auto,
-    Program(PathBuf),
+    guardian: bool,
 }
 
 impl Builder {
@@ -75,18 +68,15 @@ impl Builder {
     }
 
     /// Starts a guardian: a small process that kills this instance's sessions when
-    /// this process dies, even by SIGKILL. It is the `procscope` program, found
-    /// through `$PROCSCOPE_BIN`, next to the running executable, or in `PATH`;
-    /// if it cannot be found, the supervisor starts without one and says so.
+    /// this process dies, even by SIGKILL. It is this very program, run again
+    /// from `/proc/self/exe`: procscope links a start-up hook into every
+    /// program that uses it, which turns that run into the guardian before
+    /// `main`. No other binary and no call in `main` are needed. A guardian
+    /// that cannot start fails [`start`](Self::start). Its memory is its own
+    /// (about 1–2 MiB PSS): the program's code pages are shared with this
+    /// process.
     pub fn guardian(mut self, on: bool) -> Self {
-        self.guardian = if on { GuardianSetting::Auto } else { GuardianSetting::Off };
-        self
-    }
-
-    /// Starts a guardian using this `procscope` executable; failing to start it
-    /// fails [`start`](Self::start).
-    pub fn guardian_program(mut self, program: impl AsRef<Path>) -> Self {
-        self.guardian = GuardianSetting::Program(program.as_ref().to_owned());
+        self.guardian = on;
         self
     }
 
@@ -110,24 +100,16 @@ impl Builder {
             if self.recover { recover(&root, Some(owner), self.grace).await? } else { SweepReport::default() };
         let (instance_name, instance) = create_instance(&root, owner)?;
         let instance = Arc::new(instance);
-        let guardian = match &self.guardian {
-            GuardianSetting::Off => None,
-            GuardianSetting::Program(p) => Some(Guardian::start(p, owner, &instance)?),
-            GuardianSetting::Auto => match crate::guardian::find_program() {
-                Some(p) => match Guardian::start(&p, owner, &instance) {
-                    Ok(g) => Some(g),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "guardian did not start; sessions are not protected against SIGKILL of this process");
-                        None
-                    }
-                },
-                None => {
-                    tracing::warn!(
-                        "no procscope program found for the guardian (set PROCSCOPE_BIN); running without one"
-                    );
-                    None
+        let guardian = if self.guardian {
+            match Guardian::start(owner, &instance, crate::guardian::Role::Supervisor) {
+                Ok(g) => Some(g),
+                Err(e) => {
+                    let _ = root.cgroup().remove_child(instance.name());
+                    return Err(e);
                 }
-            },
+            }
+        } else {
+            None
         };
         let mount =
             if root.kind() == RootKind::Owned { root.path().parent().and_then(|p| Cgroup::open(p).ok()) } else { None };
@@ -401,9 +383,8 @@ impl Drop for Inner {
                 "supervisor dropped without shutdown(); killing its sessions");
             let _ = self.instance.write("cgroup.kill", "1");
         }
-        if let Some(g) = self.guardian.get_mut().unwrap_or_else(|p| p.into_inner()).take() {
-            g.dismiss();
-        }
+        // A guardian stays while the instance does, and ends it when this
+        // process dies.
     }
 }
 
@@ -439,7 +420,7 @@ impl Supervisor {
     /// A builder with the defaults: discovered root, 2 s grace, recovery on,
     /// no guardian.
     pub fn builder() -> Builder {
-        Builder { root: None, grace: DEFAULT_GRACE, recover: true, guardian: GuardianSetting::Off }
+        Builder { root: None, grace: DEFAULT_GRACE, recover: true, guardian: false }
     }
 
     /// Starts a supervisor with the defaults ([`builder`](Self::builder)).
@@ -568,16 +549,12 @@ impl Supervisor {
         self.sweep(SweepScope::Orphans).await
     }
 
-    /// Ends every session, removes the instance cgroup and dismisses the guardian.
+    /// Ends every session, removes the instance cgroup and waits for the guardian to exit.
     pub async fn shutdown(self) -> Result<SweepReport> {
         let report = self.sweep_inner(SweepScope::All, true).await;
         let inner = &self.inner;
         // Sessions being closed by `close()` calls whose callers went away.
         inner.closing.wait_idle().await;
-        let guardian = inner.guardian.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(g) = guardian {
-            g.stop().await;
-        }
         // Whatever the sweep could not reach (a session whose guard ran as the
         // shutdown began) dies with the instance: everything below it is ours.
         if inner.instance.is_populated().unwrap_or(true) {
@@ -586,6 +563,11 @@ impl Supervisor {
             inner.instance.kill().await?;
         }
         inner.root.cgroup().remove_child_tree(&inner.instance).await?;
+        // The guardian exits once its instance is gone.
+        let guardian = inner.guardian.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(g) = guardian {
+            g.wait_gone(Duration::from_secs(2)).await;
+        }
         tracing::info!(%report, "supervisor shut down");
         Ok(report)
     }

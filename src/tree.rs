@@ -226,6 +226,106 @@ pub fn open_or_create_session(root: &Root, instance: &Cgroup, id: &str, limits: 
     Ok(cg)
 }
 
+/// Places a command that the calling process is about to become
+/// ([`Command::exec_in`](crate::Command::exec_in)): instance of `owner` →
+/// session `id` (with `limits`) → a cgroup of its own named after the calling
+/// process (`p-<pid>-<start>-<grace ms>`), and makes sure the instance's
+/// guardian runs. The guardian ends what the command leaves behind once its
+/// main process exits (SIGTERM, then `cgroup.kill` after `grace`), and the
+/// whole instance when `owner` dies. A new instance records the owner's
+/// ancestors, so that `procscope end` run by any of them finds its sessions.
+///
+/// Retries when a concurrent `exec` or the guardian removed an empty session
+/// or instance in between.
+///
+/// # Errors
+/// As [`open_or_create_instance`] and [`open_or_create_session`]; the
+/// guardian failing to start.
+pub fn place_command(root: &Root, owner: Owner, id: &str, limits: &Limits, grace: Duration) -> Result<Cgroup> {
+    let me = Owner::this_process()?;
+    let name = crate::guardian::command_cgroup_name(me, grace);
+    let mut last = None;
+    for _ in 0..8 {
+        let attempt = || -> Result<(Cgroup, Cgroup)> {
+            let instance = open_or_create_instance(root, owner)?;
+            if instance::kind_of(&instance).is_some() && instance.meta(XATTR_LINEAGE)?.is_none() {
+                instance.set_meta(XATTR_LINEAGE, &lineage(owner.pid))?;
+            }
+            let session = open_or_create_session(root, &instance, id, limits)?;
+            let leaf = session.create_child(&name)?;
+            leaf.set_meta(crate::root::XATTR_KIND, "exec")?;
+            Ok((instance, leaf))
+        };
+        match attempt() {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => last = Some(e),
+            Err(e) => return Err(e),
+            Ok((instance, leaf)) => {
+                // The leaf keeps the instance from being removed meanwhile.
+                if let Err(e) = crate::guardian::ensure(owner, &instance) {
+                    let _ = leaf_parent(&leaf).map(|s| s.remove_child(leaf.name()));
+                    return Err(e);
+                }
+                return Ok(leaf);
+            }
+        }
+    }
+    Err(last.expect("at least one attempt"))
+}
+
+fn leaf_parent(leaf: &Cgroup) -> Option<Cgroup> {
+    leaf.path().parent().and_then(|p| Cgroup::open(p).ok())
+}
+
+/// The environment variable through which a gateway declares itself the
+/// owner of every `procscope exec` below it, whatever intermediaries
+/// (watchdogs, `sh -c`, `npx`) stand between: `PROCSCOPE_OWNER=<its pid>`.
+pub const OWNER_ENV: &str = "PROCSCOPE_OWNER";
+
+/// Metadata on an instance made by `exec`: its owner's ancestors, as
+/// `pid:start` separated by spaces, nearest first.
+pub(crate) const XATTR_LINEAGE: &str = "lineage";
+
+/// The ancestors of `pid` (not itself), nearest first, up to but not
+/// including pid 1.
+fn lineage(pid: i32) -> String {
+    let mut out = Vec::new();
+    let mut p = pid;
+    for _ in 0..64 {
+        let Some(parent) = parent_of(p).filter(|pp| *pp > 1) else { break };
+        let Some(start) = crate::instance::start_time(parent) else { break };
+        out.push(format!("{parent}:{start}"));
+        p = parent;
+    }
+    out.join(" ")
+}
+
+/// The parent pid of `pid` (`/proc/<pid>/stat` field 4).
+pub(crate) fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..].split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Whether `ancestor` (pid and start time) is an ancestor of the calling
+/// process.
+pub fn is_ancestor(ancestor: Owner) -> bool {
+    let mut p = rustix::process::getpid().as_raw_nonzero().get();
+    for _ in 0..256 {
+        match parent_of(p) {
+            Some(pp) if pp == ancestor.pid => return ancestor.is_alive(),
+            Some(pp) if pp > 1 => p = pp,
+            _ => return false,
+        }
+    }
+    false
+}
+
+/// Whether `instance`'s recorded lineage names `who`: it was made by an
+/// `exec` below `who`, through intermediaries.
+pub fn descends_from(instance: &Cgroup, who: Owner) -> bool {
+    let needle = format!("{}:{}", who.pid, who.start);
+    instance.meta(XATTR_LINEAGE).ok().flatten().is_some_and(|l| l.split(' ').any(|a| a == needle))
+}
+
 /// The cgroups from the top of our tree down to `instance`: the cgroup2 mount
 /// root when the root was created under it, the root, the instance.
 fn chain(root: &Root, instance: &Cgroup) -> Result<Vec<Cgroup>> {

@@ -393,9 +393,12 @@ async fn exec_seals_by_default_and_no_seal_is_the_control() {
             (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
         };
         let before = snapshot(&env.path());
+        let session_x = s.targets.instance.join("s-x");
         for extra in [&[][..], &["--seal"][..]] {
             let (code, out) = run(extra);
             assert_eq!(code, Some(0), "{out}");
+            // The guardian removes the command's cgroup and session once it exited.
+            wait_gone(&session_x).await;
             assert!(out.contains("cgroup.procs=E30") && out.contains("cgroup.kill=E30"), "EROFS expected: {out}");
             assert!(other_victim.pidfd().is_alive());
         }
@@ -417,23 +420,9 @@ async fn exec_seals_by_default_and_no_seal_is_the_control() {
 /// attempts the gateway is SIGKILLed, and the guardian still ends its sessions.
 #[tokio::test]
 async fn a_uid0_child_cannot_stop_the_guardian() {
-    use std::io::BufRead;
     let env = TestEnv::new();
     within(60, async {
-        let mut gateway = std::process::Command::new(FIXTURE)
-            .args(["gateway", env.path().to_str().unwrap(), "1", "1"])
-            .env("PROCSCOPE_BIN", PROCSCOPE)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut lines = Vec::new();
-        let mut out = std::io::BufReader::new(gateway.stdout.take().unwrap());
-        while lines.last().map(String::as_str) != Some("ready") {
-            let mut line = String::new();
-            assert!(out.read_line(&mut line).unwrap() > 0, "gateway exited early: {lines:?}");
-            lines.push(line.trim().to_owned());
-        }
+        let (mut gateway, lines) = Gateway::start(FIXTURE, &env.path(), 1, true);
         let guardian: i32 = field(&lines, "guardian").parse().unwrap();
         let guardian_fd = procscope::PidFd::open(procscope::Pid::from_raw(guardian).unwrap()).unwrap();
         let instance = Cgroup::open(field(&lines, "instance")).unwrap();
@@ -637,6 +626,7 @@ async fn exec_runs_as_a_transient_user_and_releases_it() {
     assert!(procscope::identity::TRANSIENT_UIDS.contains(&uid), "{uid}");
     assert_eq!(real_id(&lines, "gid"), uid);
     assert!(!Path::new(procscope::identity::LOCK_DIR).join(uid.to_string()).exists(), "released");
+    env.wait_root_empty().await;
 
     let before = snapshot(&env.path());
     let out = std::process::Command::new(PROCSCOPE)
@@ -686,6 +676,10 @@ impl Delegated {
     /// Asserts the gateway left nothing in its root, and removes the subtree.
     fn remove(self, env: &TestEnv) {
         assert_eq!(self.sessions.children().unwrap(), Vec::<String>::new(), "exec removed what it made");
+        // The gateway's cgroup held the guardian, which exits once its
+        // instance is gone.
+        let gone = self.gateway.wait_events_blocking(Some(Duration::from_secs(5)), |e| !e.populated).unwrap();
+        assert!(gone, "the guardian did not exit with its instance");
         for name in ["sessions", "gateway"] {
             self.top.remove_child(name).unwrap();
         }
@@ -744,12 +738,14 @@ async fn a_non_root_gateway_seals_through_a_user_namespace() {
         assert_eq!(results(&sealed), ["E30"; 4], "sealed: every attempt meets a read-only mount: {sealed:?}");
         assert!(top.children().unwrap().iter().all(|c| c != "evil"));
 
+        wait_no_children(&sessions).await;
         let control = run(&["--no-seal"]).await;
         assert_ne!(field(&control, "cgroup"), "/");
         assert_eq!(results(&control), ["ok"; 4], "unsealed, the gateway's user does each: {control:?}");
         // The control left the evil cgroup and an xattr; the exec's own
         // session moved out with it and ended. Undo what it made.
         top.remove_child("evil").unwrap();
+        wait_no_children(&sessions).await;
         Delegated { top, gateway, sessions }.remove(&env);
     })
     .await;
@@ -811,6 +807,7 @@ async fn a_gateway_that_cannot_seal_is_refused_when_sealing_is_required() {
         let (code, out, err) = run(exec(&[])).await;
         assert_eq!(code, Some(0), "{err}");
         assert_ne!(field(&out, "cgroup"), "/", "Auto, unable to seal: unsealed");
+        wait_no_children(&d.sessions).await;
         d.remove(&env);
     })
     .await;

@@ -489,33 +489,7 @@ fn smaps_kib(pid: i32, key: &str) -> u64 {
 }
 
 fn spawn_gateway(env: &TestEnv, sessions: usize, guardian: bool) -> (Gateway, Vec<String>) {
-    spawn_gateway_with(env, sessions, guardian, env!("CARGO_BIN_EXE_procscope"))
-}
-
-fn spawn_gateway_with(env: &TestEnv, sessions: usize, guardian: bool, bin: &str) -> (Gateway, Vec<String>) {
-    use std::io::BufRead;
-    let mut child = std::process::Command::new(FIXTURE)
-        .args(["gateway", env.path().to_str().unwrap(), &sessions.to_string(), if guardian { "1" } else { "0" }])
-        .env("PROCSCOPE_BIN", bin)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = Vec::new();
-    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
-    loop {
-        let mut line = String::new();
-        assert!(out.read_line(&mut line).unwrap() > 0, "gateway exited early: {lines:?}");
-        let line = line.trim().to_owned();
-        let done = line == "ready";
-        lines.push(line);
-        if done {
-            break;
-        }
-    }
-    // Let the daemons finish forking before anyone counts or kills.
-    std::thread::sleep(Duration::from_millis(100));
-    (Gateway(child), lines)
+    Gateway::start(FIXTURE, &env.path(), sessions, guardian)
 }
 
 /// SIGKILL of the gateway: its guardian ends every process of its sessions
@@ -621,9 +595,12 @@ async fn recovery_reaps_a_crashed_instance_and_spares_live_and_foreign_ones() {
 #[ignore = "needs the release build: scripts/test runs it with PROCSCOPE_RELEASE_BIN"]
 async fn guardian_pss_release_build() {
     let bin = std::env::var("PROCSCOPE_RELEASE_BIN").expect("set PROCSCOPE_RELEASE_BIN to target/release/procscope");
+    // The gateway is the release build of the fixture; its guardian is the
+    // same program run again.
+    let gateway_bin = std::path::Path::new(&bin).with_file_name("procscope-fixture");
     let env = TestEnv::new();
     within(30, async {
-        let (mut gateway, lines) = spawn_gateway_with(&env, 1, true, &bin);
+        let (mut gateway, lines) = Gateway::start(gateway_bin.to_str().unwrap(), &env.path(), 1, true);
         let guardian_pid: i32 = field(&lines, "guardian").parse().unwrap();
         let guardian = procscope::PidFd::open(procscope::Pid::from_raw(guardian_pid).unwrap()).unwrap();
         let pss_kib = smaps_kib(guardian_pid, "Pss:");
@@ -714,6 +691,28 @@ async fn shutdown_kills_what_the_final_sweep_did_not_reach() {
         assert_eq!(report.sessions, 0, "the stray cgroup is no session: {report}");
         assert_eq!(child.wait().await.unwrap().signal(), Some(libc::SIGKILL));
         assert!(env.root.children().unwrap().is_empty(), "{:?}", env.root.children());
+    })
+    .await;
+    env.finish().await;
+}
+
+/// A supervisor's shutdown removes its instance, and its guardian sees that
+/// and exits at once (it is not killed: shutdown would wait 2 s first).
+#[tokio::test]
+async fn the_guardian_exits_with_its_instance_at_shutdown() {
+    let env = TestEnv::new();
+    within(30, async {
+        let sup = Supervisor::builder().root(env.path()).guardian(true).start().await.unwrap();
+        let pid = sup.guardian_pid().expect("a guardian");
+        let guardian = procscope::PidFd::open(procscope::Pid::from_raw(pid as i32).unwrap()).unwrap();
+        let session = sup.session("s").unwrap();
+        drop(session);
+        let t = std::time::Instant::now();
+        sup.shutdown().await.unwrap();
+        let took = t.elapsed();
+        assert!(!guardian.is_alive(), "the guardian outlived its instance");
+        assert!(took < Duration::from_millis(1500), "shutdown waited for the guardian: {took:?}");
+        eprintln!("shutdown with a guardian took {took:?}");
     })
     .await;
     env.finish().await;

@@ -186,23 +186,7 @@ async fn eight_parallel_jobs_half_cancelled_the_rest_unaffected() {
     env.finish().await;
 }
 
-/// Live processes whose environment carries `PSTAG=<tag>`.
-fn tagged(tag: &str) -> Vec<i32> {
-    let needle = format!("PSTAG={tag}");
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .map(|s| s.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('Z')))
-                .unwrap_or(true);
-            let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-            !zombie && env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes())
-        })
-        .collect()
-}
-
-fn python_tick(env: &TestEnv, mode: &str, tag: &str) -> Value {
+fn python_tick(env: &TestEnv, mode: &str, tag: &str) -> (Gateway, Value) {
     let python = require(&deps().join("venv/bin/python"));
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/gateway.py");
     let daemonizer = vec![PROCSCOPE.to_string(), "demo-server".into(), "--kind".into(), "daemonizer".into()];
@@ -230,33 +214,36 @@ fn python_tick(env: &TestEnv, mode: &str, tag: &str) -> Value {
             {"id": "t-ok", "server": "time", "behavior": "ok"},
             {"id": "d-ok", "server": "daemonizer", "behavior": "ok"},
             {"id": "d-abandon", "server": "daemonizer", "behavior": "abandon"},
+            {"id": "d-kill", "server": "daemonizer", "behavior": "kill"},
         ],
+        "hold": true,
     });
     // The SDK hands the servers the gateway's stderr: a file, not a pipe, or a
     // leaked server would keep the pipe open and this call waiting.
     let log = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{tag}.stderr"));
-    let out = std::process::Command::new(python)
-        .arg(script)
-        .arg(config.to_string())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let mut child = Gateway(
+        std::process::Command::new(python)
+            .arg(script)
+            .arg(config.to_string())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.as_mut().unwrap()), &mut line).unwrap();
     let stderr = std::fs::read_to_string(&log).unwrap_or_default();
     let _ = std::fs::remove_file(&log);
-    assert!(out.status.success(), "{stdout}\n{stderr}");
-    serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+    let v = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}\n{stderr}"));
+    (child, v)
 }
 
-/// Waits (bounded) until no process carries the tag; returns what is left.
-async fn settle(tag: &str, secs: u64) -> Vec<i32> {
-    for _ in 0..secs * 20 {
-        if tagged(tag).is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    tagged(tag)
+/// Lets a held Python gateway exit.
+fn release(mut gw: Gateway) {
+    use std::io::Write;
+    writeln!(gw.stdin.as_mut().unwrap(), "exit").unwrap();
+    assert!(gw.wait().unwrap().success());
 }
 
 fn expect_outcomes(v: &Value) {
@@ -268,30 +255,36 @@ fn expect_outcomes(v: &Value) {
         ("e-cancel", "cancelled"),
         ("e-abandon", "abandoned"),
         ("d-abandon", "abandoned"),
+        ("d-kill", "killed"),
     ] {
         assert_eq!(r[id]["outcome"], outcome, "{id}: {v}");
     }
 }
 
-/// The exec drop-in, proven: a Python gateway's tick with cancelled and
-/// abandoned jobs, then `procscope end`: nothing of any server tree is left,
+/// The exec drop-in, proven: a Python gateway's tick with cancelled,
+/// abandoned and SIGKILLed jobs, then `procscope end`: nothing of any server
+/// tree is left, while the gateway runs and after it exits,
 /// the setsid'ed helper included.
 #[tokio::test]
 async fn python_gateway_with_exec_and_end_leaves_nothing() {
     let env = TestEnv::new();
     within(180, async {
         let tag = format!("ps-{}", nanos());
-        let v = python_tick(&env, "procscope", &tag);
+        let (gw, v) = python_tick(&env, "procscope", &tag);
         expect_outcomes(&v);
         let end = &v["end"];
         assert_eq!(end["status"], 0, "{end}");
-        // The abandoned jobs' sessions were still live; the others' wrappers had
-        // already ended theirs when their commands exited.
+        // The abandoned jobs' sessions were still live; the other commands'
+        // had ended when they exited.
         assert!(end["report"]["sessions"].as_u64().unwrap() >= 2, "the live sessions were ended: {end}");
-        // The wrappers exit right after their commands; then nothing carries the tag.
+        // While the gateway runs, and after it exits: nothing carries the tag.
         let left = settle(&tag, 5).await;
-        assert!(left.is_empty(), "processes left behind: {left:?}");
-        assert!(env.root.children().unwrap().is_empty(), "{:?}", env.root.children());
+        assert!(left.is_empty(), "processes left behind while the gateway runs: {left:?}");
+        wait_no_children(&env.root).await;
+        release(gw);
+        let left = settle(&tag, 5).await;
+        assert!(left.is_empty(), "processes left behind after the gateway exited: {left:?}");
+        wait_no_children(&env.root).await;
         eprintln!("with procscope exec/end: 0 processes left; end: {}", end["report"]);
     })
     .await;
@@ -305,8 +298,9 @@ async fn python_gateway_without_procscope_leaks() {
     let env = TestEnv::new();
     within(180, async {
         let tag = format!("naive-{}", nanos());
-        let v = python_tick(&env, "naive", &tag);
+        let (gw, v) = python_tick(&env, "naive", &tag);
         expect_outcomes(&v);
+        release(gw);
         tokio::time::sleep(Duration::from_millis(500)).await;
         let left = tagged(&tag);
         eprintln!("without procscope: {} processes left behind (pids {left:?}); cleaning up", left.len());

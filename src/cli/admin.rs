@@ -9,10 +9,12 @@ use procscope::{Error, Owner};
 
 use super::{FAILED, fail, human_age, human_bytes, locate_root, print_table, report_json};
 
-/// The owner whose sessions `end` acts on: `--owner`, else our parent process
-/// (the gateway that runs `procscope end`).
+/// The owner whose sessions `end` acts on: `--owner`, else
+/// `$PROCSCOPE_OWNER`, else our parent process (the gateway that runs
+/// `procscope end`).
 fn owner_of(pid: Option<i32>) -> Result<Owner, Error> {
-    let pid = match pid {
+    let env = std::env::var(tree::OWNER_ENV).ok().and_then(|v| v.trim().parse::<i32>().ok());
+    let pid = match pid.or(env) {
         Some(p) => p,
         None => rustix::process::getppid().map(|p| p.as_raw_nonzero().get()).unwrap_or(1),
     };
@@ -24,7 +26,27 @@ fn owner_of(pid: Option<i32>) -> Result<Owner, Error> {
     Ok(Owner { pid, start })
 }
 
-pub async fn end(root: Option<PathBuf>, grace: Duration, owner: Option<i32>, json: bool, ids: Vec<String>) -> i32 {
+/// The instances `end` looks in: the owner's own, and those that `exec`s
+/// below it made through intermediaries (their lineage names the owner).
+fn instances_of(root: &procscope::Root, owner: Owner) -> Vec<procscope::Cgroup> {
+    let own = owner.instance_name();
+    let names = root.cgroup().children().unwrap_or_default();
+    names
+        .iter()
+        .filter(|n| n.starts_with("i-"))
+        .filter_map(|n| root.cgroup().open_child(n).ok())
+        .filter(|cg| cg.name() == own || tree::descends_from(cg, owner))
+        .collect()
+}
+
+pub async fn end(
+    root: Option<PathBuf>,
+    grace: Duration,
+    owner: Option<i32>,
+    missing_ok: bool,
+    json: bool,
+    ids: Vec<String>,
+) -> i32 {
     for id in &ids {
         if let Err(e) = procscope::names::validate_session_id(id) {
             return fail("end", &e);
@@ -38,32 +60,49 @@ pub async fn end(root: Option<PathBuf>, grace: Duration, owner: Option<i32>, jso
         Ok(o) => o,
         Err(e) => return fail("end", &e),
     };
-    let mut found = Vec::new();
     let mut not_found = Vec::new();
-    let instance = root.cgroup().open_child(&owner.instance_name()).ok();
+    let mut by_instance: Vec<(procscope::Cgroup, Vec<procscope::Cgroup>)> = Vec::new();
+    let instances = instances_of(&root, owner);
     for id in &ids {
-        match instance.as_ref().map(|i| tree::find_session(i, id)) {
-            Some(Ok(Some(cg))) => found.push(cg),
-            Some(Err(e)) => return fail("end", &e),
-            _ => not_found.push(id.clone()),
+        let mut found = false;
+        for instance in &instances {
+            match tree::find_session(instance, id) {
+                Ok(Some(cg)) => {
+                    found = true;
+                    match by_instance.iter_mut().find(|(i, _)| i.path() == instance.path()) {
+                        Some((_, list)) => list.push(cg),
+                        None => by_instance.push((procscope::Cgroup::open(instance.path()).expect("open"), vec![cg])),
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => return fail("end", &e),
+            }
+        }
+        if !found {
+            not_found.push(id.clone());
         }
     }
-    let report = match instance {
-        Some(instance) if !found.is_empty() => tree::end_sessions(&root, Arc::new(instance), found, grace).await,
-        _ => procscope::SweepReport::default(),
-    };
+    let mut report = procscope::SweepReport::default();
+    for (instance, sessions) in by_instance {
+        report.merge(tree::end_sessions(&root, Arc::new(instance), sessions, grace).await);
+    }
     if json {
         let mut v = report_json(&report);
         v["not_found"] = serde_json::json!(not_found);
         println!("{v}");
     } else {
         println!("{report}");
-        if !not_found.is_empty() {
-            println!("not found (nothing to end): {}", not_found.join(", "));
-        }
-        for e in &report.errors {
-            eprintln!("session {}: {}", e.session, e.error);
-        }
+    }
+    for e in &report.errors {
+        eprintln!("session {}: {}", e.session, e.error);
+    }
+    if !not_found.is_empty() && !missing_ok {
+        eprintln!(
+            "procscope end: no session {} of pid {} (or of an exec below it); --missing-ok accepts that",
+            not_found.join(", "),
+            owner.pid
+        );
+        return FAILED;
     }
     if report.errors.is_empty() { 0 } else { FAILED }
 }

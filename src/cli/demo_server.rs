@@ -1,7 +1,9 @@
 //! A small MCP stdio server (newline-delimited JSON-RPC 2.0) that misbehaves
-//! like real ones on request: `daemonizer` starts a helper with `setsid --fork`
-//! that outlives it, `stubborn` ignores SIGTERM and stays after stdin closes.
-//! Tools: `echo` and `slow`.
+//! like real ones on request, with `--kind` one or more of (comma-separated):
+//! `plain`; `daemonizer` starts a helper with `setsid --fork` that outlives
+//! it; `linger` stays after stdin closes (until a signal ends it); `stubborn`
+//! ignores SIGTERM and lingers. Tools: `echo`, `slow` and `pid` (the server's
+//! own pid).
 
 use std::io::{BufRead, Write};
 use std::time::Duration;
@@ -10,7 +12,7 @@ use serde_json::{Value, json};
 
 #[derive(clap::Args, Debug)]
 pub struct ServerArgs {
-    /// plain, daemonizer or stubborn
+    /// plain, daemonizer, linger or stubborn; several separated by commas
     #[arg(long, default_value = "plain")]
     kind: String,
     /// Do nothing until killed (a helper, or a probe)
@@ -27,26 +29,26 @@ pub fn run(a: ServerArgs) -> i32 {
             std::thread::sleep(Duration::from_secs(3600));
         }
     }
-    match a.kind.as_str() {
-        "plain" => {}
-        "stubborn" => procscope::fixture::ignore_sigterm(),
-        "daemonizer" => {
-            // Like a server that starts a background helper in a session of its
-            // own: `setsid --fork` double-forks, so the helper is nobody's child.
-            let exe = std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into());
-            let _ = std::process::Command::new("setsid")
-                .arg("--fork")
-                .arg(exe)
-                .args(["demo-server", "--idle", "--tag", &a.tag])
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .status();
-        }
-        other => {
-            eprintln!("demo-server: unknown kind {other:?}");
-            return 2;
-        }
+    let kinds: Vec<&str> = a.kind.split(',').collect();
+    if let Some(other) = kinds.iter().find(|k| !["plain", "daemonizer", "linger", "stubborn"].contains(k)) {
+        eprintln!("demo-server: unknown kind {other:?}");
+        return 2;
+    }
+    if kinds.contains(&"stubborn") {
+        procscope::fixture::ignore_sigterm();
+    }
+    if kinds.contains(&"daemonizer") {
+        // Like a server that starts a background helper in a session of its
+        // own: `setsid --fork` double-forks, so the helper is nobody's child.
+        let exe = std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into());
+        let _ = std::process::Command::new("setsid")
+            .arg("--fork")
+            .arg(exe)
+            .args(["demo-server", "--idle", "--tag", &a.tag])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
     }
     let stdin = std::io::stdin().lock();
     let mut out = std::io::stdout().lock();
@@ -77,6 +79,8 @@ pub fn run(a: ServerArgs) -> i32 {
                     {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}},
                 {"name": "slow", "description": "Sleeps for ms milliseconds", "inputSchema":
                     {"type": "object", "properties": {"ms": {"type": "integer"}}, "required": ["ms"]}},
+                {"name": "pid", "description": "The server's own pid", "inputSchema":
+                    {"type": "object", "properties": {}}},
             ]})),
             "tools/call" => {
                 let args = &req["params"]["arguments"];
@@ -89,6 +93,7 @@ pub fn run(a: ServerArgs) -> i32 {
                         std::thread::sleep(Duration::from_millis(ms));
                         Ok(json!({"content": [{"type": "text", "text": format!("slept {ms} ms")}]}))
                     }
+                    Some("pid") => Ok(json!({"content": [{"type": "text", "text": std::process::id().to_string()}]})),
                     _ => Err((-32602, "unknown tool")),
                 }
             }
@@ -102,7 +107,7 @@ pub fn run(a: ServerArgs) -> i32 {
             break;
         }
     }
-    if a.kind == "stubborn" {
+    if kinds.contains(&"stubborn") || kinds.contains(&"linger") {
         // Stuck servers do not exit on EOF either.
         loop {
             std::thread::sleep(Duration::from_secs(3600));

@@ -117,7 +117,8 @@ pub async fn run(root: Option<PathBuf>, json: bool) -> i32 {
             degrades: false,
         });
     }
-    let transient_in_use = std::fs::read_dir(procscope::identity::LOCK_DIR).map_or(0, |d| d.count());
+    let transient_in_use = std::fs::read_dir(procscope::identity::LOCK_DIR)
+        .map_or(0, |d| d.flatten().filter(|e| !e.file_name().to_string_lossy().starts_with('.')).count());
     let state_xattrs = root.as_ref().map(|r| format!("{}*", r.cgroup().meta_prefix())).unwrap_or_default();
     let degraded = problems.iter().any(|p| p.degrades);
     if json {

@@ -4,6 +4,8 @@
 //!   them async-signal-safe.
 //! - [`seal`]: the child's sealing steps (cgroup and mount namespaces, read-only
 //!   cgroup mounts), async-signal-safe as well.
+//! - [`hook`]: the constructor that turns a re-executed program into the
+//!   guardian before its `main`, and the guardian's `fork`.
 //! - [`signal`]: signal dispositions and synchronous signal waits, used by the
 //!   fixture and demo servers and by the CLI's wrapper.
 //!
@@ -12,6 +14,7 @@
 #![allow(unsafe_code)]
 
 pub(crate) mod async_fd;
+pub(crate) mod hook;
 pub(crate) mod seal;
 pub(crate) mod signal;
 pub(crate) mod spawn;

@@ -395,6 +395,33 @@ pub(crate) fn spawn(plan: &ChildPlan<'_>, placement: Placement<'_>) -> Result<Sp
 }
 
 /// The `clone3` path.
+/// Makes the calling process the command of `plan` itself: joins the cgroup
+/// whose `cgroup.procs` is `join`, seals itself, resets every signal, drops
+/// its privileges and calls `execve`. Stdio and every fd without
+/// `FD_CLOEXEC` are kept as they are: they belong to the command, as with a
+/// shell's `exec`. Returns only on failure, with the step and errno; by then
+/// the process may already be in the cgroup.
+///
+/// Sealing through a user namespace needs a single-threaded process; the
+/// other steps affect only the calling thread until `execve` ends the others.
+pub(crate) fn become_in_place(plan: &ChildPlan<'_>, join: BorrowedFd<'_>) -> (ChildStage, io::Error) {
+    let steps = || -> Step {
+        // SAFETY: writing two bytes we own to an fd we hold.
+        let r = unsafe { libc::syscall(libc::SYS_write, join.as_raw_fd(), b"0".as_ptr(), 1usize) };
+        check(ChildStage::JoinCgroup, r)?;
+        if let Some(how) = plan.seal {
+            super::seal::seal(how)?;
+        }
+        reset_signals(SignalReset::All);
+        drop_privileges_and_exec(plan)
+    };
+    let (stage, errno) = match steps() {
+        Err(e) => e,
+        Ok(()) => (ChildStage::Exec, libc::EINVAL),
+    };
+    (stage, io::Error::from_raw_os_error(errno))
+}
+
 fn spawn_clone3(plan: &ChildPlan<'_>, placement: Placement<'_>) -> Result<Spawned, SpawnFailure> {
     let reset = signal_reset();
     with_mapping(|mapping| clone3_with(plan, placement, mapping, reset)).map_err(SpawnFailure::Clone)?
@@ -696,6 +723,13 @@ fn child_steps(ctx: &ChildCtx<'_>) -> Step {
         check(ChildStage::Setsid, r)?;
     }
 
+    drop_privileges_and_exec(plan)
+}
+
+/// The last steps, the same for a child and for a process that becomes the
+/// command itself: the bounding set, groups, gid, uid, `chdir`, the
+/// capability sets, `no_new_privs`, `execve`. Returns only on failure.
+fn drop_privileges_and_exec(plan: &ChildPlan<'_>) -> Step {
     // The bounding set needs CAP_SETPCAP. Without it (a gateway that holds no
     // capabilities) the first drop fails with EPERM, and the empty permitted set
     // plus no_new_privs below still keep execve from granting anything. The

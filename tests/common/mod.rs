@@ -212,6 +212,41 @@ pub fn field<'a>(lines: &'a [String], key: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no {key}= in {lines:?}"))
 }
 
+/// Waits (at most 5 s) until `cg` has no child cgroups: the guardian of
+/// `procscope exec` commands removes theirs once they have exited.
+pub async fn wait_no_children(cg: &Cgroup) {
+    for _ in 0..500 {
+        if cg.children().map_or(true, |c| c.is_empty()) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{} still has {:?}", cg.path().display(), cg.children());
+}
+
+/// Waits (at most 5 s) until `path` is gone.
+pub async fn wait_gone(path: &std::path::Path) {
+    for _ in 0..500 {
+        if !path.exists() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let tree =
+        std::process::Command::new("find").arg(path).arg("-maxdepth").arg("2").arg("-type").arg("d").output().unwrap();
+    let ps = std::process::Command::new("ps").args(["-eo", "pid,ppid,stat,args"]).output().unwrap();
+    panic!(
+        "{} is still there:\n{}\n{}",
+        path.display(),
+        String::from_utf8_lossy(&tree.stdout),
+        String::from_utf8_lossy(&ps.stdout)
+            .lines()
+            .filter(|l| l.contains("guardian") || l.contains("fixture"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
 /// Runs `fut` with a timeout, so that no async test can hang.
 pub async fn within<F: std::future::Future>(secs: u64, fut: F) -> F::Output {
     tokio::time::timeout(Duration::from_secs(secs), fut).await.expect("test timed out")
@@ -242,4 +277,59 @@ impl Drop for Gateway {
             let _ = self.0.wait();
         }
     }
+}
+
+impl Gateway {
+    /// Starts `program`'s `gateway` action (a supervisor under `root` with
+    /// `sessions` sessions, each running a child that daemonizes a helper;
+    /// with a guardian if asked) and reads its report up to `ready`:
+    /// `instance=`, `guardian=` and the sessions' lines.
+    pub fn start(program: &str, root: &std::path::Path, sessions: usize, guardian: bool) -> (Gateway, Vec<String>) {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(program)
+            .arg("gateway")
+            .arg(root)
+            .args([sessions.to_string().as_str(), if guardian { "1" } else { "0" }])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = Vec::new();
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        while lines.last().map(String::as_str) != Some("ready") {
+            let mut line = String::new();
+            assert!(out.read_line(&mut line).unwrap() > 0, "gateway exited early: {lines:?}");
+            lines.push(line.trim().to_owned());
+        }
+        // Let the daemons finish forking before anyone counts or kills.
+        std::thread::sleep(Duration::from_millis(100));
+        (Gateway(child), lines)
+    }
+}
+
+/// Live processes whose environment carries `PSTAG=<tag>`.
+pub fn tagged(tag: &str) -> Vec<i32> {
+    let needle = format!("PSTAG={tag}");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|s| s.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('Z')))
+                .unwrap_or(true);
+            let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            !zombie && env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes())
+        })
+        .collect()
+}
+
+/// Waits (bounded) until no process carries the tag; returns what is left.
+pub async fn settle(tag: &str, secs: u64) -> Vec<i32> {
+    for _ in 0..secs * 20 {
+        if tagged(tag).is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tagged(tag)
 }

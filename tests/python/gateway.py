@@ -8,7 +8,9 @@ in one of three ways:
 - cancel:  a long tool call is cancelled by asyncio.wait_for; the SDK's own
            teardown runs (it SIGTERMs and SIGKILLs the server's process group);
 - abandon: the job times out and its thread walks away from its loop, so no
-           teardown runs at all: the case that leaks in real gateways.
+           teardown runs at all: the case that leaks in real gateways;
+- kill:    the gateway SIGKILLs the server it started (its pid, from the
+           server's `pid` tool), then leaves as after an error.
 
 In `procscope` mode every server command is prefixed with
 `procscope exec --session <job> --`, and after the tick's threads have joined the
@@ -22,6 +24,7 @@ Prints one JSON line with the results.
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -49,6 +52,10 @@ async def run_job(cfg, job, started):
         async with ClientSession(read, write) as session:
             await session.initialize()
             tools = [t.name for t in (await session.list_tools()).tools]
+            if job["behavior"] == "kill":
+                reply = await session.call_tool("pid", {})
+                os.kill(int(reply.content[0].text), signal.SIGKILL)
+                return {"outcome": "killed"}
             quick, quick_args = cfg["quick_tool"][job["server"]]
             if job["behavior"] == "ok":
                 result = await session.call_tool(quick, quick_args)
@@ -94,11 +101,14 @@ def main():
     if cfg["mode"] == "procscope":
         finished = [job["id"] for job in cfg["jobs"]]
         out = subprocess.run(
-            [cfg["procscope"], "end", "--root", cfg["root"], "--grace", "500ms", "--json", *finished],
+            [cfg["procscope"], "end", "--root", cfg["root"], "--grace", "500ms", "--missing-ok", "--json", *finished],
             capture_output=True, text=True, check=False,
         )
         end = {"status": out.returncode, "report": json.loads(out.stdout) if out.stdout else None, "stderr": out.stderr}
     print(json.dumps({"results": snapshot, "abandoned": abandoned, "end": end}), flush=True)
+    if cfg.get("hold"):
+        # The test looks while the gateway still runs, then lets it go.
+        sys.stdin.readline()
     # Walk away from the abandoned threads without any teardown.
     os._exit(0)
 

@@ -33,7 +33,6 @@ JSON
 cat > /etc/systemd/system/gw.service <<UNIT
 [Service]
 ExecStart=$GATEWAY /vmtest/gw.json
-Environment=PROCSCOPE_BIN=$BIN
 Delegate=yes
 KillMode=control-group
 UNIT

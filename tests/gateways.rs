@@ -1,0 +1,297 @@
+//! `procscope exec` under gateways nobody here wrote the client of: the
+//! official TypeScript MCP SDK (`@modelcontextprotocol/sdk`,
+//! `StdioClientTransport`) driving a tick of jobs (`tests/node/gateway.mjs`).
+//!
+//! Every server leaves a `setsid` helper behind. Each tick has jobs that end
+//! normally, are cancelled mid-call, are abandoned with no teardown, and whose
+//! server the gateway SIGKILLs. The gateways differ in how they end: with
+//! `procscope end`, with SIGKILL of every process they started (as mcpo's
+//! shutdown does), through a watchdog intermediary, with `PROCSCOPE_OWNER`.
+//! Every scenario must leave 0 processes and 0 cgroups, while the gateway
+//! still runs and after it exits.
+//!
+//! `scripts/install-mcp-servers` installs the SDK into `.deps/`.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use common::*;
+use serde_json::{Value, json};
+
+const PROCSCOPE: &str = env!("CARGO_BIN_EXE_procscope");
+
+fn sdk() -> PathBuf {
+    let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join(".deps/npm/node_modules/@modelcontextprotocol/sdk");
+    assert!(sdk.exists(), "{} is missing: run scripts/install-mcp-servers (scripts/test does)", sdk.display());
+    sdk
+}
+
+/// A running Node gateway after its tick: its report, and stdin to let it exit.
+struct NodeGateway {
+    child: Gateway,
+    report: Value,
+}
+
+impl NodeGateway {
+    /// Runs `gateway.mjs` with `jobs` (id, kind, behavior) and `extra` config.
+    fn tick(env: &TestEnv, tag: &str, jobs: Value, extra: Value) -> NodeGateway {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/node/gateway.mjs");
+        let mut config = json!({
+            "sdk": sdk(),
+            "procscope": PROCSCOPE,
+            "root": env.path(),
+            "tag": tag,
+            "server": [PROCSCOPE, "demo-server", "--tag", tag],
+            "jobs": jobs,
+            "watchdog": false,
+            "owner_env": false,
+            "shutdown": "end",
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            config[k] = v.clone();
+        }
+        let mut child = Gateway(
+            std::process::Command::new("node")
+                .arg(script)
+                .arg(config.to_string())
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("node (scripts/install-mcp-servers installs it)"),
+        );
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+        let report: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+        NodeGateway { child, report }
+    }
+
+    fn job(&self, id: &str) -> &Value {
+        self.report["results"].as_array().unwrap().iter().find(|r| r["id"] == id).unwrap()
+    }
+
+    /// Lets the gateway exit, and waits for it.
+    fn exit(mut self) {
+        writeln!(self.child.stdin.as_mut().unwrap(), "exit").unwrap();
+        assert!(self.child.wait().unwrap().success());
+    }
+}
+
+/// Asserts that nothing of the run is left, processes or cgroups.
+async fn nothing_left(env: &TestEnv, tag: &str, when: &str) {
+    let left = settle(tag, 5).await;
+    assert!(left.is_empty(), "{when}: processes left: {left:?}");
+    wait_no_children(&env.root).await;
+}
+
+fn tick_jobs() -> Value {
+    json!([
+        {"id": "ok", "kind": "daemonizer", "behavior": "ok"},
+        {"id": "cancel", "kind": "daemonizer", "behavior": "cancel"},
+        {"id": "abandon", "kind": "daemonizer", "behavior": "abandon"},
+        {"id": "kill", "kind": "daemonizer", "behavior": "kill"},
+    ])
+}
+
+/// The TypeScript SDK's tick, ended with `procscope end`. The pid the SDK
+/// holds is the server's own; the SIGKILLed server is seen killed by SIGKILL.
+#[tokio::test]
+async fn typescript_sdk_tick_with_end_leaves_nothing() {
+    let env = TestEnv::new();
+    within(60, async {
+        let tag = format!("ts-end-{}", nanos());
+        let gw = NodeGateway::tick(&env, &tag, tick_jobs(), json!({}));
+        for id in ["ok", "cancel", "abandon", "kill"] {
+            let job = gw.job(id);
+            assert_eq!(job["pid"], job["server_pid"], "{id}: the SDK holds the server's own pid: {job}");
+        }
+        assert_eq!(gw.job("ok")["exit"], json!({"code": 0, "signal": null}));
+        assert_eq!(gw.job("kill")["exit"], json!({"code": null, "signal": "SIGKILL"}));
+        assert_eq!(gw.report["end"]["status"], 0, "{}", gw.report);
+        assert_eq!(
+            gw.report["end"]["report"]["sessions"], 1,
+            "only the abandoned job was still running: {}",
+            gw.report
+        );
+        nothing_left(&env, &tag, "the gateway still runs").await;
+        gw.exit();
+        nothing_left(&env, &tag, "the gateway exited").await;
+    })
+    .await;
+    env.finish().await;
+}
+
+/// A gateway whose shutdown SIGKILLs every process it started, as mcpo's
+/// does: the helpers those servers left are ended all the same, and the
+/// abandoned server too, while the gateway runs on.
+#[tokio::test]
+async fn a_gateway_that_sigkills_its_children_leaves_nothing() {
+    let env = TestEnv::new();
+    within(60, async {
+        let tag = format!("ts-kill-{}", nanos());
+        let gw = NodeGateway::tick(&env, &tag, tick_jobs(), json!({"shutdown": "sigkill"}));
+        nothing_left(&env, &tag, "the gateway still runs").await;
+        gw.exit();
+        nothing_left(&env, &tag, "the gateway exited").await;
+    })
+    .await;
+    env.finish().await;
+}
+
+/// Servers started through a watchdog (`sh -c` that stays in between), with
+/// no help from the gateway: `procscope end` run by the gateway still finds
+/// the sessions (each `exec`'s owner is its watchdog, whose ancestry names
+/// the gateway). Then the same with `PROCSCOPE_OWNER` set by the gateway:
+/// every session is the gateway's, under one guardian.
+#[tokio::test]
+async fn servers_behind_a_watchdog_are_found_and_ended() {
+    let env = TestEnv::new();
+    within(60, async {
+        for owner_env in [false, true] {
+            let tag = format!("ts-watchdog-{owner_env}-{}", nanos());
+            let gw = NodeGateway::tick(&env, &tag, tick_jobs(), json!({"watchdog": true, "owner_env": owner_env}));
+            let report = &gw.report["end"];
+            assert_eq!(report["status"], 0, "{report}");
+            assert!(report["report"]["sessions"].as_u64().unwrap() >= 1, "end found the abandoned job: {report}");
+            if owner_env {
+                let instances = env.root.children().unwrap();
+                assert!(instances.len() <= 1, "PROCSCOPE_OWNER: one instance, the gateway's: {instances:?}");
+            }
+            nothing_left(&env, &tag, "the gateway still runs").await;
+            gw.exit();
+            nothing_left(&env, &tag, "the gateway exited").await;
+        }
+    })
+    .await;
+    env.finish().await;
+}
+
+/// The SDK's own escalation (close stdin, 2 s, SIGTERM, 2 s, SIGKILL) against
+/// a server that stays after EOF, and one that also ignores SIGTERM: the
+/// client sees SIGTERM and SIGKILL themselves (not an exit code), and the
+/// helpers both left are ended once each server is gone.
+#[tokio::test]
+async fn the_sdks_escalation_reaches_the_server_itself() {
+    let env = TestEnv::new();
+    within(60, async {
+        let tag = format!("ts-escalation-{}", nanos());
+        let jobs = json!([
+            {"id": "linger", "kind": "daemonizer,linger", "behavior": "close"},
+            {"id": "stubborn", "kind": "daemonizer,stubborn", "behavior": "close"},
+        ]);
+        let gw = NodeGateway::tick(&env, &tag, jobs, json!({"shutdown": "none"}));
+        let (linger, stubborn) = (gw.job("linger"), gw.job("stubborn"));
+        assert_eq!(linger["exit"], json!({"code": null, "signal": "SIGTERM"}), "{linger}");
+        assert_eq!(stubborn["exit"], json!({"code": null, "signal": "SIGKILL"}), "{stubborn}");
+        assert!(stubborn["ms"].as_u64().unwrap() >= 3900, "SIGKILL came after 2 s + 2 s: {stubborn}");
+        nothing_left(&env, &tag, "the gateway still runs").await;
+        gw.exit();
+        nothing_left(&env, &tag, "the gateway exited").await;
+    })
+    .await;
+    env.finish().await;
+}
+
+/// The control: the same tick with the servers started as they are, no
+/// `procscope exec`. Ending every process it started does not help the
+/// gateway: the helpers the servers left run on.
+#[tokio::test]
+async fn control_without_exec_the_helpers_leak() {
+    let env = TestEnv::new();
+    within(60, async {
+        let tag = format!("ts-control-{}", nanos());
+        let gw = NodeGateway::tick(&env, &tag, tick_jobs(), json!({"exec": false, "shutdown": "sigkill"}));
+        let left = settle(&tag, 1).await;
+        gw.exit();
+        let after = settle(&tag, 1).await;
+        for pid in &after {
+            let _ = rustix::process::kill_process(
+                rustix::process::Pid::from_raw(*pid).unwrap(),
+                rustix::process::Signal::KILL,
+            );
+        }
+        assert!(settle(&tag, 5).await.is_empty(), "the control cleaned up after itself");
+        assert!(left.len() >= 4, "every server's helper leaked while the gateway ran: {left:?}");
+        assert!(after.len() >= 4, "and after it exited: {after:?}");
+        eprintln!("without exec: {} processes left while the gateway ran, {} after it exited", left.len(), after.len());
+    })
+    .await;
+    env.finish().await;
+}
+
+/// `tests/crates/lib-gateway`, built as the program of its own crate: its
+/// up-to-date binary, built with cargo when missing or older than its sources
+/// or procscope's.
+fn lib_gateway() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let crate_dir = manifest.join("tests/crates/lib-gateway");
+    let target = manifest.join("target/lib-gateway");
+    let bin = target.join("debug/lib-gateway");
+    let newest = |dir: &Path| -> std::time::SystemTime {
+        let mut newest = std::time::UNIX_EPOCH;
+        let mut stack = vec![dir.to_owned()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap().flatten() {
+                let m = e.metadata().unwrap();
+                if m.is_dir() {
+                    stack.push(e.path());
+                } else if let Ok(t) = m.modified() {
+                    newest = newest.max(t);
+                }
+            }
+        }
+        newest
+    };
+    let built = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
+    let sources = newest(&manifest.join("src")).max(newest(&crate_dir.join("src")));
+    if built.is_none_or(|b| b < sources) {
+        let status = std::process::Command::new(env!("CARGO"))
+            .args(["build", "--offline", "--quiet", "--manifest-path"])
+            .arg(crate_dir.join("Cargo.toml"))
+            .arg("--target-dir")
+            .arg(&target)
+            .status()
+            .expect("cargo");
+        assert!(status.success(), "building tests/crates/lib-gateway failed");
+    }
+    bin
+}
+
+/// A gateway from a crate of its own that depends on procscope by path, with
+/// `.guardian(true)` and nothing else: SIGKILLed, its sessions (servers and
+/// their `setsid` helpers) are gone within a second, and its guardian too.
+#[tokio::test]
+async fn a_library_gateway_from_its_own_crate_is_guarded() {
+    let bin = lib_gateway();
+    let env = TestEnv::new();
+    within(60, async {
+        let mut gw = Gateway(std::process::Command::new(&bin).arg(env.path()).stdout(Stdio::piped()).spawn().unwrap());
+        let mut out = BufReader::new(gw.stdout.take().unwrap());
+        let mut lines = Vec::new();
+        while lines.last().map(String::as_str) != Some("ready") {
+            let mut line = String::new();
+            assert!(out.read_line(&mut line).unwrap() > 0, "the gateway exited early: {lines:?}");
+            lines.push(line.trim().to_owned());
+        }
+        let guardian: i32 = field(&lines, "guardian").parse().unwrap();
+        let guardian = procscope::PidFd::open(procscope::Pid::from_raw(guardian).unwrap()).unwrap();
+        let instance = procscope::Cgroup::open(field(&lines, "instance")).unwrap();
+        // Three servers and three helpers.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert_eq!(instance.member_pidfds_recursive().unwrap().len(), 6);
+        let t = std::time::Instant::now();
+        gw.kill().unwrap();
+        gw.wait().unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(1), guardian.exited())
+            .await
+            .expect("the guardian did its work within a second")
+            .unwrap();
+        let took = t.elapsed();
+        assert!(!instance.path().exists(), "the instance is removed");
+        eprintln!("a library gateway's sessions gone {took:?} after its SIGKILL");
+    })
+    .await;
+    env.finish().await;
+}
