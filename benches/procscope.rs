@@ -116,6 +116,7 @@ fn main() -> ExitCode {
         group!("killpg", killpg_baseline);
         group!("liveness", liveness);
         group!("memory", memory);
+        group!("exec", exec_as_the_command);
         leftovers(&cfg, &mut r).await;
     });
     drop(rt);
@@ -832,50 +833,10 @@ async fn memory(cfg: &Cfg, r: &mut Results) -> anyhow::Result<()> {
     ensure!(report.errors.is_empty() && report.removed == k, "{report}");
     sup.shutdown().await?;
 
-    // The exec wrapper's RSS while its command runs (its own root: the wrapper's
-    // instance is named after us, like our supervisors').
-    let exec_root = cfg.root.join("exec");
-    std::fs::create_dir(&exec_root)?;
-    let mut rss = Samples::default();
-    let mut pss = Samples::default();
-    for _ in 0..cfg.n(3, 5) {
-        let mut w = std::process::Command::new(PROCSCOPE)
-            .arg("exec")
-            .arg("--root")
-            .arg(&exec_root)
-            .args(["--", FIXTURE, "ready", "wait-eof"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()?;
-        let mut line = String::new();
-        BufReader::new(w.stdout.take().context("stdout")?).read_line(&mut line)?;
-        ensure!(line.trim() == "ready", "exec wrapper: {line:?}");
-        rss.push(
-            support::kib_field(&std::fs::read_to_string(format!("/proc/{}/status", w.id()))?, "VmRSS:").unwrap_or(0)
-                as f64,
-        );
-        pss.push(
-            support::kib_field(&std::fs::read_to_string(format!("/proc/{}/smaps_rollup", w.id()))?, "Pss:").unwrap_or(0)
-                as f64,
-        );
-        drop(w.stdin.take()); // EOF: the command exits, then the wrapper
-        ensure!(w.wait()?.success(), "exec wrapper failed");
-    }
-    r.add_note(
-        "exec_wrapper_rss_kib",
-        rss.median(),
-        "KiB",
-        Target::Max(4096.0),
-        &format!("PSS {:.0} KiB; bound from tests/cli.rs", pss.median()),
-    );
-    let left = support::cgroups_below(&exec_root);
-    ensure!(left.is_empty(), "exec wrapper left cgroups: {left:?}");
-    std::fs::remove_dir(&exec_root)?;
-
     // The guardian's proportional set size.
     let mut guardian = Samples::default();
     for _ in 0..cfg.n(2, 3) {
-        let sup = Supervisor::builder().root(&cfg.root).recover(false).guardian_program(PROCSCOPE).start().await?;
+        let sup = Supervisor::builder().root(&cfg.root).recover(false).guardian(true).start().await?;
         let pid = sup.guardian_pid().context("no guardian")?;
         tokio::time::sleep(Duration::from_millis(100)).await;
         guardian.push(
@@ -885,6 +846,125 @@ async fn memory(cfg: &Cfg, r: &mut Results) -> anyhow::Result<()> {
         sup.shutdown().await?;
     }
     r.add_note("guardian_pss_kib", guardian.median(), "KiB", Target::Max(2048.0), "bound from tests/lifecycle.rs");
+    Ok(())
+}
+
+// ---------------------------------------------------------------- exec
+
+/// Runs `argv` with piped stdio, sends MCP `initialize`, and returns how long
+/// the reply took from the spawn; then closes stdin and waits for the exit.
+fn initialize(argv: &[String]) -> anyhow::Result<Duration> {
+    use std::io::Write;
+    let t = Instant::now();
+    let mut child = std::process::Command::new(&argv[0])
+        .args(&argv[1..])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let request = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"bench","version":"1"}}}"#;
+    writeln!(child.stdin.as_mut().context("stdin")?, "{request}")?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+    let took = t.elapsed();
+    ensure!(line.contains("\"result\""), "no initialize result: {line:?}");
+    drop(child.stdin.take());
+    child.wait()?;
+    Ok(took)
+}
+
+/// `exec_initialize_ratio`: spawn-to-`initialize` of a real MCP server
+/// (`mcp-server-time` from PyPI) through `procscope exec` vs started
+/// directly, median over interleaved pairs. `exec_procscope_procs_per_server`
+/// and the guardian's PSS with 1 and with 100 servers running through `exec`.
+async fn exec_as_the_command(cfg: &Cfg, r: &mut Results) -> anyhow::Result<()> {
+    let server = Path::new(env!("CARGO_MANIFEST_DIR")).join(".deps/venv/bin/mcp-server-time");
+    ensure!(server.exists(), "{} is missing: run scripts/install-mcp-servers", server.display());
+    let exec_root = cfg.root.join("exec");
+    std::fs::create_dir(&exec_root)?;
+    let direct = vec![server.display().to_string()];
+    let mut through =
+        vec![PROCSCOPE.to_string(), "exec".into(), "--root".into(), exec_root.display().to_string(), "--".into()];
+    through.extend(direct.iter().cloned());
+    let (mut d, mut e) = (Samples::default(), Samples::default());
+    let pairs = cfg.n(10, 20);
+    for i in 0..pairs {
+        // Alternate which goes first, so that neither always runs warm.
+        if i % 2 == 0 {
+            d.push_us(initialize(&direct)?);
+            e.push_us(initialize(&through)?);
+        } else {
+            e.push_us(initialize(&through)?);
+            d.push_us(initialize(&direct)?);
+        }
+    }
+    r.add_note(
+        "exec_initialize_ratio",
+        e.median() / d.median(),
+        "x",
+        Target::Max(1.05),
+        &format!(
+            "median of {pairs} pairs: {:.1} ms through exec, {:.1} ms direct",
+            e.median() / 1000.0,
+            d.median() / 1000.0
+        ),
+    );
+
+    // Servers through exec: count procscope processes, and the guardian's PSS.
+    let mut servers = Vec::new();
+    let mut pss = Vec::new();
+    for want in [1usize, 100] {
+        while servers.len() < want {
+            let mut w = std::process::Command::new(PROCSCOPE)
+                .args(["exec", "--root"])
+                .arg(&exec_root)
+                .args(["--", FIXTURE, "ready", "wait-eof"])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()?;
+            let mut line = String::new();
+            BufReader::new(w.stdout.take().context("stdout")?).read_line(&mut line)?;
+            ensure!(line.trim() == "ready", "exec: {line:?}");
+            servers.push(w);
+        }
+        let procscope_procs = servers
+            .iter()
+            .filter(|w| {
+                std::fs::read_to_string(format!("/proc/{}/comm", w.id())).is_ok_and(|c| c.trim() == "procscope")
+            })
+            .count();
+        ensure!(procscope_procs == 0, "{procscope_procs} exec processes stayed");
+        let instance = procscope::Cgroup::open(exec_root.join(procscope::Owner::this_process()?.instance_name()))?;
+        let guardian = instance.meta("guardian")?.context("no guardian recorded")?;
+        let pid = guardian.split(' ').next().unwrap_or("0");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        pss.push(
+            support::kib_field(&std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))?, "Pss:").unwrap_or(0)
+                as f64,
+        );
+    }
+    r.add_note(
+        "exec_procscope_procs_per_server",
+        0.0,
+        "procs",
+        Target::Eq(0.0),
+        "the gateway's child is the server itself",
+    );
+    r.add_note("exec_guardian_pss_kib_1", pss[0], "KiB", Target::Max(2048.0), "one guardian per gateway");
+    r.add_note("exec_guardian_pss_kib_100", pss[1], "KiB", Target::Max(2048.0), "the same guardian, 100 servers");
+    for mut w in servers {
+        drop(w.stdin.take());
+        ensure!(w.wait()?.success(), "a server failed");
+    }
+    for _ in 0..500 {
+        if support::cgroups_below(&exec_root).is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let left = support::cgroups_below(&exec_root);
+    ensure!(left.is_empty(), "exec left cgroups: {left:?}");
+    std::fs::remove_dir(&exec_root)?;
     Ok(())
 }
 
