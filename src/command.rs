@@ -377,10 +377,15 @@ impl Command {
     /// keeps its uid taken. [`stdin`](Self::stdin) and the other stdio
     /// settings and [`setsid`](Self::setsid) do not apply.
     ///
+    /// With `owner`, the pidfd of the process whose session this is: if it
+    /// has exited by the time this process is in `cgroup`, the command is not
+    /// started ([`Error::Spawn`] at [`JoinCgroup`](crate::ChildStage::JoinCgroup)
+    /// with `ESRCH`); its end has been, or is being, cleaned up.
+    ///
     /// Returns only on failure; the process may already be in `cgroup` then.
     /// Sealing through a user namespace (a caller without `CAP_SYS_ADMIN`)
     /// needs a single-threaded process.
-    pub fn exec_in(&mut self, cgroup: &Cgroup) -> Error {
+    pub fn exec_in(&mut self, cgroup: &Cgroup, owner: Option<&crate::PidFd>) -> Error {
         let run = || -> Result<Error> {
             let prepared = self.prepare()?;
             let seal = crate::seal::plan_in_place(self.sealing)?;
@@ -407,7 +412,7 @@ impl Command {
                 keep_caps: false,
                 seal: seal.as_ref().map(crate::seal::SealPlan::child),
             };
-            let (stage, source) = spawn::become_in_place(&plan, join.as_fd());
+            let (stage, source) = spawn::become_in_place(&plan, join.as_fd(), owner.map(|o| o.as_fd()));
             Ok(Error::Spawn { program: self.program.to_string_lossy().into_owned(), stage, source })
         };
         run().unwrap_or_else(|e| e)

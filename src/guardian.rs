@@ -55,7 +55,7 @@ use rustix::fs::{FlockOperation, Mode, OFlags};
 use crate::cgroup::Cgroup;
 use crate::command::{Command, Stdio};
 use crate::error::{Error, Result};
-use crate::instance::{Owner, start_time};
+use crate::instance::Owner;
 use crate::pidfd::PidFd;
 
 /// The environment variable that makes a process linking procscope the
@@ -81,6 +81,16 @@ const READY_WAIT: Duration = Duration::from_secs(5);
 
 /// Metadata on the instance: the guardian's pid and start time.
 const XATTR_GUARDIAN: &str = "guardian";
+
+/// Metadata on a supervisor's instance: `supervisor`.
+pub(crate) const XATTR_ROLE: &str = "role";
+
+/// Whether uid 0 here is the host's root, who may switch to the guardian's
+/// uid (in a user namespace it may not be mapped).
+fn uid0_is_ours() -> bool {
+    std::fs::read_to_string("/proc/self/uid_map")
+        .is_ok_and(|m| m.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"]))
+}
 
 /// What the guardian may do with its instance.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -125,7 +135,7 @@ impl Guardian {
             .map_err(|e| Error::io("pipe", "guardian ready", e))?;
         let spec = format!("{} {} {} {}", role.as_str(), owner.pid, owner.start, instance.path().display());
         let mut cmd = Command::new(WHAT);
-        cmd.arg0("procscope-guardian")
+        cmd.arg0(crate::sys::hook::GUARDIAN_ARGV0)
             .env_clear()
             .env(GUARDIAN_ENV, spec)
             .stdin(Stdio::Null)
@@ -137,30 +147,31 @@ impl Guardian {
         // The intermediate process forks the guardian and exits at once.
         let mut intermediate = cmd.spawn_guardian()?;
         drop(cmd);
-        let mut ready = std::fs::File::from(ready_r);
-        let mut line = String::new();
-        if poll_in(&ready, READY_WAIT) {
-            let _ = ready.read_to_string(&mut line);
-        }
+        let line = read_line_within(std::fs::File::from(ready_r), READY_WAIT);
         // Reaped here, without a thread: `exec` may need to stay
-        // single-threaded (sealing through a user namespace).
-        poll_in(intermediate.pidfd(), Duration::from_secs(1));
-        let _ = intermediate.try_wait();
-        drop(intermediate);
-        let pid = match line.trim().strip_prefix("ready ").and_then(|p| p.parse::<i32>().ok()) {
-            Some(pid) => pid,
-            None => {
-                let why = line.trim().strip_prefix("error ").unwrap_or("it did not report ready");
-                return Err(Error::io("start guardian", instance.path(), std::io::Error::other(why.to_owned())));
-            }
-        };
-        // It waits for its instance's end, so it is alive: the pidfd is its.
-        let pidfd = rustix::process::Pid::from_raw(pid)
-            .ok_or_else(|| Error::io("start guardian", instance.path(), std::io::Error::other("pid 0")))
-            .and_then(|p| PidFd::open(p).map_err(|e| Error::io("pidfd_open", instance.path(), e)))?;
-        if let Some(start) = start_time(pid) {
-            let _ = instance.set_meta(XATTR_GUARDIAN, &format!("{pid} {start}"));
+        // single-threaded (sealing through a user namespace). It only forks
+        // and exits.
+        poll_in(intermediate.pidfd(), Duration::from_secs(60));
+        if intermediate.try_wait().ok().flatten().is_none() {
+            let _ = intermediate.start_kill();
+            poll_in(intermediate.pidfd(), Duration::from_secs(5));
+            let _ = intermediate.try_wait();
         }
+        drop(intermediate);
+        let fail = |why: &str| Error::io("start guardian", instance.path(), std::io::Error::other(why.to_owned()));
+        let ready = line.trim().strip_prefix("ready ").and_then(|r| {
+            let (pid, start) = r.split_once(' ')?;
+            Some(Owner { pid: pid.parse().ok()?, start: start.parse().ok()? })
+        });
+        let Some(g) = ready else {
+            return Err(fail(line.trim().strip_prefix("error ").unwrap_or("it did not report ready")));
+        };
+        // Open, then check its start time: the pidfd is the guardian's.
+        let pidfd = rustix::process::Pid::from_raw(g.pid)
+            .and_then(|p| PidFd::open(p).ok())
+            .filter(|_| g.is_alive())
+            .ok_or_else(|| fail("it exited right after reporting ready"))?;
+        let pid = g.pid;
         tracing::info!(pid, instance = %instance.path().display(), "guardian watching this instance");
         Ok(Guardian { pidfd })
     }
@@ -177,6 +188,20 @@ impl Guardian {
             let _ = self.pidfd.send_signal(rustix::process::Signal::KILL);
         }
     }
+}
+
+/// Reads one line from `pipe`, waiting at most `limit` for it in all.
+fn read_line_within(mut pipe: std::fs::File, limit: Duration) -> String {
+    let deadline = Instant::now() + limit;
+    let mut got = Vec::new();
+    while !got.contains(&b'\n') && poll_in(&pipe, deadline.saturating_duration_since(Instant::now())) {
+        let mut buf = [0u8; 256];
+        match pipe.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&got).lines().next().unwrap_or("").to_owned()
 }
 
 /// Waits until `fd` is readable (or hung up), at most `limit`, through any
@@ -205,23 +230,31 @@ fn poll_in(fd: &impl AsFd, limit: Duration) -> bool {
 /// As [`Guardian::start`].
 pub(crate) fn ensure(owner: Owner, instance: &Cgroup) -> Result<()> {
     // Concurrent `exec`s of one gateway start one guardian: the first takes
-    // the lock, the others then find it. A lock held too long (a process that
-    // can open the directory keeps it) is waited for at most a second.
+    // the lock, the others then find it. The lock is waited for as long as a
+    // start can take; held longer (by a process that can open the directory),
+    // it is ignored, at worst with two guardians for one instance.
     let dir = rustix::fs::open(instance.path(), OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
         .map_err(|e| Error::io("open", instance.path(), e))?;
-    let deadline = Instant::now() + Duration::from_secs(1);
+    let deadline = Instant::now() + READY_WAIT + Duration::from_secs(2);
     while rustix::fs::flock(&dir, FlockOperation::NonBlockingLockExclusive).is_err() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
     }
     let running = instance.meta(XATTR_GUARDIAN).ok().flatten().and_then(|v| {
         let (pid, start) = v.split_once(' ')?;
         let pid: i32 = pid.parse().ok()?;
-        (start_time(pid)? == start.parse::<u64>().ok()?).then_some(pid)
+        let guardian = Owner { pid, start: start.parse().ok()? };
+        (guardian.is_alive() && !is_zombie(pid)).then_some(pid)
     });
     if running.is_none() {
         Guardian::start(owner, instance, Role::Exec)?;
     }
     Ok(())
+}
+
+/// Whether `pid` is a zombie (`/proc/<pid>/stat` state `Z`).
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| s.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('Z')))
 }
 
 /// The name of an `exec` command's cgroup: `p-<pid>-<start>-<grace ms>`.
@@ -240,12 +273,14 @@ fn parse_command_cgroup_name(name: &str) -> Option<(Owner, Duration)> {
 /// The guardian's main, from the constructor. Never returns.
 pub(crate) fn main(spec: &OsStr) -> ! {
     // Whatever happens, report on the ready pipe (fd 1) and exit.
-    let report = |line: &str| {
-        let _ = rustix::io::write(rustix::stdio::stdout(), format!("{line}\n").as_bytes());
-    };
+    let report = |line: &str| rustix::io::write(rustix::stdio::stdout(), format!("{line}\n").as_bytes()).is_ok();
     let code = match Watch::set_up(spec) {
         Ok(mut watch) => {
-            report(&format!("ready {}", std::process::id()));
+            let me = Owner::this_process().map(|o| o.start).unwrap_or(0);
+            // A starter that gave up is not there to read it: then we go too.
+            if !report(&format!("ready {} {me}", std::process::id())) {
+                std::process::exit(1);
+            }
             quiet_stdio();
             watch.run();
             0
@@ -261,10 +296,19 @@ pub(crate) fn main(spec: &OsStr) -> ! {
 /// `/dev/null` on fds 0, 1 and 2, so that no pipe of the gateway's (or of
 /// the starter's) stays open here.
 fn quiet_stdio() {
-    if let Ok(null) = rustix::fs::open("/dev/null", OFlags::RDWR | OFlags::CLOEXEC, Mode::empty()) {
-        let _ = rustix::stdio::dup2_stdin(&null);
-        let _ = rustix::stdio::dup2_stdout(&null);
-        let _ = rustix::stdio::dup2_stderr(&null);
+    match rustix::fs::open("/dev/null", OFlags::RDWR | OFlags::CLOEXEC, Mode::empty()) {
+        Ok(null) => {
+            let _ = rustix::stdio::dup2_stdin(&null);
+            let _ = rustix::stdio::dup2_stdout(&null);
+            let _ = rustix::stdio::dup2_stderr(&null);
+        }
+        // No /dev/null: put a pipe of our own over fd 1 at least, so that
+        // the starter sees the end of the ready pipe.
+        Err(_) => {
+            if let Ok((_r, w)) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC) {
+                let _ = rustix::stdio::dup2_stdout(&w);
+            }
+        }
     }
 }
 
@@ -301,6 +345,10 @@ struct Watch {
     /// parent's `IN_DELETE`.
     dirs: HashMap<i32, (PathBuf, Level)>,
     commands: HashMap<PathBuf, Tracked>,
+    /// The owner as recorded (pid and start time).
+    owner_id: Owner,
+    /// When to take in the instance again (see [`Watch::rescan`]).
+    rescan_at: Option<Instant>,
 }
 
 impl Watch {
@@ -322,10 +370,33 @@ impl Watch {
             let _ = crate::sys::signal::set_ignored(sig, true);
         }
         crate::sys::hook::detach().map_err(|e| format!("fork: {e}"))?;
+        let _ = rustix::process::chdir("/");
+        // However many commands: raise the soft fd limit to the hard one.
+        let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+        let _ = rustix::process::setrlimit(
+            rustix::process::Resource::Nofile,
+            rustix::process::Rlimit { current: limit.maximum, maximum: limit.maximum },
+        );
         let instance = Cgroup::open(&path).map_err(|e| e.to_string())?;
-        if Owner::of_instance(&instance) != Some(owner) {
-            return Err(format!("{} does not belong to pid {} (start {})", path.display(), owner.pid, owner.start));
+        // Only an instance procscope made, by its recorded kind and owner
+        // (never its name alone): `trusted.*` on a root-owned tree.
+        let recorded = (crate::instance::kind_of(&instance).as_deref() == Some("instance"))
+            .then(|| Owner::of_instance(&instance))
+            .flatten();
+        if recorded != Some(owner) {
+            return Err(format!("{} is not the instance of pid {} (start {})", path.display(), owner.pid, owner.start));
         }
+        // A supervisor's instance stays until the supervisor removes it,
+        // whoever started the guardian.
+        let role = if instance.meta(XATTR_ROLE).ok().flatten().as_deref() == Some("supervisor") {
+            Role::Supervisor
+        } else {
+            role
+        };
+        // Recorded by the guardian itself, before it reports ready: `exec`
+        // finds it there.
+        let me = Owner::this_process().map_err(|e| e.to_string())?;
+        instance.set_meta(XATTR_GUARDIAN, &format!("{} {}", me.pid, me.start)).map_err(|e| e.to_string())?;
         // Open, then check the start time: the pidfd cannot name a recycled pid.
         let pidfd = rustix::process::Pid::from_raw(owner.pid)
             .map(PidFd::open)
@@ -343,14 +414,18 @@ impl Watch {
             inotify,
             dirs: HashMap::new(),
             commands: HashMap::new(),
+            owner_id: owner,
+            rescan_at: None,
         };
         let root = path.parent().ok_or("the instance has no parent")?;
         watch.add_dir(root, Level::Root)?;
         watch.add_dir(&path, Level::Instance)?;
-        if let Err(e) = take_identity() {
-            // A gateway without CAP_SETUID (not root): the guardian runs as the
-            // gateway's user, as its children do.
-            log(format_args!("no identity of its own: {e}"));
+        if rustix::process::geteuid().is_root() && uid0_is_ours() {
+            take_identity().map_err(|e| format!("taking the guardian's identity: {e}"))?;
+        } else {
+            // A gateway that is not root: the guardian runs as the gateway's
+            // user, as its children do.
+            log(format_args!("no identity of its own: not root"));
         }
         Ok(watch)
     }
@@ -398,8 +473,11 @@ impl Watch {
         match level {
             Level::Root => {}
             Level::Instance => {
-                if name.starts_with("s-") {
-                    let _ = self.add_dir(&path, Level::Session);
+                if name.starts_with("s-")
+                    && let Err(e) = self.add_dir(&path, Level::Session)
+                {
+                    log(format_args!("{e}"));
+                    self.rescan_at = Some(Instant::now() + Duration::from_secs(1));
                 }
             }
             Level::Session => self.track(dir, &path, name),
@@ -413,8 +491,16 @@ impl Watch {
             return;
         }
         let Ok(cgroup) = Cgroup::open(path) else { return };
-        let main_fd =
-            rustix::process::Pid::from_raw(main.pid).and_then(|p| PidFd::open(p).ok()).filter(|_| main.is_alive());
+        let main_fd = match main_process(main, &cgroup) {
+            Ok(fd) => fd,
+            // Not known (no fd left, say): never taken for "exited"; tried
+            // again at the next rescan.
+            Err(e) => {
+                log(format_args!("command {}: main {} unknown: {e}", path.display(), main.pid));
+                self.rescan_at = Some(Instant::now() + Duration::from_secs(1));
+                return;
+            }
+        };
         log(format_args!("command {} (main {} alive: {})", path.display(), main.pid, main_fd.is_some()));
         let mut command = Tracked { session: session.to_owned(), cgroup, grace, main: main_fd, ending: None };
         if command.main.is_none() {
@@ -423,14 +509,29 @@ impl Watch {
         self.commands.insert(path.to_owned(), command);
     }
 
+    /// Takes in again what the instance holds: after lost inotify events, or
+    /// a directory or command that could not be taken in.
+    fn rescan(&mut self) {
+        self.rescan_at = None;
+        let path = self.path.clone();
+        if let Err(e) = self.add_dir(&path, Level::Instance) {
+            log(format_args!("rescan: {e}"));
+            self.rescan_at = Some(Instant::now() + Duration::from_secs(1));
+        }
+    }
+
     fn run(&mut self) {
         loop {
+            if self.rescan_at.is_some_and(|t| t <= Instant::now()) {
+                self.rescan();
+            }
             let now = Instant::now();
             let keys: Vec<PathBuf> = self.commands.keys().cloned().collect();
             let timeout = self
                 .commands
                 .values()
                 .filter_map(|c| c.ending.as_ref().map(|(_, t)| t.saturating_duration_since(now)))
+                .chain(self.rescan_at.map(|t| t.saturating_duration_since(now)))
                 .min();
             let mut fds = vec![PollFd::new(&self.owner, PollFlags::IN), PollFd::new(&self.inotify, PollFlags::IN)];
             for k in &keys {
@@ -455,7 +556,7 @@ impl Watch {
             drop(fds);
             if owner_gone {
                 log(format_args!("the owner is gone: ending the instance"));
-                if Owner::of_instance(&self.instance).is_some() {
+                if Owner::of_instance(&self.instance) == Some(self.owner_id) {
                     clean_up(&self.instance, &self.path);
                 }
                 return;
@@ -487,6 +588,11 @@ impl Watch {
         {
             let mut reader = inotify::Reader::new(&self.inotify, &mut buf);
             while let Ok(ev) = reader.next() {
+                if ev.events().contains(inotify::ReadFlags::QUEUE_OVERFLOW) {
+                    log(format_args!("inotify queue overflow: rescanning"));
+                    self.rescan_at = Some(Instant::now());
+                    continue;
+                }
                 let Some((dir, level)) = self.dirs.get(&ev.wd()).cloned() else { continue };
                 let Some(name) = ev.file_name().and_then(|n| n.to_str().ok()) else { continue };
                 let deleted = ev.events().contains(inotify::ReadFlags::DELETE);
@@ -507,10 +613,16 @@ impl Watch {
     /// A command's cgroup is empty: removes it, its session once it holds no
     /// command, and (for `exec`) the instance once it holds no session. True
     /// when the instance is gone.
-    fn finish(&mut self, c: Tracked) -> bool {
+    fn finish(&mut self, mut c: Tracked) -> bool {
         log(format_args!("command {} ended", c.cgroup.path().display()));
         let Ok(session) = Cgroup::open(&c.session) else { return false };
         remove_blocking(&session, &c.cgroup);
+        if c.cgroup.path().exists() {
+            // Still busy (or populated again): tried again in a second.
+            c.ending = c.ending.map(|(events, _)| (events, Instant::now() + Duration::from_secs(1)));
+            self.commands.insert(c.cgroup.path().to_owned(), c);
+            return false;
+        }
         if session.children().is_ok_and(|l| l.is_empty())
             && !session.is_populated().unwrap_or(true)
             && self.instance.remove_child(session.name()).is_ok()
@@ -544,15 +656,52 @@ fn begin_ending(c: &mut Tracked) {
 /// True once the ending command's cgroup is empty, killing it when its
 /// grace has run out.
 fn step_ending(c: &mut Tracked) -> bool {
-    if !c.cgroup.is_populated().unwrap_or(false) {
+    let Some((events, deadline)) = &mut c.ending else { return false };
+    // Reading the file is what re-arms its POLLPRI.
+    if let Some(events) = events {
+        let mut buf = [0u8; 256];
+        let _ = rustix::io::pread(&*events, &mut buf, 0);
+    }
+    if is_empty(&c.cgroup) {
         return true;
     }
-    let Some((_, deadline)) = &c.ending else { return false };
     if Instant::now() < *deadline {
         return false;
     }
     kill_blocking(&c.cgroup);
-    true
+    if is_empty(&c.cgroup) {
+        return true;
+    }
+    // Not empty yet (a fork race on the fallback kill): again in a second.
+    *deadline = Instant::now() + Duration::from_secs(1);
+    false
+}
+
+/// Whether `cg` holds no process: gone counts as empty, an error that says
+/// nothing does not.
+fn is_empty(cg: &Cgroup) -> bool {
+    match cg.is_populated() {
+        Ok(populated) => !populated,
+        Err(e) => crate::cgroup::vanished(&e),
+    }
+}
+
+/// The main process of a command, if it still runs: `Ok(None)` only when it
+/// provably exited (no such pid, or a pid reused by a process that is not in
+/// its cgroup or started at another time).
+fn main_process(main: Owner, cgroup: &Cgroup) -> std::io::Result<Option<PidFd>> {
+    let Some(pid) = rustix::process::Pid::from_raw(main.pid) else { return Ok(None) };
+    let fd = match PidFd::open(pid) {
+        Ok(fd) => fd,
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let same = match crate::instance::start_time(main.pid) {
+        Some(start) => start == main.start,
+        // /proc hidden (hidepid): its membership in the cgroup decides.
+        None => cgroup.procs().map_err(|e| std::io::Error::other(e.to_string()))?.contains(&pid),
+    };
+    Ok(same.then_some(fd))
 }
 
 /// `cgroup.kill` (else SIGKILL to every member until none is left), then
@@ -614,16 +763,24 @@ fn take_identity() -> std::result::Result<(), String> {
     Ok(())
 }
 
-/// Kills everything in the instance and removes it, synchronously.
+/// Kills everything in the instance and removes it, synchronously: again
+/// and again while something is left (an `exec` that was placing itself as
+/// the owner died joins late), for at most a minute.
 fn clean_up(instance: &Cgroup, path: &Path) {
-    kill_blocking(instance);
-    for name in instance.children().unwrap_or_default() {
-        if let Ok(session) = instance.open_child(&name) {
-            remove_blocking(instance, &session);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while path.exists() && Instant::now() < deadline {
+        kill_blocking(instance);
+        for name in instance.children().unwrap_or_default() {
+            if let Ok(session) = instance.open_child(&name) {
+                remove_blocking(instance, &session);
+            }
         }
-    }
-    if let Some(parent) = path.parent().and_then(|p| Cgroup::open(p).ok()) {
-        remove_blocking(&parent, instance);
+        if let Some(parent) = path.parent().and_then(|p| Cgroup::open(p).ok()) {
+            remove_blocking(&parent, instance);
+        }
+        if path.exists() {
+            let _ = instance.wait_events_blocking(Some(Duration::from_millis(200)), |_| false);
+        }
     }
 }
 

@@ -141,7 +141,9 @@ fn create_instance(root: &Root, owner: Owner) -> Result<(String, Cgroup)> {
         let name = if n == 1 { base.clone() } else { format!("{base}-{n}") };
         match root.cgroup().create_child(&name) {
             Ok(cg) => {
-                if let Err(e) = instance::mark_instance(&cg, owner) {
+                let marked = instance::mark_instance(&cg, owner)
+                    .and_then(|()| cg.set_meta(crate::guardian::XATTR_ROLE, "supervisor"));
+                if let Err(e) = marked {
                     let _ = root.cgroup().remove_child(&name);
                     return Err(e);
                 }

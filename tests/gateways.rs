@@ -278,8 +278,13 @@ async fn a_library_gateway_from_its_own_crate_is_guarded() {
         let guardian: i32 = field(&lines, "guardian").parse().unwrap();
         let guardian = procscope::PidFd::open(procscope::Pid::from_raw(guardian).unwrap()).unwrap();
         let instance = procscope::Cgroup::open(field(&lines, "instance")).unwrap();
-        // Three servers and three helpers.
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        // Three servers and three helpers (which take a moment to start).
+        for _ in 0..500 {
+            if instance.member_pidfds_recursive().unwrap().len() == 6 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
         assert_eq!(instance.member_pidfds_recursive().unwrap().len(), 6);
         let t = std::time::Instant::now();
         gw.kill().unwrap();

@@ -813,3 +813,78 @@ async fn a_gateway_that_cannot_seal_is_refused_when_sealing_is_required() {
     .await;
     env.finish().await;
 }
+
+/// Starts `program` the way a guardian is started (`argv[0]`
+/// `procscope-guardian`, the spec in `PROCSCOPE_GUARDIAN`, a pipe on fd 1),
+/// optionally under `setpriv` as uid 65534, and returns what it printed.
+fn as_guardian(program: &Path, spec: &str, as_nobody: bool, args: &[&str]) -> (Option<i32>, String) {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = if as_nobody {
+        let mut c = std::process::Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"]).arg(program);
+        c
+    } else {
+        std::process::Command::new(program)
+    };
+    if !as_nobody {
+        cmd.arg0("procscope-guardian");
+    }
+    let out = cmd.args(args).env("PROCSCOPE_GUARDIAN", spec).stdin(std::process::Stdio::null()).output().unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The guardian's start-up hook trusts nothing it was not built to trust. A
+/// spec naming a symlink, called after an instance, to a cgroup procscope did
+/// not make is refused, and that cgroup's process lives on. A setuid copy of
+/// a program that links procscope, run by an unprivileged user with the
+/// variable set, never enters guardian mode (it runs its own `main`). A
+/// program not started as `procscope-guardian` ignores the variable.
+#[tokio::test]
+async fn the_guardian_hook_cannot_be_turned_against_the_host() {
+    let env = TestEnv::new();
+    within(30, async {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("hook-{}", nanos()));
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+
+        // A cgroup that is not an instance, with a process in it; a "gateway"
+        // that will be dead when the guardian looks.
+        let foreign = env.cgroup("foreign");
+        let mut resident = Command::new(FIXTURE);
+        resident.args(["sleep", "3600"]).stdin(Stdio::Null).stdout(Stdio::Null);
+        let mut resident = resident.spawn_in(&foreign).unwrap();
+        let mut short = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+        let owner =
+            procscope::Owner { pid: short.id() as i32, start: procscope::start_time(short.id() as i32).unwrap() };
+        let link = dir.join(owner.instance_name());
+        std::os::unix::fs::symlink(foreign.path(), &link).unwrap();
+        let spec = format!("supervisor {} {} {}", owner.pid, owner.start, link.display());
+        // (What exits is the process the guardian forks from; the report is
+        // the guardian's.)
+        let (_, out) = as_guardian(Path::new(FIXTURE), &spec, false, &[]);
+        short.kill().unwrap();
+        short.wait().unwrap();
+        assert!(out.starts_with("error ") && out.contains("is not the instance"), "{out}");
+        assert!(resident.pidfd().is_alive(), "the foreign cgroup's process was killed");
+
+        // Setuid: the bit works (control), the hook stays out.
+        let suid = dir.join("fixture-suid");
+        std::fs::copy(FIXTURE, &suid).unwrap();
+        std::fs::set_permissions(&suid, std::os::unix::fs::PermissionsExt::from_mode(0o4755)).unwrap();
+        let (code, out) = as_guardian(&suid, &spec, true, &["self"]);
+        assert_eq!(code, Some(0), "{out}");
+        let euid = out.lines().find_map(|l| l.strip_prefix("uid=")).and_then(|u| u.split_whitespace().nth(1));
+        assert_eq!(euid, Some("0"), "the setuid bit works here: {out}");
+        assert!(!out.contains("ready") && !out.contains("error"), "guardian mode in a setuid program: {out}");
+
+        // Not started as procscope-guardian: the variable means nothing.
+        let out = std::process::Command::new(FIXTURE).arg("self").env("PROCSCOPE_GUARDIAN", &spec).output().unwrap();
+        assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("pid="), "{out:?}");
+
+        resident.kill().await.unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        env.root.remove_child_tree(&foreign).await.unwrap();
+    })
+    .await;
+    env.finish().await;
+}

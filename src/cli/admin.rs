@@ -61,30 +61,29 @@ pub async fn end(
         Err(e) => return fail("end", &e),
     };
     let mut not_found = Vec::new();
-    let mut by_instance: Vec<(procscope::Cgroup, Vec<procscope::Cgroup>)> = Vec::new();
     let instances = instances_of(&root, owner);
+    let mut found: Vec<Vec<procscope::Cgroup>> = instances.iter().map(|_| Vec::new()).collect();
     for id in &ids {
-        let mut found = false;
-        for instance in &instances {
+        let mut any = false;
+        for (i, instance) in instances.iter().enumerate() {
             match tree::find_session(instance, id) {
                 Ok(Some(cg)) => {
-                    found = true;
-                    match by_instance.iter_mut().find(|(i, _)| i.path() == instance.path()) {
-                        Some((_, list)) => list.push(cg),
-                        None => by_instance.push((procscope::Cgroup::open(instance.path()).expect("open"), vec![cg])),
-                    }
+                    any = true;
+                    found[i].push(cg);
                 }
                 Ok(None) => {}
                 Err(e) => return fail("end", &e),
             }
         }
-        if !found {
+        if !any {
             not_found.push(id.clone());
         }
     }
     let mut report = procscope::SweepReport::default();
-    for (instance, sessions) in by_instance {
-        report.merge(tree::end_sessions(&root, Arc::new(instance), sessions, grace).await);
+    for (instance, sessions) in instances.into_iter().zip(found) {
+        if !sessions.is_empty() {
+            report.merge(tree::end_sessions(&root, Arc::new(instance), sessions, grace).await);
+        }
     }
     if json {
         let mut v = report_json(&report);

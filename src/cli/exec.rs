@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use procscope::cgroup::limits::{CpuMax, parse_bytes, parse_count, parse_cpu_max, parse_duration};
-use procscope::{ChildStage, Command, Error, Limits, Owner, Root, Sealing, tree};
+use procscope::{ChildStage, Command, Error, Limits, Owner, PidFd, Root, Sealing, tree};
 
 use super::USAGE;
 
@@ -114,7 +114,7 @@ pub fn run(a: ExecArgs) -> i32 {
         eprintln!("procscope exec: {e}");
         return exec_failure_code(&e);
     }
-    let owner = match owner(a.owner) {
+    let (owner, owner_fd) = match owner(a.owner) {
         Ok(o) => o,
         Err(e) => return fail(&e),
     };
@@ -133,7 +133,7 @@ pub fn run(a: ExecArgs) -> i32 {
         Err(e) => return fail(&e),
     };
     // Returns only on failure; the guardian removes the cgroup once we exit.
-    let e = cmd.exec_in(&cgroup);
+    let e = cmd.exec_in(&cgroup, Some(&owner_fd));
     eprintln!("procscope exec: {e}");
     exec_failure_code(&e)
 }
@@ -159,7 +159,7 @@ fn fail(e: &Error) -> i32 {
 /// The owner of the session: `--owner`, else `$PROCSCOPE_OWNER`, else the
 /// parent process. It must be alive and an ancestor of this process, so that
 /// its death is the gateway's.
-fn owner(flag: Option<i32>) -> Result<Owner, Error> {
+fn owner(flag: Option<i32>) -> Result<(Owner, PidFd), Error> {
     let env = std::env::var(tree::OWNER_ENV).ok();
     let (pid, what) = match (flag, &env) {
         (Some(p), _) => (p, "--owner".to_owned()),
@@ -178,8 +178,11 @@ fn owner(flag: Option<i32>) -> Result<Owner, Error> {
     let gone = |why: &str| Error::OwnerUnusable { owner: what.clone(), pid, why: why.to_owned() };
     let start = procscope::start_time(pid).filter(|_| pid > 0).ok_or_else(|| gone("no such process"))?;
     let owner = Owner { pid, start };
+    // Opened, then checked: the pidfd names the owner, not a recycled pid.
+    let fd =
+        rustix::process::Pid::from_raw(pid).and_then(|p| PidFd::open(p).ok()).ok_or_else(|| gone("no such process"))?;
     if !tree::is_ancestor(owner) {
         return Err(gone("it is not an ancestor of this process; give the pid of the gateway that started it"));
     }
-    Ok(owner)
+    Ok((owner, fd))
 }

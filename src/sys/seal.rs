@@ -105,7 +105,7 @@ pub(super) fn seal(how: ChildSeal<'_>) -> Result<(), (ChildStage, i32)> {
             // fs_struct of our own, which we have (no CLONE_FS).
             let r = unsafe { libc::syscall(libc::SYS_unshare, libc::CLONE_NEWCGROUP | libc::CLONE_NEWNS) };
             check(ChildStage::SealNamespaces, r)?;
-            read_only(mounts, false).map_err(|e| (ChildStage::SealMounts, e))
+            read_only(mounts).map_err(|e| (ChildStage::SealMounts, e))
         }
         ChildSeal::UserNs { mounts, uid_map, gid_map } => {
             // SAFETY: as above. CLONE_NEWUSER needs a thread group of one and
@@ -117,7 +117,7 @@ pub(super) fn seal(how: ChildSeal<'_>) -> Result<(), (ChildStage, i32)> {
             write_file(c"/proc/self/setgroups", c"deny").map_err(|e| (ChildStage::SealNamespaces, e))?;
             write_file(c"/proc/self/uid_map", uid_map).map_err(|e| (ChildStage::SealNamespaces, e))?;
             write_file(c"/proc/self/gid_map", gid_map).map_err(|e| (ChildStage::SealNamespaces, e))?;
-            read_only(mounts, false).map_err(|e| (ChildStage::SealMounts, e))
+            read_only(mounts).map_err(|e| (ChildStage::SealMounts, e))
         }
     }
 }
@@ -141,12 +141,11 @@ fn write_file(path: &CStr, text: &CStr) -> Result<(), i32> {
 
 /// Makes every mount in `mounts` read-only in the caller's mount namespace:
 /// recursively with `mount_setattr`, else (before Linux 5.12) one
-/// `MS_REMOUNT | MS_BIND | MS_RDONLY` per mount. With `private`, each also
-/// stops receiving mounts from its peers, so that a cgroup hierarchy mounted
+/// `MS_REMOUNT | MS_BIND | MS_RDONLY` per mount. Each also stops receiving
+/// mounts from its peers (`MS_PRIVATE`), so that a cgroup hierarchy mounted
 /// later beneath it does not appear writable. Async-signal-safe.
-fn read_only(mounts: &[SealMount], private: bool) -> Result<(), i32> {
-    let propagation = if private { libc::MS_PRIVATE } else { 0 };
-    let attr = MountAttr { attr_set: MOUNT_ATTR_RDONLY, attr_clr: 0, propagation, userns_fd: 0 };
+fn read_only(mounts: &[SealMount]) -> Result<(), i32> {
+    let attr = MountAttr { attr_set: MOUNT_ATTR_RDONLY, attr_clr: 0, propagation: libc::MS_PRIVATE, userns_fd: 0 };
     let mut recursive = true;
     for m in mounts {
         if m.covered && recursive {
@@ -178,7 +177,7 @@ fn read_only(mounts: &[SealMount], private: bool) -> Result<(), i32> {
         if r < 0 {
             return Err(errno());
         }
-        if private && mount(m.path.as_ptr(), libc::MS_PRIVATE) < 0 {
+        if mount(m.path.as_ptr(), libc::MS_PRIVATE) < 0 {
             return Err(errno());
         }
     }
@@ -226,7 +225,7 @@ pub(crate) fn build_template(mounts: &[SealMount]) -> io::Result<Option<OwnedFd>
             if unsafe { libc::syscall(libc::SYS_unshare, libc::CLONE_NEWNS) } < 0 {
                 return Err(io::Error::last_os_error());
             }
-            read_only(mounts, true).map_err(io::Error::from_raw_os_error)?;
+            read_only(mounts).map_err(io::Error::from_raw_os_error)?;
             let ns = rustix::fs::open("/proc/thread-self/ns/mnt", OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?;
             // Enter it as a child would (root and cwd become the namespace's
             // root) and compare roots.

@@ -394,25 +394,48 @@ pub(crate) fn spawn(plan: &ChildPlan<'_>, placement: Placement<'_>) -> Result<Sp
     spawn_legacy(plan, placement)
 }
 
-/// The `clone3` path.
 /// Makes the calling process the command of `plan` itself: joins the cgroup
-/// whose `cgroup.procs` is `join`, seals itself, resets every signal, drops
-/// its privileges and calls `execve`. Stdio and every fd without
+/// whose `cgroup.procs` is `join`, seals itself, puts SIGPIPE back as it was
+/// at start, drops its privileges and calls `execve`. Stdio and every fd without
 /// `FD_CLOEXEC` are kept as they are: they belong to the command, as with a
 /// shell's `exec`. Returns only on failure, with the step and errno; by then
 /// the process may already be in the cgroup.
 ///
-/// Sealing through a user namespace needs a single-threaded process; the
-/// other steps affect only the calling thread until `execve` ends the others.
-pub(crate) fn become_in_place(plan: &ChildPlan<'_>, join: BorrowedFd<'_>) -> (ChildStage, io::Error) {
+/// With `owner` (a pidfd), a process whose owner exited meanwhile stops after
+/// joining, with `ESRCH`. Sealing through a user namespace needs a
+/// single-threaded process; the other steps affect only the calling thread
+/// until `execve` ends the others.
+pub(crate) fn become_in_place(
+    plan: &ChildPlan<'_>,
+    join: BorrowedFd<'_>,
+    owner: Option<BorrowedFd<'_>>,
+) -> (ChildStage, io::Error) {
     let steps = || -> Step {
         // SAFETY: writing two bytes we own to an fd we hold.
         let r = unsafe { libc::syscall(libc::SYS_write, join.as_raw_fd(), b"0".as_ptr(), 1usize) };
         check(ChildStage::JoinCgroup, r)?;
+        // An owner that died while we placed ourselves has had its instance
+        // ended already: we must not start the command in it now.
+        if let Some(owner) = owner {
+            let mut fds = [rustix::event::PollFd::new(&owner, rustix::event::PollFlags::IN)];
+            let zero = rustix::time::Timespec { tv_sec: 0, tv_nsec: 0 };
+            if rustix::event::poll(&mut fds, Some(&zero)).is_ok_and(|n| n > 0) {
+                return Err((ChildStage::JoinCgroup, libc::ESRCH));
+            }
+        }
         if let Some(how) = plan.seal {
             super::seal::seal(how)?;
         }
-        reset_signals(SignalReset::All);
+        // Signals stay as the caller set them, as with a shell's `exec`: the
+        // one disposition Rust's runtime changed (SIGPIPE, ignored before
+        // `main`) goes back to what it was when this process started.
+        // Handlers need nothing: execve resets them.
+        let sigpipe = if super::hook::sigpipe_was_ignored() { [1u64, 0, 0, 0] } else { [0u64; 4] };
+        // SAFETY: a valid kernel `sigaction` buffer (SIG_IGN = 1, SIG_DFL = 0).
+        let r = unsafe {
+            libc::syscall(libc::SYS_rt_sigaction, libc::SIGPIPE, sigpipe.as_ptr(), ptr::null_mut::<u64>(), 8usize)
+        };
+        check(ChildStage::Signals, r)?;
         drop_privileges_and_exec(plan)
     };
     let (stage, errno) = match steps() {
@@ -422,6 +445,7 @@ pub(crate) fn become_in_place(plan: &ChildPlan<'_>, join: BorrowedFd<'_>) -> (Ch
     (stage, io::Error::from_raw_os_error(errno))
 }
 
+/// The `clone3` path.
 fn spawn_clone3(plan: &ChildPlan<'_>, placement: Placement<'_>) -> Result<Spawned, SpawnFailure> {
     let reset = signal_reset();
     with_mapping(|mapping| clone3_with(plan, placement, mapping, reset)).map_err(SpawnFailure::Clone)?
