@@ -253,11 +253,15 @@ pub fn place_command(root: &Root, owner: Owner, id: &str, limits: &Limits, grace
             }
             let session = open_or_create_session(root, &instance, id, limits)?;
             let leaf = session.create_child(&name)?;
-            leaf.set_meta(crate::root::XATTR_KIND, "exec")?;
+            if let Err(e) = leaf.set_meta(crate::root::XATTR_KIND, "exec") {
+                let _ = session.remove_child(&name);
+                return Err(e);
+            }
             Ok((instance, leaf))
         };
         match attempt() {
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => last = Some(e),
+            // Removed meanwhile (by a concurrent exec or the guardian).
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENODEV)) => last = Some(e),
             Err(e) => return Err(e),
             Ok((instance, leaf)) => {
                 // The leaf keeps the instance from being removed meanwhile.
