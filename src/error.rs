@@ -78,8 +78,12 @@ pub enum Error {
         fix: &'static str,
     },
 
-    /// A session with this id is already active.
-    #[error("session {id:?} is already active in this supervisor; end it first or choose another id")]
+    /// A session with this id is already active: in this supervisor, or made
+    /// in its instance by a `procscope exec` of the same process.
+    #[error(
+        "session {id:?} is already active in this gateway (a session of this supervisor, or of a `procscope exec` \
+         it started); end it first or choose another id"
+    )]
     SessionExists {
         /// The duplicate id.
         id: String,

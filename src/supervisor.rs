@@ -467,7 +467,12 @@ impl Supervisor {
             .map(|n| if n == 1 { base.clone() } else { format!("{base}~{n}") })
             .find(|d| !state.dirs.contains(d))
             .expect("an unused name");
-        let cgroup = inner.instance.create_child(&dir)?;
+        // A `procscope exec` of this process may have made the session in
+        // this instance: the same id, taken.
+        let cgroup = inner.instance.create_child(&dir).map_err(|e| match e.raw_os_error() {
+            Some(libc::EEXIST) => Error::SessionExists { id: id.to_owned() },
+            _ => e,
+        })?;
         let setup = || -> Result<()> {
             instance::mark_session(&cgroup, id)?;
             cgroup.set_limits(limits)

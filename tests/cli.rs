@@ -552,3 +552,30 @@ async fn owners_must_be_ancestors() {
     }
     env.finish().await;
 }
+
+/// The library and `exec` in one process: an `exec` started by a process
+/// whose supervisor already has an instance lands in that instance; the
+/// supervisor's `session()` with the same id is then `SessionExists`, with
+/// nothing changed, and the other ids work as before.
+#[tokio::test]
+async fn a_session_id_taken_by_an_exec_of_this_process_is_session_exists() {
+    let env = TestEnv::new();
+    within(30, async {
+        let sup = procscope::Supervisor::builder().root(env.path()).start().await.unwrap();
+        let (mut command, _out) = exec_ready(&env, &["--session", "shared"], &["ready", "sleep", "3600"]);
+        let me = procscope::Owner::this_process().unwrap();
+        assert_eq!(sup.instance().name(), me.instance_name(), "the exec joined the supervisor's instance");
+        let before = sup.instance().children().unwrap();
+        let err = sup.session("shared").unwrap_err();
+        assert!(matches!(&err, procscope::Error::SessionExists { id } if id == "shared"), "{err}");
+        assert_eq!(sup.instance().children().unwrap(), before, "nothing changed");
+        let other = sup.session("other").unwrap();
+        other.close().await.unwrap();
+        signal(&command, rustix::process::Signal::TERM);
+        assert_eq!(command.wait().unwrap().signal(), Some(libc::SIGTERM));
+        wait_gone(&sup.instance().path().join("s-shared")).await;
+        sup.shutdown().await.unwrap();
+    })
+    .await;
+    env.finish().await;
+}
