@@ -77,6 +77,14 @@ impl NodeGateway {
         writeln!(self.child.stdin.as_mut().unwrap(), "exit").unwrap();
         assert!(self.child.wait().unwrap().success());
     }
+
+    /// Asserts that nothing of the run is left while the gateway still runs,
+    /// lets it exit, and asserts the same again.
+    async fn exit_leaving_nothing(self, env: &TestEnv, tag: &str) {
+        nothing_left(env, tag, "the gateway still runs").await;
+        self.exit();
+        nothing_left(env, tag, "the gateway exited").await;
+    }
 }
 
 /// Asserts that nothing of the run is left, processes or cgroups.
@@ -115,9 +123,7 @@ async fn typescript_sdk_tick_with_end_leaves_nothing() {
             "only the abandoned job was still running: {}",
             gw.report
         );
-        nothing_left(&env, &tag, "the gateway still runs").await;
-        gw.exit();
-        nothing_left(&env, &tag, "the gateway exited").await;
+        gw.exit_leaving_nothing(&env, &tag).await;
     })
     .await;
     env.finish().await;
@@ -132,9 +138,7 @@ async fn a_gateway_that_sigkills_its_children_leaves_nothing() {
     within(60, async {
         let tag = format!("ts-kill-{}", nanos());
         let gw = NodeGateway::tick(&env, &tag, tick_jobs(), json!({"shutdown": "sigkill"}));
-        nothing_left(&env, &tag, "the gateway still runs").await;
-        gw.exit();
-        nothing_left(&env, &tag, "the gateway exited").await;
+        gw.exit_leaving_nothing(&env, &tag).await;
     })
     .await;
     env.finish().await;
@@ -159,9 +163,7 @@ async fn servers_behind_a_watchdog_are_found_and_ended() {
                 let instances = env.root.children().unwrap();
                 assert!(instances.len() <= 1, "PROCSCOPE_OWNER: one instance, the gateway's: {instances:?}");
             }
-            nothing_left(&env, &tag, "the gateway still runs").await;
-            gw.exit();
-            nothing_left(&env, &tag, "the gateway exited").await;
+            gw.exit_leaving_nothing(&env, &tag).await;
         }
     })
     .await;
@@ -186,9 +188,7 @@ async fn the_sdks_escalation_reaches_the_server_itself() {
         assert_eq!(linger["exit"], json!({"code": null, "signal": "SIGTERM"}), "{linger}");
         assert_eq!(stubborn["exit"], json!({"code": null, "signal": "SIGKILL"}), "{stubborn}");
         assert!(stubborn["ms"].as_u64().unwrap() >= 3900, "SIGKILL came after 2 s + 2 s: {stubborn}");
-        nothing_left(&env, &tag, "the gateway still runs").await;
-        gw.exit();
-        nothing_left(&env, &tag, "the gateway exited").await;
+        gw.exit_leaving_nothing(&env, &tag).await;
     })
     .await;
     env.finish().await;
