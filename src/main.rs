@@ -73,7 +73,7 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Remove stale instances and sessions (owner gone); more with --orphans or --all.
+    /// Remove stale instances and sessions (owner gone); more with --orphans, --all, --all --force.
     #[command(after_help = EXIT_CODES)]
     Sweep {
         #[command(flatten)]
@@ -81,9 +81,14 @@ enum Cmd {
         /// Also sessions marked orphaned by live owners
         #[arg(long)]
         orphans: bool,
-        /// Every procscope instance and session, live owners included
+        /// Every procscope instance and session; those of live owners only
+        /// with --force (without it they are listed as skipped)
         #[arg(long, conflicts_with = "orphans")]
         all: bool,
+        /// With --all: end live owners' instances too (their gateways lose
+        /// their sessions)
+        #[arg(long, requires = "all")]
+        force: bool,
         /// How long processes get between SIGTERM and cgroup.kill
         #[arg(long, allow_hyphen_values = true, default_value = "2s", value_parser = parse_grace)]
         grace: Duration,
@@ -121,8 +126,8 @@ fn main() {
             cli::run_async(cli::admin::end(root.root, grace, owner, missing_ok, json, ids))
         }
         Cmd::Ps { root, json } => cli::run_async(cli::admin::ps(root.root, json)),
-        Cmd::Sweep { root, orphans, all, grace, json } => {
-            cli::run_async(cli::admin::sweep(root.root, orphans, all, grace, json))
+        Cmd::Sweep { root, orphans, all, force, grace, json } => {
+            cli::run_async(cli::admin::sweep(root.root, orphans, all, force, grace, json))
         }
         Cmd::Doctor { root, json } => cli::run_async(cli::doctor::run(root.root, json)),
         Cmd::Demo(a) => cli::run_async(cli::demo::run(a)),

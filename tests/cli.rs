@@ -312,14 +312,21 @@ async fn ps_and_sweep_report_and_end_by_scope() {
         assert_eq!((v["sessions"].as_u64(), v["killed"].as_u64()), (Some(1), Some(1)), "the orphan: {v}");
         assert_eq!(orphan.wait().unwrap().signal(), Some(libc::SIGKILL));
         assert_eq!(sessions(&env).len(), 1);
+        // --all spares a live owner's instance, and says so; --force ends it.
         let out = run(&env, &["sweep", "--all", "--json", "--grace", "100ms"]);
+        let v = json(&out);
+        assert_eq!(v["sessions"].as_u64(), Some(0), "{v}");
+        assert_eq!(v["skipped_live"][0]["owner_pid"], std::process::id(), "{v}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("--force"), "{out:?}");
+        assert!(active.try_wait().unwrap().is_none(), "the live owner's command still runs");
+        let out = run(&env, &["sweep", "--all", "--force", "--json", "--grace", "100ms"]);
         let v = json(&out);
         assert_eq!(v["sessions"].as_u64(), Some(1), "{v}");
         assert_eq!(active.wait().unwrap().signal(), Some(libc::SIGTERM));
         assert!(sessions(&env).is_empty());
         // --all leaves alone what procscope did not make.
         let foreign = env.cgroup("not-ours");
-        let v = json(&run(&env, &["sweep", "--all", "--json"]));
+        let v = json(&run(&env, &["sweep", "--all", "--force", "--json"]));
         assert_eq!(v["sessions"].as_u64(), Some(0), "{v}");
         assert!(foreign.path().exists());
         env.root.remove_child("not-ours").unwrap();

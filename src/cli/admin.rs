@@ -162,29 +162,49 @@ pub async fn ps(root: Option<PathBuf>, json: bool) -> i32 {
     0
 }
 
-pub async fn sweep(root: Option<PathBuf>, orphans: bool, all: bool, grace: Duration, json: bool) -> i32 {
+pub async fn sweep(root: Option<PathBuf>, orphans: bool, all: bool, force: bool, grace: Duration, json: bool) -> i32 {
     let root = match locate_root(root) {
         Ok(r) => r,
         Err(e) => return fail("sweep", &e),
     };
-    let scope = if all {
-        Scope::All
-    } else if orphans {
-        Scope::Orphans
-    } else {
-        Scope::Stale
+    // `--all` without `--force` spares live owners: a running gateway keeps
+    // its sessions, and is named as skipped.
+    let scope = match (all, force, orphans) {
+        (true, true, _) => Scope::All,
+        (true, false, _) | (false, _, true) => Scope::Orphans,
+        _ => Scope::Stale,
     };
     let report = match tree::sweep(&root, scope, grace).await {
         Ok(r) => r,
         Err(e) => return fail("sweep", &e),
     };
+    let skipped: Vec<(String, i32, usize)> = if all && !force {
+        tree::list(&root)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|i| i.owner_alive)
+            .map(|i| (i.name.clone(), i.owner_pid, i.sessions.len()))
+            .collect()
+    } else {
+        Vec::new()
+    };
     if json {
-        println!("{}", report_json(&report));
+        let mut v = report_json(&report);
+        v["skipped_live"] = serde_json::json!(
+            skipped
+                .iter()
+                .map(|(name, pid, n)| serde_json::json!({"instance": name, "owner_pid": pid, "sessions": n}))
+                .collect::<Vec<_>>()
+        );
+        println!("{v}");
     } else {
         println!("{report}");
-        for e in &report.errors {
-            eprintln!("session {}: {}", e.session, e.error);
-        }
+    }
+    for e in &report.errors {
+        eprintln!("session {}: {}", e.session, e.error);
+    }
+    for (name, pid, n) in &skipped {
+        eprintln!("skipped {name}: its owner (pid {pid}) is alive, with {n} session(s); --force ends it too");
     }
     if report.errors.is_empty() { 0 } else { FAILED }
 }
