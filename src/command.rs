@@ -361,8 +361,17 @@ impl Command {
     pub fn check(&self) -> Result<()> {
         self.resolve()?;
         crate::seal::plan_in_place(self.sealing)?;
+        self.check_identity()
+    }
+
+    /// A fixed uid/gid and a transient user exclude each other.
+    pub(crate) fn check_identity(&self) -> Result<()> {
         if self.transient_user && (self.uid.is_some() || self.gid.is_some()) {
-            return self.user_for(None).map(drop);
+            return Err(Error::InvalidInput {
+                what: "identity",
+                value: format!("uid {:?}, gid {:?} and a transient user", self.uid, self.gid),
+                fix: "give either a fixed uid/gid or a transient user, not both".into(),
+            });
         }
         Ok(())
     }
@@ -465,15 +474,9 @@ impl Command {
 
     /// The transient user the child runs as: the session's, or a new one.
     fn user_for(&self, session_user: Option<&Arc<TransientUser>>) -> Result<Option<Arc<TransientUser>>> {
+        self.check_identity()?;
         if !self.transient_user {
             return Ok(None);
-        }
-        if self.uid.is_some() || self.gid.is_some() {
-            return Err(Error::InvalidInput {
-                what: "identity",
-                value: format!("uid {:?}, gid {:?} and a transient user", self.uid, self.gid),
-                fix: "give either a fixed uid/gid or a transient user, not both".into(),
-            });
         }
         match session_user {
             Some(u) => Ok(Some(Arc::clone(u))),

@@ -85,13 +85,6 @@ const XATTR_GUARDIAN: &str = "guardian";
 /// Metadata on a supervisor's instance: `supervisor`.
 pub(crate) const XATTR_ROLE: &str = "role";
 
-/// Whether uid 0 here is the host's root, who may switch to the guardian's
-/// uid (in a user namespace it may not be mapped).
-fn uid0_is_ours() -> bool {
-    std::fs::read_to_string("/proc/self/uid_map")
-        .is_ok_and(|m| m.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"]))
-}
-
 /// What the guardian may do with its instance.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Role {
@@ -253,8 +246,7 @@ pub(crate) fn ensure(owner: Owner, instance: &Cgroup) -> Result<()> {
 
 /// Whether `pid` is a zombie (`/proc/<pid>/stat` state `Z`).
 fn is_zombie(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|s| s.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('Z')))
+    crate::instance::stat_field(pid, 3).as_deref() == Some("Z")
 }
 
 /// The name of an `exec` command's cgroup: `p-<pid>-<start>-<grace ms>`.
@@ -420,7 +412,9 @@ impl Watch {
         let root = path.parent().ok_or("the instance has no parent")?;
         watch.add_dir(root, Level::Root)?;
         watch.add_dir(&path, Level::Instance)?;
-        if rustix::process::geteuid().is_root() && uid0_is_ours() {
+        // Uid 0 of a user namespace that maps it elsewhere cannot switch to
+        // the guardian's uid.
+        if rustix::process::geteuid().is_root() && crate::cgroup::uid0_is_host_root() {
             take_identity().map_err(|e| format!("taking the guardian's identity: {e}"))?;
         } else {
             // A gateway that is not root: the guardian runs as the gateway's

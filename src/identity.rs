@@ -34,7 +34,7 @@ use std::collections::HashSet;
 use std::fs::File;
 use std::io::Read;
 use std::ops::Range;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -134,12 +134,7 @@ impl TransientUser {
 /// Waited for at most 2 s.
 fn allocation_lock() -> Result<OwnedFd> {
     let path = Path::new(LOCK_DIR).join(".allocating");
-    let fd = rustix::fs::open(
-        &path,
-        OFlags::CREATE | OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOFOLLOW,
-        Mode::from_raw_mode(0o600),
-    )
-    .map_err(|e| Error::io("open", &path, e))?;
+    let fd = open_lock_file(&path)?;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
     loop {
         match rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
@@ -157,26 +152,35 @@ impl Drop for TransientUser {
         // Remove the file while holding its lock, and only if it is still ours:
         // an allocator that opened it before sees, once it holds the lock, that
         // the path no longer names what it locked, and moves on.
-        let ours = match (rustix::fs::fstat(&self.lock), rustix::fs::stat(&self.path)) {
-            (Ok(a), Ok(b)) => a.st_ino == b.st_ino && a.st_dev == b.st_dev,
-            _ => false,
-        };
-        if ours {
+        if names(&self.lock, &self.path) {
             let _ = std::fs::remove_file(&self.path);
         }
         // The lock goes with the fd.
     }
 }
 
-/// Takes `uid`'s lock file if no one holds it. `None`: taken.
-fn try_lock(uid: u32) -> Result<Option<TransientUser>> {
-    let path = Path::new(LOCK_DIR).join(uid.to_string());
-    let lock = rustix::fs::open(
-        &path,
+/// Opens (creating it, root-only) a lock file; never through a symlink.
+fn open_lock_file(path: &Path) -> Result<OwnedFd> {
+    rustix::fs::open(
+        path,
         OFlags::CREATE | OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOFOLLOW,
         Mode::from_raw_mode(0o600),
     )
-    .map_err(|e| Error::io("open", &path, e))?;
+    .map_err(|e| Error::io("open", path, e))
+}
+
+/// Whether `path` still names the file `fd` has open.
+fn names(fd: &OwnedFd, path: &Path) -> bool {
+    match (rustix::fs::fstat(fd), rustix::fs::stat(path)) {
+        (Ok(a), Ok(b)) => a.st_ino == b.st_ino && a.st_dev == b.st_dev,
+        _ => false,
+    }
+}
+
+/// Takes `uid`'s lock file if no one holds it. `None`: taken.
+fn try_lock(uid: u32) -> Result<Option<TransientUser>> {
+    let path = Path::new(LOCK_DIR).join(uid.to_string());
+    let lock = open_lock_file(&path)?;
     match rustix::fs::flock(&lock, FlockOperation::NonBlockingLockExclusive) {
         Ok(()) => {}
         Err(rustix::io::Errno::WOULDBLOCK) => return Ok(None),
@@ -184,11 +188,7 @@ fn try_lock(uid: u32) -> Result<Option<TransientUser>> {
     }
     // A holder that was releasing may have removed the file between our open
     // and our lock: then we hold a lock on nothing.
-    let same = match (rustix::fs::fstat(lock.as_fd()), rustix::fs::stat(&path)) {
-        (Ok(a), Ok(b)) => a.st_ino == b.st_ino && a.st_dev == b.st_dev,
-        _ => false,
-    };
-    if !same {
+    if !names(&lock, &path) {
         return Ok(None);
     }
     let _ = rustix::fs::ftruncate(&lock, 0);

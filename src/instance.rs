@@ -118,9 +118,21 @@ pub fn start_time(pid: i32) -> Option<u64> {
 /// parentheses may itself contain spaces and parentheses: fields are counted
 /// after the last `)`.
 pub fn parse_start_time(stat: &str) -> Option<u64> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    // Fields after the comm start at field 3 (state); starttime is field 22.
-    rest.split_whitespace().nth(22 - 3)?.parse().ok()
+    stat_field_of(stat, 22)?.parse().ok()
+}
+
+/// Field `n` of a `/proc/<pid>/stat` line, numbered as in proc(5) (3 is the
+/// state, 4 the parent pid, 22 the start time), counted after the command
+/// name's last `)`.
+fn stat_field_of(stat: &str, n: usize) -> Option<&str> {
+    stat[stat.rfind(')')? + 1..].split_whitespace().nth(n.checked_sub(3)?)
+}
+
+/// Field `n` of `/proc/<pid>/stat` (see [`stat_field_of`]), or `None` if
+/// there is no such process.
+pub(crate) fn stat_field(pid: i32, n: usize) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_field_of(&stat, n).map(str::to_owned)
 }
 
 /// Seconds since the epoch, for `created` xattrs.

@@ -120,6 +120,8 @@ impl Session {
         // Holding the lock across the spawn: a concurrent sweep cannot mark the
         // session ended between the spawn and the registration.
         if cmd.wants_transient_user() && state.user.is_none() {
+            // Refused before a user is taken for nothing.
+            cmd.check_identity()?;
             state.user = Some(Arc::new(TransientUser::allocate()?));
         }
         let child = cmd.spawn_as(&self.shared.cgroup, state.user.as_ref())?;

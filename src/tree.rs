@@ -305,8 +305,7 @@ fn lineage(pid: i32) -> String {
 
 /// The parent pid of `pid` (`/proc/<pid>/stat` field 4).
 pub(crate) fn parent_of(pid: i32) -> Option<i32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat[stat.rfind(')')? + 1..].split_whitespace().nth(1)?.parse().ok()
+    instance::stat_field(pid, 4)?.parse().ok()
 }
 
 /// Whether `ancestor` (pid and start time) is an ancestor of the calling

@@ -532,9 +532,6 @@ async fn transient_users_keep_sessions_apart_pairwise() {
                 "KILL".into(),
             ]
         };
-        let results = |lines: &[String]| -> Vec<String> {
-            lines.iter().filter(|l| l.starts_with("try-")).map(|l| l.rsplit_once('=').unwrap().1.to_owned()).collect()
-        };
 
         for transient in [true, false] {
             let (a, b) = (sup.session("a").unwrap(), sup.session("b").unwrap());
@@ -602,6 +599,11 @@ async fn transient_users_keep_sessions_apart_pairwise() {
     assert_eq!(std::fs::read_to_string(&owned).unwrap(), "root's");
     std::fs::remove_dir_all(&dir).unwrap();
     env.finish().await;
+}
+
+/// The results of the fixture's `try-…` lines, in order (`ok` or `E<errno>`).
+fn results(lines: &[String]) -> Vec<String> {
+    lines.iter().filter(|l| l.starts_with("try-")).map(|l| l.rsplit_once('=').unwrap().1.to_owned()).collect()
 }
 
 /// The real id of the fixture's `uid=` or `gid=` line (real, effective, saved, fs).
@@ -727,9 +729,6 @@ async fn a_non_root_gateway_seals_through_a_user_namespace() {
                 assert!(status.success(), "exec as uid {NOBODY}: {status:?} {lines:?}");
                 lines
             }
-        };
-        let results = |lines: &[String]| -> Vec<String> {
-            lines.iter().filter(|l| l.starts_with("try-")).map(|l| l.rsplit_once('=').unwrap().1.to_owned()).collect()
         };
 
         let sealed = run(&[]).await;

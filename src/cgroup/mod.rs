@@ -362,7 +362,7 @@ pub(crate) fn parse_pids(text: &str) -> Vec<Pid> {
 
 /// Whether uid 0 of this process's user namespace is the host's uid 0
 /// (`/proc/self/uid_map` maps 0 onto 0), read once.
-fn uid0_is_host_root() -> bool {
+pub(crate) fn uid0_is_host_root() -> bool {
     static ROOT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ROOT.get_or_init(|| {
         let map = std::fs::read_to_string("/proc/self/uid_map").unwrap_or_else(|_| "0 0 4294967295".into());
