@@ -118,11 +118,16 @@ async fn typescript_sdk_tick_with_end_leaves_nothing() {
         assert_eq!(gw.job("ok")["exit"], json!({"code": 0, "signal": null}));
         assert_eq!(gw.job("kill")["exit"], json!({"code": null, "signal": "SIGKILL"}));
         assert_eq!(gw.report["end"]["status"], 0, "{}", gw.report);
-        assert_eq!(
-            gw.report["end"]["report"]["sessions"], 1,
-            "only the abandoned job was still running: {}",
-            gw.report
-        );
+        // The abandoned job was still running, and the jobs that ended long
+        // before were gone. The cancelled job's leftovers may still have been
+        // ending under the guardian when `end` ran (its server was SIGTERMed a
+        // moment before): `end` finds it or does not, both are right.
+        let not_found = &gw.report["end"]["report"]["not_found"];
+        let found = |id: &str| !not_found.as_array().is_some_and(|a| a.iter().any(|x| x == id));
+        assert!(found("abandon"), "the abandoned job was found and ended: {}", gw.report);
+        assert!(!found("ok") && !found("kill"), "the finished jobs were gone: {}", gw.report);
+        let sessions = gw.report["end"]["report"]["sessions"].as_u64().unwrap_or(0);
+        assert!(sessions == 1 || (sessions == 2 && found("cancel")), "{}", gw.report);
         gw.exit_leaving_nothing(&env, &tag).await;
     })
     .await;
