@@ -207,6 +207,24 @@ pub enum Error {
         /// The cgroup.
         path: PathBuf,
     },
+
+    /// A process that must never be killed (this process, one of its
+    /// ancestors, the gateway or its guardian) is inside a cgroup about to be
+    /// killed, and could not be moved out of it: the cgroup was not killed.
+    #[error(
+        "refusing to kill {}: it contains process {pid} (this process, an ancestor of it, the gateway or its \
+         guardian), which a child must have moved there, and it could not be moved out ({why}); move it out \
+         by writing its pid to another cgroup's cgroup.procs, then end the session again",
+        path.display()
+    )]
+    ContainsProtected {
+        /// The protected process.
+        pid: i32,
+        /// The cgroup.
+        path: PathBuf,
+        /// Why it could not be moved.
+        why: String,
+    },
 }
 
 impl Error {

@@ -396,6 +396,10 @@ impl Watch {
             .map_err(|e| format!("pidfd_open({}): {e}", owner.pid))?
             .filter(|_| owner.is_alive())
             .ok_or_else(|| format!("the gateway (pid {}) is gone", owner.pid))?;
+        // Never the gateway, its ancestors or the guardian itself: moved back
+        // here if a child pulls them into a cgroup about to be killed.
+        crate::protect::protect(owner.pid);
+        crate::protect::remember_home();
         let inotify =
             inotify::init(CreateFlags::CLOEXEC | CreateFlags::NONBLOCK).map_err(|e| format!("inotify: {e}"))?;
         let mut watch = Watch {
@@ -637,7 +641,12 @@ impl Watch {
 /// The main process is gone: SIGTERM and SIGCONT to what is left, and the
 /// grace period starts.
 fn begin_ending(c: &mut Tracked) {
+    let _ = crate::protect::evacuate(&c.cgroup);
+    let protected = crate::protect::protected();
     for m in c.cgroup.member_pidfds_recursive().unwrap_or_default() {
+        if crate::protect::is_protected(m.raw_pid(), &protected) {
+            continue;
+        }
         let _ = m.send_signal(rustix::process::Signal::TERM);
         let _ = m.send_signal(rustix::process::Signal::CONT);
     }
@@ -701,9 +710,20 @@ fn main_process(main: Owner, cgroup: &Cgroup) -> std::io::Result<Option<PidFd>> 
 /// `cgroup.kill` (else SIGKILL to every member until none is left), then
 /// waits until the cgroup is empty, at most 5 s.
 fn kill_blocking(cg: &Cgroup) {
+    // Never the gateway or the guardian: moved out first, else not killed.
+    if let Err(e) = crate::protect::evacuate(cg) {
+        log(format_args!("not killing {}: {e}", cg.path().display()));
+        return;
+    }
     if cg.write("cgroup.kill", "1").is_err() {
         for _ in 0..64 {
-            let members = cg.member_pidfds_recursive().unwrap_or_default();
+            let protected = crate::protect::protected();
+            let members: Vec<_> = cg
+                .member_pidfds_recursive()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|m| !crate::protect::is_protected(m.raw_pid(), &protected))
+                .collect();
             if members.is_empty() {
                 break;
             }
@@ -779,22 +799,8 @@ fn clean_up(instance: &Cgroup, path: &Path) {
 }
 
 fn remove_blocking(parent: &Cgroup, cg: &Cgroup) {
-    for name in cg.children().unwrap_or_default() {
-        if let Ok(child) = cg.open_child(&name) {
-            remove_blocking(cg, &child);
-        }
-    }
-    let mut wait = Duration::from_millis(1);
-    for _ in 0..20 {
-        match parent.remove_child(cg.name()) {
-            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
-                // Busy right after the last exit: wait for the next change of
-                // cgroup.events, at most `wait`.
-                let _ = cg.wait_events_blocking(Some(wait), |_| false);
-                wait = (wait * 2).min(Duration::from_millis(100));
-            }
-            _ => return,
-        }
+    if let Err(e) = parent.remove_child_tree_blocking(cg) {
+        log(format_args!("removing {}: {e}", cg.path().display()));
     }
 }
 

@@ -1,8 +1,10 @@
-//! Instance cgroups (`i-<pid>-<starttime>`) and their owners.
+//! Instance cgroups (`i-<pidns>-<pid>-<starttime>`) and their owners.
 //!
-//! An instance belongs to one supervisor process, named by pid *and* start time
-//! (field 22 of `/proc/<pid>/stat`, clock ticks since boot), so a recycled pid is
-//! never mistaken for the owner. The same facts are kept in procscope's xattrs
+//! An instance belongs to one supervisor process, named by its pid namespace
+//! (the inode of `/proc/self/ns/pid`), pid *and* start time (field 22 of
+//! `/proc/<pid>/stat`, clock ticks since boot): a recycled pid is never
+//! mistaken for the owner, and two gateways in different pid namespaces (say,
+//! both pid 1 in containers started in the same tick) never share an instance. The same facts are kept in procscope's xattrs
 //! ([`Cgroup::meta`]: `trusted.procscope.*` on root-owned directories, which
 //! children cannot forge), so any process can tell live instances from stale ones.
 
@@ -43,23 +45,17 @@ impl Owner {
         start_time(self.pid) == Some(self.start)
     }
 
-    /// The instance cgroup name, `i-<pid>-<start>`.
+    /// The instance cgroup name, `i-<pidns>-<pid>-<start>`, with the calling
+    /// process's pid namespace (an owner is always in the namespace of the
+    /// process that names its instance: itself, or an ancestor it can see).
     pub fn instance_name(&self) -> String {
-        format!("i-{}-{}", self.pid, self.start)
+        format!("i-{}-{}-{}", pid_namespace_inode(), self.pid, self.start)
     }
 
-    /// Parses `i-<pid>-<start>`, or `i-<pid>-<start>-<n>` (a further supervisor
-    /// of the same process).
+    /// Parses `i-<pidns>-<pid>-<start>`, or `i-<pidns>-<pid>-<start>-<n>` (a
+    /// further supervisor of the same process).
     pub fn from_instance_name(name: &str) -> Option<Owner> {
-        let mut parts = name.strip_prefix("i-")?.split('-');
-        let pid: i32 = parts.next()?.parse().ok().filter(|p| *p > 0)?;
-        let start: u64 = parts.next()?.parse().ok()?;
-        match (parts.next(), parts.next()) {
-            (None, _) => {}
-            (Some(n), None) if n.parse::<u32>().is_ok_and(|n| n >= 2) => {}
-            _ => return None,
-        }
-        Some(Owner { pid, start })
+        parse_instance_name(name).map(|(_, owner)| owner)
     }
 
     /// The owner recorded on an instance cgroup: xattrs first, else its name.
@@ -71,6 +67,30 @@ impl Owner {
         };
         from_xattrs().or_else(|| Owner::from_instance_name(cg.name()))
     }
+}
+
+/// Parses an instance name into its pid namespace inode and owner.
+pub(crate) fn parse_instance_name(name: &str) -> Option<(u64, Owner)> {
+    let mut parts = name.strip_prefix("i-")?.split('-');
+    let ns: u64 = parts.next()?.parse().ok()?;
+    let pid: i32 = parts.next()?.parse().ok().filter(|p| *p > 0)?;
+    let start: u64 = parts.next()?.parse().ok()?;
+    match (parts.next(), parts.next()) {
+        (None, _) => {}
+        (Some(n), None) if n.parse::<u32>().is_ok_and(|n| n >= 2) => {}
+        _ => return None,
+    }
+    Some((ns, Owner { pid, start }))
+}
+
+/// The inode of the calling process's pid namespace (`pid:[<inode>]`), 0 if
+/// `/proc/self/ns/pid` cannot be read. A process cannot change its own pid
+/// namespace, so it is read once.
+pub(crate) fn pid_namespace_inode() -> u64 {
+    static INODE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *INODE.get_or_init(|| {
+        pid_namespace().and_then(|ns| ns.strip_prefix("pid:[")?.strip_suffix(']')?.parse().ok()).unwrap_or(0)
+    })
 }
 
 /// The calling process's pid namespace, as `/proc/self/ns/pid` names it.
@@ -101,10 +121,16 @@ pub(crate) fn mark_session(cg: &Cgroup, id: &str) -> Result<()> {
 /// another pid namespace cannot be checked from here: it counts as alive, so a
 /// sweep on the host never ends a live gateway in a container.
 pub(crate) fn owner_gone(cg: &Cgroup, owner: Owner) -> bool {
+    same_pid_namespace(cg) && !owner.is_alive()
+}
+
+/// Whether instance `cg`'s owner is in the calling process's pid namespace
+/// (as recorded; unrecorded counts as the same).
+pub(crate) fn same_pid_namespace(cg: &Cgroup) -> bool {
     let recorded = cg.meta(XATTR_OWNER_PIDNS).ok().flatten();
     match (recorded, pid_namespace()) {
-        (Some(theirs), Some(ours)) if theirs != ours => false,
-        _ => !owner.is_alive(),
+        (Some(theirs), Some(ours)) => theirs == ours,
+        _ => true,
     }
 }
 
@@ -153,8 +179,21 @@ mod tests {
     fn names_round_trip() {
         let o = Owner { pid: 4242, start: 987_654 };
         assert_eq!(Owner::from_instance_name(&o.instance_name()), Some(o));
-        assert_eq!(Owner::from_instance_name("i-7-9-2"), Some(Owner { pid: 7, start: 9 }));
-        for bad in ["i-", "i-1", "i-x-2", "i-0-5", "i--1-5", "s-1-2", "i-1-2-1", "i-1-2-x", "i-1-2-3-4", ""] {
+        assert!(o.instance_name().starts_with(&format!("i-{}-", pid_namespace_inode())));
+        assert_eq!(parse_instance_name("i-4026531836-7-9-2"), Some((4026531836, Owner { pid: 7, start: 9 })));
+        for bad in [
+            "i-",
+            "i-1",
+            "i-1-2",
+            "i-5-x-2",
+            "i-5-0-5",
+            "i-5--1-5",
+            "s-5-1-2",
+            "i-5-1-2-1",
+            "i-5-1-2-x",
+            "i-5-1-2-3-4",
+            "",
+        ] {
             assert_eq!(Owner::from_instance_name(bad), None, "{bad}");
         }
     }

@@ -32,6 +32,7 @@ mod instance;
 pub mod mcp;
 pub mod names;
 mod pidfd;
+mod protect;
 mod reaper;
 mod root;
 mod seal;
@@ -84,10 +85,12 @@ pub mod testing {
 
     /// Creates the process-wide state procscope keeps for the life of the
     /// process — the reaper's epoll fd and thread, `/dev/null` for
-    /// `Stdio::Null` — and reads the ignored signals, so that a test
-    /// that counts fds and threads can take its baseline after them.
+    /// `Stdio::Null`, the fds set aside for ending sessions when none are
+    /// left — and reads the ignored signals, so that a test that counts fds
+    /// and threads can take its baseline after them.
     pub fn init_process_state() {
         let _ = crate::reaper::pending();
+        crate::sweep::Reserve::set_aside();
         let _ = crate::command::dev_null();
         crate::seal::init();
         crate::sys::spawn::refresh_ignored_signals();

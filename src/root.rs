@@ -1,10 +1,10 @@
 //! [`Root`]: the cgroup under which procscope creates everything.
 //!
 //! ```text
-//! <root>                    delegated to us, or <cgroup2 mount>/procscope as root
-//! ├── supervisor/           the gateway itself, when <root> is its own cgroup
-//! └── i-<pid>-<starttime>/  one per supervisor instance
-//!     └── s-<session-id>/   one per session
+//! <root>                              delegated to us, or <cgroup2 mount>/procscope as root
+//! ├── supervisor/                     the gateway itself, when <root> is its own cgroup
+//! └── i-<pidns>-<pid>-<starttime>/    one per supervisor instance
+//!     └── s-<session-id>/             one per session
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -54,7 +54,9 @@ pub struct Root {
 impl Root {
     /// Uses `path` as the root. It must be a cgroup2 directory this process can
     /// manage, and must not hold the calling process (except in its
-    /// `supervisor/` child).
+    /// `supervisor/` child). A calling process found in one of the root's
+    /// sessions (a child pulled it, or its parent, in) is moved back out
+    /// first, with its ancestors.
     ///
     /// # Errors
     /// [`Error::NotCgroup2`], [`Error::NotDelegated`], [`Error::ContainsSelf`].
@@ -65,7 +67,16 @@ impl Root {
         if !delegation.writable() {
             return Err(Error::NotDelegated { path: path.to_owned(), reason: not_writable_reason(&delegation) });
         }
-        let h = Hierarchy::discover()?;
+        let mut h = Hierarchy::discover()?;
+        // Inside one of the root's instances, this process (or an ancestor)
+        // was pulled into a session by a child: moved back out first.
+        if let Some(instance) = h.own_dir.as_deref().and_then(|own| own.strip_prefix(path).ok()?.components().next())
+            && instance.as_os_str().to_string_lossy().starts_with("i-")
+            && let Ok(instance) = cgroup.open_child(&instance.as_os_str().to_string_lossy())
+        {
+            crate::protect::evacuate(&instance)?;
+            h = Hierarchy::discover()?;
+        }
         if let Some(own) = &h.own_dir {
             let inside = own.starts_with(path) && *own != path.join(SUPERVISOR_CGROUP);
             if inside {

@@ -163,8 +163,13 @@ impl Session {
         let (sup, shared) = (Arc::clone(&self.sup), Arc::clone(&self.shared));
         sup.closing.enter();
         let task = tokio::spawn(async move {
-            let outcome =
-                crate::sweep::end_cgroup(&sup.instance, &shared.cgroup, &shared.children(), sup.config.grace).await;
+            let outcome = crate::sweep::end_cgroup_retrying(
+                &sup.instance(),
+                &shared.cgroup,
+                &shared.children(),
+                sup.config.grace,
+            )
+            .await;
             sup.finished(&shared, &outcome, false);
             sup.closing.leave();
             outcome

@@ -94,6 +94,12 @@ impl Builder {
             None => Root::discover()?,
         };
         let owner = Owner::this_process()?;
+        // Where this process goes back to if a child pulls it into a session.
+        crate::protect::remember_home();
+        // Fds for many sessions (children get the original soft limit back),
+        // and a few set aside for ending sessions when none are left.
+        crate::sys::spawn::raise_nofile();
+        crate::sweep::Reserve::set_aside();
         // Children reset the signals the gateway ignores as of now.
         crate::refresh_ignored_signals();
         let recovery =
@@ -102,7 +108,10 @@ impl Builder {
         let instance = Arc::new(instance);
         let guardian = if self.guardian {
             match Guardian::start(owner, &instance, crate::guardian::Role::Supervisor) {
-                Ok(g) => Some(g),
+                Ok(g) => {
+                    crate::protect::protect(g.pid() as i32);
+                    Some(g)
+                }
                 Err(e) => {
                     let _ = root.cgroup().remove_child(instance.name());
                     return Err(e);
@@ -121,7 +130,7 @@ impl Builder {
             inner: Arc::new(Inner {
                 root,
                 mount,
-                instance,
+                instance: Mutex::new(instance),
                 owner,
                 config: Config { grace: self.grace },
                 state: Mutex::new(State::default()),
@@ -232,7 +241,8 @@ pub(crate) struct Inner {
     /// The cgroup2 mount root, when the root was created under it (controllers
     /// are enabled from there down).
     mount: Option<Cgroup>,
-    pub(crate) instance: Arc<Cgroup>,
+    /// The instance cgroup; replaced when it was removed under us and made again.
+    instance: Mutex<Arc<Cgroup>>,
     owner: Owner,
     pub(crate) config: Config,
     state: Mutex<State>,
@@ -276,6 +286,11 @@ impl InFlight {
 }
 
 impl Inner {
+    /// The instance cgroup.
+    pub(crate) fn instance(&self) -> Arc<Cgroup> {
+        Arc::clone(&self.instance.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -308,7 +323,7 @@ impl Inner {
             // have enabled them, so they are not skipped.
             let oom = shared.cgroup.oom_kills();
             let refused = shared.cgroup.pids_max_hits();
-            match self.instance.remove_child(&shared.dir) {
+            match self.instance().remove_child(&shared.dir) {
                 Ok(()) => {
                     state.dirs.remove(&shared.dir);
                     self.counters.sessions_removed.inc();
@@ -380,10 +395,16 @@ impl Drop for Inner {
         }
         // Dropped without shutdown(): kill what is left now (never wait here);
         // the empty instance cgroup is removed by the next recovery or sweep.
-        if self.instance.is_populated().unwrap_or(false) {
-            tracing::warn!(instance = %self.instance.path().display(),
+        let instance = self.instance();
+        if instance.is_populated().unwrap_or(false) {
+            tracing::warn!(instance = %instance.path().display(),
                 "supervisor dropped without shutdown(); killing its sessions");
-            let _ = self.instance.write("cgroup.kill", "1");
+            match crate::protect::evacuate(&instance) {
+                Ok(()) => {
+                    let _ = instance.write("cgroup.kill", "1");
+                }
+                Err(e) => tracing::error!(error = %e, "not killing the sessions"),
+            }
         }
         // A guardian stays while the instance does, and ends it when this
         // process dies.
@@ -414,7 +435,7 @@ pub struct Supervisor {
 
 impl fmt::Debug for Supervisor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Supervisor").field("instance", &self.inner.instance.path()).finish()
+        f.debug_struct("Supervisor").field("instance", &self.inner.instance().path()).finish()
     }
 }
 
@@ -452,14 +473,14 @@ impl Supervisor {
         if inner.shut_down.load(Ordering::Acquire) {
             return Err(Error::InvalidInput {
                 what: "supervisor",
-                value: inner.instance.name().to_owned(),
+                value: inner.instance().name().to_owned(),
                 fix: "it has been shut down; start a new one".into(),
             });
         }
         if state.active.contains_key(id) {
             return Err(Error::SessionExists { id: id.to_owned() });
         }
-        if !limits.is_empty() {
+        if !limits.controllers().is_empty() {
             self.enable_controllers(&limits.controllers())?;
         }
         let base = format!("s-{id}");
@@ -469,16 +490,18 @@ impl Supervisor {
             .expect("an unused name");
         // A `procscope exec` of this process may have made the session in
         // this instance: the same id, taken.
-        let cgroup = inner.instance.create_child(&dir).map_err(|e| match e.raw_os_error() {
+        let instance = self.instance_for_session()?;
+        let cgroup = instance.create_child(&dir).map_err(|e| match e.raw_os_error() {
             Some(libc::EEXIST) => Error::SessionExists { id: id.to_owned() },
             _ => e,
         })?;
         let setup = || -> Result<()> {
             instance::mark_session(&cgroup, id)?;
+            cgroup.set_nesting(limits, 0)?;
             cgroup.set_limits(limits)
         };
         if let Err(e) = setup() {
-            let _ = inner.instance.remove_child(&dir);
+            let _ = instance.remove_child(&dir);
             return Err(e);
         }
         let shared = Arc::new(SessionShared::new(id.to_owned(), dir.clone(), cgroup));
@@ -489,12 +512,54 @@ impl Supervisor {
         Ok(Session::new(shared, Arc::clone(&self.inner)))
     }
 
+    /// The instance, made again (under the same name, with a new guardian if
+    /// this supervisor has one) if someone removed it: an operator's
+    /// `procscope sweep --all --force`, or `rmdir` by hand.
+    fn instance_for_session(&self) -> Result<Arc<Cgroup>> {
+        let inner = &self.inner;
+        let current = inner.instance();
+        if current.path().exists() {
+            return Ok(current);
+        }
+        let mut slot = inner.instance.lock().unwrap_or_else(|p| p.into_inner());
+        if !Arc::ptr_eq(&slot, &current) {
+            return Ok(Arc::clone(&slot));
+        }
+        let name = current.name().to_owned();
+        let made = inner.root.cgroup().create_child(&name)?;
+        let marked = instance::mark_instance(&made, inner.owner)
+            .and_then(|()| made.set_meta(crate::guardian::XATTR_ROLE, "supervisor"));
+        if let Err(e) = marked {
+            let _ = inner.root.cgroup().remove_child(&name);
+            return Err(e);
+        }
+        let made = Arc::new(made);
+        let mut guardian = inner.guardian.lock().unwrap_or_else(|p| p.into_inner());
+        if guardian.is_some() {
+            match Guardian::start(inner.owner, &made, crate::guardian::Role::Supervisor) {
+                Ok(g) => {
+                    crate::protect::protect(g.pid() as i32);
+                    *guardian = Some(g);
+                }
+                Err(e) => {
+                    let _ = inner.root.cgroup().remove_child(&name);
+                    return Err(e);
+                }
+            }
+        }
+        tracing::warn!(instance = %made.path().display(),
+            "this supervisor's instance cgroup was removed by someone else; made it again");
+        *slot = Arc::clone(&made);
+        Ok(made)
+    }
+
     /// Enables controllers from the top of our tree down to the instance, after
     /// checking at the top that all of them are available (so that a failure
     /// changes nothing).
     fn enable_controllers(&self, needed: &[&'static str]) -> Result<()> {
         let inner = &self.inner;
-        let chain: Vec<&Cgroup> = inner.mount.iter().chain([inner.root.cgroup(), inner.instance.as_ref()]).collect();
+        let instance = inner.instance();
+        let chain: Vec<&Cgroup> = inner.mount.iter().chain([inner.root.cgroup(), instance.as_ref()]).collect();
         crate::tree::enable_chain(&chain, needed)
     }
 
@@ -539,7 +604,7 @@ impl Supervisor {
                 let done_shared = Arc::clone(&shared);
                 Target {
                     id: shared.id.clone(),
-                    parent: Arc::clone(&inner.instance),
+                    parent: inner.instance(),
                     cgroup: Arc::clone(&shared.cgroup),
                     children: shared.children(),
                     on_done: Some(Box::new(move |outcome| done_inner.finished(&done_shared, outcome, true))),
@@ -556,20 +621,44 @@ impl Supervisor {
         self.sweep(SweepScope::Orphans).await
     }
 
-    /// Ends every session, removes the instance cgroup and waits for the guardian to exit.
+    /// Ends every session (those `procscope exec` commands of this process
+    /// made in its instance too, all in the report), removes the instance
+    /// cgroup and waits for the guardian to exit.
     pub async fn shutdown(self) -> Result<SweepReport> {
-        let report = self.sweep_inner(SweepScope::All, true).await;
+        let mut report = self.sweep_inner(SweepScope::All, true).await;
         let inner = &self.inner;
         // Sessions being closed by `close()` calls whose callers went away.
         inner.closing.wait_idle().await;
-        // Whatever the sweep could not reach (a session whose guard ran as the
-        // shutdown began) dies with the instance: everything below it is ours.
-        if inner.instance.is_populated().unwrap_or(true) {
-            tracing::warn!(instance = %inner.instance.path().display(),
-                "processes left in the instance after the final sweep; killing them");
-            inner.instance.kill().await?;
+        let instance = inner.instance();
+        // Sessions this supervisor does not track: those `procscope exec`
+        // commands of this process made in its instance. Ended the same way,
+        // and reported with the others.
+        let mut others = Vec::new();
+        for name in instance.children().unwrap_or_default() {
+            let Ok(cg) = instance.open_child(&name) else { continue };
+            if instance::kind_of(&cg).as_deref() != Some("session") {
+                continue;
+            }
+            let id = cg.meta(XATTR_SESSION).ok().flatten().unwrap_or(name);
+            others.push(Target {
+                id,
+                parent: Arc::clone(&instance),
+                cgroup: Arc::new(cg),
+                children: Vec::new(),
+                on_done: None,
+            });
         }
-        inner.root.cgroup().remove_child_tree(&inner.instance).await?;
+        if !others.is_empty() {
+            report.merge(crate::sweep::sweep_targets(others, inner.config.grace).await);
+        }
+        // Whatever the sweeps could not reach (a session whose guard ran as the
+        // shutdown began) dies with the instance: everything below it is ours.
+        if instance.is_populated().unwrap_or(true) {
+            tracing::warn!(instance = %instance.path().display(),
+                "processes left in the instance after the final sweep; killing them");
+            instance.kill().await?;
+        }
+        report.removed += inner.root.cgroup().remove_child_tree(&instance).await?;
         // The guardian exits once its instance is gone.
         let guardian = inner.guardian.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(g) = guardian {
@@ -612,8 +701,8 @@ impl Supervisor {
     }
 
     /// This supervisor's instance cgroup.
-    pub fn instance(&self) -> &Cgroup {
-        &self.inner.instance
+    pub fn instance(&self) -> Arc<Cgroup> {
+        self.inner.instance()
     }
 
     /// This supervisor's owner identity (pid and start time).
@@ -683,8 +772,8 @@ async fn recover_instance(root: &Root, instance: Arc<Cgroup>, grace: Duration) -
     }
     let mut report = crate::sweep::sweep_targets(targets, grace).await;
     // Members of the instance itself, if any, then the instance.
-    let t = crate::sweep::end_cgroup(root.cgroup(), &instance, &[], grace).await?;
-    report.removed += usize::from(t.removed);
+    let t = crate::sweep::end_cgroup_retrying(root.cgroup(), &instance, &[], grace).await?;
+    report.removed += t.cgroups_removed.max(usize::from(t.removed));
     report.terminated += t.terminated;
     report.killed += t.killed;
     Ok(report)

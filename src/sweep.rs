@@ -32,8 +32,11 @@ pub struct Termination {
     pub killed: usize,
     /// The mechanism used to kill, when something had to be killed.
     pub kill_mechanism: Option<KillMechanism>,
-    /// Whether the cgroup was removed.
+    /// Whether the cgroup is gone (removed here, or by another process
+    /// ending it at the same time).
     pub removed: bool,
+    /// Directories removed here: the cgroup and every cgroup below it.
+    pub cgroups_removed: usize,
     /// Processes the kernel OOM-killed in this cgroup over its life (its
     /// `memory.max`; `oom_kill` of `memory.events`).
     pub oom_kills: u64,
@@ -56,14 +59,28 @@ pub(crate) async fn end_cgroup(
     // Another process may end and remove the same cgroup meanwhile (a wrapper of
     // a shared session, a guardian, `procscope end`): gone counts as ended.
     let mut t = Termination::default();
-    let members = or_gone(cg.member_pidfds_recursive(), Vec::new())?;
+    // Never itself: a gateway, guardian or caller that a child pulled into
+    // the session is moved back out before anything is signalled (what could
+    // not be moved makes the kill below fail), and no pidfd signal reaches it.
+    let _ = crate::protect::evacuate(cg);
+    let protected = crate::protect::protected();
+    // Short of fds, `cgroup.kill` is the first resort: it needs one.
+    let (members, short) = match cg.member_pidfds_recursive() {
+        Ok(m) => (m, false),
+        Err(e) if crate::cgroup::vanished(&e) => (Vec::new(), false),
+        Err(e) if crate::cgroup::short_of_fds(&e) => (Vec::new(), true),
+        Err(e) => return Err(e),
+    };
     let live_children: Vec<&Arc<ChildCell>> = children.iter().filter(|c| c.is_alive()).collect();
     let child_pids: HashSet<i32> = live_children.iter().map(|c| c.pid()).collect();
     for c in &live_children {
         let _ = c.signal(Signal::TERM);
         let _ = c.signal(Signal::CONT);
     }
-    let others: Vec<_> = members.into_iter().filter(|m| !child_pids.contains(&m.raw_pid())).collect();
+    let others: Vec<_> = members
+        .into_iter()
+        .filter(|m| !child_pids.contains(&m.raw_pid()) && !crate::protect::is_protected(m.raw_pid(), &protected))
+        .collect();
     for m in &others {
         let _ = m.send_signal(Signal::TERM);
         let _ = m.send_signal(Signal::CONT);
@@ -71,7 +88,7 @@ pub(crate) async fn end_cgroup(
     t.signalled = live_children.len() + others.len();
 
     let mut empty = !or_gone(cg.is_populated(), false)?;
-    if !empty && !grace.is_zero() {
+    if !empty && !grace.is_zero() && !short {
         empty = or_gone(cg.wait_empty(Some(Instant::now() + grace)).await, true)?;
     }
     if !empty {
@@ -121,9 +138,108 @@ pub(crate) async fn end_cgroup(
     for c in children {
         let _ = tokio::time::timeout(REAP_WAIT, c.wait()).await;
     }
-    or_gone(parent.remove_child_tree(cg).await, ())?;
+    t.cgroups_removed = or_gone(parent.remove_child_tree(cg).await, 0)?;
     t.removed = true;
     Ok(t)
+}
+
+/// [`end_cgroup`]; when it fails for want of fds, ends the session again with
+/// as few fds as it can be done with ([`end_short_of_fds`]), one session at
+/// a time, on fds set aside for this at start.
+pub(crate) async fn end_cgroup_retrying(
+    parent: &Cgroup,
+    cg: &Cgroup,
+    children: &[Arc<ChildCell>],
+    grace: Duration,
+) -> Result<Termination> {
+    match end_cgroup(parent, cg, children, grace).await {
+        Err(e) if crate::cgroup::short_of_fds(&e) => {
+            tracing::warn!(cgroup = %cg.path().display(), "no fd left to end the session; killing it with cgroup.kill");
+            let _reserve = Reserve::release().await;
+            end_short_of_fds(parent, cg, children).await
+        }
+        outcome => outcome,
+    }
+}
+
+/// Ending a session when fds are short: `cgroup.kill` first (one fd, for
+/// the write), then polling `cgroup.events` (one fd at a time) until it is
+/// empty, a check through the pidfds already held, reaping, and `rmdir`
+/// (no fd; a tree below the session needs a few for its walk).
+async fn end_short_of_fds(parent: &Cgroup, cg: &Cgroup, children: &[Arc<ChildCell>]) -> Result<Termination> {
+    let mut t = Termination { signalled: children.iter().filter(|c| c.is_alive()).count(), ..Termination::default() };
+    if or_gone(cg.is_populated(), false)? {
+        t.kill_mechanism = or_gone(cg.kill().await.map(Some), None)?;
+        let deadline = Instant::now() + KILL_WAIT;
+        while or_gone(cg.is_populated(), false)? {
+            if Instant::now() >= deadline {
+                return Err(Error::io(
+                    "kill",
+                    cg.path(),
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, "processes survived the kill"),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    for c in children.iter().filter(|c| c.is_alive()) {
+        let _ = c.signal(Signal::KILL);
+    }
+    t.killed = t.signalled;
+    for c in children {
+        let _ = tokio::time::timeout(REAP_WAIT, c.wait()).await;
+    }
+    t.cgroups_removed = match parent.remove_child(cg.name()) {
+        Ok(()) => 1,
+        Err(e) if crate::cgroup::vanished(&e) => 0,
+        Err(_) => or_gone(parent.remove_child_tree(cg).await, 0)?,
+    };
+    t.removed = true;
+    Ok(t)
+}
+
+/// Fds set aside at start for ending sessions when none are left: given
+/// back to the process while one session is ended, then taken again.
+pub(crate) struct Reserve;
+
+/// How many fds are set aside.
+const RESERVE_FDS: usize = 4;
+
+static RESERVE: tokio::sync::Mutex<Vec<std::os::fd::OwnedFd>> = tokio::sync::Mutex::const_new(Vec::new());
+
+impl Reserve {
+    /// Sets the fds aside (once per process; at supervisor start).
+    pub(crate) fn set_aside() {
+        if let Ok(mut fds) = RESERVE.try_lock() {
+            fill(&mut fds);
+        }
+    }
+
+    /// Waits for its turn, then closes the fds set aside; they are taken
+    /// again when the returned value is dropped.
+    async fn release() -> MutexGuard {
+        let mut fds = RESERVE.lock().await;
+        fds.clear();
+        MutexGuard(fds)
+    }
+}
+
+/// The turn of one session ending short of fds; refills the reserve on drop.
+struct MutexGuard(tokio::sync::MutexGuard<'static, Vec<std::os::fd::OwnedFd>>);
+
+impl Drop for MutexGuard {
+    fn drop(&mut self) {
+        fill(&mut self.0);
+    }
+}
+
+fn fill(fds: &mut Vec<std::os::fd::OwnedFd>) {
+    while fds.len() < RESERVE_FDS {
+        match rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC) {
+            Ok(fd) => fds.push(fd),
+            Err(_) => break,
+        }
+    }
 }
 
 /// `value` when the cgroup turned out to be removed meanwhile.
@@ -144,7 +260,9 @@ pub struct SweepReport {
     pub terminated: usize,
     /// Processes killed at the deadline.
     pub killed: usize,
-    /// Cgroups removed (sessions, and instances during recovery).
+    /// Cgroups removed (sessions, every cgroup below them, and instances
+    /// during recovery). A session that another process removed while this
+    /// one ended it counts as one.
     pub removed: usize,
     /// Sessions that could not be ended completely, with why.
     pub errors: Vec<SweepError>,
@@ -182,7 +300,7 @@ impl SweepReport {
             Ok(t) => {
                 self.terminated += t.terminated;
                 self.killed += t.killed;
-                self.removed += usize::from(t.removed);
+                self.removed += t.cgroups_removed.max(usize::from(t.removed));
                 if t.oom_kills > 0 || t.pids_max_hits > 0 {
                     self.limits_hit.push(LimitHit {
                         session: session.to_owned(),
@@ -252,7 +370,7 @@ pub(crate) async fn sweep_targets(targets: Vec<Target>, grace: Duration) -> Swee
         .into_iter()
         .map(|mut t| {
             tokio::spawn(async move {
-                let outcome = end_cgroup(&t.parent, &t.cgroup, &t.children, grace).await;
+                let outcome = end_cgroup_retrying(&t.parent, &t.cgroup, &t.children, grace).await;
                 if let Some(done) = t.on_done.take() {
                     done(&outcome);
                 }

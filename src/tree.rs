@@ -67,14 +67,18 @@ pub struct SessionInfo {
 /// An instance directory: one supervisor (or one gateway using `procscope exec`).
 #[derive(Clone, Debug, Serialize)]
 pub struct InstanceInfo {
-    /// Directory name, `i-<pid>-<start>`.
+    /// Directory name, `i-<pidns>-<pid>-<start>`.
     pub name: String,
     /// Its cgroup.
     pub path: PathBuf,
-    /// Owner pid.
+    /// Owner pid (in the owner's pid namespace).
     pub owner_pid: i32,
-    /// Whether the owner (pid and start time) still runs.
+    /// Whether the owner (pid and start time) still runs; an owner in another
+    /// pid namespace cannot be checked and counts as alive.
     pub owner_alive: bool,
+    /// Whether the owner is in another pid namespace than the caller (a
+    /// gateway in a container, seen from the host).
+    pub foreign_pid_namespace: bool,
     /// Seconds since creation, when recorded.
     pub age_secs: Option<u64>,
     /// Its sessions.
@@ -109,6 +113,7 @@ pub fn list(root: &Root) -> Result<Vec<InstanceInfo>> {
             path: cg.path().to_owned(),
             owner_pid: owner.pid,
             owner_alive: alive,
+            foreign_pid_namespace: !instance::same_pid_namespace(&cg),
             age_secs: age(&cg),
             sessions,
         });
@@ -161,12 +166,11 @@ fn session_info(s: &Cgroup, dir: &str, owner_alive: bool) -> SessionInfo {
 }
 
 fn member_pids(cg: &Cgroup) -> Vec<i32> {
-    let mut pids: Vec<i32> = cg.procs().unwrap_or_default().iter().map(|p| p.as_raw_nonzero().get()).collect();
-    for name in cg.children().unwrap_or_default() {
-        if let Ok(child) = cg.open_child(&name) {
-            pids.extend(member_pids(&child));
-        }
-    }
+    let mut pids = Vec::new();
+    let _ = cg.visit_tree(|c| {
+        pids.extend(c.procs().unwrap_or_default().iter().map(|p| p.as_raw_nonzero().get()));
+        Ok(())
+    });
     pids
 }
 
@@ -182,27 +186,36 @@ fn rss_bytes(pid: i32) -> u64 {
 /// it does not exist. Used by processes that share an owner's sessions, such as
 /// `procscope exec` wrappers started by one gateway.
 pub fn open_or_create_instance(root: &Root, owner: Owner) -> Result<Cgroup> {
+    open_or_create_instance_tracked(root, owner).map(|(cg, _)| cg)
+}
+
+/// [`open_or_create_instance`], and whether this call created it.
+fn open_or_create_instance_tracked(root: &Root, owner: Owner) -> Result<(Cgroup, bool)> {
     let name = owner.instance_name();
-    let cg = match root.cgroup().create_child(&name) {
+    match root.cgroup().create_child(&name) {
         Ok(cg) => {
             if let Err(e) = instance::mark_instance(&cg, owner) {
                 let _ = root.cgroup().remove_child(&name);
                 return Err(e);
             }
-            cg
+            Ok((cg, true))
         }
-        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => root.cgroup().open_child(&name)?,
-        Err(e) => return Err(e),
-    };
-    Ok(cg)
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok((root.cgroup().open_child(&name)?, false)),
+        Err(e) => Err(e),
+    }
 }
 
 /// Opens the session `id` of `instance`, creating it if needed; `limits` (if
 /// any) are written either way. Several processes may do this at once.
 pub fn open_or_create_session(root: &Root, instance: &Cgroup, id: &str, limits: &Limits) -> Result<Cgroup> {
+    open_or_create_session_tracked(root, instance, id, limits).map(|(cg, _)| cg)
+}
+
+/// [`open_or_create_session`], and whether this call created it.
+fn open_or_create_session_tracked(root: &Root, instance: &Cgroup, id: &str, limits: &Limits) -> Result<(Cgroup, bool)> {
     validate_session_id(id)?;
     limits.validate()?;
-    if !limits.is_empty() {
+    if !limits.controllers().is_empty() {
         enable_chain(&chain(root, instance)?, &limits.controllers())?;
     }
     let dir = format!("s-{id}");
@@ -214,6 +227,7 @@ pub fn open_or_create_session(root: &Root, instance: &Cgroup, id: &str, limits: 
     let setup = || -> Result<()> {
         if created {
             instance::mark_session(&cg, id)?;
+            cg.set_nesting(limits, 1)?;
         }
         cg.set_limits(limits)
     };
@@ -223,7 +237,7 @@ pub fn open_or_create_session(root: &Root, instance: &Cgroup, id: &str, limits: 
         }
         return Err(e);
     }
-    Ok(cg)
+    Ok((cg, created))
 }
 
 /// Places a command that the calling process is about to become
@@ -242,42 +256,49 @@ pub fn open_or_create_session(root: &Root, instance: &Cgroup, id: &str, limits: 
 /// As [`open_or_create_instance`] and [`open_or_create_session`]; the
 /// guardian failing to start.
 pub fn place_command(root: &Root, owner: Owner, id: &str, limits: &Limits, grace: Duration) -> Result<Cgroup> {
+    // Fds for the placing; the command gets the original soft limit back.
+    crate::sys::spawn::raise_nofile();
     let me = Owner::this_process()?;
     let name = crate::guardian::command_cgroup_name(me, grace);
     let mut last = None;
     for _ in 0..8 {
-        let attempt = || -> Result<(Cgroup, Cgroup)> {
-            let instance = open_or_create_instance(root, owner)?;
+        // What this attempt created, removed again if it fails: a failed
+        // `exec` leaves the tree as it found it.
+        let mut made: Vec<(Cgroup, String)> = Vec::new();
+        let mut attempt = || -> Result<(Cgroup, Cgroup)> {
+            let (instance, created) = open_or_create_instance_tracked(root, owner)?;
+            if created {
+                made.push((root.cgroup().try_clone()?, instance.name().to_owned()));
+            }
             if instance::kind_of(&instance).is_some() && instance.meta(XATTR_LINEAGE)?.is_none() {
                 instance.set_meta(XATTR_LINEAGE, &lineage(owner.pid))?;
             }
-            let session = open_or_create_session(root, &instance, id, limits)?;
-            let leaf = session.create_child(&name)?;
-            if let Err(e) = leaf.set_meta(crate::root::XATTR_KIND, "exec") {
-                let _ = session.remove_child(&name);
-                return Err(e);
+            let (session, created) = open_or_create_session_tracked(root, &instance, id, limits)?;
+            if created {
+                made.push((instance.try_clone()?, session.name().to_owned()));
             }
+            let leaf = session.create_child(&name)?;
+            made.push((session.try_clone()?, name.clone()));
+            leaf.set_meta(crate::root::XATTR_KIND, "exec")?;
+            // The leaf keeps the instance from being removed meanwhile.
+            crate::guardian::ensure(owner, &instance)?;
             Ok((instance, leaf))
         };
-        match attempt() {
+        let outcome = attempt();
+        if outcome.is_err() {
+            // Innermost first; one that someone else uses meanwhile stays.
+            for (parent, name) in made.iter().rev() {
+                let _ = parent.remove_child(name);
+            }
+        }
+        match outcome {
             // Removed meanwhile (by a concurrent exec or the guardian).
             Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENODEV)) => last = Some(e),
             Err(e) => return Err(e),
-            Ok((instance, leaf)) => {
-                // The leaf keeps the instance from being removed meanwhile.
-                if let Err(e) = crate::guardian::ensure(owner, &instance) {
-                    let _ = leaf_parent(&leaf).map(|s| s.remove_child(leaf.name()));
-                    return Err(e);
-                }
-                return Ok(leaf);
-            }
+            Ok((_, leaf)) => return Ok(leaf),
         }
     }
     Err(last.expect("at least one attempt"))
-}
-
-fn leaf_parent(leaf: &Cgroup) -> Option<Cgroup> {
-    leaf.path().parent().and_then(|p| Cgroup::open(p).ok())
 }
 
 /// The environment variable through which a gateway declares itself the
@@ -325,6 +346,10 @@ pub fn is_ancestor(ancestor: Owner) -> bool {
 /// Whether `instance`'s recorded lineage names `who`: it was made by an
 /// `exec` below `who`, through intermediaries.
 pub fn descends_from(instance: &Cgroup, who: Owner) -> bool {
+    // Pids of another pid namespace name other processes.
+    if !instance::same_pid_namespace(instance) {
+        return false;
+    }
     let needle = format!("{}:{}", who.pid, who.start);
     instance.meta(XATTR_LINEAGE).ok().flatten().is_some_and(|l| l.split(' ').any(|a| a == needle))
 }

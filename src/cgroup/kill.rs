@@ -43,8 +43,13 @@ impl Cgroup {
     /// the kernel has. Processes die asynchronously: wait for
     /// [`wait_empty`](Self::wait_empty) after this.
     ///
+    /// The calling process, its ancestors, and the processes a supervisor or
+    /// guardian protects (the gateway, the guardian) are never killed: one
+    /// found inside is moved back out first.
+    ///
     /// # Errors
-    /// [`Error::ContainsSelf`] if the calling process is inside this cgroup.
+    /// [`Error::ContainsProtected`] if such a process is inside this cgroup
+    /// and cannot be moved out.
     #[doc(alias = "cgroup.kill")]
     pub async fn kill(&self) -> Result<KillMechanism> {
         let mechanism =
@@ -56,7 +61,9 @@ impl Cgroup {
     /// SIGKILLs every process in this cgroup and below with `mechanism` (to
     /// force the fallback in tests, or when `cgroup.kill` misbehaves).
     pub async fn kill_with(&self, mechanism: KillMechanism) -> Result<()> {
-        self.refuse_if_contains_self("kill")?;
+        // Never itself: the calling process, its ancestors, the gateway and
+        // its guardian are moved out first, or the kill is refused.
+        crate::protect::evacuate(self)?;
         match mechanism {
             KillMechanism::CgroupKill => self.write(files::KILL, "1"),
             KillMechanism::FreezeKillThaw => self.freeze_kill_thaw().await,
@@ -100,27 +107,6 @@ impl Cgroup {
             self.path(),
             std::io::Error::new(std::io::ErrorKind::TimedOut, "processes kept appearing"),
         ))
-    }
-
-    /// Refuses to act on a cgroup that holds the calling process.
-    pub(crate) fn refuse_if_contains_self(&self, op: &'static str) -> Result<()> {
-        let me = rustix::process::getpid();
-        if self.member_pids_recursive()?.contains(&me) {
-            return Err(Error::ContainsSelf { op, path: self.path().to_owned() });
-        }
-        Ok(())
-    }
-
-    fn member_pids_recursive(&self) -> Result<Vec<rustix::process::Pid>> {
-        let mut all = self.procs()?;
-        for name in self.children()? {
-            match self.open_child(&name).and_then(|child| child.member_pids_recursive()) {
-                Ok(pids) => all.extend(pids),
-                Err(e) if super::vanished(&e) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(all)
     }
 }
 

@@ -1,5 +1,6 @@
-//! Resource limits (`memory.max`, `memory.high`, `pids.max`, `cpu.max`) and
-//! usage statistics of a cgroup.
+//! Resource limits (`memory.max`, `memory.high`, `pids.max`, `cpu.max`), the
+//! nesting caps every session carries (`cgroup.max.depth`,
+//! `cgroup.max.descendants`), and usage statistics of a cgroup.
 
 use std::fmt;
 use std::time::Duration;
@@ -7,8 +8,17 @@ use std::time::Duration;
 use super::Cgroup;
 use crate::error::{Error, Result};
 
-/// Limits for a session. All optional; a session without limits enables no
-/// controller at all.
+/// Limits for a session. All optional; a session without resource limits
+/// enables no controller at all.
+///
+/// Every session also carries nesting caps, whether or not they are set here:
+/// `cgroup.max.depth` ([`DEFAULT_MAX_DEPTH`] levels below the session unless
+/// [`max_depth`](Self::max_depth) says otherwise) and `cgroup.max.descendants`
+/// ([`DEFAULT_MAX_DESCENDANTS`]). They bound what a child that may write the
+/// cgroup tree (one spawned with sealing off) can build inside its session;
+/// a sealed child can neither create cgroups nor raise the caps, as the
+/// cgroup filesystem is read-only for it. The caps hold for `procscope exec`
+/// sessions too, which use one level (and one cgroup per command) of them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Limits {
     /// `memory.max` in bytes: above it the kernel OOM-kills inside the session.
@@ -19,7 +29,19 @@ pub struct Limits {
     pub pids_max: Option<u64>,
     /// `cpu.max`: quota per period.
     pub cpu_max: Option<CpuMax>,
+    /// `cgroup.max.depth`: how many levels of cgroups the session may hold
+    /// below it (`None`: [`DEFAULT_MAX_DEPTH`]; `u32::MAX`: no cap).
+    pub max_depth: Option<u32>,
+    /// `cgroup.max.descendants`: how many cgroups the session may hold below
+    /// it in all (`None`: [`DEFAULT_MAX_DESCENDANTS`]; `u32::MAX`: no cap).
+    pub max_descendants: Option<u32>,
 }
+
+/// The `cgroup.max.depth` of a session unless [`Limits::max_depth`] sets it.
+pub const DEFAULT_MAX_DEPTH: u32 = 16;
+/// The `cgroup.max.descendants` of a session unless
+/// [`Limits::max_descendants`] sets it.
+pub const DEFAULT_MAX_DESCENDANTS: u32 = 1024;
 
 /// A `cpu.max` value: `quota` microseconds of CPU per `period` microseconds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,7 +59,7 @@ impl fmt::Display for CpuMax {
 }
 
 impl Limits {
-    /// Whether no limit is set.
+    /// Whether no limit is set (the nesting caps then have their defaults).
     pub fn is_empty(&self) -> bool {
         *self == Limits::default()
     }
@@ -89,6 +111,19 @@ impl Limits {
 }
 
 impl Cgroup {
+    /// Writes the nesting caps of a new session: `cgroup.max.depth` and
+    /// `cgroup.max.descendants`, from `limits` or the defaults. `levels` more
+    /// are allowed for the session's own use (`procscope exec` keeps each
+    /// command in a cgroup of its own, one level down).
+    pub(crate) fn set_nesting(&self, limits: &Limits, levels: u32) -> Result<()> {
+        let cap =
+            |v: u32, extra: u32| if v == u32::MAX { "max".to_owned() } else { v.saturating_add(extra).to_string() };
+        let depth = limits.max_depth.unwrap_or(DEFAULT_MAX_DEPTH);
+        let descendants = limits.max_descendants.unwrap_or(DEFAULT_MAX_DESCENDANTS);
+        self.write("cgroup.max.depth", &cap(depth, levels))?;
+        self.write("cgroup.max.descendants", &cap(descendants, 0))
+    }
+
     /// Writes the limits that are set. The controllers must be enabled in the
     /// parent's `cgroup.subtree_control`.
     pub fn set_limits(&self, limits: &Limits) -> Result<()> {
@@ -239,6 +274,21 @@ pub fn parse_count(name: &'static str, s: &str) -> Result<u64> {
             reason: "give a whole number of processes such as 64, or max".into(),
         }),
     }
+}
+
+/// Parses a nesting cap (`cgroup.max.depth`, `cgroup.max.descendants`): a
+/// whole number, 0 included (no cgroups below the session at all), or `max`
+/// (`u32::MAX`: no cap).
+pub fn parse_nesting(name: &'static str, s: &str) -> Result<u32> {
+    let t = s.trim();
+    if t.eq_ignore_ascii_case("max") {
+        return Ok(u32::MAX);
+    }
+    t.parse::<u32>().map_err(|_| Error::InvalidLimit {
+        name,
+        value: s.to_owned(),
+        reason: "give a whole number of cgroups such as 16, 0 for none, or max".into(),
+    })
 }
 
 /// Parses `cpu.max`: `"QUOTA PERIOD"` in microseconds as the kernel writes it,

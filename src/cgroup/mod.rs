@@ -11,6 +11,7 @@ mod events;
 pub mod hierarchy;
 mod kill;
 pub mod limits;
+mod walk;
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -132,44 +133,6 @@ impl Cgroup {
         rustix::fs::unlinkat(&self.dir, name, AtFlags::REMOVEDIR).ctx("remove cgroup", &path)
     }
 
-    /// Removes the child cgroup `child` (opened from this one) and everything
-    /// below it, waiting for it to become empty first.
-    ///
-    /// Retries `rmdir` on `EBUSY`, each time after the next `cgroup.events`
-    /// change or a short bounded wait (a cgroup can stay busy briefly after
-    /// `populated 0`). Gives up after about two seconds.
-    /// Another process removing part of the tree at the same time is fine: what
-    /// is already gone counts as removed.
-    pub async fn remove_child_tree(&self, child: &Cgroup) -> Result<()> {
-        let gone = |e: &Error| e.raw_os_error() == Some(libc::ENOENT);
-        let grandchildren = match child.children() {
-            Ok(g) => g,
-            Err(e) if gone(&e) => Vec::new(),
-            Err(e) => return Err(e),
-        };
-        for grandchild in grandchildren {
-            match child.open_child(&grandchild) {
-                Ok(g) => Box::pin(child.remove_child_tree(&g)).await?,
-                Err(e) if gone(&e) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        let mut backoff = std::time::Duration::from_millis(1);
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
-        loop {
-            match self.remove_child(child.name()) {
-                Ok(()) => return Ok(()),
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && tokio::time::Instant::now() < deadline => {
-                    let until = (tokio::time::Instant::now() + backoff).min(deadline);
-                    child.wait_change(until).await?;
-                    backoff = (backoff * 2).min(std::time::Duration::from_millis(100));
-                }
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
     /// Reads a file of this cgroup.
     pub fn read(&self, file: &str) -> Result<String> {
         let path = self.path.join(file);
@@ -223,7 +186,17 @@ impl Cgroup {
         if before.is_empty() {
             return Ok(Vec::new());
         }
-        let opened: Vec<PidFd> = before.into_iter().filter_map(|pid| PidFd::open(pid).ok()).collect();
+        let mut opened = Vec::with_capacity(before.len());
+        for pid in before {
+            match PidFd::open(pid) {
+                Ok(fd) => opened.push(fd),
+                // No fd left: an error, never a member silently skipped.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                    return Err(Error::io("pidfd_open", self.path.join(files::PROCS), e));
+                }
+                Err(_) => {}
+            }
+        }
         let after = self.procs()?;
         Ok(opened.into_iter().filter(|p| after.contains(&p.pid())).collect())
     }
@@ -234,14 +207,11 @@ impl Cgroup {
     /// A sub-cgroup removed during the walk (by another process ending it) is
     /// skipped; only this cgroup itself vanishing is an error.
     pub fn member_pidfds_recursive(&self) -> Result<Vec<PidFd>> {
-        let mut all = self.member_pidfds()?;
-        for name in self.children()? {
-            match self.open_child(&name).and_then(|child| child.member_pidfds_recursive()) {
-                Ok(members) => all.extend(members),
-                Err(e) if vanished(&e) => {}
-                Err(e) => return Err(e),
-            }
-        }
+        let mut all = Vec::new();
+        self.visit_populated(|cg| {
+            all.extend(cg.member_pidfds()?);
+            Ok(())
+        })?;
         Ok(all)
     }
 
@@ -340,6 +310,11 @@ impl AsFd for Cgroup {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.dir.as_fd()
     }
+}
+
+/// Whether an error means this process has no fd left (`EMFILE`, `ENFILE`).
+pub(crate) fn short_of_fds(e: &Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
 }
 
 /// Whether an error means the cgroup was removed meanwhile.

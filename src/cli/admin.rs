@@ -178,12 +178,12 @@ pub async fn sweep(root: Option<PathBuf>, orphans: bool, all: bool, force: bool,
         Ok(r) => r,
         Err(e) => return fail("sweep", &e),
     };
-    let skipped: Vec<(String, i32, usize)> = if all && !force {
+    let skipped: Vec<(String, i32, usize, bool)> = if all && !force {
         tree::list(&root)
             .unwrap_or_default()
             .into_iter()
             .filter(|i| i.owner_alive)
-            .map(|i| (i.name.clone(), i.owner_pid, i.sessions.len()))
+            .map(|i| (i.name.clone(), i.owner_pid, i.sessions.len(), i.foreign_pid_namespace))
             .collect()
     } else {
         Vec::new()
@@ -193,7 +193,9 @@ pub async fn sweep(root: Option<PathBuf>, orphans: bool, all: bool, force: bool,
         v["skipped_live"] = serde_json::json!(
             skipped
                 .iter()
-                .map(|(name, pid, n)| serde_json::json!({"instance": name, "owner_pid": pid, "sessions": n}))
+                .map(|(name, pid, n, foreign)| serde_json::json!({
+                    "instance": name, "owner_pid": pid, "sessions": n, "foreign_pid_namespace": foreign,
+                }))
                 .collect::<Vec<_>>()
         );
         println!("{v}");
@@ -203,8 +205,16 @@ pub async fn sweep(root: Option<PathBuf>, orphans: bool, all: bool, force: bool,
     for e in &report.errors {
         eprintln!("session {}: {}", e.session, e.error);
     }
-    for (name, pid, n) in &skipped {
-        eprintln!("skipped {name}: its owner (pid {pid}) is alive, with {n} session(s); --force ends it too");
+    for (name, pid, n, foreign) in &skipped {
+        if *foreign {
+            eprintln!(
+                "skipped {name}: its owner (pid {pid} of another pid namespace, a container's) cannot be checked \
+                 from here and counts as alive, with {n} session(s); run the sweep inside that namespace, or \
+                 --force ends it too"
+            );
+        } else {
+            eprintln!("skipped {name}: its owner (pid {pid}) is alive, with {n} session(s); --force ends it too");
+        }
     }
     if report.errors.is_empty() { 0 } else { FAILED }
 }

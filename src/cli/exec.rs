@@ -16,7 +16,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use procscope::cgroup::limits::{CpuMax, parse_bytes, parse_count, parse_cpu_max, parse_duration};
+use procscope::cgroup::limits::{CpuMax, parse_bytes, parse_count, parse_cpu_max, parse_duration, parse_nesting};
 use procscope::{ChildStage, Command, Error, Limits, Owner, PidFd, Root, Sealing, tree};
 
 use super::USAGE;
@@ -50,6 +50,14 @@ pub struct ExecArgs {
     /// cpu.max of the session: a share of one CPU (0.5, 50%) or "QUOTA PERIOD" in µs
     #[arg(long, allow_hyphen_values = true, value_name = "QUOTA", value_parser = |s: &str| parse_cpu_max(s).map_err(|e| e.to_string()))]
     cpu_max: Option<CpuMax>,
+    /// cgroup.max.depth of a new session: levels of cgroups its commands may
+    /// make below their own (default 16; "max" for no cap)
+    #[arg(long, value_name = "N", value_parser = |s: &str| parse_nesting("cgroup.max.depth", s).map_err(|e| e.to_string()))]
+    max_depth: Option<u32>,
+    /// cgroup.max.descendants of a new session: cgroups in all, one per
+    /// command included (default 1024; "max" for no cap)
+    #[arg(long, value_name = "N", value_parser = |s: &str| parse_nesting("cgroup.max.descendants", s).map_err(|e| e.to_string()))]
+    max_descendants: Option<u32>,
     /// How long what the command leaves behind (setsid helpers, daemons) gets
     /// between SIGTERM and cgroup.kill once the command itself has exited
     #[arg(long, allow_hyphen_values = true, default_value = "2s", value_parser = |s: &str| parse_duration("grace", s).map_err(|e| e.to_string()))]
@@ -85,8 +93,14 @@ pub struct ExecArgs {
 }
 
 pub fn run(a: ExecArgs) -> i32 {
-    let limits =
-        Limits { memory_max: a.memory_max, memory_high: a.memory_high, pids_max: a.pids_max, cpu_max: a.cpu_max };
+    let limits = Limits {
+        memory_max: a.memory_max,
+        memory_high: a.memory_high,
+        pids_max: a.pids_max,
+        cpu_max: a.cpu_max,
+        max_depth: a.max_depth,
+        max_descendants: a.max_descendants,
+    };
     if a.command[0].is_empty() {
         eprintln!("procscope exec: the command is empty; give the program to run after --");
         return USAGE;

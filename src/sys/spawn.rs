@@ -106,12 +106,14 @@ pub enum ChildStage {
     AmbientCapabilities,
     /// `PR_SET_NO_NEW_PRIVS`.
     NoNewPrivs,
+    /// Restoring the soft `RLIMIT_NOFILE` the gateway had before it raised it.
+    Rlimit,
     /// `execve` of the program.
     Exec,
 }
 
 impl ChildStage {
-    const ALL: [ChildStage; 16] = [
+    const ALL: [ChildStage; 17] = [
         ChildStage::JoinCgroup,
         ChildStage::SealNamespaces,
         ChildStage::SealMounts,
@@ -127,6 +129,7 @@ impl ChildStage {
         ChildStage::Capabilities,
         ChildStage::AmbientCapabilities,
         ChildStage::NoNewPrivs,
+        ChildStage::Rlimit,
         ChildStage::Exec,
     ];
 
@@ -158,6 +161,7 @@ impl ChildStage {
             ChildStage::Capabilities => "dropping capabilities",
             ChildStage::AmbientCapabilities => "clearing ambient capabilities",
             ChildStage::NoNewPrivs => "setting no_new_privs",
+            ChildStage::Rlimit => "restoring the soft RLIMIT_NOFILE",
             ChildStage::Exec => "execve",
         }
     }
@@ -798,8 +802,59 @@ fn drop_privileges_and_exec(plan: &ChildPlan<'_>) -> Step {
         rustix::thread::set_no_new_privs(true).map_err(|e| errno_of(ChildStage::NoNewPrivs, e))?;
     }
 
+    restore_nofile()?;
     let r = unsafe { libc::syscall(libc::SYS_execve, plan.program.as_ptr(), plan.argv.as_ptr(), plan.envp.as_ptr()) };
     check(ChildStage::Exec, r)
+}
+
+/// The soft `RLIMIT_NOFILE` this process had before [`raise_nofile`] raised
+/// it; `u64::MAX` while it has not.
+static NOFILE_SOFT: AtomicU64 = AtomicU64::new(u64::MAX);
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit, once per process (as Go
+/// does since 1.19): a supervisor of many sessions needs fds, and children get
+/// the original soft limit back before `execve` (many programs still use
+/// `select(2)`, which breaks above 1024).
+pub(crate) fn raise_nofile() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+        let limit = getrlimit(Resource::Nofile);
+        if let (Some(soft), Some(hard)) = (limit.current, limit.maximum)
+            && soft < hard
+            && setrlimit(Resource::Nofile, Rlimit { current: Some(hard), maximum: Some(hard) }).is_ok()
+        {
+            NOFILE_SOFT.store(soft, Ordering::SeqCst);
+        }
+    });
+}
+
+/// In the child before `execve`: the soft `RLIMIT_NOFILE` back to what the
+/// parent had before it raised it. Async-signal-safe: an atomic load and two
+/// raw `prlimit64` calls.
+fn restore_nofile() -> Step {
+    let soft = NOFILE_SOFT.load(Ordering::SeqCst);
+    if soft == u64::MAX {
+        return Ok(());
+    }
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: reads this process's limit into a valid out-pointer.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_prlimit64,
+            0,
+            libc::RLIMIT_NOFILE,
+            ptr::null::<libc::rlimit>(),
+            ptr::addr_of_mut!(limit),
+        )
+    };
+    check(ChildStage::Rlimit, r)?;
+    let new = libc::rlimit { rlim_cur: soft.min(limit.rlim_max), rlim_max: limit.rlim_max };
+    // SAFETY: sets this process's limit from a valid pointer.
+    let r = unsafe {
+        libc::syscall(libc::SYS_prlimit64, 0, libc::RLIMIT_NOFILE, ptr::addr_of!(new), ptr::null_mut::<libc::rlimit>())
+    };
+    check(ChildStage::Rlimit, r)
 }
 
 /// Every handled or ignored signal back to its default action, then an empty
