@@ -4,7 +4,7 @@
 //!
 //! | action | what it does |
 //! |---|---|
-//! | `self` | prints `pid=`, `cgroup=`, `fds=`, `caps=`, `nnp=`, `sig=` (blocked, ignored, caught), `sid=`, `uid=`, `gid=`, `groups=` lines |
+//! | `self` | prints `pid=`, `cgroup=`, `fds=`, `nofile=` (soft and hard `RLIMIT_NOFILE`), `caps=`, `nnp=`, `sig=` (blocked, ignored, caught), `sid=`, `uid=`, `gid=`, `groups=` lines |
 //! | `ready` | prints `ready` |
 //! | `ignore-term` | sets SIGTERM to ignored |
 //! | `daemon` | starts a helper with `setsid --fork` (setsid + double fork), prints `daemon=PID` |
@@ -18,6 +18,8 @@
 //! | `forkbomb` | forks children that fork, forever |
 //! | `spin SECS` | keeps one CPU busy for SECS seconds |
 //! | `record-signals FILE` | appends `SIGNAL FROM-PID` per signal received to FILE, forever |
+//! | `nest DEPTH WIDTH` | (root, unsealed) makes WIDTH empty cgroups and a chain of DEPTH nested ones inside its own cgroup, moves itself to the bottom of the chain; prints `nest=ok` |
+//! | `pull PID` | (root, unsealed) moves PID into its own cgroup; prints `pull PID=ok` or `=E<errno>` |
 //! | `exit CODE` | exits with CODE |
 //! | `try-write PATH VALUE` | writes VALUE to PATH; prints `try-write PATH=ok` or `=E<errno>` |
 //! | `try-read PATH` | reads PATH; prints `try-read PATH=…` likewise |
@@ -26,7 +28,7 @@
 //! | `try-setxattr PATH NAME VALUE` | sets an xattr; prints `try-setxattr PATH NAME=…` |
 //! | `try-rmxattr PATH NAME` | removes an xattr; prints `try-rmxattr PATH NAME=…` |
 //! | `try-kill PID SIG` | `kill(PID, SIG)` with SIG one of KILL, STOP, TERM; prints `try-kill PID SIG=…` |
-//! | `gateway ROOT N GUARDIAN` | a gateway: a supervisor under ROOT (with a guardian if GUARDIAN is 1) with N sessions each running a child that daemonizes a helper; prints `instance=`, `guardian=`, `ready`, then waits forever |
+//! | `gateway ROOT N GUARDIAN` | a gateway: a supervisor under ROOT (with a guardian if GUARDIAN is 1) with N sessions each running a child that daemonizes a helper (or, unsealed and without nesting caps, runs the actions in `PROCSCOPE_FIXTURE_CHILD` up to `ready`); prints `instance=`, `guardian=`, `refused=` per session it could not start, `sessions=N`, `ready`; then takes orders from stdin: `sweep` (orphans every session and sweeps, prints `report=` and `error=` lines), `shutdown` (prints `report=`, exits); at EOF it runs on |
 //!
 //! After the last action it exits 0.
 
@@ -46,6 +48,26 @@ fn attempt(label: &str, r: Result<(), i32>) {
 
 fn errno(e: std::io::Error) -> i32 {
     e.raw_os_error().unwrap_or(0)
+}
+
+/// This process's own cgroup directory, opened.
+fn own_cgroup() -> Result<crate::Cgroup, String> {
+    let h = crate::cgroup::hierarchy::Hierarchy::discover().map_err(|e| e.to_string())?;
+    let dir = h.own_dir.ok_or("no cgroup2 directory")?;
+    crate::Cgroup::open(dir).map_err(|e| e.to_string())
+}
+
+/// `nest DEPTH WIDTH`: the deep and wide trees of a hostile child.
+fn nest(depth: usize, width: usize) -> Result<(), String> {
+    let own = own_cgroup()?;
+    for i in 0..width {
+        own.create_child(&format!("w{i}")).map_err(|e| e.to_string())?;
+    }
+    let mut cur = own;
+    for _ in 0..depth {
+        cur = cur.create_child("d").map_err(|e| e.to_string())?;
+    }
+    cur.write("cgroup.procs", "0").map_err(|e| e.to_string())
 }
 
 /// Runs the fixture with `args` (without the program name). Never returns.
@@ -194,6 +216,17 @@ pub fn main(args: Vec<String>) -> ! {
                 let r = rustix::process::kill_process(p, signal);
                 attempt(&format!("try-kill {pid} {sig}"), r.map_err(|e| e.raw_os_error()));
             }
+            "nest" => {
+                let (depth, width) = (arg(), arg());
+                let n = |s: &str| s.parse::<usize>().unwrap_or_else(|_| fail("nest DEPTH WIDTH"));
+                nest(n(&depth), n(&width)).unwrap_or_else(|e| fail(&format!("nest: {e}")));
+                say("nest=ok");
+            }
+            "pull" => {
+                let pid = arg();
+                let r = own_cgroup().and_then(|cg| cg.write("cgroup.procs", &pid).map_err(|e| e.to_string()));
+                attempt(&format!("pull {pid}"), r.map_err(|_| libc::EPERM));
+            }
             "exit" => std::process::exit(arg().parse().unwrap_or_else(|_| fail("exit CODE"))),
             other => fail(&format!("unknown action {other:?}")),
         }
@@ -235,6 +268,9 @@ fn print_self() {
     say(&format!("pid={}", std::process::id()));
     say(&format!("cgroup={unified}"));
     say(&format!("fds={}", open.join(",")));
+    let nofile = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    let n = |v: Option<u64>| v.map_or("unlimited".to_owned(), |v| v.to_string());
+    say(&format!("nofile={} {}", n(nofile.current), n(nofile.maximum)));
     say(&format!(
         "caps={} {} {} {} {}",
         field("CapInh:"),
@@ -275,6 +311,7 @@ fn record_signals(path: &str) -> ! {
 }
 
 fn gateway(root: &str, sessions: usize, guardian: bool) -> ! {
+    use tokio::io::AsyncBufReadExt;
     let rt =
         tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap_or_else(|e| fail(&e.to_string()));
     rt.block_on(async {
@@ -285,15 +322,79 @@ fn gateway(root: &str, sessions: usize, guardian: bool) -> ! {
         let sup = builder.start().await.unwrap_or_else(|e| fail(&e.to_string()));
         say(&format!("instance={}", sup.instance().path().display()));
         say(&format!("guardian={}", sup.guardian_pid().unwrap_or(0)));
+        // The children's actions: a helper daemonized, or (unsealed, waited
+        // for until they print `ready`) the ones given.
+        let actions = std::env::var("PROCSCOPE_FIXTURE_CHILD").ok();
         let mut keep = Vec::new();
         for i in 0..sessions {
-            let session = sup.session(&format!("g{i}")).unwrap_or_else(|e| fail(&e.to_string()));
-            let mut cmd = crate::Command::new(self_exe());
-            cmd.args(["daemon", "sleep", "3600"]).stdin(crate::Stdio::Null).stdout(crate::Stdio::Null);
-            let child = session.spawn(&mut cmd).unwrap_or_else(|e| fail(&e.to_string()));
-            keep.push((session, child));
+            let started = async {
+                // Children given actions may build cgroup trees: no nesting caps.
+                let limits = match &actions {
+                    None => crate::Limits::default(),
+                    Some(_) => crate::Limits {
+                        max_depth: Some(u32::MAX),
+                        max_descendants: Some(u32::MAX),
+                        ..crate::Limits::default()
+                    },
+                };
+                let session = sup.session_with_limits(&format!("g{i}"), &limits)?;
+                let mut cmd = crate::Command::new(self_exe());
+                cmd.stdin(crate::Stdio::Null);
+                match &actions {
+                    None => cmd.args(["daemon", "sleep", "3600"]).stdout(crate::Stdio::Null),
+                    Some(a) => cmd.args(a.split_whitespace()).stdout(crate::Stdio::Piped).sealing(crate::Sealing::Off),
+                };
+                let mut child = session.spawn(&mut cmd)?;
+                let out = child.stdout.take().map(|o| tokio::io::BufReader::new(o).lines());
+                let out = match out {
+                    Some(mut lines) => {
+                        while let Ok(Some(line)) = lines.next_line().await {
+                            if line == "ready" {
+                                break;
+                            }
+                        }
+                        Some(lines)
+                    }
+                    None => None,
+                };
+                Ok::<_, crate::Error>((session, child, out))
+            };
+            match started.await {
+                Ok(kept) => keep.push(kept),
+                Err(e) => say(&format!("refused={e}")),
+            }
         }
+        say(&format!("sessions={}", keep.len()));
         say("ready");
+        // Orders on stdin: `sweep` (every session orphaned, then swept) or
+        // `shutdown`; at EOF the gateway just runs on.
+        let next_order = || {
+            tokio::task::spawn_blocking(|| {
+                let mut line = String::new();
+                (std::io::stdin().read_line(&mut line).unwrap_or(0) > 0).then_some(line)
+            })
+        };
+        while let Ok(Some(order)) = next_order().await {
+            match order.trim() {
+                "sweep" => {
+                    keep.clear();
+                    let report = sup.sweep_orphans().await;
+                    say(&format!("report={report}"));
+                    for e in &report.errors {
+                        say(&format!("error={}: {}", e.session, e.error));
+                    }
+                }
+                "shutdown" => {
+                    keep.clear();
+                    match sup.shutdown().await {
+                        Ok(report) => say(&format!("report={report}")),
+                        Err(e) => say(&format!("shutdown failed: {e}")),
+                    }
+                    std::process::exit(0);
+                }
+                other => say(&format!("unknown order {other:?}")),
+            }
+        }
         loop {
             tokio::time::sleep(Duration::from_secs(3600)).await;
         }
