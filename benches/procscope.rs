@@ -117,6 +117,7 @@ fn main() -> ExitCode {
         group!("liveness", liveness);
         group!("memory", memory);
         group!("exec", exec_as_the_command);
+        group!("trees", hostile_trees);
         leftovers(&cfg, &mut r).await;
     });
     drop(rt);
@@ -965,6 +966,94 @@ async fn exec_as_the_command(cfg: &Cfg, r: &mut Results) -> anyhow::Result<()> {
     let left = support::cgroups_below(&exec_root);
     ensure!(left.is_empty(), "exec left cgroups: {left:?}");
     std::fs::remove_dir(&exec_root)?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------- trees
+
+/// Builds `width` empty cgroups and a chain `depth` deep below `top`.
+fn build_tree(top: &procscope::Cgroup, depth: usize, width: usize) -> anyhow::Result<()> {
+    for i in 0..width {
+        top.create_child(&format!("w{i}"))?;
+    }
+    let mut cur = top.create_child("d")?;
+    for _ in 1..depth {
+        cur = cur.create_child("d")?;
+    }
+    Ok(())
+}
+
+/// The baseline: the least a program must do to remove the same tree, one
+/// `rmdir` per directory, bottom up, holding an fd per level.
+fn rmdir_baseline(parent: &procscope::Cgroup, name: &str) -> anyhow::Result<usize> {
+    let top = parent.open_child(name)?;
+    let mut removed = 0;
+    for child in top.children()? {
+        if child.starts_with('w') {
+            top.remove_child(&child)?;
+            removed += 1;
+        }
+    }
+    let mut chain = vec![top];
+    while let Ok(next) = chain.last().expect("one").open_child("d") {
+        chain.push(next);
+    }
+    while let Some(cg) = chain.pop() {
+        match chain.last() {
+            Some(up) => up.remove_child(cg.name())?,
+            None => parent.remove_child(cg.name())?,
+        }
+        removed += 1;
+    }
+    Ok(removed)
+}
+
+/// Ending and removing a session whose child built a wide tree (10,000
+/// cgroups) and a deep one, against the plain `rmdir` baseline of the same
+/// tree. Deep trees cost the kernel time that grows with the square of the
+/// depth (both sides pay it), so the deep tree is 3,000 levels (1,000 quick).
+async fn hostile_trees(cfg: &Cfg, r: &mut Results) -> anyhow::Result<()> {
+    let sup = supervisor(cfg, Duration::from_millis(200)).await?;
+    let uncapped = procscope::Limits {
+        max_depth: Some(u32::MAX),
+        max_descendants: Some(u32::MAX),
+        ..procscope::Limits::default()
+    };
+    let base = procscope::Cgroup::open(&cfg.root)?.create_child("baseline")?;
+    for (shape, depth, width) in [("wide", 1, 10_000), ("deep", cfg.n(1_000, 3_000), 0)] {
+        let session = sup.session_with_limits(shape, &uncapped)?;
+        build_tree(session.cgroup(), depth, width)?;
+        let mut child = session.spawn(&mut ps_sleep())?;
+        let t = Instant::now();
+        let ended = session.close().await?;
+        let ours = t.elapsed();
+        child.wait().await?;
+        let dirs = 1 + depth + width;
+        ensure!(ended.cgroups_removed == dirs, "{shape}: removed {} of {dirs}", ended.cgroups_removed);
+        let plain_top = base.create_child(shape)?;
+        build_tree(&plain_top, depth, width)?;
+        drop(plain_top);
+        let t = Instant::now();
+        let removed = rmdir_baseline(&base, shape)?;
+        let plain = t.elapsed();
+        ensure!(removed == dirs, "baseline {shape}: removed {removed} of {dirs}");
+        let note = format!(
+            "{dirs} directories ({depth} deep, {width} wide); plain rmdir {:.2} s; procscope/plain {:.2}",
+            plain.as_secs_f64(),
+            ours.as_secs_f64() / plain.as_secs_f64()
+        );
+        let target = if shape == "wide" { Target::Max(2.0) } else { Target::None };
+        r.add_note(&format!("tree_{shape}_close_s"), ours.as_secs_f64(), "s", target, &note);
+        r.add_note(
+            &format!("tree_{shape}_vs_rmdir_ratio"),
+            ours.as_secs_f64() / plain.as_secs_f64(),
+            "x",
+            Target::Max(2.0),
+            "ending and removing the tree, against rmdir alone",
+        );
+    }
+    procscope::Cgroup::open(&cfg.root)?.remove_child("baseline")?;
+    sup.shutdown().await?;
     Ok(())
 }
 
