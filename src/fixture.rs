@@ -224,8 +224,12 @@ pub fn main(args: Vec<String>) -> ! {
             }
             "pull" => {
                 let pid = arg();
-                let r = own_cgroup().and_then(|cg| cg.write("cgroup.procs", &pid).map_err(|e| e.to_string()));
-                attempt(&format!("pull {pid}"), r.map_err(|_| libc::EPERM));
+                let cg = own_cgroup().unwrap_or_else(|e| fail(&format!("pull: {e}")));
+                let r = cg.write("cgroup.procs", &pid).map_err(|e| {
+                    eprintln!("pull {pid}: {e}");
+                    e.raw_os_error().unwrap_or(0)
+                });
+                attempt(&format!("pull {pid}"), r);
             }
             "exit" => std::process::exit(arg().parse().unwrap_or_else(|_| fail("exit CODE"))),
             other => fail(&format!("unknown action {other:?}")),

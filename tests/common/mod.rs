@@ -54,6 +54,19 @@ impl TestEnv {
         assert!(self.root.children().unwrap().is_empty(), "{:?}", self.root.children());
     }
 
+    /// [`wait_root_empty`](Self::wait_root_empty), except for the cgroup
+    /// `keep`.
+    pub async fn wait_root_empty_but(&self, keep: &str) {
+        let others = || -> Vec<String> { self.root.children().unwrap().into_iter().filter(|n| n != keep).collect() };
+        for _ in 0..200 {
+            if others().is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(others().is_empty(), "{:?}", others());
+    }
+
     /// Asserts that the test cleaned up after itself, then removes the root.
     pub async fn finish(mut self) {
         self.finished = true;
@@ -96,20 +109,14 @@ fn cleanup(mount: &Cgroup, root: &Cgroup) {
     while let Ok(Some(_)) = rustix::process::waitpid(None, rustix::process::WaitOptions::NOHANG) {}
 }
 
+/// Removes `cg` and everything below it, however deep (the library's own
+/// iterative teardown), trying again while it is busy.
 fn remove_tree(parent: &Cgroup, cg: &Cgroup) {
-    for name in cg.children().unwrap_or_default() {
-        if let Ok(child) = cg.open_child(&name) {
-            remove_tree(cg, &child);
-        }
-    }
-    for _ in 0..100 {
-        match parent.remove_child(cg.name()) {
-            Ok(()) => return,
+    for _ in 0..20 {
+        match parent.remove_child_tree_blocking(cg) {
+            Ok(_) => return,
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return,
-            Err(_) => {
-                let _ = cg.wait_events_blocking(Some(Duration::from_millis(20)), |e| !e.populated);
-                std::thread::sleep(Duration::from_millis(5));
-            }
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
         }
     }
 }

@@ -23,6 +23,8 @@ fi
 # passed PROCSCOPE_* settings through (vm-tests/run does).
 export PROCSCOPE_STRESS_ITERATIONS=${PROCSCOPE_STRESS_ITERATIONS:-300}
 export PROCSCOPE_SIBLING_SECS=${PROCSCOPE_SIBLING_SECS:-10}
+# The host's 10,000-deep tree would take the kernel hours to build under TCG.
+export PROCSCOPE_DEEP_TREE=${PROCSCOPE_DEEP_TREE:-2000}
 
 # Every test, including the ignored ones, unless the caller chose otherwise.
 ignored=(--run-ignored all)
