@@ -400,6 +400,7 @@ impl Watch {
         // here if a child pulls them into a cgroup about to be killed.
         crate::protect::protect(owner.pid);
         crate::protect::remember_home();
+        crate::protect::not_own_ancestors();
         let inotify =
             inotify::init(CreateFlags::CLOEXEC | CreateFlags::NONBLOCK).map_err(|e| format!("inotify: {e}"))?;
         let mut watch = Watch {
@@ -642,8 +643,15 @@ impl Watch {
 /// grace period starts.
 fn begin_ending(c: &mut Tracked) {
     let _ = crate::protect::evacuate(&c.cgroup);
-    let protected = crate::protect::protected();
-    for m in c.cgroup.member_pidfds_recursive().unwrap_or_default() {
+    // Who must not be signalled unknown: nobody is (the kill after the
+    // grace period refuses too, and is tried again).
+    let protected = crate::protect::protected().unwrap_or_else(|e| {
+        log(format_args!("not signalling {}: {e}", c.cgroup.path().display()));
+        Vec::new()
+    });
+    let members =
+        if protected.is_empty() { Vec::new() } else { c.cgroup.member_pidfds_recursive().unwrap_or_default() };
+    for m in members {
         if crate::protect::is_protected(m.raw_pid(), &protected) {
             continue;
         }
@@ -717,7 +725,7 @@ fn kill_blocking(cg: &Cgroup) {
     }
     if cg.write("cgroup.kill", "1").is_err() {
         for _ in 0..64 {
-            let protected = crate::protect::protected();
+            let Ok(protected) = crate::protect::protected() else { break };
             let members: Vec<_> = cg
                 .member_pidfds_recursive()
                 .unwrap_or_default()

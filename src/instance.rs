@@ -70,16 +70,26 @@ impl Owner {
 }
 
 /// Parses an instance name into its pid namespace inode and owner.
+///
+/// Names of earlier versions, `i-<pid>-<start>[-<n>]` without the namespace,
+/// still parse (with namespace 0), so that their instances are recovered and
+/// swept: a first number above the largest pid Linux allows (2²², while pid
+/// namespace inodes start at 0xEFFFFFFC) is a namespace inode.
 pub(crate) fn parse_instance_name(name: &str) -> Option<(u64, Owner)> {
-    let mut parts = name.strip_prefix("i-")?.split('-');
-    let ns: u64 = parts.next()?.parse().ok()?;
-    let pid: i32 = parts.next()?.parse().ok().filter(|p| *p > 0)?;
-    let start: u64 = parts.next()?.parse().ok()?;
-    match (parts.next(), parts.next()) {
-        (None, _) => {}
-        (Some(n), None) if n.parse::<u32>().is_ok_and(|n| n >= 2) => {}
+    const PID_MAX_LIMIT: u64 = 1 << 22;
+    let parts: Vec<u64> =
+        name.strip_prefix("i-")?.split('-').map(|p| p.parse::<u64>().ok()).collect::<Option<Vec<_>>>()?;
+    let (ns, rest) = match parts.first() {
+        Some(&first) if first > PID_MAX_LIMIT => (first, &parts[1..]),
+        Some(_) => (0, &parts[..]),
+        None => return None,
+    };
+    let (pid, start) = match rest {
+        [pid, start] => (*pid, *start),
+        [pid, start, n] if *n >= 2 && *n <= u64::from(u32::MAX) => (*pid, *start),
         _ => return None,
-    }
+    };
+    let pid = i32::try_from(pid).ok().filter(|p| *p > 0)?;
     Some((ns, Owner { pid, start }))
 }
 
@@ -181,19 +191,26 @@ mod tests {
         assert_eq!(Owner::from_instance_name(&o.instance_name()), Some(o));
         assert!(o.instance_name().starts_with(&format!("i-{}-", pid_namespace_inode())));
         assert_eq!(parse_instance_name("i-4026531836-7-9-2"), Some((4026531836, Owner { pid: 7, start: 9 })));
+        // Names of earlier versions, without the namespace.
+        assert_eq!(parse_instance_name("i-7-9"), Some((0, Owner { pid: 7, start: 9 })));
+        assert_eq!(parse_instance_name("i-7-9-2"), Some((0, Owner { pid: 7, start: 9 })));
+        let ns = "4026531836";
         for bad in [
-            "i-",
-            "i-1",
-            "i-1-2",
-            "i-5-x-2",
-            "i-5-0-5",
-            "i-5--1-5",
-            "s-5-1-2",
-            "i-5-1-2-1",
-            "i-5-1-2-x",
-            "i-5-1-2-3-4",
-            "",
+            "i-".to_owned(),
+            "i-1".to_owned(),
+            format!("i-{ns}-1"),
+            format!("i-{ns}-x-2"),
+            format!("i-{ns}-0-5"),
+            format!("i-{ns}--1-5"),
+            format!("s-{ns}-1-2"),
+            format!("i-{ns}-1-2-1"),
+            format!("i-{ns}-1-2-x"),
+            format!("i-{ns}-1-2-3-4"),
+            "i-1-2-1".to_owned(),
+            "i-1-2-3-4".to_owned(),
+            String::new(),
         ] {
+            let bad = bad.as_str();
             assert_eq!(Owner::from_instance_name(bad), None, "{bad}");
         }
     }

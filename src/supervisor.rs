@@ -85,6 +85,11 @@ impl Builder {
     /// for its children to reset (see [`Command`](crate::Command)'s section on
     /// signals).
     ///
+    /// Also raises the process's soft `RLIMIT_NOFILE` to its hard limit, as
+    /// Go does: a supervisor of many sessions needs fds. Children spawned by
+    /// procscope get the original soft limit back before `execve`; processes
+    /// the gateway starts in other ways inherit the raised one.
+    ///
     /// # Errors
     /// Root errors ([`Error::NoCgroup2`], [`Error::NotDelegated`], …); I/O errors
     /// creating the instance; a guardian that was asked for by path and failed.
@@ -480,6 +485,7 @@ impl Supervisor {
         if state.active.contains_key(id) {
             return Err(Error::SessionExists { id: id.to_owned() });
         }
+        let instance = self.instance_for_session()?;
         if !limits.controllers().is_empty() {
             self.enable_controllers(&limits.controllers())?;
         }
@@ -490,7 +496,6 @@ impl Supervisor {
             .expect("an unused name");
         // A `procscope exec` of this process may have made the session in
         // this instance: the same id, taken.
-        let instance = self.instance_for_session()?;
         let cgroup = instance.create_child(&dir).map_err(|e| match e.raw_os_error() {
             Some(libc::EEXIST) => Error::SessionExists { id: id.to_owned() },
             _ => e,
@@ -518,21 +523,41 @@ impl Supervisor {
     fn instance_for_session(&self) -> Result<Arc<Cgroup>> {
         let inner = &self.inner;
         let current = inner.instance();
-        if current.path().exists() {
-            return Ok(current);
+        // Through the fd: a directory made again under the same name (by an
+        // `exec` of this process) is another one.
+        match current.events() {
+            Err(e) if crate::cgroup::vanished(&e) => {}
+            _ => return Ok(current),
         }
         let mut slot = inner.instance.lock().unwrap_or_else(|p| p.into_inner());
         if !Arc::ptr_eq(&slot, &current) {
             return Ok(Arc::clone(&slot));
         }
         let name = current.name().to_owned();
-        let made = inner.root.cgroup().create_child(&name)?;
-        let marked = instance::mark_instance(&made, inner.owner)
-            .and_then(|()| made.set_meta(crate::guardian::XATTR_ROLE, "supervisor"));
-        if let Err(e) = marked {
-            let _ = inner.root.cgroup().remove_child(&name);
-            return Err(e);
-        }
+        let made = match inner.root.cgroup().create_child(&name) {
+            Ok(made) => {
+                let marked = instance::mark_instance(&made, inner.owner)
+                    .and_then(|()| made.set_meta(crate::guardian::XATTR_ROLE, "supervisor"));
+                if let Err(e) = marked {
+                    let _ = inner.root.cgroup().remove_child(&name);
+                    return Err(e);
+                }
+                made
+            }
+            // Made again meanwhile by an `exec` of this process: ours too,
+            // once its recorded kind and owner say so.
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                let found = inner.root.cgroup().open_child(&name)?;
+                if instance::kind_of(&found).as_deref() != Some("instance")
+                    || Owner::of_instance(&found) != Some(inner.owner)
+                {
+                    return Err(e);
+                }
+                found.set_meta(crate::guardian::XATTR_ROLE, "supervisor")?;
+                found
+            }
+            Err(e) => return Err(e),
+        };
         let made = Arc::new(made);
         let mut guardian = inner.guardian.lock().unwrap_or_else(|p| p.into_inner());
         if guardian.is_some() {
@@ -625,6 +650,9 @@ impl Supervisor {
     /// made in its instance too, all in the report), removes the instance
     /// cgroup and waits for the guardian to exit.
     pub async fn shutdown(self) -> Result<SweepReport> {
+        // The sessions this supervisor tracks, ended (or tried) by the sweep:
+        // the pass for `exec` sessions below leaves them alone.
+        let tracked: HashSet<String> = self.inner.lock().dirs.clone();
         let mut report = self.sweep_inner(SweepScope::All, true).await;
         let inner = &self.inner;
         // Sessions being closed by `close()` calls whose callers went away.
@@ -635,6 +663,9 @@ impl Supervisor {
         // and reported with the others.
         let mut others = Vec::new();
         for name in instance.children().unwrap_or_default() {
+            if tracked.contains(&name) {
+                continue;
+            }
             let Ok(cg) = instance.open_child(&name) else { continue };
             if instance::kind_of(&cg).as_deref() != Some("session") {
                 continue;

@@ -63,7 +63,7 @@ pub(crate) async fn end_cgroup(
     // the session is moved back out before anything is signalled (what could
     // not be moved makes the kill below fail), and no pidfd signal reaches it.
     let _ = crate::protect::evacuate(cg);
-    let protected = crate::protect::protected();
+    let protected = crate::protect::protected()?;
     // Short of fds, `cgroup.kill` is the first resort: it needs one.
     let (members, short) = match cg.member_pidfds_recursive() {
         Ok(m) => (m, false),
@@ -237,7 +237,11 @@ fn fill(fds: &mut Vec<std::os::fd::OwnedFd>) {
     while fds.len() < RESERVE_FDS {
         match rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC) {
             Ok(fd) => fds.push(fd),
-            Err(_) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, set_aside = fds.len(), wanted = RESERVE_FDS,
+                    "could not set fds aside for ending sessions when none are left");
+                break;
+            }
         }
     }
 }

@@ -262,35 +262,44 @@ pub fn place_command(root: &Root, owner: Owner, id: &str, limits: &Limits, grace
     let name = crate::guardian::command_cgroup_name(me, grace);
     let mut last = None;
     for _ in 0..8 {
-        // What this attempt created, removed again if it fails: a failed
-        // `exec` leaves the tree as it found it.
-        let mut made: Vec<(Cgroup, String)> = Vec::new();
-        let mut attempt = || -> Result<(Cgroup, Cgroup)> {
-            let (instance, created) = open_or_create_instance_tracked(root, owner)?;
-            if created {
-                made.push((root.cgroup().try_clone()?, instance.name().to_owned()));
+        // What this attempt created is removed again if it fails: a failed
+        // `exec` leaves the tree as it found it (what someone else uses
+        // meanwhile stays: rmdir refuses).
+        let attempt = || -> Result<(Cgroup, Cgroup)> {
+            let (instance, instance_created) = open_or_create_instance_tracked(root, owner)?;
+            let placed = (|| -> Result<Cgroup> {
+                if instance::kind_of(&instance).is_some() && instance.meta(XATTR_LINEAGE)?.is_none() {
+                    instance.set_meta(XATTR_LINEAGE, &lineage(owner.pid))?;
+                }
+                let (session, session_created) = open_or_create_session_tracked(root, &instance, id, limits)?;
+                let leaf = (|| -> Result<Cgroup> {
+                    let leaf = session.create_child(&name)?;
+                    // The leaf keeps the instance from being removed meanwhile.
+                    let ready = leaf
+                        .set_meta(crate::root::XATTR_KIND, "exec")
+                        .and_then(|()| crate::guardian::ensure(owner, &instance));
+                    if let Err(e) = ready {
+                        let _ = session.remove_child(&name);
+                        return Err(e);
+                    }
+                    Ok(leaf)
+                })();
+                if leaf.is_err() && session_created {
+                    let _ = instance.remove_child(session.name());
+                }
+                leaf
+            })();
+            match placed {
+                Ok(leaf) => Ok((instance, leaf)),
+                Err(e) => {
+                    if instance_created {
+                        let _ = root.cgroup().remove_child(instance.name());
+                    }
+                    Err(e)
+                }
             }
-            if instance::kind_of(&instance).is_some() && instance.meta(XATTR_LINEAGE)?.is_none() {
-                instance.set_meta(XATTR_LINEAGE, &lineage(owner.pid))?;
-            }
-            let (session, created) = open_or_create_session_tracked(root, &instance, id, limits)?;
-            if created {
-                made.push((instance.try_clone()?, session.name().to_owned()));
-            }
-            let leaf = session.create_child(&name)?;
-            made.push((session.try_clone()?, name.clone()));
-            leaf.set_meta(crate::root::XATTR_KIND, "exec")?;
-            // The leaf keeps the instance from being removed meanwhile.
-            crate::guardian::ensure(owner, &instance)?;
-            Ok((instance, leaf))
         };
         let outcome = attempt();
-        if outcome.is_err() {
-            // Innermost first; one that someone else uses meanwhile stays.
-            for (parent, name) in made.iter().rev() {
-                let _ = parent.remove_child(name);
-            }
-        }
         match outcome {
             // Removed meanwhile (by a concurrent exec or the guardian).
             Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENODEV)) => last = Some(e),

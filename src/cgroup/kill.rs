@@ -83,7 +83,12 @@ impl Cgroup {
             // Wait until frozen, so that nothing forks between reading the members
             // and killing them.
             self.wait_events(Some(Instant::now() + FREEZE_WAIT), |e| e.frozen || !e.populated).await?;
-            let members = self.member_pidfds_recursive()?;
+            let protected = crate::protect::protected()?;
+            let members: Vec<_> = self
+                .member_pidfds_recursive()?
+                .into_iter()
+                .filter(|m| !crate::protect::is_protected(m.raw_pid(), &protected))
+                .collect();
             if members.is_empty() {
                 return Ok(());
             }

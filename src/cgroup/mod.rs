@@ -126,6 +126,67 @@ impl Cgroup {
         Ok(names)
     }
 
+    /// Names of the child cgroups as the kernel has them (any bytes but `/`
+    /// and NUL: a hostile child may use names that are not UTF-8).
+    pub(crate) fn child_names(&self) -> Result<Vec<std::ffi::OsString>> {
+        use std::os::unix::ffi::OsStrExt;
+        let fd =
+            rustix::fs::openat(&self.dir, ".", OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
+                .ctx("list cgroup", &self.path)?;
+        let mut dir = rustix::fs::Dir::read_from(&fd).ctx("list cgroup", &self.path)?;
+        let mut names = Vec::new();
+        while let Some(entry) = dir.read() {
+            let entry = entry.ctx("list cgroup", &self.path)?;
+            let name = entry.file_name().to_bytes();
+            if entry.file_type() == rustix::fs::FileType::Directory && name != b"." && name != b".." {
+                names.push(std::ffi::OsStr::from_bytes(name).to_owned());
+            }
+        }
+        Ok(names)
+    }
+
+    /// [`open_child`](Self::open_child) of a name as the kernel listed it.
+    pub(crate) fn open_child_os(&self, name: &std::ffi::OsStr) -> Result<Cgroup> {
+        let path = self.path.join(name);
+        let dir = rustix::fs::openat(
+            &self.dir,
+            name,
+            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| match e {
+            rustix::io::Errno::NOTDIR | rustix::io::Errno::LOOP => Error::NotCgroup2 { path: path.clone() },
+            e => Error::io("open cgroup", &path, e),
+        })?;
+        check_cgroup2(&dir, &path)?;
+        Ok(Cgroup { dir, path })
+    }
+
+    /// [`remove_child`](Self::remove_child) of a name as the kernel listed it.
+    pub(crate) fn remove_child_os(&self, name: &std::ffi::OsStr) -> Result<()> {
+        rustix::fs::unlinkat(&self.dir, name, AtFlags::REMOVEDIR).ctx("remove cgroup", &self.path.join(name))
+    }
+
+    /// Reads `file` of the child cgroup `name` (a name as the kernel listed it).
+    pub(crate) fn read_child_file(&self, name: &std::ffi::OsStr, file: &str) -> Result<String> {
+        let rel = Path::new(name).join(file);
+        let path = self.path.join(&rel);
+        let fd =
+            rustix::fs::openat(&self.dir, &rel, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
+                .ctx("open", &path)?;
+        let mut out = Vec::with_capacity(64);
+        let mut buf = [0u8; 256];
+        loop {
+            match rustix::io::read(&fd, &mut buf) {
+                Ok(0) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(Error::io("read", &path, e)),
+            }
+        }
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    }
+
     /// `rmdir` of the child cgroup `name`, once. `EBUSY` while it still has
     /// processes (or did a moment ago) or child cgroups.
     pub fn remove_child(&self, name: &str) -> Result<()> {

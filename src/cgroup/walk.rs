@@ -10,6 +10,7 @@
 //! removed by someone else meanwhile is skipped, and a walk whose current
 //! directory vanished reopens its way down again by name from the top.
 
+use std::ffi::OsString;
 use std::time::Duration;
 
 use rustix::fs::{Mode, OFlags};
@@ -17,10 +18,20 @@ use rustix::fs::{Mode, OFlags};
 use super::{Cgroup, check_cgroup2, vanished};
 use crate::error::{Error, Result};
 
-/// One directory on the way down: its name and the children not visited yet.
+/// One directory on the way down: its name and the children not visited yet
+/// (names as the kernel has them: a hostile child may use any bytes).
 struct Frame {
-    name: String,
-    pending: Vec<String>,
+    name: OsString,
+    pending: Vec<OsString>,
+    /// [`Teardown::removed`] when this directory's children were last listed
+    /// again after `EBUSY`: the same count twice means no progress.
+    relisted_at: Option<usize>,
+}
+
+impl Frame {
+    fn new(name: OsString, pending: Vec<OsString>) -> Frame {
+        Frame { name, pending, relisted_at: None }
+    }
 }
 
 impl Cgroup {
@@ -63,31 +74,31 @@ impl Cgroup {
 
     fn walk(&self, populated_only: bool, mut visit: impl FnMut(&Cgroup) -> Result<()>) -> Result<()> {
         visit(self)?;
-        let mut frames = vec![Frame { name: String::new(), pending: self.children()? }];
+        let mut frames = vec![Frame::new(OsString::new(), self.child_names()?)];
         // The directory of the deepest frame; `None` for this cgroup.
         let mut cur: Option<Cgroup> = None;
         while let Some(frame) = frames.last_mut() {
             if let Some(name) = frame.pending.pop() {
                 let here = cur.as_ref().unwrap_or(self);
                 if populated_only {
-                    match here.read(&format!("{name}/{}", super::files::EVENTS)) {
+                    match here.read_child_file(&name, super::files::EVENTS) {
                         Ok(text) if !super::Events::parse(&text).populated => continue,
                         Ok(_) => {}
                         Err(e) if vanished(&e) => continue,
                         Err(e) => return Err(e),
                     }
                 }
-                let child = match here.open_child(&name) {
+                let child = match here.open_child_os(&name) {
                     Ok(child) => child,
                     Err(e) if vanished(&e) => continue,
                     Err(e) => return Err(e),
                 };
-                let pending = match visit(&child).and_then(|()| child.children()) {
+                let pending = match visit(&child).and_then(|()| child.child_names()) {
                     Ok(pending) => pending,
                     Err(e) if vanished(&e) => continue,
                     Err(e) => return Err(e),
                 };
-                frames.push(Frame { name, pending });
+                frames.push(Frame::new(name, pending));
                 cur = Some(child);
                 continue;
             }
@@ -115,7 +126,7 @@ impl Cgroup {
 fn reopen(top: &Cgroup, frames: &[Frame]) -> Result<(Option<Cgroup>, usize)> {
     let mut cur: Option<Cgroup> = None;
     for (i, frame) in frames.iter().enumerate() {
-        match cur.as_ref().unwrap_or(top).open_child(&frame.name) {
+        match cur.as_ref().unwrap_or(top).open_child_os(&frame.name) {
             Ok(c) => cur = Some(c),
             Err(e) if vanished(&e) => return Ok((cur, i)),
             Err(e) => return Err(e),
@@ -151,17 +162,13 @@ pub(crate) struct Teardown<'a> {
 impl<'a> Teardown<'a> {
     /// Starts the removal of `top`, a child of `parent`.
     pub fn new(parent: &'a Cgroup, top: &Cgroup) -> Result<Teardown<'a>> {
-        let pending = match top.children() {
+        let pending = match top.child_names() {
             Ok(p) => p,
             Err(e) if vanished(&e) => Vec::new(),
             Err(e) => return Err(e),
         };
-        Ok(Teardown {
-            parent,
-            frames: vec![Frame { name: top.name().to_owned(), pending }],
-            cur: top.try_clone()?,
-            removed: 0,
-        })
+        let name = top.path().file_name().map(ToOwned::to_owned).unwrap_or_default();
+        Ok(Teardown { parent, frames: vec![Frame::new(name, pending)], cur: top.try_clone()?, removed: 0 })
     }
 
     /// The directory to wait on after [`Step::Busy`].
@@ -179,7 +186,7 @@ impl<'a> Teardown<'a> {
                 // An empty leaf goes at once, without being opened: one
                 // syscall per directory of a wide tree. `EBUSY`: it has
                 // children or processes, so it is walked.
-                match self.cur.remove_child(&name) {
+                match self.cur.remove_child_os(&name) {
                     Ok(()) => {
                         self.removed += 1;
                         batch += 1;
@@ -192,14 +199,14 @@ impl<'a> Teardown<'a> {
                     Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
                     Err(e) => return Err(e),
                 }
-                match self.cur.open_child(&name) {
+                match self.cur.open_child_os(&name) {
                     Ok(child) => {
-                        let pending = match child.children() {
+                        let pending = match child.child_names() {
                             Ok(p) => p,
                             Err(e) if vanished(&e) => continue,
                             Err(e) => return Err(e),
                         };
-                        self.frames.push(Frame { name, pending });
+                        self.frames.push(Frame::new(name, pending));
                         self.cur = child;
                     }
                     Err(e) if vanished(&e) => {}
@@ -221,17 +228,23 @@ impl<'a> Teardown<'a> {
                 }
             };
             let name = &self.frames[depth - 1].name;
-            match parent.as_ref().unwrap_or(self.parent).remove_child(name) {
+            match parent.as_ref().unwrap_or(self.parent).remove_child_os(name) {
                 Ok(()) => self.removed += 1,
                 Err(e) if vanished(&e) => {}
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
                     // Children made meanwhile are removed first; otherwise
-                    // processes are still on their way out.
-                    let pending = self.cur.children().unwrap_or_default();
-                    if pending.is_empty() {
+                    // processes are still on their way out. Children that
+                    // came back without anything removed since the last
+                    // listing are busy too (or cannot be removed at all):
+                    // waited for, within the caller's deadline.
+                    let frame = &mut self.frames[depth - 1];
+                    let pending = self.cur.child_names().unwrap_or_default();
+                    if pending.is_empty() || frame.relisted_at == Some(self.removed) {
+                        frame.relisted_at = None;
                         return Ok(Step::Busy);
                     }
-                    self.frames[depth - 1].pending = pending;
+                    frame.relisted_at = Some(self.removed);
+                    frame.pending = pending;
                     continue;
                 }
                 Err(e) => return Err(e),
@@ -250,7 +263,7 @@ impl<'a> Teardown<'a> {
 
     /// The current directory vanished under us: reopen the way down by name.
     fn restart(&mut self) -> Result<()> {
-        match self.parent.open_child(&self.frames[0].name) {
+        match self.parent.open_child_os(&self.frames[0].name) {
             Ok(top) => {
                 let (deepest, opened) = reopen(&top, &self.frames[1..])?;
                 self.frames.truncate(1 + opened);
@@ -296,7 +309,12 @@ impl Cgroup {
                     if now >= deadline {
                         return Err(busy(teardown.current()));
                     }
-                    teardown.current().wait_change((now + backoff).min(deadline)).await?;
+                    // Gone meanwhile (removed by another process): the
+                    // next step finds that out.
+                    match teardown.current().wait_change((now + backoff).min(deadline)).await {
+                        Err(e) if !vanished(&e) => return Err(e),
+                        _ => {}
+                    }
                     backoff = (backoff * 2).min(Duration::from_millis(100));
                 }
             }
