@@ -233,7 +233,12 @@ pub async fn wait_no_children(cg: &Cgroup) {
 
 /// Waits (at most 5 s) until `path` is gone.
 pub async fn wait_gone(path: &std::path::Path) {
-    for _ in 0..500 {
+    wait_gone_within(path, 5).await;
+}
+
+/// Waits (at most `secs`) until `path` is gone.
+pub async fn wait_gone_within(path: &std::path::Path, secs: u64) {
+    for _ in 0..secs * 100 {
         if !path.exists() {
             return;
         }
