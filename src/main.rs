@@ -9,6 +9,10 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 const EXIT_CODES: &str = "\
+Logging: procscope logs to stderr through `tracing`: warnings by default, more
+with -v (info), -vv (debug), -vvv (trace), errors only with -q. RUST_LOG (for
+example RUST_LOG=procscope=debug) takes precedence when set.
+
 Exit codes:
   0    success
   1    the operation failed (or `doctor` found that containment would degrade,
@@ -24,9 +28,24 @@ Exit codes:
 #[derive(Parser, Debug)]
 #[command(name = "procscope", version, about, after_help = EXIT_CODES)]
 struct Cli {
+    /// More log output on stderr: -v info, -vv debug, -vvv trace
+    #[arg(short, long, action = clap::ArgAction::Count, global = true, conflicts_with = "quiet")]
+    verbose: u8,
+    /// Only errors on stderr
+    #[arg(short, long, global = true)]
+    quiet: bool,
     #[command(subcommand)]
     command: Cmd,
 }
+
+/// Pointer to the exit codes, for the subcommands' help.
+const SEE_EXIT_CODES: &str = "Exit codes and logging: see procscope --help.";
+
+/// `exec`'s own exit codes.
+const EXEC_EXIT_CODES: &str = "\
+Exit codes: the command's own exit status; 128+N when it was killed by signal
+N; 125 when procscope failed before the command ran, 126 when the command could
+not be executed, 127 when it was not found. Logging: see procscope --help.";
 
 #[derive(Args, Debug, Clone)]
 struct RootArg {
@@ -39,10 +58,10 @@ struct RootArg {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Run CMD in a session cgroup; put it in front of an MCP server's command.
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = EXEC_EXIT_CODES)]
     Exec(cli::exec::ExecArgs),
     /// End the named sessions now: SIGTERM, grace, cgroup.kill, rmdir.
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = SEE_EXIT_CODES)]
     End {
         #[command(flatten)]
         root: RootArg,
@@ -65,7 +84,7 @@ enum Cmd {
         ids: Vec<String>,
     },
     /// List instances and sessions under the root.
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = SEE_EXIT_CODES)]
     Ps {
         #[command(flatten)]
         root: RootArg,
@@ -74,7 +93,7 @@ enum Cmd {
         json: bool,
     },
     /// Remove stale instances and sessions (owner gone); more with --orphans, --all, --all --force.
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = SEE_EXIT_CODES)]
     Sweep {
         #[command(flatten)]
         root: RootArg,
@@ -97,7 +116,7 @@ enum Cmd {
         json: bool,
     },
     /// Check what this host supports and which mechanisms procscope will use.
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = SEE_EXIT_CODES)]
     Doctor {
         #[command(flatten)]
         root: RootArg,
@@ -107,8 +126,17 @@ enum Cmd {
     },
     /// Run a gateway with cron ticks of parallel MCP jobs, some cancelled, and
     /// show that nothing is left behind.
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = SEE_EXIT_CODES)]
     Demo(cli::demo::DemoArgs),
+    /// Print a shell completion script: `source <(procscope completions bash)`.
+    #[command(after_help = SEE_EXIT_CODES)]
+    Completions {
+        /// The shell
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff): `procscope man | man -l -`.
+    #[command(after_help = SEE_EXIT_CODES)]
+    Man,
     /// A small MCP stdio server that misbehaves on request (used by the demo).
     #[command(hide = true)]
     DemoServer(cli::demo_server::ServerArgs),
@@ -118,8 +146,48 @@ fn parse_grace(s: &str) -> Result<Duration, String> {
     procscope::cgroup::limits::parse_duration("grace", s).map_err(|e| e.to_string())
 }
 
+/// Logs to stderr: RUST_LOG when set, else the level -v / -q ask for
+/// (warnings by default).
+fn init_logging(verbose: u8, quiet: bool) {
+    use tracing_subscriber::EnvFilter;
+    let level = match (quiet, verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info",
+        (false, 2) => "debug",
+        (false, _) => "trace",
+    };
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(spec) if !spec.is_empty() && verbose == 0 && !quiet => EnvFilter::new(spec),
+        _ => EnvFilter::new(level),
+    };
+    use std::io::IsTerminal;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}
+
+/// Writes `bytes` to stdout; a reader that stopped early (`| head`) is fine.
+fn print_out(what: &str, bytes: &[u8]) -> i32 {
+    use std::io::Write;
+    match std::io::stdout().write_all(bytes).and_then(|()| std::io::stdout().flush()) {
+        Ok(()) => 0,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => 0,
+        Err(e) => {
+            eprintln!("procscope {what}: {e}");
+            1
+        }
+    }
+}
+
 fn main() {
     let cli = Cli::parse();
+    // The hidden demo server speaks JSON-RPC on stdio: it logs nothing.
+    if !matches!(cli.command, Cmd::DemoServer(_)) {
+        init_logging(cli.verbose, cli.quiet);
+    }
     let code = match cli.command {
         Cmd::Exec(a) => cli::exec::run(a),
         Cmd::End { root, grace, owner, missing_ok, json, ids } => {
@@ -131,6 +199,23 @@ fn main() {
         }
         Cmd::Doctor { root, json } => cli::run_async(cli::doctor::run(root.root, json)),
         Cmd::Demo(a) => cli::run_async(cli::demo::run(a)),
+        Cmd::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "procscope", &mut script);
+            print_out("completions", &script)
+        }
+        Cmd::Man => {
+            use clap::CommandFactory;
+            let mut page = Vec::new();
+            match clap_mangen::Man::new(Cli::command()).render(&mut page) {
+                Ok(()) => print_out("man", &page),
+                Err(e) => {
+                    eprintln!("procscope man: {e}");
+                    1
+                }
+            }
+        }
         Cmd::DemoServer(a) => cli::demo_server::run(a),
     };
     std::process::exit(code)

@@ -586,3 +586,83 @@ async fn a_session_id_taken_by_an_exec_of_this_process_is_session_exists() {
     .await;
     env.finish().await;
 }
+
+/// The CLI explains itself: logs on stderr with -v / -q / RUST_LOG, the exit
+/// codes once (in the top-level help), durations with a unit, and a man page.
+#[tokio::test]
+async fn the_cli_logs_and_explains_itself() {
+    let env = TestEnv::new();
+    within(60, async {
+        // Quiet by default: a successful exec of `true` writes nothing.
+        let out = run(&env, &["exec", "--", "true"]);
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stderr), "", "nothing logged by default");
+        // -vv and RUST_LOG show the placing.
+        for (args, rust_log) in [(&["-vv", "exec"][..], None), (&["exec"][..], Some("procscope=debug"))] {
+            let mut c = std::process::Command::new(PROCSCOPE);
+            c.args(args).arg("--root").arg(env.path()).args(["--", "true"]).stdin(Stdio::null());
+            if let Some(spec) = rust_log {
+                c.env("RUST_LOG", spec);
+            }
+            let out = c.output().unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "{out:?}");
+            assert!(err.contains("DEBUG") && err.contains("placed"), "{args:?} {rust_log:?}: {err}");
+        }
+        // -q: errors only, and errors still show.
+        let out = run(&env, &["end", "-q", "no-such-session"]);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("no session no-such-session"), "{out:?}");
+        // The exit codes once: in the top-level help, pointed to elsewhere.
+        let top = std::process::Command::new(PROCSCOPE).arg("--help").output().unwrap();
+        let top = String::from_utf8_lossy(&top.stdout);
+        assert_eq!(top.matches("Exit codes:").count(), 1, "{top}");
+        for sub in ["end", "ps", "sweep", "doctor", "demo"] {
+            let help = std::process::Command::new(PROCSCOPE).args([sub, "--help"]).output().unwrap();
+            let help = String::from_utf8_lossy(&help.stdout);
+            assert!(!help.contains("the operation failed") && help.contains("see procscope --help"), "{sub}: {help}");
+        }
+        // Durations need a unit.
+        let out = run(&env, &["end", "--grace", "2", "x"]);
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("needs a unit: 2s"), "{out:?}");
+        // A fix that fits: root asked to use a directory that is no cgroup.
+        let out = std::process::Command::new(PROCSCOPE).args(["doctor", "--root", "/etc"]).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+        assert!(text.contains("give --root a directory under the cgroup2 mount"), "{text}");
+        assert!(!text.contains("run as root"), "root is told to run as root: {text}");
+        // The man page.
+        let man = std::process::Command::new(PROCSCOPE).arg("man").output().unwrap();
+        assert!(man.status.success());
+        let man = String::from_utf8_lossy(&man.stdout);
+        assert!(man.starts_with(".ie") || man.contains(".TH procscope"), "{man}");
+        assert!(man.contains("completions"), "the man page lists the subcommands");
+        env.wait_root_empty().await;
+    })
+    .await;
+    env.finish().await;
+}
+
+/// `procscope completions bash` and `… zsh` load in those shells and
+/// register the completion of `procscope`.
+#[test]
+fn completions_load_in_bash_and_zsh() {
+    for (shell, script) in [
+        ("bash", format!("source <({PROCSCOPE} completions bash) && complete -p procscope")),
+        (
+            "zsh",
+            format!(
+                "autoload -Uz compinit && compinit -u -D && source <({PROCSCOPE} completions zsh) && print -r -- $_comps[procscope]"
+            ),
+        ),
+    ] {
+        let out = std::process::Command::new(shell)
+            .args(["-c", &script])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("{shell} is needed for this test ({e}); scripts/test installs it"));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{shell}: {out:?}");
+        assert!(text.contains("_procscope"), "{shell} registered the completion: {text}");
+    }
+}

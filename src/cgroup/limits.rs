@@ -323,8 +323,8 @@ pub fn parse_cpu_max(s: &str) -> Result<CpuMax> {
     Ok(cpu)
 }
 
-/// Parses a duration: `2s`, `500ms`, `1.5s`, `2m`, `100us`, or a bare number of
-/// seconds; `0` is allowed.
+/// Parses a duration: `2s`, `500ms`, `1.5s`, `2m`, `100us`, or `0`. Any
+/// other number needs a unit (is `2` seconds or milliseconds?).
 pub fn parse_duration(name: &'static str, s: &str) -> Result<Duration> {
     let bad = |reason: &str| Error::InvalidLimit {
         name,
@@ -339,7 +339,16 @@ pub fn parse_duration(name: &'static str, s: &str) -> Result<Duration> {
     }
     let v: f64 = num.parse().map_err(|_| bad("not a number"))?;
     let secs = match unit.trim() {
-        "" | "s" | "sec" => v,
+        // A bare number is ambiguous (seconds? milliseconds?), except 0.
+        "" if v == 0.0 => 0.0,
+        "" => {
+            return Err(Error::InvalidLimit {
+                name,
+                value: s.to_owned(),
+                reason: format!("a duration needs a unit: {num}s for seconds, {num}ms for milliseconds"),
+            });
+        }
+        "s" | "sec" => v,
         "ms" => v / 1e3,
         "us" | "µs" => v / 1e6,
         "m" | "min" => v * 60.0,
@@ -385,7 +394,9 @@ mod tests {
         assert_eq!(parse_duration("grace", "2s").unwrap(), Duration::from_secs(2));
         assert_eq!(parse_duration("grace", "250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(parse_duration("grace", "0").unwrap(), Duration::ZERO);
-        assert_eq!(parse_duration("grace", "1.5").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("grace", "1.5s").unwrap(), Duration::from_millis(1500));
+        let unitless = parse_duration("grace", "2").unwrap_err().to_string();
+        assert!(unitless.contains("needs a unit: 2s") && unitless.contains("2ms"), "{unitless}");
         for bad in ["", "-1s", "2 fortnights", "1e9", "9999h", "s"] {
             assert!(parse_duration("grace", bad).is_err(), "{bad}");
         }

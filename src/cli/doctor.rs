@@ -44,11 +44,26 @@ pub async fn run(root: Option<PathBuf>, json: bool) -> i32 {
             let missing_default =
                 !explicit && e.raw_os_error() == Some(libc::ENOENT) && rustix::process::geteuid().is_root();
             if !missing_default {
-                problems.push(Problem {
-                    problem: format!("no usable root: {e}"),
-                    fix: format!("run as root, or in a unit with delegation:\n{UNIT_SNIPPET}"),
-                    degrades: true,
-                });
+                // The fix that fits: a path that is no cgroup2 directory is
+                // fixed by naming one; a root that is not writable, by root or
+                // delegation (which a root caller already has).
+                let fix = match &e {
+                    procscope::Error::NotCgroup2 { .. } | procscope::Error::NoCgroup2 { .. } => match &mount {
+                        Some(m) => format!(
+                            "give --root a directory under the cgroup2 mount {}, or leave --root out",
+                            m.display()
+                        ),
+                        None => "mount cgroup2 (see above)".to_owned(),
+                    },
+                    procscope::Error::ContainsSelf { .. } => {
+                        "give --root a cgroup that does not hold this process".to_owned()
+                    }
+                    _ if rustix::process::geteuid().is_root() => {
+                        "check that the cgroup2 mount is writable here (not read-only, as in a container)".to_owned()
+                    }
+                    _ => format!("run as root, or in a unit with delegation:\n{UNIT_SNIPPET}"),
+                };
+                problems.push(Problem { problem: format!("no usable root: {e}"), fix, degrades: true });
             }
             None
         }

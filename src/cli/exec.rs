@@ -146,6 +146,8 @@ pub fn run(a: ExecArgs) -> i32 {
         Ok(c) => c,
         Err(e) => return fail(&e),
     };
+    tracing::debug!(session = %id, cgroup = %cgroup.path().display(), owner = owner.pid,
+        "placed; becoming the command");
     // Returns only on failure; the guardian removes the cgroup once we exit.
     let e = cmd.exec_in(&cgroup, Some(&owner_fd));
     eprintln!("procscope exec: {e}");
