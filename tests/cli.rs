@@ -647,20 +647,24 @@ async fn the_cli_logs_and_explains_itself() {
 /// register the completion of `procscope`.
 #[test]
 fn completions_load_in_bash_and_zsh() {
-    for (shell, script) in [
-        ("bash", format!("source <({PROCSCOPE} completions bash) && complete -p procscope")),
-        (
-            "zsh",
-            format!(
-                "autoload -Uz compinit && compinit -u -D && source <({PROCSCOPE} completions zsh) && print -r -- $_comps[procscope]"
-            ),
-        ),
+    for (shell, check) in [
+        ("bash", "complete -p procscope"),
+        ("zsh", "autoload -Uz compinit && compinit -u -D && source \"$1\" && print -r -- $_comps[procscope]"),
     ] {
+        // A file, not `<(…)`: some systems (the VMs) have no /dev/fd.
+        let script =
+            std::env::temp_dir().join(format!("procscope-completions-{}-{}.{shell}", std::process::id(), nanos()));
+        let out = std::process::Command::new(PROCSCOPE).args(["completions", shell]).output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        std::fs::write(&script, &out.stdout).unwrap();
+        let load = if shell == "bash" { format!("source \"$1\" && {check}") } else { check.to_owned() };
         let out = std::process::Command::new(shell)
-            .args(["-c", &script])
+            .args(["-c", &load, shell])
+            .arg(&script)
             .stdin(Stdio::null())
             .output()
             .unwrap_or_else(|e| panic!("{shell} is needed for this test ({e}); scripts/test installs it"));
+        std::fs::remove_file(&script).unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{shell}: {out:?}");
         assert!(text.contains("_procscope"), "{shell} registered the completion: {text}");
