@@ -107,23 +107,10 @@ impl Cgroup {
     }
 
     /// Names of the child cgroups (sub-directories), in no particular order.
+    /// A name that is not UTF-8 comes out lossily converted (the tree walks
+    /// use the kernel's bytes).
     pub fn children(&self) -> Result<Vec<String>> {
-        let fd =
-            rustix::fs::openat(&self.dir, ".", OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
-                .ctx("list cgroup", &self.path)?;
-        let mut dir = rustix::fs::Dir::read_from(&fd).ctx("list cgroup", &self.path)?;
-        let mut names = Vec::new();
-        while let Some(entry) = dir.read() {
-            let entry = entry.ctx("list cgroup", &self.path)?;
-            if entry.file_type() != rustix::fs::FileType::Directory {
-                continue;
-            }
-            let name = entry.file_name().to_string_lossy();
-            if name != "." && name != ".." {
-                names.push(name.into_owned());
-            }
-        }
-        Ok(names)
+        Ok(self.child_names()?.into_iter().map(|n| n.to_string_lossy().into_owned()).collect())
     }
 
     /// Names of the child cgroups as the kernel has them (any bytes but `/`

@@ -292,30 +292,19 @@ impl Cgroup {
     /// removed it.
     pub async fn remove_child_tree(&self, child: &Cgroup) -> Result<usize> {
         let mut teardown = Teardown::new(self, child)?;
-        let mut backoff = Duration::from_millis(1);
-        let mut deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-        let mut removed = 0;
+        let mut patience = Patience::new();
         loop {
             match teardown.step()? {
                 Step::Done => return Ok(teardown.removed),
                 Step::Yield => tokio::task::yield_now().await,
                 Step::Busy => {
-                    let now = tokio::time::Instant::now();
-                    if teardown.removed > removed {
-                        removed = teardown.removed;
-                        deadline = now + Duration::from_secs(2);
-                        backoff = Duration::from_millis(1);
-                    }
-                    if now >= deadline {
-                        return Err(busy(teardown.current()));
-                    }
+                    let wait = patience.wait(teardown.removed).ok_or_else(|| busy(teardown.current()))?;
                     // Gone meanwhile (removed by another process): the
                     // next step finds that out.
-                    match teardown.current().wait_change((now + backoff).min(deadline)).await {
+                    match teardown.current().wait_change(tokio::time::Instant::now() + wait).await {
                         Err(e) if !vanished(&e) => return Err(e),
                         _ => {}
                     }
-                    backoff = (backoff * 2).min(Duration::from_millis(100));
                 }
             }
         }
@@ -325,28 +314,46 @@ impl Cgroup {
     /// (for the guardian, which runs no runtime).
     pub fn remove_child_tree_blocking(&self, child: &Cgroup) -> Result<usize> {
         let mut teardown = Teardown::new(self, child)?;
-        let mut backoff = Duration::from_millis(1);
-        let mut deadline = std::time::Instant::now() + Duration::from_secs(2);
-        let mut removed = 0;
+        let mut patience = Patience::new();
         loop {
             match teardown.step()? {
                 Step::Done => return Ok(teardown.removed),
                 Step::Yield => {}
                 Step::Busy => {
-                    let now = std::time::Instant::now();
-                    if teardown.removed > removed {
-                        removed = teardown.removed;
-                        deadline = now + Duration::from_secs(2);
-                        backoff = Duration::from_millis(1);
-                    }
-                    if now >= deadline {
-                        return Err(busy(teardown.current()));
-                    }
-                    let _ = teardown.current().wait_events_blocking(Some(backoff.min(deadline - now)), |_| false);
-                    backoff = (backoff * 2).min(Duration::from_millis(100));
+                    let wait = patience.wait(teardown.removed).ok_or_else(|| busy(teardown.current()))?;
+                    let _ = teardown.current().wait_events_blocking(Some(wait), |_| false);
                 }
             }
         }
+    }
+}
+
+/// How long a teardown waits on a busy directory: backing off from 1 ms to
+/// 100 ms, and giving up after two seconds without anything removed.
+struct Patience {
+    backoff: Duration,
+    deadline: std::time::Instant,
+    removed: usize,
+}
+
+impl Patience {
+    const LIMIT: Duration = Duration::from_secs(2);
+
+    fn new() -> Patience {
+        Patience { backoff: Duration::from_millis(1), deadline: std::time::Instant::now() + Self::LIMIT, removed: 0 }
+    }
+
+    /// The next wait, after `removed` directories in all; `None` once two
+    /// seconds passed without progress.
+    fn wait(&mut self, removed: usize) -> Option<Duration> {
+        let now = std::time::Instant::now();
+        if removed > self.removed {
+            *self = Patience { removed, ..Patience::new() };
+        }
+        let left = self.deadline.checked_duration_since(now).filter(|d| !d.is_zero())?;
+        let wait = self.backoff.min(left);
+        self.backoff = (self.backoff * 2).min(Duration::from_millis(100));
+        Some(wait)
     }
 }
 

@@ -838,17 +838,7 @@ fn restore_nofile() -> Step {
         return Ok(());
     }
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: reads this process's limit into a valid out-pointer.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_prlimit64,
-            0,
-            libc::RLIMIT_NOFILE,
-            ptr::null::<libc::rlimit>(),
-            ptr::addr_of_mut!(limit),
-        )
-    };
-    check(ChildStage::Rlimit, r)?;
+    check(ChildStage::Rlimit, read_nofile(&mut limit))?;
     let new = libc::rlimit { rlim_cur: soft.min(limit.rlim_max), rlim_max: limit.rlim_max };
     // SAFETY: sets this process's limit from a valid pointer.
     let r = unsafe {
@@ -906,20 +896,20 @@ fn close_fds_above_stdio() -> Step {
         return Err((ChildStage::CloseFds, errno));
     }
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: a valid rlimit out-pointer.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_prlimit64,
-            0,
-            libc::RLIMIT_NOFILE,
-            ptr::null::<libc::rlimit>(),
-            ptr::addr_of_mut!(limit),
-        )
-    };
+    let r = read_nofile(&mut limit);
     let max = if r == 0 { limit.rlim_cur.min(1 << 20) as RawFd } else { 65536 };
     for fd in 3..max {
         // SAFETY: closing fds of this child; EBADF for unused numbers is harmless.
         unsafe { libc::syscall(libc::SYS_close, fd) };
     }
     Ok(())
+}
+
+/// `prlimit64(0, RLIMIT_NOFILE, NULL, limit)`: this process's fd limits, as
+/// a raw syscall (async-signal-safe). Returns the syscall's result.
+fn read_nofile(limit: &mut libc::rlimit) -> c_long {
+    // SAFETY: reads this process's limit into a valid out-pointer.
+    unsafe {
+        libc::syscall(libc::SYS_prlimit64, 0, libc::RLIMIT_NOFILE, ptr::null::<libc::rlimit>(), ptr::from_mut(limit))
+    }
 }
