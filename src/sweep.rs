@@ -15,8 +15,11 @@ use crate::child::ChildCell;
 use crate::error::{Error, Result};
 
 /// How long processes get to die after `cgroup.kill` before the sweep reports
-/// an error.
-const KILL_WAIT: Duration = Duration::from_secs(5);
+/// an error. A SIGKILLed process dies as soon as it next runs; this covers a
+/// heavily loaded or emulated machine (5 s was seen to fall short under qemu
+/// TCG with hundreds of processes ending at once). One that lives longer is
+/// stuck in the kernel.
+const KILL_WAIT: Duration = Duration::from_secs(15);
 /// How long reaping one of our own children may take after the cgroup is empty.
 const REAP_WAIT: Duration = Duration::from_secs(2);
 
