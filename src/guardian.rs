@@ -642,13 +642,15 @@ impl Watch {
 /// The main process is gone: SIGTERM and SIGCONT to what is left, and the
 /// grace period starts.
 fn begin_ending(c: &mut Tracked) {
-    let _ = crate::protect::evacuate(&c.cgroup);
     // Who must not be signalled unknown: nobody is (the kill after the
     // grace period refuses too, and is tried again).
     let protected = crate::protect::protected().unwrap_or_else(|e| {
         log(format_args!("not signalling {}: {e}", c.cgroup.path().display()));
         Vec::new()
     });
+    if !protected.is_empty() {
+        let _ = crate::protect::evacuate_among(&c.cgroup, &protected);
+    }
     let members =
         if protected.is_empty() { Vec::new() } else { c.cgroup.member_pidfds_recursive().unwrap_or_default() };
     for m in members {

@@ -167,8 +167,17 @@ fn stat_field_of(stat: &str, n: usize) -> Option<&str> {
 /// Field `n` of `/proc/<pid>/stat` (see [`stat_field_of`]), or `None` if
 /// there is no such process.
 pub(crate) fn stat_field(pid: i32, n: usize) -> Option<String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat_field_of(&stat, n).map(str::to_owned)
+    try_stat_field(pid, n).ok().flatten()
+}
+
+/// [`stat_field`], telling a process that is gone (`Ok(None)`) from a file
+/// that could not be read (no fd left, say).
+pub(crate) fn try_stat_field(pid: i32, n: usize) -> std::io::Result<Option<String>> {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => Ok(stat_field_of(&stat, n).map(str::to_owned)),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ESRCH)) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// Seconds since the epoch, for `created` xattrs.

@@ -123,12 +123,9 @@ fn add_ancestors(pid: i32, all: &mut Vec<Protected>) -> Result<()> {
 
 /// The parent of `pid`; `None` if it is gone.
 fn parent_of(pid: i32) -> Result<Option<i32>> {
-    let file = format!("/proc/{pid}/stat");
-    match std::fs::read_to_string(&file) {
-        Ok(stat) => Ok(stat.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().nth(1)?.parse().ok())),
-        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ESRCH)) => Ok(None),
-        Err(e) => Err(Error::io("read", file, e)),
-    }
+    crate::instance::try_stat_field(pid, 4)
+        .map(|f| f.and_then(|p| p.parse().ok()))
+        .map_err(|e| Error::io("read", format!("/proc/{pid}/stat"), e))
 }
 
 /// Whether `pid` is protected.
@@ -143,7 +140,11 @@ pub(crate) fn is_protected(pid: i32, protected: &[Protected]) -> bool {
 /// moved (nowhere to go, or the move was refused); an I/O error when the
 /// members or the protected processes cannot be read.
 pub(crate) fn evacuate(cg: &Cgroup) -> Result<()> {
-    let protected = protected()?;
+    evacuate_among(cg, &protected()?)
+}
+
+/// [`evacuate`] with the protected processes already read.
+pub(crate) fn evacuate_among(cg: &Cgroup, protected: &[Protected]) -> Result<()> {
     let members = members(cg)?;
     for p in protected.iter().filter(|p| members.contains(&p.pid)) {
         let home = p

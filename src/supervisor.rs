@@ -149,15 +149,20 @@ impl Builder {
     }
 }
 
+/// Records a new instance of a supervisor: its owner, and the guardian's
+/// role (it keeps the instance until the supervisor removes it).
+fn mark_supervisor_instance(cg: &Cgroup, owner: Owner) -> Result<()> {
+    instance::mark_instance(cg, owner)?;
+    cg.set_meta(crate::guardian::XATTR_ROLE, "supervisor")
+}
+
 fn create_instance(root: &Root, owner: Owner) -> Result<(String, Cgroup)> {
     let base = owner.instance_name();
     for n in 1..100 {
         let name = if n == 1 { base.clone() } else { format!("{base}-{n}") };
         match root.cgroup().create_child(&name) {
             Ok(cg) => {
-                let marked = instance::mark_instance(&cg, owner)
-                    .and_then(|()| cg.set_meta(crate::guardian::XATTR_ROLE, "supervisor"));
-                if let Err(e) = marked {
+                if let Err(e) = mark_supervisor_instance(&cg, owner) {
                     let _ = root.cgroup().remove_child(&name);
                     return Err(e);
                 }
@@ -536,9 +541,7 @@ impl Supervisor {
         let name = current.name().to_owned();
         let made = match inner.root.cgroup().create_child(&name) {
             Ok(made) => {
-                let marked = instance::mark_instance(&made, inner.owner)
-                    .and_then(|()| made.set_meta(crate::guardian::XATTR_ROLE, "supervisor"));
-                if let Err(e) = marked {
+                if let Err(e) = mark_supervisor_instance(&made, inner.owner) {
                     let _ = inner.root.cgroup().remove_child(&name);
                     return Err(e);
                 }
@@ -661,24 +664,10 @@ impl Supervisor {
         // Sessions this supervisor does not track: those `procscope exec`
         // commands of this process made in its instance. Ended the same way,
         // and reported with the others.
-        let mut others = Vec::new();
-        for name in instance.children().unwrap_or_default() {
-            if tracked.contains(&name) {
-                continue;
-            }
-            let Ok(cg) = instance.open_child(&name) else { continue };
-            if instance::kind_of(&cg).as_deref() != Some("session") {
-                continue;
-            }
-            let id = cg.meta(XATTR_SESSION).ok().flatten().unwrap_or(name);
-            others.push(Target {
-                id,
-                parent: Arc::clone(&instance),
-                cgroup: Arc::new(cg),
-                children: Vec::new(),
-                on_done: None,
-            });
-        }
+        let others = targets_in(&instance, |name, cg| {
+            !tracked.contains(name) && instance::kind_of(cg).as_deref() == Some("session")
+        })
+        .unwrap_or_default();
         if !others.is_empty() {
             report.merge(crate::sweep::sweep_targets(others, inner.config.grace).await);
         }
@@ -786,21 +775,30 @@ pub async fn recover(root: &Root, me: Option<Owner>, grace: Duration) -> Result<
     Ok(report)
 }
 
+/// The cgroups under `instance` that `keep` accepts, as sweep targets with
+/// their session ids (the directory name when none is recorded).
+fn targets_in(instance: &Arc<Cgroup>, mut keep: impl FnMut(&str, &Cgroup) -> bool) -> Result<Vec<Target>> {
+    let mut targets = Vec::new();
+    for name in instance.children()? {
+        let Ok(cg) = instance.open_child(&name) else { continue };
+        if !keep(&name, &cg) {
+            continue;
+        }
+        let id = cg.meta(XATTR_SESSION).ok().flatten().unwrap_or(name);
+        targets.push(Target {
+            id,
+            parent: Arc::clone(instance),
+            cgroup: Arc::new(cg),
+            children: Vec::new(),
+            on_done: None,
+        });
+    }
+    Ok(targets)
+}
+
 /// Ends the sessions of one stale instance in parallel, then the instance.
 async fn recover_instance(root: &Root, instance: Arc<Cgroup>, grace: Duration) -> Result<SweepReport> {
-    let mut targets = Vec::new();
-    for session in instance.children()? {
-        if let Ok(cg) = instance.open_child(&session) {
-            let id = cg.meta(XATTR_SESSION).ok().flatten().unwrap_or(session);
-            targets.push(Target {
-                id,
-                parent: Arc::clone(&instance),
-                cgroup: Arc::new(cg),
-                children: Vec::new(),
-                on_done: None,
-            });
-        }
-    }
+    let targets = targets_in(&instance, |_, _| true)?;
     let mut report = crate::sweep::sweep_targets(targets, grace).await;
     // Members of the instance itself, if any, then the instance.
     let t = crate::sweep::end_cgroup_retrying(root.cgroup(), &instance, &[], grace).await?;

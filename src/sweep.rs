@@ -65,8 +65,8 @@ pub(crate) async fn end_cgroup(
     // Never itself: a gateway, guardian or caller that a child pulled into
     // the session is moved back out before anything is signalled (what could
     // not be moved makes the kill below fail), and no pidfd signal reaches it.
-    let _ = crate::protect::evacuate(cg);
     let protected = crate::protect::protected()?;
+    let _ = crate::protect::evacuate_among(cg, &protected);
     // Short of fds, `cgroup.kill` is the first resort: it needs one.
     let (members, short) = match cg.member_pidfds_recursive() {
         Ok(m) => (m, false),
@@ -99,11 +99,7 @@ pub(crate) async fn end_cgroup(
         t.kill_mechanism = or_gone(cg.kill().await.map(Some), None)?;
         t.killed = left;
         if !or_gone(cg.wait_empty(Some(Instant::now() + KILL_WAIT)).await, true)? {
-            return Err(Error::io(
-                "kill",
-                cg.path(),
-                std::io::Error::new(std::io::ErrorKind::TimedOut, "processes survived the kill"),
-            ));
+            return Err(survived(cg));
         }
     }
     // Verified ending: every process we hold a pidfd for must be gone, also one
@@ -176,11 +172,7 @@ async fn end_short_of_fds(parent: &Cgroup, cg: &Cgroup, children: &[Arc<ChildCel
         let deadline = Instant::now() + KILL_WAIT;
         while or_gone(cg.is_populated(), false)? {
             if Instant::now() >= deadline {
-                return Err(Error::io(
-                    "kill",
-                    cg.path(),
-                    std::io::Error::new(std::io::ErrorKind::TimedOut, "processes survived the kill"),
-                ));
+                return Err(survived(cg));
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -247,6 +239,11 @@ fn fill(fds: &mut Vec<std::os::fd::OwnedFd>) {
             }
         }
     }
+}
+
+/// Processes still in `cg` after `cgroup.kill` and [`KILL_WAIT`].
+fn survived(cg: &Cgroup) -> Error {
+    Error::io("kill", cg.path(), std::io::Error::new(std::io::ErrorKind::TimedOut, "processes survived the kill"))
 }
 
 /// `value` when the cgroup turned out to be removed meanwhile.

@@ -91,10 +91,16 @@ impl Cgroup {
 
     /// Opens the existing child cgroup `name` without following symlinks.
     pub fn open_child(&self, name: &str) -> Result<Cgroup> {
-        let path = self.child_path(name)?;
+        crate::names::check_component(name)?;
+        self.open_child_os(name.as_ref())
+    }
+
+    /// Opens `rel` (one component, or `..`) beneath this directory as a
+    /// cgroup, without following symlinks; `path` is its path for messages.
+    pub(crate) fn open_dir_at(&self, rel: &std::ffi::OsStr, path: PathBuf) -> Result<Cgroup> {
         let dir = rustix::fs::openat(
             &self.dir,
-            name,
+            rel,
             OFlags::DIRECTORY | OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
         )
@@ -134,19 +140,7 @@ impl Cgroup {
 
     /// [`open_child`](Self::open_child) of a name as the kernel listed it.
     pub(crate) fn open_child_os(&self, name: &std::ffi::OsStr) -> Result<Cgroup> {
-        let path = self.path.join(name);
-        let dir = rustix::fs::openat(
-            &self.dir,
-            name,
-            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| match e {
-            rustix::io::Errno::NOTDIR | rustix::io::Errno::LOOP => Error::NotCgroup2 { path: path.clone() },
-            e => Error::io("open cgroup", &path, e),
-        })?;
-        check_cgroup2(&dir, &path)?;
-        Ok(Cgroup { dir, path })
+        self.open_dir_at(name, self.path.join(name))
     }
 
     /// [`remove_child`](Self::remove_child) of a name as the kernel listed it.
@@ -156,35 +150,26 @@ impl Cgroup {
 
     /// Reads `file` of the child cgroup `name` (a name as the kernel listed it).
     pub(crate) fn read_child_file(&self, name: &std::ffi::OsStr, file: &str) -> Result<String> {
-        let rel = Path::new(name).join(file);
-        let path = self.path.join(&rel);
-        let fd =
-            rustix::fs::openat(&self.dir, &rel, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
-                .ctx("open", &path)?;
-        let mut out = Vec::with_capacity(64);
-        let mut buf = [0u8; 256];
-        loop {
-            match rustix::io::read(&fd, &mut buf) {
-                Ok(0) => break,
-                Ok(n) => out.extend_from_slice(&buf[..n]),
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(e) => return Err(Error::io("read", &path, e)),
-            }
-        }
-        Ok(String::from_utf8_lossy(&out).into_owned())
+        self.read_at(&Path::new(name).join(file))
     }
 
     /// `rmdir` of the child cgroup `name`, once. `EBUSY` while it still has
     /// processes (or did a moment ago) or child cgroups.
     pub fn remove_child(&self, name: &str) -> Result<()> {
-        let path = self.child_path(name)?;
-        rustix::fs::unlinkat(&self.dir, name, AtFlags::REMOVEDIR).ctx("remove cgroup", &path)
+        crate::names::check_component(name)?;
+        self.remove_child_os(name.as_ref())
     }
 
     /// Reads a file of this cgroup.
     pub fn read(&self, file: &str) -> Result<String> {
-        let path = self.path.join(file);
-        let fd = self.open_file(file, OFlags::RDONLY).ctx("open", &path)?;
+        self.read_at(Path::new(file))
+    }
+
+    /// Reads the file at `rel` beneath this directory (symlinks not followed).
+    fn read_at(&self, rel: &Path) -> Result<String> {
+        let path = self.path.join(rel);
+        let fd = rustix::fs::openat(&self.dir, rel, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
+            .ctx("open", &path)?;
         let mut out = Vec::with_capacity(256);
         let mut buf = [0u8; 4096];
         loop {

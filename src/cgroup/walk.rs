@@ -13,9 +13,7 @@
 use std::ffi::OsString;
 use std::time::Duration;
 
-use rustix::fs::{Mode, OFlags};
-
-use super::{Cgroup, check_cgroup2, vanished};
+use super::{Cgroup, vanished};
 use crate::error::{Error, Result};
 
 /// One directory on the way down: its name and the children not visited yet
@@ -38,15 +36,7 @@ impl Cgroup {
     /// Opens this cgroup's parent directory through `..`.
     pub(crate) fn open_parent(&self) -> Result<Cgroup> {
         let path = self.path.parent().map(ToOwned::to_owned).unwrap_or_default();
-        let dir = rustix::fs::openat(
-            &self.dir,
-            "..",
-            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| Error::io("open cgroup", &path, e))?;
-        check_cgroup2(&dir, &path)?;
-        Ok(Cgroup { dir, path })
+        self.open_dir_at("..".as_ref(), path)
     }
 
     /// A second handle on the same directory.
