@@ -1063,7 +1063,7 @@ async fn hostile_trees(cfg: &Cfg, r: &mut Results) -> anyhow::Result<()> {
 /// its root, and children of ours not reaped.
 async fn leftovers(cfg: &Cfg, r: &mut Results) {
     for _ in 0..200 {
-        if procscope::reaper_pending() == 0 && support::own_children().is_empty() {
+        if procscope::testing::reaper_pending() == 0 && support::own_children().is_empty() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;

@@ -3,18 +3,18 @@
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::pin::Pin;
-use std::process::ExitStatus;
+use std::process::{ExitStatus, Output};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
-use rustix::process::Signal;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::unix::pipe;
 
 use crate::command::SpawnMechanism;
 use crate::error::{Error, Result};
 use crate::identity::TransientUser;
 use crate::pidfd::PidFd;
+use crate::signal::Signal;
 use crate::sys::spawn::Spawned;
 
 /// A child process of ours, shared between its [`ContainedChild`] handle and the
@@ -83,7 +83,7 @@ impl Drop for ChildCell {
             Ok(None) => {
                 // Still running: never block in drop; the reaper waits for it.
                 match rustix::io::fcntl_dupfd_cloexec(&self.pidfd, 3) {
-                    Ok(fd) => crate::reaper::adopt(PidFd::from_owned(fd, self.pidfd.pid())),
+                    Ok(fd) => crate::reaper::adopt(PidFd::from_owned(fd, self.pidfd.rustix_pid())),
                     Err(e) => tracing::error!(pid = self.pidfd.raw_pid(), error = %e,
                         "cannot hand a running child to the reaper; it will stay a zombie after exit"),
                 }
@@ -119,17 +119,45 @@ impl ParentPipes {
     }
 }
 
-/// A running child in a session cgroup.
+/// A running child in a session cgroup: what [`Session::spawn`] and
+/// [`Command::spawn_in`] return, shaped like `tokio::process::Child`.
+///
+/// [`Session::spawn`]: crate::Session::spawn
+/// [`Command::spawn_in`]: crate::Command::spawn_in
+///
+/// # Examples
+/// ```no_run
+/// # async fn run(session: &procscope::Session) -> procscope::Result<()> {
+/// use procscope::{Command, Stdio};
+/// use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+///
+/// let mut child = session.spawn(Command::new("cat").stdin(Stdio::piped()).stdout(Stdio::piped()))?;
+/// let mut stdin = child.stdin.take().expect("piped");
+/// stdin.write_all(b"hello\n").await?;
+/// drop(stdin);
+/// let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+/// assert_eq!(lines.next_line().await?.as_deref(), Some("hello"));
+/// assert!(child.wait().await?.success());
+/// # Ok(()) }
+/// ```
 ///
 /// # Caveats
-/// Dropping the handle does not kill the child: inside a session, the session
-/// guard decides what happens to it; in any case it is reaped when it exits, so
-/// no zombie is left.
+/// - Dropping the handle does not kill the child (unless
+///   [`Command::kill_on_drop`](crate::Command::kill_on_drop) was set): inside
+///   a session, the session guard decides what happens to it. In every case it
+///   is reaped when it exits, so no zombie is left.
+/// - The pid ([`id`](Self::id)) stays the child's number after it exited,
+///   unlike tokio's `Option`: act on the child through its [`pidfd`](Self::pidfd)
+///   or this handle, never by pid.
+/// - [`signal`](Self::signal) and [`kill`](Self::kill) reach the child only,
+///   as in tokio; its descendants are ended with the session
+///   ([`Session::close`](crate::Session::close)).
 #[derive(Debug)]
 pub struct ContainedChild {
     cell: Arc<ChildCell>,
     mechanism: SpawnMechanism,
     sealed: bool,
+    kill_on_drop: bool,
     /// The transient user the child runs as, held until the handle is dropped
     /// (a session holds its own for as long as it lasts).
     user: Option<Arc<TransientUser>>,
@@ -147,6 +175,7 @@ impl ContainedChild {
         pipes: ParentPipes,
         mechanism: SpawnMechanism,
         sealed: bool,
+        kill_on_drop: bool,
         user: Option<Arc<TransientUser>>,
     ) -> ContainedChild {
         ContainedChild {
@@ -156,6 +185,7 @@ impl ContainedChild {
             }),
             mechanism,
             sealed,
+            kill_on_drop,
             user,
             stdin: pipes.stdin,
             stdout: pipes.stdout,
@@ -195,31 +225,87 @@ impl ContainedChild {
     }
 
     /// Waits for the child to exit and reaps it. Closes stdin first, so a child
-    /// that reads until EOF can finish. Cancel-safe.
-    pub async fn wait(&mut self) -> io::Result<ExitStatus> {
+    /// that reads until EOF can finish. Cancel-safe: nothing is reaped unless
+    /// the future completes, and it can be awaited again.
+    ///
+    /// # Errors
+    /// [`Error::Os`] if `waitid` or the pidfd's registration with tokio fails
+    /// (no tokio runtime with IO enabled).
+    pub async fn wait(&mut self) -> Result<ExitStatus> {
         drop(self.stdin.take());
-        self.cell.wait().await
+        self.cell.wait().await.map_err(|e| Error::os("wait for the child", self.id(), e))
     }
 
     /// Reaps the child if it has exited; `None` while it runs.
-    pub fn try_wait(&mut self) -> io::Result<Option<ExitStatus>> {
-        self.cell.try_wait()
+    ///
+    /// # Errors
+    /// [`Error::Os`] if `waitid` fails.
+    pub fn try_wait(&mut self) -> Result<Option<ExitStatus>> {
+        self.cell.try_wait().map_err(|e| Error::os("reap the child", self.id(), e))
+    }
+
+    /// Closes stdin, reads stdout and stderr to their ends (those that are
+    /// [`Stdio::Piped`](crate::Stdio::Piped); the others come back empty) while
+    /// waiting for the child to exit, and returns all three, as
+    /// `tokio::process::Child::wait_with_output` does.
+    ///
+    /// The pipes are read to EOF: a descendant that keeps the child's stdout
+    /// open keeps this waiting until it exits or its session is ended.
+    ///
+    /// # Errors
+    /// As [`wait`](Self::wait); [`Error::Os`] if reading a pipe fails.
+    pub async fn wait_with_output(mut self) -> Result<Output> {
+        drop(self.stdin.take());
+        async fn read_all(pipe: Option<impl AsyncRead + Unpin>) -> io::Result<Vec<u8>> {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                p.read_to_end(&mut buf).await?;
+            }
+            Ok(buf)
+        }
+        let (stdout, stderr) = (self.stdout.take(), self.stderr.take());
+        let pid = self.id();
+        let (status, stdout, stderr) = tokio::join!(self.wait(), read_all(stdout), read_all(stderr));
+        let read_err = |e| Error::os("read the child's output", pid, e);
+        Ok(Output { status: status?, stdout: stdout.map_err(read_err)?, stderr: stderr.map_err(read_err)? })
     }
 
     /// Sends `sig` through the pidfd. A no-op once the child has been reaped.
-    pub fn signal(&self, sig: Signal) -> io::Result<()> {
-        self.cell.signal(sig)
+    ///
+    /// # Errors
+    /// [`Error::Os`] if `pidfd_send_signal` fails other than for a process
+    /// that is gone (for example `EPERM` for a child that changed its uid).
+    pub fn signal(&self, sig: Signal) -> Result<()> {
+        self.cell.signal(sig).map_err(|e| Error::os("signal the child", self.id(), e))
     }
 
-    /// Sends SIGKILL without waiting.
-    pub fn start_kill(&self) -> io::Result<()> {
+    /// Sends SIGKILL without waiting, as tokio's `start_kill`.
+    ///
+    /// # Errors
+    /// As [`signal`](Self::signal).
+    pub fn start_kill(&self) -> Result<()> {
         self.signal(Signal::KILL)
     }
 
-    /// Sends SIGKILL and waits for the exit.
-    pub async fn kill(&mut self) -> io::Result<ExitStatus> {
+    /// Sends SIGKILL and waits for the exit. Unlike tokio's `kill`, which
+    /// returns `()`, this returns the exit status (a signal death, unless the
+    /// child had exited already).
+    ///
+    /// # Errors
+    /// As [`signal`](Self::signal) and [`wait`](Self::wait).
+    pub async fn kill(&mut self) -> Result<ExitStatus> {
         self.start_kill()?;
         self.wait().await
+    }
+}
+
+impl Drop for ContainedChild {
+    fn drop(&mut self) {
+        if self.kill_on_drop {
+            // Only a child still running and not reaped gets it; the pidfd
+            // never reaches another process.
+            let _ = self.cell.signal(Signal::KILL);
+        }
     }
 }
 
@@ -233,8 +319,12 @@ macro_rules! pipe_type {
 
         impl $name {
             /// The pipe as a plain (blocking) fd, for handing to another program.
-            pub fn into_owned_fd(self) -> io::Result<OwnedFd> {
-                self.inner.into_blocking_fd()
+            ///
+            /// # Errors
+            /// [`Error::Os`] if the fd cannot be deregistered from tokio or
+            /// made blocking.
+            pub fn into_owned_fd(self) -> Result<OwnedFd> {
+                self.inner.into_blocking_fd().map_err(|e| Error::Os { op: "take the pipe's fd", pid: None, source: e })
             }
         }
 

@@ -38,10 +38,36 @@ impl SpawnMechanism {
     }
 }
 
+/// The stdio of a spawn that did not set it: the parent's.
+pub(crate) static SPAWN_STDIO: [Stdio; 3] = [Stdio::Inherit, Stdio::Inherit, Stdio::Inherit];
+/// The stdio of [`Session::output`](crate::Session::output) that the command
+/// did not set: nothing in, both outputs captured (as `std` and tokio do).
+pub(crate) static OUTPUT_STDIO: [Stdio; 3] = [Stdio::Null, Stdio::Piped, Stdio::Piped];
+
 /// Set once `clone3` has said it does not know `CLONE_INTO_CGROUP`.
 static NO_CLONE_INTO_CGROUP: AtomicBool = AtomicBool::new(false);
 
 /// Where a child's stdin, stdout or stderr comes from.
+///
+/// Built as with `std::process::Stdio` ([`piped`](Self::piped),
+/// [`null`](Self::null), [`inherit`](Self::inherit)), or converted from
+/// anything that owns an fd: a [`File`](std::fs::File), an [`OwnedFd`], a
+/// `std::io::pipe` end, the pipe of a `std::process::Child`.
+///
+/// # Examples
+/// ```
+/// use procscope::{Command, Stdio};
+///
+/// let log = std::fs::File::create(std::env::temp_dir().join("server.log"))?;
+/// let mut cmd = Command::new("my-mcp-server");
+/// cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(log);
+/// # Ok::<(), std::io::Error>(())
+/// ```
+///
+/// # Caveats
+/// A `std::process::Stdio` converts into nothing: std gives no way to take
+/// its fd back out. Use these constructors, or pass the file or fd that the
+/// std value would have been made from.
 #[derive(Debug, Default)]
 pub enum Stdio {
     /// The parent's own fd 0, 1 or 2.
@@ -54,6 +80,45 @@ pub enum Stdio {
     /// This fd, as it is (the child gets a duplicate).
     Fd(OwnedFd),
 }
+
+impl Stdio {
+    /// A new pipe ([`Stdio::Piped`]), as `std::process::Stdio::piped`.
+    pub fn piped() -> Stdio {
+        Stdio::Piped
+    }
+
+    /// `/dev/null` ([`Stdio::Null`]), as `std::process::Stdio::null`.
+    pub fn null() -> Stdio {
+        Stdio::Null
+    }
+
+    /// The parent's own fd ([`Stdio::Inherit`]), as `std::process::Stdio::inherit`.
+    pub fn inherit() -> Stdio {
+        Stdio::Inherit
+    }
+}
+
+macro_rules! stdio_from_fd {
+    ($($t:ty),* $(,)?) => {$(
+        /// The child gets a duplicate of its fd ([`Stdio::Fd`]).
+        impl From<$t> for Stdio {
+            fn from(fd: $t) -> Stdio {
+                Stdio::Fd(OwnedFd::from(fd))
+            }
+        }
+    )*};
+}
+
+stdio_from_fd!(
+    OwnedFd,
+    std::fs::File,
+    std::io::PipeReader,
+    std::io::PipeWriter,
+    std::os::unix::net::UnixStream,
+    std::process::ChildStdin,
+    std::process::ChildStdout,
+    std::process::ChildStderr,
+);
 
 /// Environment changes relative to the parent's environment.
 #[derive(Clone, Debug, Default)]
@@ -89,8 +154,12 @@ pub struct Command {
     args: Vec<OsString>,
     env: Env,
     cwd: Option<PathBuf>,
-    stdio: [Stdio; 3],
+    /// `None`: not set, so the verb's default ([`Stdio::Inherit`] for a
+    /// spawn, pipes for [`Session::output`](crate::Session::output)).
+    stdio: [Option<Stdio>; 3],
     setsid: bool,
+    process_group: Option<i32>,
+    kill_on_drop: bool,
     uid: Option<u32>,
     gid: Option<u32>,
     mechanism: Option<SpawnMechanism>,
@@ -109,8 +178,10 @@ impl Command {
             args: Vec::new(),
             env: Env::default(),
             cwd: None,
-            stdio: [Stdio::Inherit, Stdio::Inherit, Stdio::Inherit],
+            stdio: [None, None, None],
             setsid: false,
+            process_group: None,
+            kill_on_drop: false,
             uid: None,
             gid: None,
             mechanism: None,
@@ -180,27 +251,53 @@ impl Command {
         self
     }
 
-    /// The child's stdin.
-    pub fn stdin(&mut self, s: Stdio) -> &mut Self {
-        self.stdio[0] = s;
+    /// The child's stdin: [`Stdio`], or anything that converts into one (a
+    /// `File`, an `OwnedFd`, …). Inherited unless set.
+    pub fn stdin(&mut self, s: impl Into<Stdio>) -> &mut Self {
+        self.stdio[0] = Some(s.into());
         self
     }
 
-    /// The child's stdout.
-    pub fn stdout(&mut self, s: Stdio) -> &mut Self {
-        self.stdio[1] = s;
+    /// The child's stdout, as [`stdin`](Self::stdin).
+    pub fn stdout(&mut self, s: impl Into<Stdio>) -> &mut Self {
+        self.stdio[1] = Some(s.into());
         self
     }
 
-    /// The child's stderr.
-    pub fn stderr(&mut self, s: Stdio) -> &mut Self {
-        self.stdio[2] = s;
+    /// The child's stderr, as [`stdin`](Self::stdin).
+    pub fn stderr(&mut self, s: impl Into<Stdio>) -> &mut Self {
+        self.stdio[2] = Some(s.into());
         self
     }
 
     /// Makes the child a session leader (`setsid`). It stays in its cgroup.
+    /// Excludes [`process_group`](Self::process_group).
     pub fn setsid(&mut self, on: bool) -> &mut Self {
         self.setsid = on;
+        self
+    }
+
+    /// Puts the child in process group `pgid` (`setpgid(0, pgid)`), as
+    /// `std`'s `CommandExt::process_group` and tokio's `process_group`: `0`
+    /// makes it the leader of a new group, so that a terminal's Ctrl-C (or a
+    /// `kill(-pgid)`) does not reach it with the gateway's group. The child
+    /// stays in its cgroup whatever its group; procscope never signals by
+    /// group. Excludes [`setsid`](Self::setsid).
+    pub fn process_group(&mut self, pgid: i32) -> &mut Self {
+        self.process_group = Some(pgid);
+        self
+    }
+
+    /// Sends SIGKILL to the child when its [`ContainedChild`] handle is
+    /// dropped, as tokio's `kill_on_drop`. Off by default.
+    ///
+    /// The kill reaches the child only, as in tokio. Its descendants are ended
+    /// with its session ([`Session::close`](crate::Session::close), or the
+    /// session guard when the session is dropped), which is the stronger
+    /// guarantee this crate is built on: prefer a session per job over
+    /// `kill_on_drop`.
+    pub fn kill_on_drop(&mut self, on: bool) -> &mut Self {
+        self.kill_on_drop = on;
         self
     }
 
@@ -275,7 +372,7 @@ impl Command {
     /// program), [`Error::Spawn`] with the child's failing step and errno,
     /// [`Error::CgroupRemoved`], [`Error::Io`].
     pub fn spawn_in(&mut self, cgroup: &Cgroup) -> Result<ContainedChild> {
-        self.spawn_as(cgroup, None)
+        self.spawn_as(cgroup, None, &SPAWN_STDIO)
     }
 
     /// Whether [`transient_user`](Self::transient_user) is on.
@@ -289,6 +386,7 @@ impl Command {
         &mut self,
         cgroup: &Cgroup,
         session_user: Option<&Arc<TransientUser>>,
+        defaults: &'static [Stdio; 3],
     ) -> Result<ContainedChild> {
         let user = self.user_for(session_user)?;
         let wanted = self.mechanism.unwrap_or(if NO_CLONE_INTO_CGROUP.load(Ordering::Relaxed) {
@@ -297,7 +395,7 @@ impl Command {
             SpawnMechanism::Clone3IntoCgroup
         });
         let forced = self.mechanism.is_some();
-        self.launch(self.sealing, user, |plan, program| match wanted {
+        self.launch(self.sealing, user, defaults, |plan, program| match wanted {
             SpawnMechanism::Clone3IntoCgroup => match spawn::spawn(plan, Placement::IntoCgroup(cgroup.as_fd())) {
                 Ok(s) => Ok((s, SpawnMechanism::Clone3IntoCgroup)),
                 // A removed cgroup: ENODEV per the kernel's docs, ENOENT seen on 6.18.
@@ -364,8 +462,25 @@ impl Command {
         self.check_identity()
     }
 
-    /// A fixed uid/gid and a transient user exclude each other.
+    /// A fixed uid/gid and a transient user exclude each other; so do
+    /// `setsid` and a process group.
     pub(crate) fn check_identity(&self) -> Result<()> {
+        if let (true, Some(pgid)) = (self.setsid, self.process_group) {
+            return Err(Error::InvalidInput {
+                what: "process group",
+                value: format!("setsid and process_group({pgid})"),
+                fix: "a session leader leads its own process group: give either setsid or a process group, \
+                      not both"
+                    .into(),
+            });
+        }
+        if self.process_group.is_some_and(|g| g < 0) {
+            return Err(Error::InvalidInput {
+                what: "process group",
+                value: format!("{}", self.process_group.unwrap_or_default()),
+                fix: "a process group id is 0 (a new group) or the pid of a group's leader".into(),
+            });
+        }
         if self.transient_user && (self.uid.is_some() || self.gid.is_some()) {
             return Err(Error::InvalidInput {
                 what: "identity",
@@ -417,6 +532,7 @@ impl Command {
                 uid,
                 gid,
                 setsid: false,
+                process_group: None,
                 last_cap: last_cap(),
                 keep_caps: false,
                 seal: seal.as_ref().map(crate::seal::SealPlan::child),
@@ -432,7 +548,7 @@ impl Command {
     /// cgroups it watches and drops its privileges itself (see `guardian`).
     pub(crate) fn spawn_guardian(&mut self) -> Result<ContainedChild> {
         self.keep_caps = true;
-        self.launch(Sealing::Off, None, |plan, program| {
+        self.launch(Sealing::Off, None, &SPAWN_STDIO, |plan, program| {
             let spawned = spawn::spawn(plan, Placement::Inherit).map_err(|f| match f {
                 SpawnFailure::Clone(e) => Error::io("clone3", program, e),
                 SpawnFailure::Child { stage, errno } => {
@@ -449,11 +565,13 @@ impl Command {
         &self,
         sealing: Sealing,
         user: Option<Arc<TransientUser>>,
+        defaults: &'static [Stdio; 3],
         place: impl FnOnce(&ChildPlan<'_>, &str) -> Result<(spawn::Spawned, SpawnMechanism)>,
     ) -> Result<ContainedChild> {
         let prepared = self.prepare()?;
         let seal = crate::seal::plan(sealing)?;
-        let pipes = Pipes::new(&self.stdio)?;
+        let stdio = [0, 1, 2].map(|i| self.stdio[i].as_ref().unwrap_or(&defaults[i]));
+        let pipes = Pipes::new(stdio)?;
         let (argv, envp) = (prepared.argv.pointers(), prepared.envp.pointers());
         let plan = ChildPlan {
             program: &prepared.program,
@@ -464,12 +582,13 @@ impl Command {
             uid: user.as_ref().map(|u| u.uid()).or(self.uid),
             gid: user.as_ref().map(|u| u.uid()).or(self.gid),
             setsid: self.setsid,
+            process_group: self.process_group,
             last_cap: last_cap(),
             keep_caps: self.keep_caps,
             seal: seal.as_ref().map(crate::seal::SealPlan::child),
         };
         let (spawned, mechanism) = place(&plan, &self.program.to_string_lossy())?;
-        Ok(ContainedChild::new(spawned, pipes.into_parent_ends(), mechanism, seal.is_some(), user))
+        Ok(ContainedChild::new(spawned, pipes.into_parent_ends(), mechanism, seal.is_some(), self.kill_on_drop, user))
     }
 
     /// The transient user the child runs as: the session's, or a new one.
@@ -697,7 +816,7 @@ enum ChildFd<'a> {
 }
 
 impl<'a> Pipes<'a> {
-    fn new(stdio: &'a [Stdio; 3]) -> Result<Pipes<'a>> {
+    fn new(stdio: [&'a Stdio; 3]) -> Result<Pipes<'a>> {
         let mut child: [Option<ChildFd<'a>>; 3] = [None, None, None];
         let mut parent: [Option<OwnedFd>; 3] = [None, None, None];
         for (i, s) in stdio.iter().enumerate() {

@@ -28,6 +28,20 @@ pub enum Error {
         source: io::Error,
     },
 
+    /// An I/O error that is not about a path: an operation on a child (wait,
+    /// signal, a pipe), or an [`io::Error`] converted by `?` (`From`).
+    #[error("{op}{}: {source}", pid.map(|p| format!(" (pid {p})")).unwrap_or_default())]
+    Os {
+        /// What was being done, e.g. `"wait for the child"`; `"i/o"` for a
+        /// converted error.
+        op: &'static str,
+        /// The process it was done to, if it was about one.
+        pid: Option<u32>,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+
     /// No cgroup2 filesystem is mounted.
     #[error(
         "no cgroup2 filesystem is mounted (read {}); mount one with \
@@ -232,12 +246,62 @@ impl Error {
         Error::Io { op, path: path.into(), source: source.into() }
     }
 
+    pub(crate) fn os(op: &'static str, pid: u32, source: impl Into<io::Error>) -> Self {
+        Error::Os { op, pid: Some(pid), source: source.into() }
+    }
+
     /// The raw OS error behind this error, if there is one.
     pub fn raw_os_error(&self) -> Option<i32> {
+        self.io_error().and_then(io::Error::raw_os_error)
+    }
+
+    /// The [`io::Error`] behind this error, if there is one.
+    pub fn io_error(&self) -> Option<&io::Error> {
         match self {
-            Error::Io { source, .. } | Error::Spawn { source, .. } => source.raw_os_error(),
+            Error::Io { source, .. } | Error::Os { source, .. } | Error::Spawn { source, .. } => Some(source),
             _ => None,
         }
+    }
+
+    /// The [`io::ErrorKind`] that fits this error, as used by the conversion
+    /// into [`io::Error`].
+    pub fn kind(&self) -> io::ErrorKind {
+        use io::ErrorKind as K;
+        if let Some(e) = self.io_error() {
+            return e.kind();
+        }
+        match self {
+            Error::ProgramNotFound { .. } | Error::NoCgroup2 { .. } => K::NotFound,
+            Error::NotDelegated { .. } | Error::ContainsSelf { .. } | Error::ContainsProtected { .. } => {
+                K::PermissionDenied
+            }
+            Error::InvalidName { .. } | Error::InvalidLimit { .. } | Error::InvalidInput { .. } => K::InvalidInput,
+            Error::NotCgroup2 { .. } => K::InvalidInput,
+            Error::SessionExists { .. } => K::AlreadyExists,
+            Error::ControllerUnavailable { .. }
+            | Error::Unsupported { .. }
+            | Error::SealingUnavailable { .. }
+            | Error::TransientUserUnavailable { .. } => K::Unsupported,
+            Error::CgroupRemoved { .. } => K::NotFound,
+            _ => K::Other,
+        }
+    }
+}
+
+/// `?` on an [`io::Result`] in a function that returns this crate's
+/// [`Result`]: the error becomes [`Error::Os`] with `op` `"i/o"`.
+impl From<io::Error> for Error {
+    fn from(source: io::Error) -> Self {
+        Error::Os { op: "i/o", pid: None, source }
+    }
+}
+
+/// `?` on this crate's [`Result`] in a function that returns
+/// [`io::Result`] (as `tokio::process` code does): the kind is
+/// [`Error::kind`], the message and source chain are this error's.
+impl From<Error> for io::Error {
+    fn from(e: Error) -> Self {
+        io::Error::new(e.kind(), e)
     }
 }
 

@@ -160,7 +160,8 @@ impl Guardian {
             return Err(fail(line.trim().strip_prefix("error ").unwrap_or("it did not report ready")));
         };
         // Open, then check its start time: the pidfd is the guardian's.
-        let pidfd = rustix::process::Pid::from_raw(g.pid)
+        let pidfd = u32::try_from(g.pid)
+            .ok()
             .and_then(|p| PidFd::open(p).ok())
             .filter(|_| g.is_alive())
             .ok_or_else(|| fail("it exited right after reporting ready"))?;
@@ -178,7 +179,7 @@ impl Guardian {
     pub(crate) async fn wait_gone(self, limit: Duration) {
         let _ = tokio::time::timeout(limit, self.pidfd.exited()).await;
         if self.pidfd.is_alive() {
-            let _ = self.pidfd.send_signal(rustix::process::Signal::KILL);
+            let _ = self.pidfd.send_signal(crate::Signal::KILL);
         }
     }
 }
@@ -390,7 +391,8 @@ impl Watch {
         let me = Owner::this_process().map_err(|e| e.to_string())?;
         instance.set_meta(XATTR_GUARDIAN, &format!("{} {}", me.pid, me.start)).map_err(|e| e.to_string())?;
         // Open, then check the start time: the pidfd cannot name a recycled pid.
-        let pidfd = rustix::process::Pid::from_raw(owner.pid)
+        let pidfd = u32::try_from(owner.pid)
+            .ok()
             .map(PidFd::open)
             .transpose()
             .map_err(|e| format!("pidfd_open({}): {e}", owner.pid))?
@@ -657,8 +659,8 @@ fn begin_ending(c: &mut Tracked) {
         if crate::protect::is_protected(m.raw_pid(), &protected) {
             continue;
         }
-        let _ = m.send_signal(rustix::process::Signal::TERM);
-        let _ = m.send_signal(rustix::process::Signal::CONT);
+        let _ = m.send_signal(crate::Signal::TERM);
+        let _ = m.send_signal(crate::Signal::CONT);
     }
     // No `cgroup.events` (the cgroup is gone): nothing to wait for.
     let events = c.cgroup.open_file(crate::cgroup::files::EVENTS, OFlags::RDONLY).ok();
@@ -703,7 +705,7 @@ fn is_empty(cg: &Cgroup) -> bool {
 /// provably exited (no such pid, or a pid reused by a process that is not in
 /// its cgroup or started at another time).
 fn main_process(main: Owner, cgroup: &Cgroup) -> std::io::Result<Option<PidFd>> {
-    let Some(pid) = rustix::process::Pid::from_raw(main.pid) else { return Ok(None) };
+    let Ok(pid) = u32::try_from(main.pid) else { return Ok(None) };
     let fd = match PidFd::open(pid) {
         Ok(fd) => fd,
         Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(None),
@@ -738,7 +740,7 @@ fn kill_blocking(cg: &Cgroup) {
                 break;
             }
             for m in &members {
-                let _ = m.send_signal(rustix::process::Signal::KILL);
+                let _ = m.send_signal(crate::Signal::KILL);
             }
             let _ = cg.wait_events_blocking(Some(Duration::from_millis(100)), |e| !e.populated);
         }

@@ -40,6 +40,13 @@ impl Owner {
         Ok(Owner { pid, start })
     }
 
+    /// The process running now under `pid`, identified by its start time, so
+    /// that a later check ([`is_alive`](Self::is_alive)) can tell it from a
+    /// process that reuses the pid. `None` if no such process is visible.
+    pub fn of(pid: i32) -> Option<Owner> {
+        (pid > 0).then(|| start_time(pid)).flatten().map(|start| Owner { pid, start })
+    }
+
     /// Whether this very process still runs (same pid, same start time).
     pub fn is_alive(&self) -> bool {
         start_time(self.pid) == Some(self.start)
@@ -145,7 +152,7 @@ pub(crate) fn same_pid_namespace(cg: &Cgroup) -> bool {
 }
 
 /// Field 22 of `/proc/<pid>/stat`, or `None` if there is no such process.
-pub fn start_time(pid: i32) -> Option<u64> {
+pub(crate) fn start_time(pid: i32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     parse_start_time(&stat)
 }
@@ -153,7 +160,7 @@ pub fn start_time(pid: i32) -> Option<u64> {
 /// Parses the start time out of a `/proc/<pid>/stat` line. The command name in
 /// parentheses may itself contain spaces and parentheses: fields are counted
 /// after the last `)`.
-pub fn parse_start_time(stat: &str) -> Option<u64> {
+pub(crate) fn parse_start_time(stat: &str) -> Option<u64> {
     stat_field_of(stat, 22)?.parse().ok()
 }
 

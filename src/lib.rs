@@ -24,8 +24,7 @@ mod command;
 mod error;
 #[doc(hidden)]
 pub mod fixture;
-#[doc(hidden)]
-pub mod guardian;
+mod guardian;
 pub mod identity;
 mod instance;
 #[cfg(feature = "rmcp")]
@@ -37,6 +36,7 @@ mod reaper;
 mod root;
 mod seal;
 mod session;
+mod signal;
 mod supervisor;
 mod sweep;
 mod sys;
@@ -48,16 +48,17 @@ pub use cgroup::{Cgroup, Events, KillMechanism};
 pub use child::{ChildStderr, ChildStdin, ChildStdout, ContainedChild};
 pub use command::{Command, SpawnMechanism, Stdio};
 pub use error::{Error, Result};
-pub use instance::{Owner, parse_start_time, start_time};
+pub use guardian::GUARDIAN_UID;
+pub use instance::Owner;
 pub use pidfd::PidFd;
-pub use reaper::pending as reaper_pending;
 pub use root::{Root, RootKind};
-pub use rustix::process::{Pid, Signal};
 pub use seal::{SealStatus, Sealing, status as seal_status};
 pub use session::Session;
+pub use signal::Signal;
 pub use supervisor::{Builder, Counters, DEFAULT_GRACE, Supervisor, SweepScope, recover};
 pub use sweep::{LimitHit, SweepError, SweepReport, Termination};
 pub use sys::spawn::ChildStage;
+pub use tick::{JobOutcome, TickReport};
 
 /// Reads again which signals this process ignores, so that children spawned from
 /// now on start with those at their default action too.
@@ -74,9 +75,21 @@ pub fn refresh_ignored_signals() {
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
 
-/// Hooks for tests of the crate's fallbacks. Not part of the API.
+/// Hooks for procscope's own tests, behind the `test-hooks` feature, which
+/// only the crate's dev-dependency on itself turns on. Not part of the API.
+#[cfg(feature = "test-hooks")]
 #[doc(hidden)]
 pub mod testing {
+    /// Children handed to the reaper thread and not reaped yet.
+    pub fn reaper_pending() -> usize {
+        crate::reaper::pending()
+    }
+
+    /// The start time field of a `/proc/PID/stat` line, for fuzzing.
+    pub fn parse_start_time(stat: &str) -> Option<u64> {
+        crate::instance::parse_start_time(stat)
+    }
+
     /// Forces the `clone(2)` spawn path (as on hosts where `clone3` is missing
     /// or filtered), for the rest of the process.
     pub fn force_legacy_clone(on: bool) {
@@ -96,4 +109,3 @@ pub mod testing {
         crate::sys::spawn::refresh_ignored_signals();
     }
 }
-pub use tick::{JobOutcome, TickReport};

@@ -16,8 +16,10 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 
 use rustix::event::{PollFd, PollFlags};
-use rustix::process::{Pid, PidfdFlags, Signal, WaitId, WaitIdOptions};
+use rustix::process::{Pid, PidfdFlags, WaitId, WaitIdOptions};
 use tokio::io::Interest;
+
+use crate::signal::Signal;
 
 /// An owned pidfd plus the pid it was opened for.
 ///
@@ -44,15 +46,21 @@ impl PidFd {
     /// [`Cgroup::member_pidfds`]: crate::Cgroup::member_pidfds
     ///
     /// # Errors
-    /// `ESRCH` when no such process exists; `ENOSYS` before Linux 5.3.
-    pub fn open(pid: Pid) -> io::Result<PidFd> {
+    /// `ESRCH` when no such process exists; `EINVAL` for pid 0 or a pid
+    /// beyond the kernel's range; `ENOSYS` before Linux 5.3.
+    pub fn open(pid: u32) -> io::Result<PidFd> {
+        let pid = i32::try_from(pid).ok().and_then(Pid::from_raw).ok_or(io::Error::from_raw_os_error(libc::EINVAL))?;
+        PidFd::open_pid(pid)
+    }
+
+    pub(crate) fn open_pid(pid: Pid) -> io::Result<PidFd> {
         let fd = rustix::process::pidfd_open(pid, PidfdFlags::empty())?;
         Ok(PidFd { fd, pid })
     }
 
     /// A pidfd of the calling process.
     pub fn this_process() -> io::Result<PidFd> {
-        PidFd::open(rustix::process::getpid())
+        PidFd::open_pid(rustix::process::getpid())
     }
 
     pub(crate) fn from_owned(fd: OwnedFd, pid: Pid) -> PidFd {
@@ -61,12 +69,16 @@ impl PidFd {
 
     /// The pid this pidfd was opened for. A pid, not a pidfd: once the process has
     /// been reaped, the number may belong to another process.
-    pub fn pid(&self) -> Pid {
+    pub fn pid(&self) -> u32 {
+        self.raw_pid() as u32
+    }
+
+    pub(crate) fn rustix_pid(&self) -> Pid {
         self.pid
     }
 
-    /// The pid as a plain number.
-    pub fn raw_pid(&self) -> i32 {
+    /// The pid as the kernel's signed type.
+    pub(crate) fn raw_pid(&self) -> i32 {
         self.pid.as_raw_nonzero().get()
     }
 
@@ -79,7 +91,7 @@ impl PidFd {
     /// `ESRCH` once the process has been reaped.
     #[doc(alias = "pidfd_send_signal")]
     pub fn send_signal(&self, sig: Signal) -> io::Result<()> {
-        rustix::process::pidfd_send_signal(&self.fd, sig)?;
+        rustix::process::pidfd_send_signal(&self.fd, sig.to_rustix())?;
         Ok(())
     }
 

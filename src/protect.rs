@@ -171,7 +171,7 @@ pub(crate) fn evacuate_among(cg: &Cgroup, protected: &[Protected]) -> Result<()>
 fn members(cg: &Cgroup) -> Result<HashSet<i32>> {
     let mut all = HashSet::new();
     cg.visit_populated(|c| {
-        all.extend(c.procs()?.iter().map(|p| p.as_raw_nonzero().get()));
+        all.extend(c.procs()?.iter().map(|&p| p as i32));
         Ok(())
     })?;
     Ok(all)

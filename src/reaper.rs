@@ -52,7 +52,8 @@ pub(crate) fn adopt(child: PidFd) {
 }
 
 /// How many dropped children are waiting to be reaped (for tests and counters).
-pub fn pending() -> usize {
+#[cfg_attr(not(feature = "test-hooks"), allow(dead_code))]
+pub(crate) fn pending() -> usize {
     reaper().map_or(0, |r| r.children.lock().unwrap_or_else(|p| p.into_inner()).len())
 }
 

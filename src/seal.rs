@@ -147,6 +147,7 @@ fn probe_user_namespace() -> std::result::Result<(), String> {
         uid: None,
         gid: None,
         setsid: false,
+        process_group: None,
         last_cap: 0,
         keep_caps: true,
         seal: Some(ChildSeal::UserNs { mounts: &[], uid_map: &uid_map, gid_map: &gid_map }),
@@ -299,6 +300,7 @@ fn current(with_template: bool) -> Result<Prepared> {
 
 /// Opens the mount-table watch and builds the sealed namespace now, so that a
 /// test counting fds can take its baseline after them.
+#[cfg_attr(not(feature = "test-hooks"), allow(dead_code))]
 pub(crate) fn init() {
     match capability() {
         Capability::Admin => drop(current(true)),

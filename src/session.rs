@@ -2,6 +2,7 @@
 //! the guard that ends the session on every path.
 
 use std::fmt;
+use std::process::{ExitStatus, Output};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
@@ -112,6 +113,53 @@ impl Session {
     /// As [`Command::spawn_in`]; [`Error::CgroupRemoved`] once the session has
     /// been ended (by [`close`](Self::close) or a sweep of everything).
     pub fn spawn(&self, cmd: &mut Command) -> Result<ContainedChild> {
+        self.spawn_with(cmd, &crate::command::SPAWN_STDIO)
+    }
+
+    /// Runs `cmd` in the session and waits for it, as tokio's
+    /// `Command::status`: stdin, stdout and stderr are the gateway's unless
+    /// set.
+    ///
+    /// Only the command is waited for. What it leaves running stays in the
+    /// session until the session ends.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # async fn run(session: &procscope::Session) -> procscope::Result<()> {
+    /// let status = session.status(procscope::Command::new("true").arg("--version")).await?;
+    /// assert!(status.success());
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`spawn`](Self::spawn) and [`ContainedChild::wait`].
+    pub async fn status(&self, cmd: &mut Command) -> Result<ExitStatus> {
+        self.spawn_with(cmd, &crate::command::SPAWN_STDIO)?.wait().await
+    }
+
+    /// Runs `cmd` in the session and collects its output, as tokio's
+    /// `Command::output`: stdout and stderr are captured and stdin is
+    /// `/dev/null`, unless set.
+    ///
+    /// Returns when the command has exited and both pipes are at their end:
+    /// a daemon it started that keeps stdout open keeps this waiting until
+    /// the daemon exits or the session is ended, as with tokio.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # async fn run(session: &procscope::Session) -> procscope::Result<()> {
+    /// let out = session.output(procscope::Command::new("uname").arg("-r")).await?;
+    /// println!("kernel {}", String::from_utf8_lossy(&out.stdout).trim());
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`spawn`](Self::spawn) and [`ContainedChild::wait_with_output`].
+    pub async fn output(&self, cmd: &mut Command) -> Result<Output> {
+        self.spawn_with(cmd, &crate::command::OUTPUT_STDIO)?.wait_with_output().await
+    }
+
+    fn spawn_with(&self, cmd: &mut Command, defaults: &'static [crate::Stdio; 3]) -> Result<ContainedChild> {
         let _enter = self.shared.span.enter();
         let mut state = self.shared.lock();
         if state.ended {
@@ -124,7 +172,7 @@ impl Session {
             cmd.check_identity()?;
             state.user = Some(Arc::new(TransientUser::allocate()?));
         }
-        let child = cmd.spawn_as(&self.shared.cgroup, state.user.as_ref())?;
+        let child = cmd.spawn_as(&self.shared.cgroup, state.user.as_ref(), defaults)?;
         state.children.push(Arc::clone(child.cell()));
         state.children.retain(|c| Arc::strong_count(c) > 1 || c.is_alive());
         drop(state);

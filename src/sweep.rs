@@ -7,7 +7,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustix::process::Signal;
+use crate::signal::Signal;
 use tokio::time::Instant;
 
 use crate::cgroup::{Cgroup, KillMechanism};

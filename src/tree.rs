@@ -168,7 +168,7 @@ fn session_info(s: &Cgroup, dir: &str, owner_alive: bool) -> SessionInfo {
 fn member_pids(cg: &Cgroup) -> Vec<i32> {
     let mut pids = Vec::new();
     let _ = cg.visit_tree(|c| {
-        pids.extend(c.procs().unwrap_or_default().iter().map(|p| p.as_raw_nonzero().get()));
+        pids.extend(c.procs().unwrap_or_default().iter().map(|&p| p as i32));
         Ok(())
     });
     pids
@@ -183,13 +183,9 @@ fn rss_bytes(pid: i32) -> u64 {
 }
 
 /// Opens the instance of `owner` under `root`, creating it (with its xattrs) if
-/// it does not exist. Used by processes that share an owner's sessions, such as
-/// `procscope exec` wrappers started by one gateway.
-pub fn open_or_create_instance(root: &Root, owner: Owner) -> Result<Cgroup> {
-    open_or_create_instance_tracked(root, owner).map(|(cg, _)| cg)
-}
-
-/// [`open_or_create_instance`], and whether this call created it.
+/// it does not exist, and says whether this call created it. Used by
+/// processes that share an owner's sessions, such as `procscope exec`s
+/// started by one gateway.
 fn open_or_create_instance_tracked(root: &Root, owner: Owner) -> Result<(Cgroup, bool)> {
     let name = owner.instance_name();
     match root.cgroup().create_child(&name) {
@@ -253,7 +249,7 @@ fn open_or_create_session_tracked(root: &Root, instance: &Cgroup, id: &str, limi
 /// or instance in between.
 ///
 /// # Errors
-/// As [`open_or_create_instance`] and [`open_or_create_session`]; the
+/// Those of creating the instance's cgroup and its xattrs, and of [`open_or_create_session`]; the
 /// guardian failing to start.
 pub fn place_command(root: &Root, owner: Owner, id: &str, limits: &Limits, grace: Duration) -> Result<Cgroup> {
     // Fds for the placing; the command gets the original soft limit back.

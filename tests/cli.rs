@@ -155,7 +155,7 @@ async fn exec_ends_the_command_when_its_parent_dies() {
             }
         }
         let cmd_pid: i32 = field(&lines, "pid").parse().unwrap();
-        let cmd = procscope::PidFd::open(procscope::Pid::from_raw(cmd_pid).unwrap()).unwrap();
+        let cmd = procscope::PidFd::open(cmd_pid as u32).unwrap();
         signal(&parent, rustix::process::Signal::KILL);
         parent.wait().unwrap();
         tokio::time::timeout(Duration::from_secs(5), cmd.exited())

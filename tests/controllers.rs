@@ -128,7 +128,7 @@ async fn pids_max_stops_a_fork_bomb() {
                 }
                 Ok(c) => {
                     // The bomb lost a process a moment ago; still inside the limit.
-                    assert!(cg.procs().unwrap().iter().any(|p| p.as_raw_nonzero().get() as u32 == c.id()));
+                    assert!(cg.procs().unwrap().iter().any(|&p| p == c.id()));
                     let _ = c.start_kill();
                 }
             }
@@ -230,21 +230,19 @@ async fn a_recycled_pid_is_never_signalled_by_a_sweep() {
             c.args(["daemon", "ready", "sleep", "3600"]).stdin(Stdio::Null).stdout(Stdio::Piped);
             let mut server = s.spawn(&mut c).unwrap();
             read_until(server.stdout.as_mut().unwrap(), "ready").await;
-            let helper = s
-                .cgroup()
-                .procs()
-                .unwrap()
-                .into_iter()
-                .find(|p| p.as_raw_nonzero().get() as u32 != server.id())
-                .expect("the daemonized helper");
-            let tracked: Vec<i32> = vec![server.id() as i32, helper.as_raw_nonzero().get()];
+            let helper =
+                s.cgroup().procs().unwrap().into_iter().find(|&p| p != server.id()).expect("the daemonized helper");
+            let tracked: Vec<i32> = vec![server.id() as i32, helper as i32];
             drop(server);
             drop(s);
             // The helper exits; we reap it (we are its subreaper): its pid is free.
             let fd = procscope::PidFd::open(helper).unwrap();
             fd.send_signal(procscope::Signal::KILL).unwrap();
             fd.exited().await.unwrap();
-            let _ = rustix::process::waitpid(Some(helper), rustix::process::WaitOptions::empty());
+            let _ = rustix::process::waitpid(
+                rustix::process::Pid::from_raw(helper as i32),
+                rustix::process::WaitOptions::empty(),
+            );
             // The next pid handed out is the helper's: a stranger gets it.
             let log = dir.join(format!("stranger-{attempt}.log"));
             std::fs::write("/proc/sys/kernel/ns_last_pid", (tracked[1] - 1).to_string()).unwrap();
@@ -273,7 +271,10 @@ async fn a_recycled_pid_is_never_signalled_by_a_sweep() {
 
         // Today's raw-pid sweep: SIGTERM every tracked pid.
         for pid in &tracked {
-            let _ = rustix::process::kill_process(procscope::Pid::from_raw(*pid).unwrap(), procscope::Signal::TERM);
+            let _ = rustix::process::kill_process(
+                rustix::process::Pid::from_raw(*pid).unwrap(),
+                rustix::process::Signal::TERM,
+            );
         }
         let mut got = String::new();
         for _ in 0..200 {

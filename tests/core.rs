@@ -146,11 +146,15 @@ async fn daemons_and_grandchildren_stay_inside_and_die_with_the_cgroup() {
             let procs = cg.procs().unwrap();
             assert_eq!(procs.len(), 6, "{procs:?}");
             for pid in &procs {
-                assert_eq!(cgroup_of(pid.as_raw_nonzero().get() as u32).as_deref(), Some(cgroup_rel(&cg).as_str()));
+                assert_eq!(cgroup_of(*pid).as_deref(), Some(cgroup_rel(&cg).as_str()));
             }
             // The daemon has a session of its own, and is not our child.
-            let sessions: std::collections::HashSet<i32> =
-                procs.iter().map(|p| rustix::process::getsid(Some(*p)).unwrap().as_raw_nonzero().get()).collect();
+            let sessions: std::collections::HashSet<i32> = procs
+                .iter()
+                .map(|&p| {
+                    rustix::process::getsid(rustix::process::Pid::from_raw(p as i32)).unwrap().as_raw_nonzero().get()
+                })
+                .collect();
             assert!(sessions.len() >= 2, "the daemon should have its own session: {sessions:?}");
 
             // The fallback must really freeze first: watch for `frozen 1`.
@@ -406,7 +410,7 @@ async fn member_pidfds_are_verified_members() {
         let members = cg.member_pidfds().unwrap();
         assert_eq!(members.len(), 3);
         assert!(members.iter().all(|m| m.is_alive()));
-        assert!(members.iter().any(|m| m.raw_pid() as u32 == child.id()));
+        assert!(members.iter().any(|m| m.pid() == child.id()));
         cg.kill().await.unwrap();
         for m in &members {
             m.exited().await.unwrap();

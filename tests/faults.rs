@@ -467,7 +467,7 @@ async fn the_soft_fd_limit_is_raised_and_children_get_theirs_back() {
         };
         assert_eq!(limits(gw.process.id() as i32), "4096 4096", "the gateway raised its soft limit");
         let session = Cgroup::open(PathBuf::from(gw.value("instance")).join("s-g0")).unwrap();
-        let child = session.procs().unwrap()[0].as_raw_nonzero().get();
+        let child = session.procs().unwrap()[0] as i32;
         assert_eq!(limits(child), "64 4096", "its child got the soft limit back");
         drop(gw);
         // exec: the command itself.
@@ -718,7 +718,7 @@ async fn a_supervisor_makes_its_removed_instance_again() {
         assert!(after.spawn(&mut cmd).unwrap().wait().await.unwrap().success());
         let guardian = sup.guardian_pid().unwrap();
         assert_ne!(guardian, first_guardian, "a new guardian guards the new instance");
-        let guardian = procscope::PidFd::open(procscope::Pid::from_raw(guardian as i32).unwrap()).unwrap();
+        let guardian = procscope::PidFd::open(guardian as u32).unwrap();
         after.close().await.unwrap();
         sup.shutdown().await.unwrap();
         assert!(!guardian.is_alive(), "the new guardian exited");

@@ -281,7 +281,7 @@ async fn a_library_gateway_from_its_own_crate_is_guarded() {
             lines.push(line.trim().to_owned());
         }
         let guardian: i32 = field(&lines, "guardian").parse().unwrap();
-        let guardian = procscope::PidFd::open(procscope::Pid::from_raw(guardian).unwrap()).unwrap();
+        let guardian = procscope::PidFd::open(guardian as u32).unwrap();
         let instance = procscope::Cgroup::open(field(&lines, "instance")).unwrap();
         // Three servers and three helpers (which take a moment to start).
         for _ in 0..500 {

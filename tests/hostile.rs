@@ -424,7 +424,7 @@ async fn a_uid0_child_cannot_stop_the_guardian() {
     within(60, async {
         let (mut gateway, lines) = Gateway::start(FIXTURE, &env.path(), 1, true);
         let guardian: i32 = field(&lines, "guardian").parse().unwrap();
-        let guardian_fd = procscope::PidFd::open(procscope::Pid::from_raw(guardian).unwrap()).unwrap();
+        let guardian_fd = procscope::PidFd::open(guardian as u32).unwrap();
         let instance = Cgroup::open(field(&lines, "instance")).unwrap();
         let status = std::fs::read_to_string(format!("/proc/{guardian}/status")).unwrap();
         let uids = status.lines().find_map(|l| l.strip_prefix("Uid:")).unwrap();
@@ -853,8 +853,7 @@ async fn the_guardian_hook_cannot_be_turned_against_the_host() {
         resident.args(["sleep", "3600"]).stdin(Stdio::Null).stdout(Stdio::Null);
         let mut resident = resident.spawn_in(&foreign).unwrap();
         let mut short = std::process::Command::new("sleep").arg("60").spawn().unwrap();
-        let owner =
-            procscope::Owner { pid: short.id() as i32, start: procscope::start_time(short.id() as i32).unwrap() };
+        let owner = procscope::Owner::of(short.id() as i32).unwrap();
         let link = dir.join(owner.instance_name());
         std::os::unix::fs::symlink(foreign.path(), &link).unwrap();
         let spec = format!("supervisor {} {} {}", owner.pid, owner.start, link.display());

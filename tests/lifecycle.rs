@@ -335,7 +335,7 @@ async fn stopped_servers_and_stdout_holders_are_ended() {
             }
             assert_eq!(std::fs::read_to_string(&stat).unwrap().split(' ').nth(2), Some("T"));
         }
-        let holder = procscope::PidFd::open(procscope::Pid::from_raw(holder_pid).unwrap()).unwrap();
+        let holder = procscope::PidFd::open(holder_pid as u32).unwrap();
         let report = sup.sweep_orphans().await;
         assert_eq!((report.sessions, report.removed, report.killed), (1, 1, 0), "{report}");
         assert_eq!(report.terminated, 2, "{report}");
@@ -502,7 +502,7 @@ async fn the_guardian_cleans_up_after_a_sigkilled_gateway_within_a_second() {
         let instance = procscope::Cgroup::open(field(&lines, "instance")).unwrap();
         let guardian_pid: i32 = field(&lines, "guardian").parse().unwrap();
         assert!(guardian_pid > 0);
-        let guardian = procscope::PidFd::open(procscope::Pid::from_raw(guardian_pid).unwrap()).unwrap();
+        let guardian = procscope::PidFd::open(guardian_pid as u32).unwrap();
         // The guardian allocates next to nothing itself (the whole PSS of the
         // release build is checked by `guardian_pss_release_build`).
         let pss_kib = smaps_kib(guardian_pid, "Pss:");
@@ -602,7 +602,7 @@ async fn guardian_pss_release_build() {
     within(30, async {
         let (mut gateway, lines) = Gateway::start(gateway_bin.to_str().unwrap(), &env.path(), 1, true);
         let guardian_pid: i32 = field(&lines, "guardian").parse().unwrap();
-        let guardian = procscope::PidFd::open(procscope::Pid::from_raw(guardian_pid).unwrap()).unwrap();
+        let guardian = procscope::PidFd::open(guardian_pid as u32).unwrap();
         let pss_kib = smaps_kib(guardian_pid, "Pss:");
         rustix::process::kill_process(
             rustix::process::Pid::from_raw(gateway.id() as i32).unwrap(),
@@ -704,7 +704,7 @@ async fn the_guardian_exits_with_its_instance_at_shutdown() {
     within(30, async {
         let sup = Supervisor::builder().root(env.path()).guardian(true).start().await.unwrap();
         let pid = sup.guardian_pid().expect("a guardian");
-        let guardian = procscope::PidFd::open(procscope::Pid::from_raw(pid as i32).unwrap()).unwrap();
+        let guardian = procscope::PidFd::open(pid as u32).unwrap();
         let session = sup.session("s").unwrap();
         drop(session);
         let t = std::time::Instant::now();

@@ -305,7 +305,7 @@ async fn python_gateway_without_procscope_leaks() {
         let left = tagged(&tag);
         eprintln!("without procscope: {} processes left behind (pids {left:?}); cleaning up", left.len());
         for pid in &left {
-            if let Ok(fd) = PidFd::open(procscope::Pid::from_raw(*pid).unwrap()) {
+            if let Ok(fd) = PidFd::open(*pid as u32) {
                 let _ = fd.send_signal(procscope::Signal::KILL);
             }
         }

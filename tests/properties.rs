@@ -6,7 +6,8 @@ use std::path::Path;
 use procscope::cgroup::hierarchy::{Hierarchy, parse_mountinfo, parse_proc_cgroup};
 use procscope::cgroup::limits::{MemoryEvents, parse_bytes, parse_count, parse_cpu_max, parse_duration};
 use procscope::names::validate_session_id;
-use procscope::{Events, Owner, parse_start_time};
+use procscope::testing::parse_start_time;
+use procscope::{Events, Owner};
 use proptest::prelude::*;
 
 fn lossy(bytes: &[u8]) -> String {

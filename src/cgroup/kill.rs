@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use rustix::process::Signal;
+use crate::signal::Signal;
 use tokio::time::Instant;
 
 use super::{Cgroup, files};

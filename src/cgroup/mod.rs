@@ -18,7 +18,6 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{AtFlags, Mode, OFlags};
-use rustix::process::Pid;
 
 use crate::error::{Context, Error, Result};
 use crate::pidfd::PidFd;
@@ -204,7 +203,7 @@ impl Cgroup {
 
     /// The pids in `cgroup.procs` (this cgroup only, not descendants). Pids, not
     /// processes: see [`member_pidfds`](Self::member_pidfds).
-    pub fn procs(&self) -> Result<Vec<Pid>> {
+    pub fn procs(&self) -> Result<Vec<u32>> {
         Ok(parse_pids(&self.read(files::PROCS)?))
     }
 
@@ -364,8 +363,8 @@ fn check_cgroup2(fd: &OwnedFd, path: &Path) -> Result<()> {
 }
 
 /// One pid per line; anything else is skipped.
-pub(crate) fn parse_pids(text: &str) -> Vec<Pid> {
-    text.lines().filter_map(|l| l.trim().parse::<i32>().ok()).filter_map(Pid::from_raw).collect()
+pub(crate) fn parse_pids(text: &str) -> Vec<u32> {
+    text.lines().filter_map(|l| l.trim().parse::<u32>().ok()).filter(|p| (1..=i32::MAX as u32).contains(p)).collect()
 }
 
 /// Whether uid 0 of this process's user namespace is the host's uid 0

@@ -18,12 +18,11 @@ fn owner_of(pid: Option<i32>) -> Result<Owner, Error> {
         Some(p) => p,
         None => rustix::process::getppid().map(|p| p.as_raw_nonzero().get()).unwrap_or(1),
     };
-    let start = procscope::start_time(pid).ok_or_else(|| Error::InvalidInput {
+    Owner::of(pid).ok_or_else(|| Error::InvalidInput {
         what: "owner",
         value: pid.to_string(),
         fix: "no such process; give the pid of the gateway whose sessions to end".into(),
-    })?;
-    Ok(Owner { pid, start })
+    })
 }
 
 /// The instances `end` looks in: the owner's own, and those that `exec`s

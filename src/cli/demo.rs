@@ -264,8 +264,7 @@ async fn naive(a: &DemoArgs, exe: &std::path::Path) {
     let left = tagged_processes(&tag);
     println!("without procscope: processes left behind: {} (the demo now kills them itself)", left.len());
     for pid in left {
-        if let Some(p) = procscope::Pid::from_raw(pid)
-            && let Ok(fd) = procscope::PidFd::open(p)
+        if let Ok(fd) = procscope::PidFd::open(pid as u32)
             && cmdline(pid).is_some_and(|c| c.contains(&tag))
         {
             let _ = fd.send_signal(procscope::Signal::KILL);

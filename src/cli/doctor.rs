@@ -161,7 +161,7 @@ pub async fn run(root: Option<PathBuf>, json: bool) -> i32 {
                 "nsdelegate": seal.nsdelegate,
                 "user_namespace": seal.user_namespace,
                 "state_xattrs": state_xattrs,
-                "guardian_uid": procscope::guardian::GUARDIAN_UID,
+                "guardian_uid": procscope::GUARDIAN_UID,
             },
             "transient_users": {
                 "first_uid": procscope::identity::TRANSIENT_UIDS.start,
@@ -203,7 +203,7 @@ pub async fn run(root: Option<PathBuf>, json: bool) -> i32 {
         show("state xattrs", if state_xattrs.is_empty() { "?" } else { &state_xattrs });
         show(
             "guardian identity",
-            &format!("uid {} (real and saved), no capability but CAP_KILL", procscope::guardian::GUARDIAN_UID),
+            &format!("uid {} (real and saved), no capability but CAP_KILL", procscope::GUARDIAN_UID),
         );
         show(
             "transient users",

@@ -192,11 +192,9 @@ fn owner(flag: Option<i32>) -> Result<(Owner, PidFd), Error> {
         (None, None) => (rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get()), "parent".to_owned()),
     };
     let gone = |why: &str| Error::OwnerUnusable { owner: what.clone(), pid, why: why.to_owned() };
-    let start = procscope::start_time(pid).filter(|_| pid > 0).ok_or_else(|| gone("no such process"))?;
-    let owner = Owner { pid, start };
+    let owner = Owner::of(pid).ok_or_else(|| gone("no such process"))?;
     // Opened, then checked: the pidfd names the owner, not a recycled pid.
-    let fd =
-        rustix::process::Pid::from_raw(pid).and_then(|p| PidFd::open(p).ok()).ok_or_else(|| gone("no such process"))?;
+    let fd = PidFd::open(pid as u32).map_err(|_| gone("no such process"))?;
     if !tree::is_ancestor(owner) {
         return Err(gone("it is not an ancestor of this process; give the pid of the gateway that started it"));
     }

@@ -90,6 +90,8 @@ pub enum ChildStage {
     CloseFds,
     /// `setsid`.
     Setsid,
+    /// `setpgid`: joining or leading the process group asked for.
+    ProcessGroup,
     /// Clearing the capability bounding set (`PR_CAPBSET_DROP`).
     BoundingSet,
     /// `setgroups(0, NULL)`.
@@ -113,7 +115,7 @@ pub enum ChildStage {
 }
 
 impl ChildStage {
-    const ALL: [ChildStage; 17] = [
+    const ALL: [ChildStage; 18] = [
         ChildStage::JoinCgroup,
         ChildStage::SealNamespaces,
         ChildStage::SealMounts,
@@ -121,6 +123,7 @@ impl ChildStage {
         ChildStage::Stdio,
         ChildStage::CloseFds,
         ChildStage::Setsid,
+        ChildStage::ProcessGroup,
         ChildStage::BoundingSet,
         ChildStage::Groups,
         ChildStage::Gid,
@@ -153,6 +156,7 @@ impl ChildStage {
             ChildStage::Stdio => "setting up stdin/stdout/stderr",
             ChildStage::CloseFds => "closing inherited file descriptors",
             ChildStage::Setsid => "setsid",
+            ChildStage::ProcessGroup => "setting the process group (setpgid)",
             ChildStage::BoundingSet => "clearing the capability bounding set",
             ChildStage::Groups => "dropping supplementary groups",
             ChildStage::Gid => "switching gid",
@@ -192,6 +196,8 @@ pub(crate) struct ChildPlan<'a> {
     pub uid: Option<u32>,
     pub gid: Option<u32>,
     pub setsid: bool,
+    /// `setpgid(0, pgid)`, after `setsid` would have run.
+    pub process_group: Option<i32>,
     /// Highest capability number (`/proc/sys/kernel/cap_last_cap`).
     pub last_cap: u32,
     /// Keep the capabilities and leave `no_new_privs` unset: only for the
@@ -749,6 +755,12 @@ fn child_steps(ctx: &ChildCtx<'_>) -> Step {
     if plan.setsid {
         let r = unsafe { libc::syscall(libc::SYS_setsid) };
         check(ChildStage::Setsid, r)?;
+    }
+
+    if let Some(pgid) = plan.process_group {
+        // SAFETY: setpgid(2) is async-signal-safe and takes no pointers.
+        let r = unsafe { libc::syscall(libc::SYS_setpgid, 0, pgid) };
+        check(ChildStage::ProcessGroup, r)?;
     }
 
     drop_privileges_and_exec(plan)

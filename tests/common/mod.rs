@@ -72,12 +72,12 @@ impl TestEnv {
         self.finished = true;
         // Children dropped while running are reaped by the reaper thread.
         for _ in 0..200 {
-            if procscope::reaper_pending() == 0 {
+            if procscope::testing::reaper_pending() == 0 {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert_eq!(procscope::reaper_pending(), 0, "children still waiting to be reaped");
+        assert_eq!(procscope::testing::reaper_pending(), 0, "children still waiting to be reaped");
         let populated = self.root.is_populated().unwrap();
         let left = self.root.children().unwrap();
         let kids = own_children();
