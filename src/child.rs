@@ -154,10 +154,9 @@ impl ParentPipes {
 ///   ([`Session::close`](crate::Session::close)).
 #[derive(Debug)]
 pub struct ContainedChild {
-    cell: Arc<ChildCell>,
+    handle: Handle,
     mechanism: SpawnMechanism,
     sealed: bool,
-    kill_on_drop: bool,
     /// The transient user the child runs as, held until the handle is dropped
     /// (a session holds its own for as long as it lasts).
     user: Option<Arc<TransientUser>>,
@@ -179,13 +178,15 @@ impl ContainedChild {
         user: Option<Arc<TransientUser>>,
     ) -> ContainedChild {
         ContainedChild {
-            cell: Arc::new(ChildCell {
-                pidfd: PidFd::from_owned(spawned.pidfd, spawned.pid),
-                status: Mutex::new(None),
-            }),
+            handle: Handle {
+                cell: Arc::new(ChildCell {
+                    pidfd: PidFd::from_owned(spawned.pidfd, spawned.pid),
+                    status: Mutex::new(None),
+                }),
+                kill_on_drop,
+            },
             mechanism,
             sealed,
-            kill_on_drop,
             user,
             stdin: pipes.stdin,
             stdout: pipes.stdout,
@@ -194,17 +195,17 @@ impl ContainedChild {
     }
 
     pub(crate) fn cell(&self) -> &Arc<ChildCell> {
-        &self.cell
+        &self.handle.cell
     }
 
     /// The child's pid (informational: use the pidfd to act on it).
     pub fn id(&self) -> u32 {
-        self.cell.pidfd.raw_pid() as u32
+        self.handle.cell.pidfd.raw_pid() as u32
     }
 
     /// The child's pidfd.
     pub fn pidfd(&self) -> &PidFd {
-        &self.cell.pidfd
+        &self.handle.cell.pidfd
     }
 
     /// How the child was placed in its cgroup.
@@ -233,7 +234,7 @@ impl ContainedChild {
     /// (no tokio runtime with IO enabled).
     pub async fn wait(&mut self) -> Result<ExitStatus> {
         drop(self.stdin.take());
-        self.cell.wait().await.map_err(|e| Error::os("wait for the child", self.id(), e))
+        self.handle.cell.wait().await.map_err(|e| Error::os("wait for the child", self.id(), e))
     }
 
     /// Reaps the child if it has exited; `None` while it runs.
@@ -241,7 +242,7 @@ impl ContainedChild {
     /// # Errors
     /// [`Error::Os`] if `waitid` fails.
     pub fn try_wait(&mut self) -> Result<Option<ExitStatus>> {
-        self.cell.try_wait().map_err(|e| Error::os("reap the child", self.id(), e))
+        self.handle.cell.try_wait().map_err(|e| Error::os("reap the child", self.id(), e))
     }
 
     /// Closes stdin, reads stdout and stderr to their ends (those that are
@@ -276,7 +277,7 @@ impl ContainedChild {
     /// [`Error::Os`] if `pidfd_send_signal` fails other than for a process
     /// that is gone (for example `EPERM` for a child that changed its uid).
     pub fn signal(&self, sig: Signal) -> Result<()> {
-        self.cell.signal(sig).map_err(|e| Error::os("signal the child", self.id(), e))
+        self.handle.cell.signal(sig).map_err(|e| Error::os("signal the child", self.id(), e))
     }
 
     /// Sends SIGKILL without waiting, as tokio's `start_kill`.
@@ -299,7 +300,15 @@ impl ContainedChild {
     }
 }
 
-impl Drop for ContainedChild {
+/// The handle's share of the child. Its own type, so that the `Drop` below
+/// leaves `ContainedChild`'s pipe fields movable (`child.stdout.unwrap()`).
+#[derive(Debug)]
+struct Handle {
+    cell: Arc<ChildCell>,
+    kill_on_drop: bool,
+}
+
+impl Drop for Handle {
     fn drop(&mut self) {
         if self.kill_on_drop {
             // Only a child still running and not reaped gets it; the pidfd

@@ -127,14 +127,51 @@ struct Env {
     vars: BTreeMap<OsString, Option<OsString>>,
 }
 
-/// A program to run inside a session cgroup.
+/// A program to run inside a session cgroup, built as a
+/// `tokio::process::Command` is (see "Coming from `tokio::process`" on the
+/// crate's front page).
 ///
 /// The child starts with only fds 0–2, no capabilities (bounding, effective,
 /// permitted, inheritable and ambient sets all empty) and `no_new_privs`, in
-/// this order of steps: join the cgroup (fallback only), reset signals, stdio,
-/// close other fds, `setsid`, clear the bounding set, groups/gid/uid, `chdir`,
-/// empty the capability sets, `no_new_privs`, `execve`. A failing step comes back
-/// as [`Error::Spawn`] with the step and the child's errno.
+/// this order of steps ([`ChildStage`](crate::ChildStage)): join the cgroup
+/// (fallback only), seal itself (namespaces, read-only cgroup mounts), reset
+/// signals, stdio, close other fds, `setsid` or `setpgid`, clear the bounding
+/// set, groups/gid/uid, `chdir`, empty the capability sets, `no_new_privs`,
+/// restore the soft fd limit, `execve`. These steps run between `clone` and
+/// `execve` and are async-signal-safe; there is no `pre_exec` hook.
+///
+/// # Examples
+/// ```no_run
+/// # async fn run(session: &procscope::Session) -> procscope::Result<()> {
+/// use procscope::{Command, Stdio};
+///
+/// let mut cmd = Command::new("uvx");
+/// cmd.args(["mcp-server-time"])
+///     .env("TZ", "UTC")
+///     .current_dir("/tmp")
+///     .stdin(Stdio::piped())
+///     .stdout(Stdio::piped())
+///     .stderr(std::fs::File::create("/tmp/time-server.log")?)
+///     .transient_user(true); // a uid of its own, like DynamicUser=
+/// cmd.check()?; // the program exists and can be sealed: before anything starts
+/// let server = session.spawn(&mut cmd)?;
+/// # drop(server); Ok(()) }
+/// ```
+///
+/// # Errors
+/// Spawns fail before anything starts for a program not found
+/// ([`Error::ProgramNotFound`]), bad input ([`Error::InvalidInput`]: an empty
+/// program, a NUL byte, conflicting settings) or sealing that is required
+/// and impossible ([`Error::SealingUnavailable`]); a step of the child that
+/// fails comes back as [`Error::Spawn`] with the step and the child's errno,
+/// and that child has been reaped.
+///
+/// # Caveats
+/// - The program is looked up in `PATH` by the parent, in the child's
+///   environment if `PATH` is set there, as `std` does.
+/// - The child runs sealed wherever the gateway holds `CAP_SYS_ADMIN`
+///   ([`sealing`](Self::sealing)); such a child sees `/proc/self/cgroup` as
+///   `0::/` and cannot create cgroups of its own.
 ///
 /// # Signals
 /// The child starts with no signal blocked and every signal at its default

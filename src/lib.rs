@@ -4,19 +4,119 @@
 //! Every child is born inside a per-session cgroup-v2 directory
 //! (`clone3(CLONE_INTO_CGROUP)`), is known by a pidfd — never a bare pid, so a
 //! recycled pid is never signalled — and is ended with `pidfd_send_signal` and
-//! `cgroup.kill`, grandchildren and daemonized helpers included.
+//! `cgroup.kill`, grandchildren and daemonized helpers included. When a session
+//! ends on any path (its job returns, fails, panics or is cancelled), its guard
+//! hands what is still alive to an orphan pool that sweeps empty.
+//!
+//! # Example
+//!
+//! A gateway that runs a tick of jobs, each with an MCP stdio server of its
+//! own, some of which are cut off half-way:
+//!
+//! ```no_run
+//! use std::time::Duration;
+//!
+//! use procscope::{Command, Limits, Stdio, Supervisor};
+//! use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+//!
+//! async fn job(sup: Supervisor, id: String) -> procscope::Result<()> {
+//!     // A cgroup of its own, with limits; gone when the session ends.
+//!     let limits = Limits { memory_max: Some(512 << 20), pids_max: Some(64), ..Limits::default() };
+//!     let session = sup.session_with_limits(&id, &limits)?;
+//!     // Born inside the session's cgroup, sealed into it, held by a pidfd.
+//!     let mut server = session.spawn(
+//!         Command::new("npx")
+//!             .args(["-y", "@modelcontextprotocol/server-everything"])
+//!             .stdin(Stdio::piped())
+//!             .stdout(Stdio::piped()),
+//!     )?;
+//!     let mut stdin = server.stdin.take().expect("piped");
+//!     let mut stdout = BufReader::new(server.stdout.take().expect("piped")).lines();
+//!     stdin.write_all(br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#).await?;
+//!     stdin.write_all(b"\n").await?;
+//!     // However this ends — an answer, a timeout, `?`, a panic or the task
+//!     // being cancelled — nothing the server started outlives the session.
+//!     let answer = tokio::time::timeout(Duration::from_secs(30), stdout.next_line()).await;
+//!     println!("{id}: {answer:?}");
+//!     session.close().await?; // SIGTERM, a grace period, then cgroup.kill
+//!     Ok(())
+//! }
+//!
+//! #[tokio::main]
+//! async fn main() -> procscope::Result<()> {
+//!     // Recovers what a crashed run left, and starts a guardian that ends this
+//!     // gateway's sessions if the gateway itself is SIGKILLed.
+//!     let sup = Supervisor::builder().guardian(true).start().await?;
+//!     let jobs = (0..8).map(|i| job(sup.clone(), format!("job-{i}")));
+//!     // Runs the jobs (4 at a time), then sweeps what they left running.
+//!     let report = sup.tick(jobs, Some(4)).await;
+//!     println!("{report}");
+//!     sup.shutdown().await?;
+//!     Ok(())
+//! }
+//! ```
+//!
+//! More: `examples/gateway.rs` (ticks of jobs talking to real MCP servers
+//! through the official Rust SDK, `rmcp`) and `examples/tokio_shaped.rs` (the
+//! `tokio::process` verbs) in the repository.
 //!
 //! # Layers
 //!
-//! | module | what it owns |
+//! | item | what it owns |
 //! |---|---|
-//! | `sys` | the only `unsafe`: `clone3` and the child's async-signal-safe steps |
+//! | [`Supervisor`] | the gateway's instance cgroup, its sessions, the orphan pool, sweeps, the guardian |
+//! | [`Session`] | one job's cgroup: spawn into it, close it; its guard ends it on drop |
+//! | [`Command`] / [`ContainedChild`] | what to run and what runs, shaped like `tokio::process` |
 //! | [`PidFd`] | an owned pidfd: signal, liveness, async exit, reaping |
 //! | [`Cgroup`] | a cgroup2 directory held by an fd: create, limits, stats, events, kill, remove |
-//! | [`Command`] / [`ContainedChild`] | what to run and what runs |
 //! | [`Root`] | where procscope's tree lives |
+//! | [`tree`] | the tree seen from outside a supervisor: list, sweep, place a command (`procscope exec`) |
+//! | `sys` (private) | the only `unsafe`: `clone3` and the child's async-signal-safe steps |
+//!
+//! # Coming from `tokio::process`
+//!
+//! | `tokio::process` | procscope | why it differs |
+//! |---|---|---|
+//! | `Command::new(p).spawn()` | [`session.spawn(&mut cmd)`](Session::spawn) | a child is always spawned *into* a cgroup: a session's, or one given to [`Command::spawn_in`] |
+//! | `cmd.status().await` | [`session.status(&mut cmd)`](Session::status) | as above; same stdio defaults (inherited) |
+//! | `cmd.output().await` | [`session.output(&mut cmd)`](Session::output) | as above; same defaults (stdin null, outputs captured) |
+//! | `child.wait_with_output()` | [`ContainedChild::wait_with_output`] | the same |
+//! | `child.wait()`, `try_wait()`, `start_kill()` | the same names | they return this crate's [`Result`]; `?` converts it into `io::Error` |
+//! | `child.kill().await` → `()` | [`kill`](ContainedChild::kill) → `ExitStatus` | the status comes for free once reaped |
+//! | `child.id()` → `Option<u32>` | [`id`](ContainedChild::id) → `u32` | the child is held by a pidfd, so its number stays meaningful for logs; act through the handle or [`PidFd`], never by pid |
+//! | `kill_on_drop(true)` | [`Command::kill_on_drop`] | the same; a session's end is the stronger tool, as it also ends the child's descendants |
+//! | `process_group(0)` | [`Command::process_group`] | the same; [`Command::setsid`] also exists |
+//! | `arg0` | [`Command::arg0`] | the same |
+//! | `Stdio::piped()` / `null()` / `inherit()` | [`Stdio::piped`] / [`null`](Stdio::null) / [`inherit`](Stdio::inherit) | a type of its own: `std::process::Stdio` is opaque and cannot give its fd back. `File`, `OwnedFd`, `std::io::pipe` ends and `std::process` child pipes convert into it |
+//! | `uid`, `gid`, `current_dir`, `env*` | the same names | — |
+//! | `pre_exec` | none | the child runs only async-signal-safe steps of procscope's own (see [`Command`]); arbitrary code there could undo the sealing |
+//! | a `SIGCHLD` driver | none | each child is waited for through its pidfd; children dropped while running are reaped by a thread of procscope's own |
+//!
+//! Errors are one type, [`Error`]: every variant says what failed, on which
+//! path or process, and how to fix it. `From<io::Error> for Error` and
+//! `From<Error> for io::Error` let `?` work in either kind of function.
+//!
+//! # Logging
+//!
+//! procscope reports through [`tracing`](https://docs.rs/tracing): see
+//! [`logging`] for the spans and events and how to turn them on.
+//!
+//! # Features
+//!
+//! - `cli` (default): the `procscope` command line tool. Library users can
+//!   turn default features off to keep `clap` out of their tree.
+//! - `rmcp`: [`mcp`], an `rmcp` client transport over a contained child.
+//!
+//! # Stability
+//!
+//! The public API uses std, tokio's `AsyncRead`/`AsyncWrite` and procscope's
+//! own types only ([`Signal`], plain `u32` pids). tokio 1.x is the runtime
+//! this crate is built for. The `rmcp` feature follows one `rmcp` major
+//! version (3.x); a new major of it is a new minor of procscope while
+//! procscope is 0.x, and is noted in the changelog.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
+#![doc(test(attr(deny(warnings), allow(dead_code))))]
 
 pub mod cgroup;
 mod child;
@@ -27,6 +127,7 @@ pub mod fixture;
 mod guardian;
 pub mod identity;
 mod instance;
+pub mod logging;
 #[cfg(feature = "rmcp")]
 pub mod mcp;
 pub mod names;

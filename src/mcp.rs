@@ -9,6 +9,7 @@
 //! let transport = session.spawn_mcp(procscope::Command::new("npx").args(["-y", "@modelcontextprotocol/server-everything"]))?;
 //! let client = ().serve(transport).await?;        // the one line that changes
 //! let tools = client.list_all_tools().await?;
+//! println!("{} tools", tools.len());
 //! # Ok(()) }
 //! ```
 //!

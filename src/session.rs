@@ -80,6 +80,35 @@ impl SessionShared {
 /// supervisor's orphan pool (and its cgroup's `state` metadata becomes
 /// `orphaned`) for the next sweep. `Drop` never blocks, never panics and needs
 /// no runtime. [`close`](Self::close) ends a session gracefully right away.
+///
+/// # Examples
+/// ```no_run
+/// # async fn run(sup: procscope::Supervisor) -> procscope::Result<()> {
+/// use procscope::{Command, Limits};
+///
+/// let limits = Limits { pids_max: Some(32), ..Limits::default() };
+/// let session = sup.session_with_limits("job-7", &limits)?;
+/// let out = session.output(Command::new("sh").args(["-c", "sleep 600 >/dev/null & echo started"])).await?;
+/// assert_eq!(out.stdout, b"started\n");
+/// // The sleep is still running in the session: close ends it.
+/// let ended = session.close().await?;
+/// assert_eq!(ended.signalled, 1);
+/// # Ok(()) }
+/// ```
+///
+/// # Errors
+/// Spawning fails with a typed [`Error`] that names the failing step
+/// ([`Error::Spawn`]), a session already ended ([`Error::CgroupRemoved`]), or a
+/// program not found.
+///
+/// # Caveats
+/// - A session id is unique within its supervisor while the session is
+///   active or orphaned; reuse one only after its session has ended.
+/// - A child can leave the session's cgroup only if it is unsealed
+///   ([`Sealing::Off`](crate::Sealing::Off), or a gateway that cannot seal)
+///   and privileged enough to write `cgroup.procs`.
+/// - `close` runs its work in a task of its own: dropping its future half-way
+///   does not stop the ending.
 pub struct Session {
     shared: Arc<SessionShared>,
     sup: Arc<Inner>,

@@ -21,13 +21,17 @@ use crate::sweep::{SweepReport, Target, Termination};
 /// The default grace period between SIGTERM and `cgroup.kill`.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(2);
 
-/// Which sessions a sweep ends.
+/// Which of this supervisor's sessions [`Supervisor::sweep`] ends. A sweep
+/// never reaches other supervisors' sessions; for those, see
+/// [`tree::sweep`](crate::tree::sweep) and its [`Scope`](crate::tree::Scope).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SweepScope {
-    /// Only sessions in the orphan pool: safe while sibling jobs run.
+    /// Only the sessions in this supervisor's orphan pool (ended by their
+    /// jobs with something still running): safe while sibling jobs run.
     #[default]
     Orphans,
-    /// Every session, active ones included (for shutdown).
+    /// Every session of this supervisor, active ones included (for shutdown).
     All,
 }
 
@@ -421,8 +425,12 @@ impl Drop for Inner {
     }
 }
 
-/// The registry of sessions for one gateway process.
+/// The registry of sessions for one gateway process: its instance cgroup
+/// (`i-<pidns>-<pid>-<start>` under the [`Root`]), the sessions in it, the
+/// orphan pool, sweeps and, if asked for, the guardian. Cheap to clone: the
+/// clones share one supervisor.
 ///
+/// # Examples
 /// ```no_run
 /// # async fn demo() -> procscope::Result<()> {
 /// use procscope::{Command, Stdio, Supervisor};
@@ -430,7 +438,8 @@ impl Drop for Inner {
 /// let sup = Supervisor::start().await?;
 /// {
 ///     let session = sup.session("job-42")?;
-///     let mut server = session.spawn(Command::new("my-mcp-server").stdin(Stdio::Piped).stdout(Stdio::Piped))?;
+///     let server = session.spawn(Command::new("my-mcp-server").stdin(Stdio::piped()).stdout(Stdio::piped()))?;
+///     let (_to_server, _from_server) = (server.stdin, server.stdout);
 ///     // ... talk to it; on any exit path the session guard takes over ...
 /// }
 /// let report = sup.sweep_orphans().await;   // ends what the job left running
@@ -438,6 +447,26 @@ impl Drop for Inner {
 /// sup.shutdown().await?;
 /// # Ok(()) }
 /// ```
+///
+/// # Errors
+/// [`start`](Self::start) fails when there is no cgroup2 to manage
+/// ([`Error::NoCgroup2`], [`Error::NotDelegated`]) or the guardian cannot
+/// start; [`session`](Self::session) when the id is invalid or taken.
+/// Sweeps never fail as a whole: what could not be ended is listed in the
+/// [`SweepReport`]'s `errors` and stays for the next sweep.
+///
+/// # Caveats
+/// - It needs a tokio runtime with IO and time enabled (the multi-thread or
+///   the current-thread flavour).
+/// - Drop the last clone without [`shutdown`](Self::shutdown) and every
+///   session still running is killed at once with `cgroup.kill`, without a
+///   grace period (a warning is logged).
+/// - Only the gateway's own sweeps and shutdown end sessions while the
+///   gateway lives. If it is SIGKILLed, its sessions run on until the next
+///   start's recovery, a `procscope sweep`, or — with
+///   [`guardian`](Builder::guardian) — within a second.
+/// - One supervisor per process is the intended use; a second one gets an
+///   instance of its own (`…-1`).
 #[derive(Clone)]
 pub struct Supervisor {
     inner: Arc<Inner>,

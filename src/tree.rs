@@ -428,15 +428,21 @@ pub fn remove_if_empty(root: &Root, instance: &Cgroup) {
     }
 }
 
-/// Which sessions [`sweep`] ends.
+/// Which sessions [`sweep`] ends, across every instance under a root (the
+/// `procscope sweep` command). A supervisor's own sweeps take a
+/// [`SweepScope`](crate::SweepScope) instead, which never reaches past that
+/// supervisor's sessions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Scope {
-    /// Instances whose owner is gone, with all their sessions.
+    /// Instances whose owner is gone, with all their sessions (`sweep`).
     Stale,
-    /// Stale ones, plus sessions marked orphaned by live owners.
-    Orphans,
-    /// Every instance and session procscope made under the root.
-    All,
+    /// Stale instances, plus the sessions that live owners have marked
+    /// orphaned (`sweep --orphans`).
+    StaleAndOrphaned,
+    /// Every instance and session procscope made under the root, live
+    /// owners' included (`sweep --all`).
+    Everything,
 }
 
 /// Sweeps the tree under `root` from outside any supervisor.
@@ -452,7 +458,7 @@ pub async fn sweep(root: &Root, scope: Scope, grace: Duration) -> Result<SweepRe
             let instance = Arc::new(Cgroup::open(&info.path)?);
             let mut sessions = Vec::new();
             for s in &info.sessions {
-                let wanted = scope == Scope::All || s.state == SessionState::Orphaned;
+                let wanted = scope == Scope::Everything || s.state == SessionState::Orphaned;
                 if wanted && let Ok(cg) = Cgroup::open(&s.path) {
                     sessions.push(cg);
                 }
@@ -460,7 +466,7 @@ pub async fn sweep(root: &Root, scope: Scope, grace: Duration) -> Result<SweepRe
             if !sessions.is_empty() {
                 report.merge(end_sessions(root, Arc::clone(&instance), sessions, grace).await);
             }
-            if scope == Scope::All && Some(info.owner_pid) != me.map(|m| m.pid) {
+            if scope == Scope::Everything && Some(info.owner_pid) != me.map(|m| m.pid) {
                 let outcome = crate::sweep::end_cgroup(root.cgroup(), &instance, &[], grace).await;
                 if let Ok(t) = outcome {
                     report.removed += usize::from(t.removed);

@@ -50,10 +50,13 @@ async fn nothing_outside_cgroup2_is_ever_opened_as_a_cgroup() {
         let guard = Planted::mount(bait.path());
         assert!(matches!(env.root.open_child("bait"), Err(Error::NotCgroup2 { .. })));
         assert!(matches!(Root::open(bait.path()), Err(Error::NotCgroup2 { .. })));
-        let report =
-            procscope::tree::sweep(&Root::open(env.path()).unwrap(), procscope::tree::Scope::All, Duration::ZERO)
-                .await
-                .unwrap();
+        let report = procscope::tree::sweep(
+            &Root::open(env.path()).unwrap(),
+            procscope::tree::Scope::Everything,
+            Duration::ZERO,
+        )
+        .await
+        .unwrap();
         assert!(report.errors.is_empty(), "{report:?}");
         // The tmpfs is untouched: no cgroup.kill, no files written into it.
         assert_eq!(std::fs::read_dir(bait.path()).unwrap().count(), 0, "something was written into the planted tmpfs");

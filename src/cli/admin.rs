@@ -169,8 +169,8 @@ pub async fn sweep(root: Option<PathBuf>, orphans: bool, all: bool, force: bool,
     // `--all` without `--force` spares live owners: a running gateway keeps
     // its sessions, and is named as skipped.
     let scope = match (all, force, orphans) {
-        (true, true, _) => Scope::All,
-        (true, false, _) | (false, _, true) => Scope::Orphans,
+        (true, true, _) => Scope::Everything,
+        (true, false, _) | (false, _, true) => Scope::StaleAndOrphaned,
         _ => Scope::Stale,
     };
     let report = match tree::sweep(&root, scope, grace).await {
