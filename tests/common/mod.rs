@@ -77,7 +77,7 @@ impl TestEnv {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert_eq!(procscope::testing::reaper_pending(), 0, "children still waiting to be reaped");
+        let pending = procscope::testing::reaper_pending();
         let populated = self.root.is_populated().unwrap();
         let left = self.root.children().unwrap();
         let kids = own_children();
@@ -85,6 +85,7 @@ impl TestEnv {
         // Clean up before asserting, so a failure leaves nothing either.
         cleanup(&self.mount, &self.root);
         assert!(!self.root.path().exists(), "test root still exists");
+        assert_eq!(pending, 0, "children still waiting to be reaped");
         assert!(!populated, "processes left in the test's cgroups");
         assert!(left.is_empty(), "cgroups left behind: {left:?}");
         assert!(kids.is_empty(), "child processes (or zombies) left behind: {kids:?}");
