@@ -21,6 +21,7 @@
 pub mod cgroup;
 mod child;
 mod command;
+mod ending;
 mod error;
 #[doc(hidden)]
 pub mod fixture;
