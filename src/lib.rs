@@ -121,6 +121,7 @@
 pub mod cgroup;
 mod child;
 mod command;
+mod ending;
 mod error;
 #[doc(hidden)]
 pub mod fixture;

@@ -10,6 +10,7 @@ use crate::cgroup::limits::Stats;
 use crate::cgroup::{Cgroup, Events};
 use crate::child::{ChildCell, ContainedChild};
 use crate::command::Command;
+use crate::ending::EndingCell;
 use crate::error::{Error, Result};
 use crate::identity::TransientUser;
 use crate::supervisor::Inner;
@@ -25,6 +26,8 @@ pub(crate) struct SessionShared {
     pub cgroup: Arc<Cgroup>,
     pub created: SystemTime,
     pub span: tracing::Span,
+    /// How the session ended, for the counters; and its tick job.
+    pub ending: EndingCell,
     state: Mutex<SessionState>,
 }
 
@@ -47,6 +50,7 @@ impl SessionShared {
             cgroup: Arc::new(cgroup),
             created: SystemTime::now(),
             span,
+            ending: EndingCell::new(),
             state: Mutex::new(SessionState::default()),
         }
     }
@@ -236,6 +240,7 @@ impl Session {
         if self.shared.end() {
             return Ok(Termination::default());
         }
+        crate::ending::settle(&self.shared, &self.sup.counters, crate::ending::Ending::Closed);
         self.sup.forget_active(&self.shared);
         let (sup, shared) = (Arc::clone(&self.sup), Arc::clone(&self.shared));
         sup.closing.enter();

@@ -10,13 +10,14 @@ use std::time::Duration;
 
 use crate::cgroup::Cgroup;
 use crate::cgroup::limits::Limits;
+use crate::ending::{self, Ending};
 use crate::error::{Error, Result};
 use crate::guardian::Guardian;
 use crate::instance::{self, Owner, XATTR_SESSION, XATTR_STATE};
 use crate::names::validate_session_id;
 use crate::root::{Root, RootKind};
 use crate::session::{Session, SessionShared};
-use crate::sweep::{SweepReport, Target, Termination};
+use crate::sweep::{Leak, SweepReport, Target, Termination};
 
 /// The default grace period between SIGTERM and `cgroup.kill`.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(2);
@@ -209,6 +210,9 @@ impl Counter {
 #[derive(Default)]
 pub(crate) struct CounterCells {
     pub sessions_opened: Counter,
+    pub sessions_closed: Counter,
+    pub sessions_finished: Counter,
+    pub sessions_abandoned: Counter,
     pub sessions_orphaned: Counter,
     pub sessions_removed: Counter,
     pub sessions_swept: Counter,
@@ -218,15 +222,69 @@ pub(crate) struct CounterCells {
     pub oom_kills: Counter,
     pub pids_max_hits: Counter,
     pub sweeps: Counter,
+    pub leaks_prevented: Counter,
+    pub leaks_prevented_finished: Counter,
+}
+
+impl CounterCells {
+    /// Counts a session's ending (decided once, in [`crate::ending`]).
+    pub(crate) fn count_ending(&self, ending: Ending) {
+        match ending {
+            Ending::Closed => self.sessions_closed.inc(),
+            Ending::Finished => self.sessions_finished.inc(),
+            Ending::Abandoned => self.sessions_abandoned.inc(),
+        }
+    }
 }
 
 /// Counters of a supervisor since it started.
+///
+/// # How sessions end
+/// Each session a job is done with is counted once, in one of
+/// [`sessions_closed`](Self::sessions_closed),
+/// [`sessions_finished`](Self::sessions_finished) and
+/// [`sessions_abandoned`](Self::sessions_abandoned). A session still in use
+/// is in none of them, and neither is one that a sweep of everything
+/// ([`SweepScope::All`], [`Supervisor::shutdown`]) ended while it was in use:
+/// `sessions_opened` is their sum, plus those, plus the sessions still
+/// active (and, while a tick runs, those waiting for their job's outcome).
+///
+/// A session a [`tick`](Supervisor::tick) job let go with processes running
+/// is in the orphan pool (and in `sessions_orphaned`) at once, and in
+/// `sessions_finished` or `sessions_abandoned` once the job's outcome is
+/// known: when the job's task ends, before the tick's sweep. When
+/// [`tick`](Supervisor::tick) returns, every session its jobs opened and let
+/// go is counted.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Counters {
     /// Sessions created.
     pub sessions_opened: u64,
-    /// Sessions that ended with something still alive and went to the orphan pool.
+    /// Sessions ended by their job's [`Session::close`] (counted as the close
+    /// begins; not a session that a sweep of everything had already taken).
+    pub sessions_closed: u64,
+    /// Sessions dropped without `close` whose job finished normally: nothing
+    /// of theirs was alive at the drop (the guard removed the cgroup at once,
+    /// whatever the job was doing), or a [`tick`](Supervisor::tick) job that
+    /// opened them returned `Ok` while their processes were still running —
+    /// servers still shutting down. Those went to the orphan pool, and the
+    /// tick's sweep ends what is left of them.
+    pub sessions_finished: u64,
+    /// Sessions dropped without `close` with processes still alive, other
+    /// than those of tick jobs that returned `Ok`: dropped while the thread
+    /// was panicking; opened by a tick job that returned `Err`, panicked or
+    /// was cancelled (or let go by a tick job that had not returned when a
+    /// sweep took the session); or, outside a tick job, dropped with
+    /// processes alive. Outside a tick the guard cannot tell a cancelled
+    /// future, an early `?` return and a plain return from each other: a
+    /// job that wants its normal end counted as such calls `close`, or runs
+    /// in a tick. Sessions a tick job opens in tasks it spawns, and
+    /// sessions that outlive the job that opened them, are outside a tick.
+    pub sessions_abandoned: u64,
+    /// Sessions that went to the orphan pool because something in them was
+    /// alive at the drop: those of `sessions_abandoned`, and those of
+    /// `sessions_finished` whose processes were still running. The next
+    /// sweep ends them.
     pub sessions_orphaned: u64,
     /// Sessions whose cgroup was removed (at once, by `close`, or by a sweep).
     pub sessions_removed: u64,
@@ -247,6 +305,15 @@ pub struct Counters {
     pub pids_max_hits: u64,
     /// Sweeps run.
     pub sweeps: u64,
+    /// Leaks prevented: sessions of the orphan pool in which a sweep still
+    /// found a process running, and ended it. One whose processes had all
+    /// exited by the time the sweep came is not counted (see
+    /// [`SweepReport::leaks_prevented`]); neither are the sessions of other
+    /// gateways that the recovery at start ended ([`Supervisor::recovery`]).
+    pub leaks_prevented: u64,
+    /// Of `leaks_prevented`, the sessions of tick jobs that returned `Ok`
+    /// (counted in `sessions_finished`); the others were abandoned.
+    pub leaks_prevented_finished: u64,
 }
 
 /// The shared part of a supervisor; sessions hold it too.
@@ -311,7 +378,7 @@ impl Inner {
 
     /// The session guard's work, from `Session::drop`: synchronous, no blocking,
     /// no panics.
-    pub(crate) fn release(&self, shared: &Arc<SessionShared>) {
+    pub(crate) fn release(self: &Arc<Self>, shared: &Arc<SessionShared>) {
         let already_ended = shared.end();
         if already_ended || self.shut_down.load(Ordering::Acquire) {
             self.forget_active(shared);
@@ -347,10 +414,12 @@ impl Inner {
                         tracing::warn!(oom_kills = oom, pids_max_hits = refused, "the session's limits struck");
                     }
                     tracing::debug!("session ended with nothing alive; cgroup removed");
+                    ending::settle(shared, &self.counters, Ending::Finished);
                     return;
                 }
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
                     state.dirs.remove(&shared.dir);
+                    ending::settle(shared, &self.counters, Ending::Finished);
                     return;
                 }
                 // EBUSY: a process of the session outlived our children (or a
@@ -364,6 +433,8 @@ impl Inner {
         let _ = shared.cgroup.set_meta(XATTR_STATE, "orphaned");
         state.orphans.push(Arc::clone(shared));
         self.counters.sessions_orphaned.inc();
+        // Decided under the pool's lock: no sweep takes it undecided.
+        ending::let_go(shared, self);
         tracing::info!("session ended with processes alive; moved to the orphan pool");
     }
 
@@ -636,7 +707,7 @@ impl Supervisor {
         let span = tracing::info_span!("sweep", ?scope);
         let _enter = span.enter();
         inner.counters.sweeps.inc();
-        let taken: Vec<Arc<SessionShared>> = {
+        let taken: Vec<(Leak, Arc<SessionShared>)> = {
             let mut state = inner.lock();
             if shutting_down {
                 inner.shut_down.store(true, Ordering::Release);
@@ -644,10 +715,12 @@ impl Supervisor {
             // Orphans were ended when they were released; active sessions are
             // ended here, under the lock, so a concurrent drop or close() of one
             // sees it taken and leaves it to this sweep.
-            let mut t: Vec<_> = state.orphans.drain(..).collect();
+            // What ending each one prevents, with its ending decided.
+            let mut t: Vec<_> =
+                state.orphans.drain(..).map(|s| (ending::leak_of_orphan(&s, &inner.counters), s)).collect();
             if scope == SweepScope::All {
                 let active: Vec<_> = state.active.drain().map(|(_, s)| s).collect();
-                t.extend(active.into_iter().filter(|s| !s.end()));
+                t.extend(active.into_iter().filter(|s| !s.end()).map(|s| (Leak::No, s)));
             }
             t
         };
@@ -656,7 +729,7 @@ impl Supervisor {
         }
         let targets = taken
             .into_iter()
-            .map(|shared| {
+            .map(|(leak, shared)| {
                 let done_inner = Arc::clone(&self.inner);
                 let done_shared = Arc::clone(&shared);
                 Target {
@@ -664,7 +737,16 @@ impl Supervisor {
                     parent: inner.instance(),
                     cgroup: Arc::clone(&shared.cgroup),
                     children: shared.children(),
-                    on_done: Some(Box::new(move |outcome| done_inner.finished(&done_shared, outcome, true))),
+                    leak,
+                    on_done: Some(Box::new(move |outcome| {
+                        done_inner.finished(&done_shared, outcome, true);
+                        if crate::sweep::prevented(outcome, leak) {
+                            done_inner.counters.leaks_prevented.inc();
+                            if leak == Leak::OfFinishedJob {
+                                done_inner.counters.leaks_prevented_finished.inc();
+                            }
+                        }
+                    })),
                 }
             })
             .collect();
@@ -693,7 +775,8 @@ impl Supervisor {
         // Sessions this supervisor does not track: those `procscope exec`
         // commands of this process made in its instance. Ended the same way,
         // and reported with the others.
-        let others = targets_in(&instance, |name, cg| {
+        // In use by those commands: ending them prevents no leak.
+        let others = targets_in(&instance, Leak::No, |name, cg| {
             !tracked.contains(name) && instance::kind_of(cg).as_deref() == Some("session")
         })
         .unwrap_or_default();
@@ -722,6 +805,9 @@ impl Supervisor {
         let c = &self.inner.counters;
         Counters {
             sessions_opened: c.sessions_opened.get(),
+            sessions_closed: c.sessions_closed.get(),
+            sessions_finished: c.sessions_finished.get(),
+            sessions_abandoned: c.sessions_abandoned.get(),
             sessions_orphaned: c.sessions_orphaned.get(),
             sessions_removed: c.sessions_removed.get(),
             sessions_swept: c.sessions_swept.get(),
@@ -731,6 +817,8 @@ impl Supervisor {
             oom_kills: c.oom_kills.get(),
             pids_max_hits: c.pids_max_hits.get(),
             sweeps: c.sweeps.get(),
+            leaks_prevented: c.leaks_prevented.get(),
+            leaks_prevented_finished: c.leaks_prevented_finished.get(),
         }
     }
 
@@ -805,8 +893,9 @@ pub async fn recover(root: &Root, me: Option<Owner>, grace: Duration) -> Result<
 }
 
 /// The cgroups under `instance` that `keep` accepts, as sweep targets with
-/// their session ids (the directory name when none is recorded).
-fn targets_in(instance: &Arc<Cgroup>, mut keep: impl FnMut(&str, &Cgroup) -> bool) -> Result<Vec<Target>> {
+/// their session ids (the directory name when none is recorded); `leak`:
+/// what ending one with something running prevents.
+fn targets_in(instance: &Arc<Cgroup>, leak: Leak, mut keep: impl FnMut(&str, &Cgroup) -> bool) -> Result<Vec<Target>> {
     let mut targets = Vec::new();
     for name in instance.children()? {
         let Ok(cg) = instance.open_child(&name) else { continue };
@@ -819,6 +908,7 @@ fn targets_in(instance: &Arc<Cgroup>, mut keep: impl FnMut(&str, &Cgroup) -> boo
             parent: Arc::clone(instance),
             cgroup: Arc::new(cg),
             children: Vec::new(),
+            leak,
             on_done: None,
         });
     }
@@ -827,7 +917,8 @@ fn targets_in(instance: &Arc<Cgroup>, mut keep: impl FnMut(&str, &Cgroup) -> boo
 
 /// Ends the sessions of one stale instance in parallel, then the instance.
 async fn recover_instance(root: &Root, instance: Arc<Cgroup>, grace: Duration) -> Result<SweepReport> {
-    let targets = targets_in(&instance, |_, _| true)?;
+    // Their owner is gone: whatever still runs in them had leaked.
+    let targets = targets_in(&instance, Leak::Abandoned, |_, _| true)?;
     let mut report = crate::sweep::sweep_targets(targets, grace).await;
     // Members of the instance itself, if any, then the instance.
     let t = crate::sweep::end_cgroup_retrying(root.cgroup(), &instance, &[], grace).await?;

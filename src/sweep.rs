@@ -47,6 +47,33 @@ pub struct Termination {
     pub pids_max_hits: u64,
 }
 
+impl Termination {
+    /// Whether something in the cgroup was still running when the ending
+    /// began: a process was signalled or killed.
+    pub(crate) fn ended_running(&self) -> bool {
+        self.signalled > 0 || self.killed > 0 || self.kill_mechanism.is_some()
+    }
+}
+
+/// What ending a session that still runs something prevents.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Leak {
+    /// Nothing: the session is in use (a sweep of everything, shutdown,
+    /// `procscope end` of an active session) or was closed by its job.
+    No,
+    /// A leak: the session of a tick job that returned `Ok` with its servers
+    /// still running.
+    OfFinishedJob,
+    /// A leak: a session abandoned by its job, of a gateway that is gone, or
+    /// marked orphaned by its owner for a reason not recorded.
+    Abandoned,
+}
+
+/// Whether ending a session with `outcome` prevented a leak.
+pub(crate) fn prevented(outcome: &Result<Termination>, leak: Leak) -> bool {
+    leak != Leak::No && matches!(outcome, Ok(t) if t.ended_running())
+}
+
 /// Ends every process in `cg` and removes it from `parent`.
 ///
 /// `children` are our own children in `cg` (signalled through their pidfds and
@@ -260,6 +287,19 @@ fn or_gone<T>(r: Result<T>, value: T) -> Result<T> {
 pub struct SweepReport {
     /// Sessions taken on by the sweep.
     pub sessions: usize,
+    /// Leaks prevented: sessions let go with processes still running — by
+    /// their job (the orphan pool), by a gateway that is gone (recovery,
+    /// `procscope sweep`), or marked `orphaned` by a live one — in which the
+    /// sweep still found a process running, and ended it. A session whose
+    /// processes had all exited by the time the sweep came is not one, nor
+    /// is a session in use (a sweep of everything, shutdown, `procscope end`
+    /// of an active session).
+    pub leaks_prevented: usize,
+    /// Of `leaks_prevented`, the sessions of [`tick`](crate::Supervisor::tick)
+    /// jobs that returned `Ok` with their servers still running
+    /// ([`Counters::sessions_finished`](crate::Counters::sessions_finished));
+    /// the others were abandoned, or their owner is gone.
+    pub leaks_prevented_finished: usize,
     /// Processes that exited within the grace period after SIGTERM.
     pub terminated: usize,
     /// Processes killed at the deadline.
@@ -298,8 +338,12 @@ pub struct SweepError {
 }
 
 impl SweepReport {
-    pub(crate) fn add(&mut self, session: &str, outcome: Result<Termination>) {
+    pub(crate) fn add(&mut self, session: &str, outcome: Result<Termination>, leak: Leak) {
         self.sessions += 1;
+        if prevented(&outcome, leak) {
+            self.leaks_prevented += 1;
+            self.leaks_prevented_finished += usize::from(leak == Leak::OfFinishedJob);
+        }
         match outcome {
             Ok(t) => {
                 self.terminated += t.terminated;
@@ -320,6 +364,8 @@ impl SweepReport {
     /// Adds another report's numbers to this one.
     pub fn merge(&mut self, other: SweepReport) {
         self.sessions += other.sessions;
+        self.leaks_prevented += other.leaks_prevented;
+        self.leaks_prevented_finished += other.leaks_prevented_finished;
         self.terminated += other.terminated;
         self.killed += other.killed;
         self.removed += other.removed;
@@ -333,8 +379,10 @@ impl fmt::Display for SweepReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "swept {} session(s): {} process(es) ended by SIGTERM, {} killed, {} cgroup(s) removed, {} error(s), in {:.1} ms",
+            "swept {} session(s), {} leak(s) prevented ({} of finished jobs): {} process(es) ended by SIGTERM, {} killed, {} cgroup(s) removed, {} error(s), in {:.1} ms",
             self.sessions,
+            self.leaks_prevented,
+            self.leaks_prevented_finished,
             self.terminated,
             self.killed,
             self.removed,
@@ -361,6 +409,8 @@ pub(crate) struct Target {
     pub parent: Arc<Cgroup>,
     pub cgroup: Arc<Cgroup>,
     pub children: Vec<Arc<ChildCell>>,
+    /// What ending it prevents if something in it still runs.
+    pub leak: Leak,
     /// Called with the outcome once the session is ended (counters, pool).
     pub on_done: Option<OnDone>,
 }
@@ -378,13 +428,13 @@ pub(crate) async fn sweep_targets(targets: Vec<Target>, grace: Duration) -> Swee
                 if let Some(done) = t.on_done.take() {
                     done(&outcome);
                 }
-                (t.id, outcome)
+                (t.id, outcome, t.leak)
             })
         })
         .collect();
     for h in handles {
         match h.await {
-            Ok((id, outcome)) => report.add(&id, outcome),
+            Ok((id, outcome, leak)) => report.add(&id, outcome, leak),
             Err(e) => report.errors.push(SweepError { session: "?".into(), error: format!("sweep task failed: {e}") }),
         }
     }

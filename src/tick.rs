@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
+use crate::ending::{Job, Unresolved};
 use crate::supervisor::Supervisor;
 use crate::sweep::SweepReport;
 
@@ -39,6 +40,12 @@ pub struct TickReport {
 }
 
 impl TickReport {
+    /// Leaks the tick's sweep prevented: sessions let go with processes still
+    /// running that the sweep ended ([`SweepReport::leaks_prevented`]).
+    pub fn leaks_prevented(&self) -> usize {
+        self.sweep.leaks_prevented
+    }
+
     /// Jobs that returned `Ok`.
     pub fn ok(&self) -> usize {
         self.jobs.iter().filter(|j| **j == JobOutcome::Ok).count()
@@ -64,6 +71,15 @@ impl Supervisor {
     /// other jobs nor the sweep. Jobs usually open a session each: whatever a
     /// job left alive — it failed, timed out or was cancelled inside — is in the
     /// orphan pool by the time it ends, and the sweep ends it.
+    ///
+    /// The sessions a job opens (in its own task: not in tasks it spawns) are
+    /// counted by its outcome: one it let go with processes running is
+    /// [finished](crate::Counters::sessions_finished) when the job returned
+    /// `Ok` — its servers were still shutting down — and
+    /// [abandoned](crate::Counters::sessions_abandoned) when it returned
+    /// `Err`, panicked or was cancelled. Both are decided when the job's task
+    /// ends, before the sweep. A session that outlives its job (moved out of
+    /// it) is let go outside any job.
     pub async fn tick<I, F, T, E>(&self, jobs: I, parallelism: Option<usize>) -> TickReport
     where
         I: IntoIterator<Item = F>,
@@ -82,7 +98,13 @@ impl Supervisor {
                         Some(s) => Some(s.acquire().await.expect("semaphore is never closed")),
                         None => None,
                     };
-                    job.await.map(drop).map_err(|e| e.to_string())
+                    // Resolved as failed if the job panics or its task is
+                    // cancelled; by its result otherwise, once the result
+                    // (a session in it too) is dropped.
+                    let unresolved = Unresolved(Arc::new(Job::default()));
+                    let result = unresolved.0.run(job).await.map(drop).map_err(|e| e.to_string());
+                    unresolved.0.resolve(result.is_ok());
+                    result
                 })
             })
             .collect();

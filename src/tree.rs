@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::instance::{self, Owner, XATTR_CREATED, XATTR_SESSION, XATTR_STATE};
 use crate::names::validate_session_id;
 use crate::root::{Root, RootKind};
-use crate::sweep::{SweepReport, Target};
+use crate::sweep::{Leak, SweepReport, Target};
 
 /// The state of a session as seen from outside its supervisor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -404,12 +404,18 @@ pub fn find_session(instance: &Cgroup, id: &str) -> Result<Option<Cgroup>> {
 
 /// Ends the given sessions of `instance` in parallel (SIGTERM, grace,
 /// `cgroup.kill`, `rmdir`), then removes the instance if it is left empty.
+/// Those marked orphaned that still ran something count as leaks prevented.
 pub async fn end_sessions(root: &Root, instance: Arc<Cgroup>, sessions: Vec<Cgroup>, grace: Duration) -> SweepReport {
     let targets = sessions
         .into_iter()
         .map(|cg| Target {
             id: cg.meta(XATTR_SESSION).ok().flatten().unwrap_or_else(|| cg.name().to_owned()),
             parent: Arc::clone(&instance),
+            leak: if cg.meta(XATTR_STATE).ok().flatten().as_deref() == Some("orphaned") {
+                Leak::Abandoned
+            } else {
+                Leak::No
+            },
             cgroup: Arc::new(cg),
             children: Vec::new(),
             on_done: None,

@@ -308,8 +308,10 @@ async fn ps_and_sweep_report_and_end_by_scope() {
 
         let v = json(&run(&env, &["sweep", "--json", "--grace", "100ms"]));
         assert_eq!((v["sessions"].as_u64(), v["removed"].as_u64()), (Some(1), Some(2)), "stale only: {v}");
+        assert_eq!(v["leaks_prevented"].as_u64(), Some(1), "the dead gateway's server still ran: {v}");
         let v = json(&run(&env, &["sweep", "--orphans", "--json", "--grace", "100ms"]));
         assert_eq!((v["sessions"].as_u64(), v["killed"].as_u64()), (Some(1), Some(1)), "the orphan: {v}");
+        assert_eq!(v["leaks_prevented"].as_u64(), Some(1), "{v}");
         assert_eq!(orphan.wait().unwrap().signal(), Some(libc::SIGKILL));
         assert_eq!(sessions(&env).len(), 1);
         // --all spares a live owner's instance, and says so; --force ends it.
@@ -322,6 +324,7 @@ async fn ps_and_sweep_report_and_end_by_scope() {
         let out = run(&env, &["sweep", "--all", "--force", "--json", "--grace", "100ms"]);
         let v = json(&out);
         assert_eq!(v["sessions"].as_u64(), Some(1), "{v}");
+        assert_eq!(v["leaks_prevented"].as_u64(), Some(0), "an active session is no leak: {v}");
         assert_eq!(active.wait().unwrap().signal(), Some(libc::SIGTERM));
         assert!(sessions(&env).is_empty());
         // --all leaves alone what procscope did not make.

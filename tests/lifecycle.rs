@@ -54,6 +54,7 @@ async fn the_guard_removes_empty_sessions_and_orphans_busy_ones() {
         assert!(!empty_dir.exists(), "an empty session is removed by its guard");
         let c = sup.counters();
         assert_eq!((c.sessions_removed, c.sessions_orphaned), (1, 0), "{c:?}");
+        assert_eq!((c.sessions_finished, c.sessions_abandoned), (1, 0), "{c:?}");
 
         let busy = sup.session("busy").unwrap();
         // The child starts a setsid'ed daemon and exits.
@@ -65,10 +66,12 @@ async fn the_guard_removes_empty_sessions_and_orphans_busy_ones() {
         assert_eq!(state_of(&busy_dir).as_deref(), Some("orphaned"));
         let c = sup.counters();
         assert_eq!((c.sessions_removed, c.sessions_orphaned), (1, 1), "{c:?}");
+        assert_eq!((c.sessions_finished, c.sessions_abandoned), (1, 1), "{c:?}");
 
         let report = sup.sweep_orphans().await;
         assert!(report.errors.is_empty(), "{report}");
         assert_eq!((report.sessions, report.removed), (1, 1), "{report}");
+        assert_eq!(report.leaks_prevented, 1, "the daemon was still running: {report}");
         assert!(!busy_dir.exists());
         sup.shutdown().await.unwrap();
     })
@@ -155,8 +158,13 @@ async fn every_exit_path_orphans_the_session() {
         assert_eq!(report.terminated + report.killed, 15, "{report}");
         assert!(sup.instance().children().unwrap().is_empty());
         assert!(!clean.exists());
+        assert_eq!((report.leaks_prevented, report.leaks_prevented_finished), (5, 0), "{report}");
         let c = sup.counters();
         assert_eq!((c.sessions_opened, c.sessions_orphaned, c.sessions_swept), (5, 5, 5));
+        // Outside a tick, even the clean return counts as abandoned: at the
+        // drop, it cannot be told from the others.
+        assert_eq!((c.sessions_closed, c.sessions_finished, c.sessions_abandoned), (0, 0, 5), "{c:?}");
+        assert_eq!((c.leaks_prevented, c.leaks_prevented_finished), (5, 0), "{c:?}");
         sup.shutdown().await.unwrap();
     })
     .await;
@@ -419,6 +427,216 @@ async fn tick_runs_jobs_in_bounded_parallel_and_sweeps_after_all() {
     env.finish().await;
 }
 
+/// The sessions of a tick's jobs are counted by how they ended: closed by
+/// their job; finished when the job returned `Ok` (its server still running,
+/// or nothing left); abandoned when the job timed out or panicked, or dropped
+/// the session during a panic it caught. The tick's sweep ends what the
+/// finished and abandoned ones left running: a leak prevented each.
+#[tokio::test]
+async fn a_tick_counts_how_each_session_ended_and_the_leaks_prevented() {
+    let env = TestEnv::new();
+    within(60, async {
+        let sup = supervisor(&env, Duration::from_millis(500)).await;
+        let jobs = (0..8).map(|i| {
+            let sup = sup.clone();
+            async move {
+                let open = || sup.session(&format!("job-{i}")).map_err(|e| e.to_string());
+                match i {
+                    // Closes its session, then returns.
+                    0 | 1 => {
+                        let s = open()?;
+                        let mut c = start_server(&s);
+                        wait_ready(&mut c).await;
+                        s.close().await.map(drop).map_err(|e| e.to_string())
+                    }
+                    // Returns with its server still running.
+                    2 | 3 => {
+                        let s = open()?;
+                        let mut c = start_server(&s);
+                        wait_ready(&mut c).await;
+                        Ok(())
+                    }
+                    // Returns once its server has exited: nothing to clean.
+                    4 => {
+                        let s = open()?;
+                        let status = s.spawn(&mut fixture(&["exit", "0"])).unwrap().wait().await.unwrap();
+                        assert!(status.success());
+                        Ok(())
+                    }
+                    // Times out with its server running.
+                    5 => {
+                        let s = open()?;
+                        let mut c = start_server(&s);
+                        wait_ready(&mut c).await;
+                        let never = std::future::pending::<()>();
+                        tokio::time::timeout(Duration::from_millis(20), never)
+                            .await
+                            .map_err(|_| "job 5 timed out".into())
+                    }
+                    // Panics with its server running.
+                    6 => {
+                        let s = open()?;
+                        let mut c = start_server(&s);
+                        wait_ready(&mut c).await;
+                        panic!("job 6 panicked")
+                    }
+                    // Drops a session with a live server during a panic it
+                    // catches, then returns `Ok`.
+                    _ => {
+                        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            let s = open().unwrap();
+                            let _server = s.spawn(&mut fixture(&["sleep", "3600"])).unwrap();
+                            panic!("job 7 panicked inside")
+                        }));
+                        assert!(caught.is_err());
+                        Ok(())
+                    }
+                }
+            }
+        });
+        let report = sup.tick(jobs, None).await;
+        let c = sup.counters();
+        assert_eq!((report.ok(), report.failed()), (6, 2), "{report}");
+        assert!(matches!(&report.jobs[5], JobOutcome::Failed(m) if m == "job 5 timed out"), "{report:?}");
+        assert!(matches!(&report.jobs[6], JobOutcome::Panicked(m) if m == "job 6 panicked"), "{report:?}");
+        assert_eq!(
+            (c.sessions_opened, c.sessions_closed, c.sessions_finished, c.sessions_abandoned),
+            (8, 2, 3, 3),
+            "{c:?}"
+        );
+        assert_eq!((c.sessions_orphaned, c.sessions_swept), (5, 5), "{c:?}");
+        assert_eq!((c.leaks_prevented, c.leaks_prevented_finished), (5, 2), "{c:?}");
+        // Jobs 2, 3, 5, 6 and 7 left their servers running.
+        assert!(report.sweep.errors.is_empty(), "{report:?}");
+        assert_eq!((report.sweep.sessions, report.sweep.removed), (5, 5), "{report}");
+        assert_eq!((report.leaks_prevented(), report.sweep.leaks_prevented_finished), (5, 2), "{report}");
+        // Three processes per started server, one for job 7's.
+        assert_eq!(report.sweep.terminated + report.sweep.killed, 13, "{report}");
+        assert!(report.to_string().contains("5 leak(s) prevented (2 of finished jobs)"), "{report}");
+        assert!(sup.instance().children().unwrap().is_empty());
+        sup.shutdown().await.unwrap();
+    })
+    .await;
+    env.finish().await;
+}
+
+/// Outside a tick, a session is closed when its job closes it, finished when
+/// nothing of it is alive at the drop, and abandoned when it is dropped with
+/// a process alive (the guard cannot tell a plain return from a
+/// cancellation) or during a panic. A sweep that still finds a process
+/// running in one prevents a leak; one whose processes had all exited is no
+/// leak.
+#[tokio::test]
+async fn sessions_outside_a_tick_are_counted_by_how_they_ended() {
+    let env = TestEnv::new();
+    within(30, async {
+        let sup = supervisor(&env, Duration::from_millis(500)).await;
+        let s = sup.session("closed").unwrap();
+        let mut c = start_server(&s);
+        wait_ready(&mut c).await;
+        s.close().await.unwrap();
+        drop(c);
+        {
+            let s = sup.session("empty").unwrap();
+            assert!(s.spawn(&mut fixture(&["exit", "0"])).unwrap().wait().await.unwrap().success());
+        }
+        let c = sup.counters();
+        assert_eq!((c.sessions_closed, c.sessions_finished, c.sessions_abandoned), (1, 1, 0), "{c:?}");
+        assert_eq!(c.sessions_orphaned, 0, "{c:?}");
+
+        {
+            let s = sup.session("alive").unwrap();
+            let mut c = start_server(&s);
+            wait_ready(&mut c).await;
+        }
+        let s2 = sup.clone();
+        let panicked = tokio::spawn(async move {
+            let s = s2.session("panic").unwrap();
+            let mut c = start_server(&s);
+            wait_ready(&mut c).await;
+            panic!("the job panicked");
+        });
+        assert!(panicked.await.unwrap_err().is_panic());
+        // Alive at the drop, gone before the sweep.
+        let watch = {
+            let s = sup.session("exited").unwrap();
+            let c = s.spawn(&mut fixture(&["sleep", "3600"])).unwrap();
+            procscope::PidFd::open(c.pidfd().pid()).unwrap()
+        };
+        let c = sup.counters();
+        assert_eq!((c.sessions_finished, c.sessions_abandoned, c.sessions_orphaned), (1, 3, 3), "{c:?}");
+        assert_eq!(c.leaks_prevented, 0, "{c:?}");
+        watch.send_signal(procscope::Signal::KILL).unwrap();
+        watch.exited().await.unwrap();
+
+        let report = sup.sweep_orphans().await;
+        assert!(report.errors.is_empty(), "{report:?}");
+        assert_eq!((report.sessions, report.removed), (3, 3), "{report}");
+        assert_eq!((report.leaks_prevented, report.leaks_prevented_finished), (2, 0), "{report}");
+        assert!(report.to_string().contains("2 leak(s) prevented (0 of finished jobs)"), "{report}");
+        let c = sup.counters();
+        assert_eq!(
+            (c.sessions_opened, c.sessions_closed, c.sessions_finished, c.sessions_abandoned, c.sessions_swept),
+            (5, 1, 1, 3, 3),
+            "{c:?}"
+        );
+        assert_eq!((c.leaks_prevented, c.leaks_prevented_finished), (2, 0), "{c:?}");
+        assert!(sup.instance().children().unwrap().is_empty());
+        sup.shutdown().await.unwrap();
+    })
+    .await;
+    env.finish().await;
+}
+
+/// A session a tick job let go with its server running waits for the job's
+/// outcome; a sweep from elsewhere that takes it before the job returned
+/// decides it abandoned (the job had not returned), though the job then
+/// returns `Ok`.
+#[tokio::test]
+async fn a_session_swept_before_its_tick_job_returned_is_abandoned() {
+    let env = TestEnv::new();
+    within(30, async {
+        let sup = supervisor(&env, Duration::from_millis(500)).await;
+        let (let_go_tx, let_go_rx) = tokio::sync::oneshot::channel();
+        let (swept_tx, swept_rx) = tokio::sync::oneshot::channel();
+        let job = {
+            let sup = sup.clone();
+            async move {
+                {
+                    let s = sup.session("early").map_err(|e| e.to_string())?;
+                    let mut c = start_server(&s);
+                    wait_ready(&mut c).await;
+                }
+                let_go_tx.send(()).unwrap();
+                swept_rx.await.map_err(|e| e.to_string())
+            }
+        };
+        let sweeper = {
+            let sup = sup.clone();
+            tokio::spawn(async move {
+                let_go_rx.await.unwrap();
+                let c = sup.counters();
+                assert_eq!((c.sessions_orphaned, c.sessions_finished, c.sessions_abandoned), (1, 0, 0), "{c:?}");
+                let report = sup.sweep_orphans().await;
+                swept_tx.send(()).unwrap();
+                report
+            })
+        };
+        let report = sup.tick([job], None).await;
+        let early = sweeper.await.unwrap();
+        assert_eq!(report.jobs, [JobOutcome::Ok]);
+        assert_eq!((early.sessions, early.leaks_prevented, early.leaks_prevented_finished), (1, 1, 0), "{early}");
+        assert_eq!((report.sweep.sessions, report.leaks_prevented()), (0, 0), "{report}");
+        let c = sup.counters();
+        assert_eq!((c.sessions_finished, c.sessions_abandoned), (0, 1), "{c:?}");
+        assert_eq!((c.leaks_prevented, c.leaks_prevented_finished), (1, 0), "{c:?}");
+        assert!(sup.instance().children().unwrap().is_empty());
+        sup.shutdown().await.unwrap();
+    })
+    .await;
+    env.finish().await;
+}
+
 /// Sessions dropped while sweeps run concurrently, and tasks aborted at random
 /// points (including right after a spawn): everything ends up swept, once.
 #[tokio::test]
@@ -570,6 +788,7 @@ async fn recovery_reaps_a_crashed_instance_and_spares_live_and_foreign_ones() {
         let r = sup.recovery();
         assert_eq!(r.sessions, 2, "{r}");
         assert_eq!(r.removed, 3, "2 sessions and the instance: {r}");
+        assert_eq!(r.leaks_prevented, 2, "both sessions still ran their servers: {r}");
         assert!(r.errors.is_empty(), "{r:?}");
         assert!(!crashed_instance.exists());
         assert!(crashed_members.iter().all(|m| !m.is_alive()));

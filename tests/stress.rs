@@ -189,14 +189,24 @@ async fn randomized_cancellation_leaks_nothing() {
         assert!(swept.errors.is_empty() && last.errors.is_empty(), "{:?} {:?}", swept.errors, last.errors);
         assert!(!env.root.is_populated().unwrap(), "processes left");
         assert!(env.root.children().unwrap().is_empty(), "cgroups left: {:?}", env.root.children());
+        // Every session ended one way, counted once. No job runs in a tick:
+        // every session let go with processes alive was abandoned.
+        let c = counters;
+        assert_eq!(c.sessions_closed as usize, tally[5], "{c:?}");
+        assert_eq!(c.sessions_opened, c.sessions_closed + c.sessions_finished + c.sessions_abandoned, "{c:?}");
+        assert_eq!(c.sessions_orphaned, c.sessions_abandoned, "{c:?}");
+        assert!(c.leaks_prevented <= c.sessions_abandoned && c.leaks_prevented_finished == 0, "{c:?}");
         eprintln!(
             "stress: {iterations} iterations (endings cancelled/aborted/panics/errors/timeouts/closes = {tally:?}; \
-             servers {:?} = {kinds:?}); {} sweeps ran alongside; {} sessions orphaned, {} swept, {} processes \
-             terminated, {} killed; leaks found: 0",
+             servers {:?} = {kinds:?}); {} sweeps ran alongside; sessions {} closed, {} finished, {} abandoned, \
+             {} swept, {} leaks prevented; {} processes terminated, {} killed; leaks found: 0",
             KINDS.map(|k| k.0),
             sweeps.load(Ordering::Relaxed),
-            counters.sessions_orphaned,
+            counters.sessions_closed,
+            counters.sessions_finished,
+            counters.sessions_abandoned,
             counters.sessions_swept,
+            counters.leaks_prevented,
             counters.processes_terminated,
             counters.processes_killed,
         );

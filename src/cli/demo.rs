@@ -88,9 +88,22 @@ pub async fn run(a: DemoArgs) -> i32 {
         sup.root().path().display(),
         sup.guardian_pid().unwrap_or(0)
     );
+    // done: jobs that returned normally (their sessions are `finished`);
+    // cancelled: jobs cut off mid-call (their sessions are `abandoned`);
+    // leaks: sessions in which the sweep still found a process running.
     println!(
-        "{:>4}  {:>4}  {:>9}  {:>8}  {:>8}  {:>5}  {:>10}  {:>6}  {:>8}",
-        "tick", "done", "cancelled", "sessions", "orphaned", "swept", "terminated", "killed", "sweep ms"
+        "{:>4}  {:>4}  {:>9}  {:>8}  {:>8}  {:>9}  {:>5}  {:>5}  {:>10}  {:>6}  {:>8}",
+        "tick",
+        "done",
+        "cancelled",
+        "sessions",
+        "finished",
+        "abandoned",
+        "leaks",
+        "swept",
+        "terminated",
+        "killed",
+        "sweep ms"
     );
     for t in 0..a.ticks {
         let before = sup.counters();
@@ -108,12 +121,14 @@ pub async fn run(a: DemoArgs) -> i32 {
         let cancelled_jobs =
             report.jobs.iter().filter(|o| matches!(o, procscope::JobOutcome::Failed(m) if m == "cancelled")).count();
         println!(
-            "{:>4}  {:>4}  {:>9}  {:>8}  {:>8}  {:>5}  {:>10}  {:>6}  {:>8.1}",
+            "{:>4}  {:>4}  {:>9}  {:>8}  {:>8}  {:>9}  {:>5}  {:>5}  {:>10}  {:>6}  {:>8.1}",
             t + 1,
             report.ok(),
             cancelled_jobs,
             after.sessions_opened - before.sessions_opened,
-            after.sessions_orphaned - before.sessions_orphaned,
+            after.sessions_finished - before.sessions_finished,
+            after.sessions_abandoned - before.sessions_abandoned,
+            report.leaks_prevented(),
             report.sweep.sessions,
             report.sweep.terminated,
             report.sweep.killed,
@@ -132,13 +147,18 @@ pub async fn run(a: DemoArgs) -> i32 {
         eprintln!("procscope demo: shutdown: {e}");
     }
     println!(
-        "sessions opened {}, orphaned {}, swept {}; processes spawned {}, ended by SIGTERM {}, killed {}",
-        c.sessions_opened,
-        c.sessions_orphaned,
-        c.sessions_swept,
-        c.processes_spawned,
-        c.processes_terminated,
-        c.processes_killed
+        "sessions opened {}: {} closed, {} of jobs that finished, {} abandoned by cancelled or failed jobs",
+        c.sessions_opened, c.sessions_closed, c.sessions_finished, c.sessions_abandoned
+    );
+    println!(
+        "leaks prevented {}: {} of finished jobs whose servers were still running, {} abandoned",
+        c.leaks_prevented,
+        c.leaks_prevented_finished,
+        c.leaks_prevented - c.leaks_prevented_finished
+    );
+    println!(
+        "processes spawned {}, ended by SIGTERM {}, killed {}",
+        c.processes_spawned, c.processes_terminated, c.processes_killed
     );
     let left = tagged_processes(&tag);
     println!("processes left behind: {}", left.len());

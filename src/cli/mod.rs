@@ -107,6 +107,8 @@ pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
 pub fn report_json(r: &procscope::SweepReport) -> serde_json::Value {
     serde_json::json!({
         "sessions": r.sessions,
+        "leaks_prevented": r.leaks_prevented,
+        "leaks_prevented_finished": r.leaks_prevented_finished,
         "terminated": r.terminated,
         "killed": r.killed,
         "removed": r.removed,
