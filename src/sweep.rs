@@ -281,7 +281,33 @@ fn or_gone<T>(r: Result<T>, value: T) -> Result<T> {
     }
 }
 
-/// What a sweep did.
+/// What a sweep did: from [`Supervisor::sweep`](crate::Supervisor::sweep),
+/// [`shutdown`](crate::Supervisor::shutdown), a [`tick`](crate::Supervisor::tick)
+/// ([`TickReport::sweep`](crate::TickReport::sweep)), the recovery at start
+/// ([`Supervisor::recovery`](crate::Supervisor::recovery)) and
+/// [`tree::sweep`](crate::tree::sweep). Its `Display` is one line for a log.
+///
+/// # Examples
+/// ```no_run
+/// # async fn run(sup: &procscope::Supervisor) {
+/// let report = sup.sweep_orphans().await;
+/// tracing::info!(%report, "swept");
+/// if report.killed > 0 {
+///     // Servers that ignored SIGTERM for the whole grace period.
+///     tracing::warn!(killed = report.killed, "consider a longer grace period");
+/// }
+/// for e in &report.errors {
+///     tracing::error!(session = %e.session, error = %e.error, "left for the next sweep");
+/// }
+/// # }
+/// ```
+///
+/// # Caveats
+/// - A sweep ends what it can and reports the rest in `errors`; those
+///   sessions stay where they are and the next sweep tries again, so a sweep
+///   as a whole never fails.
+/// - The counts are per sweep. [`Counters`](crate::Counters) keeps the totals
+///   of a supervisor's life.
 #[derive(Clone, Debug, Default)]
 #[non_exhaustive]
 pub struct SweepReport {
