@@ -23,8 +23,6 @@ mod child;
 mod command;
 mod error;
 #[doc(hidden)]
-pub mod fixture;
-#[doc(hidden)]
 pub mod guardian;
 pub mod identity;
 mod instance;
