@@ -16,6 +16,7 @@ use std::hint::black_box;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
@@ -26,8 +27,14 @@ use tokio::io::AsyncReadExt;
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-const FIXTURE: &str = env!("CARGO_BIN_EXE_procscope-fixture");
 const PROCSCOPE: &str = env!("CARGO_BIN_EXE_procscope");
+/// The test helper of the same profile, the example
+/// `target/release/examples/procscope-fixture`: `scripts/bench` builds it
+/// (`cargo bench` builds no example).
+static FIXTURE: LazyLock<String> = LazyLock::new(|| {
+    let path = Path::new(PROCSCOPE).with_file_name("examples").join("procscope-fixture");
+    path.into_os_string().into_string().expect("a UTF-8 target directory")
+});
 /// Iterations thrown away before measuring (page cache, lazy statics, allocator).
 const WARMUP: usize = 50;
 
@@ -66,6 +73,14 @@ fn main() -> ExitCode {
     if !rustix::process::geteuid().is_root() {
         eprintln!(
             "procscope-bench: must run as root (it creates cgroups and signals processes); try: sudo scripts/bench"
+        );
+        return ExitCode::from(1);
+    }
+    if !Path::new(&*FIXTURE).exists() {
+        eprintln!(
+            "procscope-bench: the test helper {} is missing; build it with \
+             `cargo build --release --example procscope-fixture` (scripts/bench does)",
+            *FIXTURE
         );
         return ExitCode::from(1);
     }
@@ -166,7 +181,7 @@ fn ps_sleep() -> Command {
 
 /// procscope: the fixture with `args`, stdio on /dev/null.
 fn ps_fixture(args: &[&str]) -> Command {
-    let mut c = Command::new(FIXTURE);
+    let mut c = Command::new(&*FIXTURE);
     c.args(args).stdin(Stdio::Null).stdout(Stdio::Null).stderr(Stdio::Null);
     c
 }
@@ -919,7 +934,7 @@ async fn exec_as_the_command(cfg: &Cfg, r: &mut Results) -> anyhow::Result<()> {
             let mut w = std::process::Command::new(PROCSCOPE)
                 .args(["exec", "--root"])
                 .arg(&exec_root)
-                .args(["--", FIXTURE, "ready", "wait-eof"])
+                .args(["--", FIXTURE.as_str(), "ready", "wait-eof"])
                 .stdin(std::process::Stdio::piped())
                 .stdout(std::process::Stdio::piped())
                 .spawn()?;

@@ -123,8 +123,6 @@ mod child;
 mod command;
 mod ending;
 mod error;
-#[doc(hidden)]
-pub mod fixture;
 mod guardian;
 pub mod identity;
 mod instance;

@@ -432,7 +432,8 @@ async fn signals_are_reset_in_the_child_on_both_clone_paths() {
     within(30, async {
         // The parent ignores SIGTERM; tokio has handlers installed (SIGCHLD).
         procscope::refresh_ignored_signals();
-        procscope::fixture::ignore_sigterm();
+        // SAFETY: SIG_IGN is not a handler: no code runs on the signal.
+        unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
         // Ignored signals are read at the first spawn, by Supervisor::start and
         // on request; they were read before SIGTERM was ignored, so a child
         // spawned now keeps SIGTERM ignored, as std::process would leave it.

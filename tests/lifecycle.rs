@@ -816,7 +816,12 @@ async fn guardian_pss_release_build() {
     let bin = std::env::var("PROCSCOPE_RELEASE_BIN").expect("set PROCSCOPE_RELEASE_BIN to target/release/procscope");
     // The gateway is the release build of the fixture; its guardian is the
     // same program run again.
-    let gateway_bin = std::path::Path::new(&bin).with_file_name("procscope-fixture");
+    let gateway_bin = std::path::Path::new(&bin).with_file_name("examples").join("procscope-fixture");
+    assert!(
+        gateway_bin.exists(),
+        "{} is missing: build it with `cargo build --release --example procscope-fixture`",
+        gateway_bin.display()
+    );
     let env = TestEnv::new();
     within(30, async {
         let (mut gateway, lines) = Gateway::start(gateway_bin.to_str().unwrap(), &env.path(), 1, true);

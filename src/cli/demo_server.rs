@@ -23,6 +23,13 @@ pub struct ServerArgs {
     tag: String,
 }
 
+/// Sets SIGTERM to ignored, as a server that shrugs off a polite stop does.
+fn ignore_sigterm() {
+    // SAFETY: SIG_IGN is not a handler: no code of ours runs on the signal, so
+    // no async-signal-safety question arises.
+    unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
+}
+
 pub fn run(a: ServerArgs) -> i32 {
     if a.idle {
         loop {
@@ -35,7 +42,7 @@ pub fn run(a: ServerArgs) -> i32 {
         return 2;
     }
     if kinds.contains(&"stubborn") {
-        procscope::fixture::ignore_sigterm();
+        ignore_sigterm();
     }
     if kinds.contains(&"daemonizer") {
         // Like a server that starts a background helper in a session of its

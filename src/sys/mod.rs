@@ -6,8 +6,7 @@
 //!   cgroup mounts), async-signal-safe as well.
 //! - [`hook`]: the constructor that turns a re-executed program into the
 //!   guardian before its `main`, and the guardian's `fork`.
-//! - [`signal`]: signal dispositions and synchronous signal waits, used by the
-//!   fixture and demo servers and by the CLI's wrapper.
+//! - [`signal`]: signal dispositions, used by the guardian.
 //!
 //! Everything else in the crate is `#![deny(unsafe_code)]` and goes through the
 //! safe functions exported here.

@@ -9,7 +9,41 @@ use procscope::Cgroup;
 use procscope::cgroup::hierarchy::Hierarchy;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-pub const FIXTURE: &str = env!("CARGO_BIN_EXE_procscope-fixture");
+/// The test helper, a process that misbehaves on request: the example
+/// `examples/procscope-fixture.rs`, built as
+/// `target/<profile>/examples/procscope-fixture`. The path is derived at
+/// compile time from the `procscope` binary's (`target/<profile>/procscope`),
+/// not from where the test runs (a nextest archive is extracted elsewhere).
+///
+/// `cargo test` and `cargo nextest run` build it; with a target filter
+/// (`cargo test --test core`, `cargo nextest run --test core`) cargo builds no
+/// example: run `cargo build --example procscope-fixture` first.
+/// [`TestEnv::new`] fails with that advice when it is missing.
+pub const FIXTURE: &str = {
+    const BIN: &[u8] = env!("CARGO_BIN_EXE_procscope").as_bytes();
+    const EXAMPLE: &[u8] = b"examples/procscope-fixture";
+    // The length of BIN's directory, its last '/' included (`cargo check`
+    // gives a bare name).
+    const DIR: usize = {
+        let mut n = BIN.len();
+        while n > 0 && BIN[n - 1] != b'/' {
+            n -= 1;
+        }
+        n
+    };
+    // concat! takes literals only: the bytes are put together here.
+    const PATH: [u8; DIR + EXAMPLE.len()] = {
+        let mut path = [0; DIR + EXAMPLE.len()];
+        let (dir, example) = path.split_at_mut(DIR);
+        dir.copy_from_slice(BIN.split_at(DIR).0);
+        example.copy_from_slice(EXAMPLE);
+        path
+    };
+    match std::str::from_utf8(&PATH) {
+        Ok(path) => path,
+        Err(_) => panic!("CARGO_BIN_EXE_procscope is not UTF-8"),
+    }
+};
 
 /// A test's own cgroup root under the cgroup2 mount, removed at the end.
 pub struct TestEnv {
@@ -23,6 +57,11 @@ impl TestEnv {
     /// Fails (never skips) when the host cannot run the tests.
     pub fn new() -> TestEnv {
         assert!(rustix::process::geteuid().is_root(), "these tests need root (they create cgroups)");
+        assert!(
+            std::path::Path::new(FIXTURE).exists(),
+            "the test helper {FIXTURE} is missing: build it with `cargo build --example procscope-fixture` \
+             (`cargo test` and `cargo nextest run` build it, but not with a target filter such as --test)"
+        );
         let h = Hierarchy::discover().expect("a cgroup2 mount is needed for these tests");
         let mount = h.open_mount().expect("open the cgroup2 mount");
         let name = format!("procscope-test-{}-{}", std::process::id(), nanos());

@@ -9,7 +9,7 @@
 set -u
 ROOTDIR=$(cd "$(dirname "$0")/../.." && pwd)
 BIN=$ROOTDIR/target/release/procscope
-FIXTURE=$ROOTDIR/target/release/procscope-fixture
+FIXTURE=$ROOTDIR/target/release/examples/procscope-fixture
 # shellcheck source=../guest/scenario.bash
 source "$ROOTDIR/vm-tests/guest/scenario.bash"
 

@@ -1,4 +1,9 @@
-//! A small program that misbehaves on request, for tests and the demo.
+//! A small program that misbehaves on request: the test helper of procscope's
+//! integration tests and benchmarks. An example target, so that `cargo install`
+//! leaves it out; `cargo test` and `cargo nextest run` build it, and
+//! `cargo build --example procscope-fixture` (with `--release` for the release
+//! tests and the benchmarks) builds it alone, as
+//! `target/<profile>/examples/procscope-fixture`.
 //!
 //! `procscope-fixture ACTION [ACTION …]` runs the actions in order:
 //!
@@ -36,7 +41,7 @@ use std::io::{Read, Write};
 use std::process::Stdio;
 use std::time::Duration;
 
-use crate::sys::signal;
+use procscope::cgroup::hierarchy::Hierarchy;
 
 /// Prints `LABEL=ok` or `LABEL=E<errno>` for one attempted action.
 fn attempt(label: &str, r: Result<(), i32>) {
@@ -51,10 +56,10 @@ fn errno(e: std::io::Error) -> i32 {
 }
 
 /// This process's own cgroup directory, opened.
-fn own_cgroup() -> Result<crate::Cgroup, String> {
-    let h = crate::cgroup::hierarchy::Hierarchy::discover().map_err(|e| e.to_string())?;
+fn own_cgroup() -> Result<procscope::Cgroup, String> {
+    let h = Hierarchy::discover().map_err(|e| e.to_string())?;
     let dir = h.own_dir.ok_or("no cgroup2 directory")?;
-    crate::Cgroup::open(dir).map_err(|e| e.to_string())
+    procscope::Cgroup::open(dir).map_err(|e| e.to_string())
 }
 
 /// `nest DEPTH WIDTH`: the deep and wide trees of a hostile child.
@@ -70,16 +75,16 @@ fn nest(depth: usize, width: usize) -> Result<(), String> {
     cur.write("cgroup.procs", "0").map_err(|e| e.to_string())
 }
 
-/// Runs the fixture with `args` (without the program name). Never returns.
-pub fn main(args: Vec<String>) -> ! {
-    let mut it = args.into_iter();
+/// Runs the actions given as arguments, in order.
+fn main() {
+    let mut it = std::env::args().skip(1);
     let out = std::io::stdout();
     while let Some(action) = it.next() {
         let mut arg = || it.next().unwrap_or_else(|| fail(&format!("{action} needs an argument")));
         match action.as_str() {
             "self" => print_self(),
             "ready" => say("ready"),
-            "ignore-term" => signal::set_ignored(libc::SIGTERM, true).unwrap_or_else(|e| fail(&e.to_string())),
+            "ignore-term" => signal::ignore(libc::SIGTERM).unwrap_or_else(|e| fail(&e.to_string())),
             "daemon" => {
                 let child = std::process::Command::new("setsid")
                     .arg("--fork")
@@ -319,7 +324,7 @@ fn gateway(root: &str, sessions: usize, guardian: bool) -> ! {
     let rt =
         tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap_or_else(|e| fail(&e.to_string()));
     rt.block_on(async {
-        let mut builder = crate::Supervisor::builder().root(root).grace(Duration::from_millis(500));
+        let mut builder = procscope::Supervisor::builder().root(root).grace(Duration::from_millis(500));
         if guardian {
             builder = builder.guardian(true);
         }
@@ -334,19 +339,21 @@ fn gateway(root: &str, sessions: usize, guardian: bool) -> ! {
             let started = async {
                 // Children given actions may build cgroup trees: no nesting caps.
                 let limits = match &actions {
-                    None => crate::Limits::default(),
-                    Some(_) => crate::Limits {
+                    None => procscope::Limits::default(),
+                    Some(_) => procscope::Limits {
                         max_depth: Some(u32::MAX),
                         max_descendants: Some(u32::MAX),
-                        ..crate::Limits::default()
+                        ..procscope::Limits::default()
                     },
                 };
                 let session = sup.session_with_limits(&format!("g{i}"), &limits)?;
-                let mut cmd = crate::Command::new(self_exe());
-                cmd.stdin(crate::Stdio::Null);
+                let mut cmd = procscope::Command::new(self_exe());
+                cmd.stdin(procscope::Stdio::Null);
                 match &actions {
-                    None => cmd.args(["daemon", "sleep", "3600"]).stdout(crate::Stdio::Null),
-                    Some(a) => cmd.args(a.split_whitespace()).stdout(crate::Stdio::Piped).sealing(crate::Sealing::Off),
+                    None => cmd.args(["daemon", "sleep", "3600"]).stdout(procscope::Stdio::Null),
+                    Some(a) => {
+                        cmd.args(a.split_whitespace()).stdout(procscope::Stdio::Piped).sealing(procscope::Sealing::Off)
+                    }
                 };
                 let mut child = session.spawn(&mut cmd)?;
                 let out = child.stdout.take().map(|o| tokio::io::BufReader::new(o).lines());
@@ -361,7 +368,7 @@ fn gateway(root: &str, sessions: usize, guardian: bool) -> ! {
                     }
                     None => None,
                 };
-                Ok::<_, crate::Error>((session, child, out))
+                Ok::<_, procscope::Error>((session, child, out))
             };
             match started.await {
                 Ok(kept) => keep.push(kept),
@@ -405,7 +412,62 @@ fn gateway(root: &str, sessions: usize, guardian: bool) -> ! {
     })
 }
 
-/// Sets SIGTERM to ignored (for servers that misbehave on purpose).
-pub fn ignore_sigterm() {
-    let _ = signal::set_ignored(libc::SIGTERM, true);
+/// Signal dispositions and synchronous waits, through libc: procscope keeps its
+/// own to itself.
+mod signal {
+    use std::io;
+    use std::mem::MaybeUninit;
+
+    /// Sets `sig` to be ignored (`SIG_IGN`).
+    pub fn ignore(sig: i32) -> io::Result<()> {
+        // SAFETY: SIG_IGN is not a handler: no code of ours runs on the signal,
+        // so no async-signal-safety question arises.
+        let prev = unsafe { libc::signal(sig, libc::SIG_IGN) };
+        if prev == libc::SIG_ERR { Err(io::Error::last_os_error()) } else { Ok(()) }
+    }
+
+    /// Blocks every signal in `sigs` for the calling thread, so that they stay
+    /// pending until [`wait_blocked`] takes them.
+    pub fn block(sigs: &[i32]) -> io::Result<()> {
+        let set = sigset(sigs)?;
+        // SAFETY: a valid, initialised signal set; the old mask is not requested.
+        let r = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+        if r != 0 { Err(io::Error::from_raw_os_error(r)) } else { Ok(()) }
+    }
+
+    /// Waits until one of `sigs` (blocked with [`block`]) is pending and takes
+    /// it. Returns the signal number and the pid of the sender.
+    pub fn wait_blocked(sigs: &[i32]) -> io::Result<(i32, i32)> {
+        let set = sigset(sigs)?;
+        loop {
+            let mut info = MaybeUninit::<libc::siginfo_t>::zeroed();
+            // SAFETY: a valid set and a writable siginfo buffer.
+            let r = unsafe { libc::sigwaitinfo(&set, info.as_mut_ptr()) };
+            if r < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            // SAFETY: sigwaitinfo filled `info`; si_pid is valid for signals sent
+            // by kill(2) and pidfd_send_signal(2), and 0 for others.
+            let pid = unsafe { info.assume_init_ref().si_pid() };
+            return Ok((r, pid));
+        }
+    }
+
+    fn sigset(sigs: &[i32]) -> io::Result<libc::sigset_t> {
+        let mut set = MaybeUninit::<libc::sigset_t>::uninit();
+        // SAFETY: sigemptyset initialises the set; sigaddset only writes into it.
+        unsafe {
+            libc::sigemptyset(set.as_mut_ptr());
+            for &sig in sigs {
+                if libc::sigaddset(set.as_mut_ptr(), sig) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(set.assume_init())
+        }
+    }
 }
