@@ -88,9 +88,13 @@ enum Cmd {
     Ps {
         #[command(flatten)]
         root: RootArg,
-        /// Print JSON instead of a table
+        /// Print JSON instead of a table (with --watch, one object per line)
         #[arg(long)]
         json: bool,
+        /// Refresh every DURATION (e.g. 2s) until interrupted, with each
+        /// session's CPU use since the last refresh and its memory trend
+        #[arg(long, value_name = "DURATION", value_parser = parse_interval)]
+        watch: Option<Duration>,
     },
     /// Remove stale instances and sessions (owner gone); more with --orphans, --all, --all --force.
     #[command(after_help = SEE_EXIT_CODES)]
@@ -146,6 +150,14 @@ fn parse_grace(s: &str) -> Result<Duration, String> {
     procscope::cgroup::limits::parse_duration("grace", s).map_err(|e| e.to_string())
 }
 
+/// A refresh interval: a duration with a unit, more than zero.
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    match procscope::cgroup::limits::parse_duration("interval", s).map_err(|e| e.to_string())? {
+        d if d.is_zero() => Err("an interval of 0 would never pause; give one such as 2s or 500ms".into()),
+        d => Ok(d),
+    }
+}
+
 /// Logs to stderr: RUST_LOG when set, else the level -v / -q ask for
 /// (warnings by default).
 fn init_logging(verbose: u8, quiet: bool) {
@@ -193,7 +205,7 @@ fn main() {
         Cmd::End { root, grace, owner, missing_ok, json, ids } => {
             cli::run_async(cli::admin::end(root.root, grace, owner, missing_ok, json, ids))
         }
-        Cmd::Ps { root, json } => cli::run_async(cli::admin::ps(root.root, json)),
+        Cmd::Ps { root, json, watch } => cli::run_async(cli::ps::ps(root.root, json, watch)),
         Cmd::Sweep { root, orphans, all, force, grace, json } => {
             cli::run_async(cli::admin::sweep(root.root, orphans, all, force, grace, json))
         }

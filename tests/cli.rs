@@ -338,6 +338,72 @@ async fn ps_and_sweep_report_and_end_by_scope() {
     env.finish().await;
 }
 
+/// `ps --watch` refreshes until interrupted, shows each session's CPU use
+/// since the last refresh and its memory trend, and fits 80 columns, however
+/// long the names. Its JSON form is one object per refresh; bad intervals
+/// are refused with a hint.
+#[tokio::test]
+async fn ps_watches_cpu_and_memory_in_80_columns() {
+    let env = TestEnv::new();
+    {
+        let long_id = "a-session-id-much-longer-than-its-column";
+        let (mut busy, _o) = exec_ready(&env, &["--session", long_id], &["ready", "spin", "60"]);
+        let watch = |extra: &[&str]| {
+            let mut args = vec!["ps", "--watch", "300ms"];
+            args.extend_from_slice(extra);
+            let child = procscope(&env, &args).env("COLUMNS", "80").stdout(Stdio::piped()).spawn().unwrap();
+            std::thread::sleep(Duration::from_millis(1500));
+            signal(&child, rustix::process::Signal::TERM);
+            child.wait_with_output().unwrap()
+        };
+
+        let out = watch(&[]);
+        assert!(out.status.success(), "{out:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let refreshes = text.matches("root: ").count();
+        assert!(refreshes >= 3, "{refreshes} refreshes in 1.5 s at 300 ms:\n{text}");
+        for line in text.lines() {
+            assert!(line.chars().count() <= 80, "{} columns: {line:?}", line.chars().count());
+        }
+        let rows: Vec<&str> = text.lines().filter(|l| l.trim_start().starts_with("a-session-id")).collect();
+        assert_eq!(rows.len(), refreshes, "{text}");
+        assert!(rows.iter().all(|r| r.contains('…')), "the long id is cut, visibly: {rows:?}");
+        // From the second refresh on: CPU since the last one (the fixture
+        // spins a whole CPU) and a memory trend.
+        let pct: f64 = rows[2]
+            .split_whitespace()
+            .find_map(|w| w.strip_suffix('%'))
+            .unwrap_or_else(|| panic!("no CPU % in {:?}", rows[2]))
+            .parse()
+            .unwrap();
+        assert!(pct > 20.0, "a spinning session uses CPU: {pct}% in {:?}", rows[2]);
+        assert!(rows[2].chars().filter(|c| ('▁'..='█').contains(c)).count() >= 2, "{:?}", rows[2]);
+
+        let out = watch(&["--json"]);
+        assert!(out.status.success(), "{out:?}");
+        let lines: Vec<Value> =
+            String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert!(lines.len() >= 3, "{lines:?}");
+        assert_eq!(lines[0]["instances"][0]["sessions"][0]["id"], long_id);
+        assert!(
+            lines[2]["cpu_percent"].as_object().unwrap().values().any(|p| p.as_f64().unwrap() > 20.0),
+            "{}",
+            lines[2]
+        );
+
+        for (bad, hint) in [("0", "never pause"), ("2", "unit")] {
+            let out = run(&env, &["ps", "--watch", bad]);
+            assert_eq!(out.status.code(), Some(2), "{out:?}");
+            assert!(String::from_utf8_lossy(&out.stderr).contains(hint), "{out:?}");
+        }
+
+        signal(&busy, rustix::process::Signal::TERM);
+        assert_eq!(busy.wait().unwrap().signal(), Some(libc::SIGTERM));
+        env.wait_root_empty().await;
+    }
+    env.finish().await;
+}
+
 #[tokio::test]
 async fn doctor_reports_this_host() {
     let env = TestEnv::new();

@@ -7,7 +7,7 @@ use std::time::Duration;
 use procscope::tree::{self, Scope};
 use procscope::{Error, Owner};
 
-use super::{FAILED, fail, human_age, human_bytes, locate_root, print_table, report_json};
+use super::{FAILED, fail, locate_root, report_json};
 
 /// The owner whose sessions `end` acts on: `--owner`, else
 /// `$PROCSCOPE_OWNER`, else our parent process (the gateway that runs
@@ -103,62 +103,6 @@ pub async fn end(
         return FAILED;
     }
     if report.errors.is_empty() { 0 } else { FAILED }
-}
-
-pub async fn ps(root: Option<PathBuf>, json: bool) -> i32 {
-    let root = match locate_root(root) {
-        Ok(r) => r,
-        Err(e) => return fail("ps", &e),
-    };
-    let instances = match tree::list(&root) {
-        Ok(i) => i,
-        Err(e) => return fail("ps", &e),
-    };
-    if json {
-        let v = serde_json::json!({ "root": root.path(), "instances": instances });
-        println!("{v}");
-        return 0;
-    }
-    println!("root: {}", root.path().display());
-    let mut rows = Vec::new();
-    for i in &instances {
-        let owner = format!("{}{}", i.owner_pid, if i.owner_alive { "" } else { " (gone)" });
-        if i.sessions.is_empty() {
-            let state = if i.owner_alive { "active" } else { "stale" };
-            rows.push(vec![
-                i.name.clone(),
-                owner.clone(),
-                state.into(),
-                "-".into(),
-                "0".into(),
-                "-".into(),
-                human_age(i.age_secs),
-                String::new(),
-            ]);
-        }
-        for s in &i.sessions {
-            let mut cmd = s.command.clone().unwrap_or_default();
-            if cmd.chars().count() > 60 {
-                cmd = cmd.chars().take(57).collect::<String>() + "...";
-            }
-            rows.push(vec![
-                i.name.clone(),
-                owner.clone(),
-                s.state.as_str().into(),
-                s.id.clone(),
-                s.processes.to_string(),
-                human_bytes(s.memory_bytes),
-                human_age(s.age_secs),
-                cmd,
-            ]);
-        }
-    }
-    if rows.is_empty() {
-        println!("no procscope instances");
-    } else {
-        print_table(&["INSTANCE", "OWNER", "STATE", "SESSION", "PROCS", "MEMORY", "AGE", "COMMAND"], &rows);
-    }
-    0
 }
 
 pub async fn sweep(root: Option<PathBuf>, orphans: bool, all: bool, force: bool, grace: Duration, json: bool) -> i32 {

@@ -5,6 +5,7 @@ pub mod demo;
 pub mod demo_server;
 pub mod doctor;
 pub mod exec;
+pub mod ps;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -24,6 +25,21 @@ pub fn run_async(fut: impl Future<Output = i32>) -> i32 {
             eprintln!("procscope: cannot start the runtime: {e}");
             FAILED
         }
+    }
+}
+
+/// Resolves at the first SIGTERM or SIGINT (for the commands that repeat
+/// until stopped); never, if the handlers cannot be installed.
+pub async fn terminated() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
     }
 }
 
@@ -57,18 +73,6 @@ pub fn locate_root(root: Option<PathBuf>) -> Result<Root, Error> {
     }
 }
 
-/// `1.5 MiB`-style sizes.
-pub fn human_bytes(b: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 { format!("{b} B") } else { format!("{v:.1} {}", UNITS[u]) }
-}
-
 /// `3h12m`-style ages.
 pub fn human_age(secs: Option<u64>) -> String {
     match secs {
@@ -77,29 +81,6 @@ pub fn human_age(secs: Option<u64>) -> String {
         Some(s) if s < 3600 => format!("{}m{:02}s", s / 60, s % 60),
         Some(s) if s < 86400 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
         Some(s) => format!("{}d{:02}h", s / 86400, (s % 86400) / 3600),
-    }
-}
-
-/// Prints rows as a left-aligned table with a header.
-pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for r in rows {
-        for (i, c) in r.iter().enumerate() {
-            widths[i] = widths[i].max(c.chars().count());
-        }
-    }
-    let line = |cells: Vec<String>| {
-        let last = cells.len() - 1;
-        let s: Vec<String> = cells
-            .into_iter()
-            .enumerate()
-            .map(|(i, c)| if i == last { c } else { format!("{c:<w$}", w = widths[i]) })
-            .collect();
-        println!("{}", s.join("  ").trim_end());
-    };
-    line(header.iter().map(|h| h.to_string()).collect());
-    for r in rows {
-        line(r.clone());
     }
 }
 
