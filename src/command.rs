@@ -536,7 +536,8 @@ impl Command {
     /// command's; nothing stays behind in between. With a
     /// [`transient_user`](Self::transient_user), the running command itself
     /// keeps its uid taken. [`stdin`](Self::stdin) and the other stdio
-    /// settings and [`setsid`](Self::setsid) do not apply.
+    /// settings, [`setsid`](Self::setsid), [`process_group`](Self::process_group) and
+    /// [`kill_on_drop`](Self::kill_on_drop) do not apply.
     ///
     /// With `owner`, the pidfd of the process whose session this is: if it
     /// has exited by the time this process is in `cgroup`, the command is not
