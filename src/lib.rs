@@ -105,7 +105,8 @@
 //!
 //! - `cli` (default): the `procscope` command line tool. Library users can
 //!   turn default features off to keep `clap` out of their tree.
-//! - `rmcp`: [`mcp`], an `rmcp` client transport over a contained child.
+//! - `rmcp`: the `mcp` module, an `rmcp` client transport over a contained
+//!   child.
 //!
 //! # Stability
 //!
