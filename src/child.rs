@@ -1,7 +1,7 @@
 //! [`ContainedChild`]: a running child, known by its pidfd.
 
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::pin::Pin;
 use std::process::{ExitStatus, Output};
 use std::sync::{Arc, Mutex};
@@ -340,6 +340,22 @@ macro_rules! pipe_type {
         impl AsFd for $name {
             fn as_fd(&self) -> BorrowedFd<'_> {
                 self.inner.as_fd()
+            }
+        }
+
+        impl AsRawFd for $name {
+            fn as_raw_fd(&self) -> RawFd {
+                self.inner.as_raw_fd()
+            }
+        }
+
+        /// The pipe as another child's stdio (`a | b`), as tokio's
+        /// `TryInto<Stdio>`: fails only if the fd cannot be taken from tokio.
+        impl TryFrom<$name> for crate::Stdio {
+            type Error = Error;
+
+            fn try_from(pipe: $name) -> Result<crate::Stdio> {
+                pipe.into_owned_fd().map(crate::Stdio::Fd)
             }
         }
     };

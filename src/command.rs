@@ -41,7 +41,7 @@ impl SpawnMechanism {
 /// The stdio of a spawn that did not set it: the parent's.
 pub(crate) static SPAWN_STDIO: [Stdio; 3] = [Stdio::Inherit, Stdio::Inherit, Stdio::Inherit];
 /// The stdio of [`Session::output`](crate::Session::output) that the command
-/// did not set: nothing in, both outputs captured (as `std` and tokio do).
+/// did not set: nothing in, both outputs captured (as `std` does).
 pub(crate) static OUTPUT_STDIO: [Stdio; 3] = [Stdio::Null, Stdio::Piped, Stdio::Piped];
 
 /// Set once `clone3` has said it does not know `CLONE_INTO_CGROUP`.
@@ -492,16 +492,17 @@ impl Command {
     ///
     /// # Errors
     /// As [`resolve`](Self::resolve); [`Error::SealingUnavailable`];
-    /// [`Error::InvalidInput`] for a fixed uid/gid with a transient user.
+    /// [`Error::InvalidInput`] for a fixed uid/gid with a transient user, or
+    /// [`setsid`](Self::setsid) with a [`process_group`](Self::process_group).
     pub fn check(&self) -> Result<()> {
         self.resolve()?;
         crate::seal::plan_in_place(self.sealing)?;
-        self.check_identity()
+        self.check_settings()
     }
 
     /// A fixed uid/gid and a transient user exclude each other; so do
     /// `setsid` and a process group.
-    pub(crate) fn check_identity(&self) -> Result<()> {
+    pub(crate) fn check_settings(&self) -> Result<()> {
         if let (true, Some(pgid)) = (self.setsid, self.process_group) {
             return Err(Error::InvalidInput {
                 what: "process group",
@@ -631,7 +632,7 @@ impl Command {
 
     /// The transient user the child runs as: the session's, or a new one.
     fn user_for(&self, session_user: Option<&Arc<TransientUser>>) -> Result<Option<Arc<TransientUser>>> {
-        self.check_identity()?;
+        self.check_settings()?;
         if !self.transient_user {
             return Ok(None);
         }

@@ -267,10 +267,9 @@ impl Error {
     /// into [`io::Error`].
     pub fn kind(&self) -> io::ErrorKind {
         use io::ErrorKind as K;
-        if let Some(e) = self.io_error() {
-            return e.kind();
-        }
+        // Every variant by name: a new one must choose its kind.
         match self {
+            Error::Io { source, .. } | Error::Os { source, .. } | Error::Spawn { source, .. } => source.kind(),
             Error::ProgramNotFound { .. } | Error::NoCgroup2 { .. } => K::NotFound,
             Error::NotDelegated { .. } | Error::ContainsSelf { .. } | Error::ContainsProtected { .. } => {
                 K::PermissionDenied
@@ -283,25 +282,43 @@ impl Error {
             | Error::SealingUnavailable { .. }
             | Error::TransientUserUnavailable { .. } => K::Unsupported,
             Error::CgroupRemoved { .. } => K::NotFound,
-            _ => K::Other,
+            Error::OwnerUnusable { .. } => K::InvalidInput,
         }
     }
 }
 
 /// `?` on an [`io::Result`] in a function that returns this crate's
-/// [`Result`]: the error becomes [`Error::Os`] with `op` `"i/o"`.
+/// [`Result`]: the error becomes [`Error::Os`] with `op` `"i/o"`, unless it
+/// is a procscope error that went through `io::Error` before (then it is
+/// that error again).
 impl From<io::Error> for Error {
     fn from(source: io::Error) -> Self {
+        if source.get_ref().is_some_and(|inner| inner.is::<Error>()) {
+            let kind = source.kind();
+            match source.into_inner().map(|inner| inner.downcast::<Error>()) {
+                Some(Ok(e)) => return *e,
+                // Checked just above; kept whole should it ever differ.
+                Some(Err(inner)) => return Error::Os { op: "i/o", pid: None, source: io::Error::new(kind, inner) },
+                None => unreachable!("an io::Error with an inner error has one"),
+            }
+        }
         Error::Os { op: "i/o", pid: None, source }
     }
 }
 
 /// `?` on this crate's [`Result`] in a function that returns
-/// [`io::Result`] (as `tokio::process` code does): the kind is
-/// [`Error::kind`], the message and source chain are this error's.
+/// [`io::Result`] (as `tokio::process` code does). An `io::Error` that came
+/// in through `?` goes back out as it was. Any other error keeps its
+/// message and source chain, with [`Error::kind`] as the kind; it is inside
+/// (`get_ref()` and `downcast_ref::<procscope::Error>()`), so its
+/// [`raw_os_error`](Error::raw_os_error) is there rather than on the
+/// `io::Error`.
 impl From<Error> for io::Error {
     fn from(e: Error) -> Self {
-        io::Error::new(e.kind(), e)
+        match e {
+            Error::Os { op: "i/o", pid: None, source } => source,
+            e => io::Error::new(e.kind(), e),
+        }
     }
 }
 

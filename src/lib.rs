@@ -78,10 +78,11 @@
 //! | `tokio::process` | procscope | why it differs |
 //! |---|---|---|
 //! | `Command::new(p).spawn()` | [`session.spawn(&mut cmd)`](Session::spawn) | a child is always spawned *into* a cgroup: a session's, or one given to [`Command::spawn_in`] |
-//! | `cmd.status().await` | [`session.status(&mut cmd)`](Session::status) | as above; same stdio defaults (inherited) |
-//! | `cmd.output().await` | [`session.output(&mut cmd)`](Session::output) | as above; same defaults (stdin null, outputs captured) |
+//! | `cmd.status().await` | [`session.status(&mut cmd)`](Session::status) | as above; stdio inherited unless set, and pipes closed, as in tokio |
+//! | `cmd.output().await` | [`session.output(&mut cmd)`](Session::output) | as above; the defaults are `std`'s: stdin `/dev/null`, stdout and stderr captured unless set (tokio captures them always and inherits stdin) |
 //! | `child.wait_with_output()` | [`ContainedChild::wait_with_output`] | the same |
 //! | `child.wait()`, `try_wait()`, `start_kill()` | the same names | they return this crate's [`Result`]; `?` converts it into `io::Error` |
+//! | the child's pid for `waitpid` | [`ContainedChild::pidfd`] | a [`PidFd`] signals and watches, but cannot reap: the handle's [`wait`](ContainedChild::wait) always gets the status |
 //! | `child.kill().await` → `()` | [`kill`](ContainedChild::kill) → `ExitStatus` | the status comes for free once reaped |
 //! | `child.id()` → `Option<u32>` | [`id`](ContainedChild::id) → `u32` | the child is held by a pidfd, so its number stays meaningful for logs; act through the handle or [`PidFd`], never by pid |
 //! | `kill_on_drop(true)` | [`Command::kill_on_drop`] | the same; a session's end is the stronger tool, as it also ends the child's descendants |
@@ -110,11 +111,14 @@
 //!
 //! # Stability
 //!
-//! The public API uses std, tokio's `AsyncRead`/`AsyncWrite` and procscope's
-//! own types only ([`Signal`], plain `u32` pids). tokio 1.x is the runtime
-//! this crate is built for. The `rmcp` feature follows one `rmcp` major
-//! version (3.x); a new major of it is a new minor of procscope while
-//! procscope is 0.x, and is noted in the changelog.
+//! The public API uses std types, tokio's `AsyncRead`/`AsyncWrite` and
+//! procscope's own types ([`Signal`]; pids as plain integers: `u32` for the
+//! processes procscope acts on, the kernel's `i32` in [`Owner`] and the
+//! [`tree`] records). Records and reports implement serde's `Serialize`.
+//! tokio 1.x and serde 1.x are the majors this crate is built on: a new
+//! major of either would be a new major of procscope (a new minor while
+//! procscope is 0.x). The `rmcp` feature follows one `rmcp` major version
+//! (3.x) the same way, noted in the changelog.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 #![doc(test(attr(deny(warnings), allow(dead_code))))]
@@ -184,6 +188,16 @@ pub mod testing {
     /// Children handed to the reaper thread and not reaped yet.
     pub fn reaper_pending() -> usize {
         crate::reaper::pending()
+    }
+
+    /// Parses mountinfo text, for fuzzing.
+    pub fn parse_mountinfo(text: &str) -> Vec<crate::cgroup::hierarchy::MountEntry> {
+        crate::cgroup::hierarchy::parse_mountinfo(text)
+    }
+
+    /// The `0::` path of a `/proc/PID/cgroup` text, for fuzzing.
+    pub fn parse_proc_cgroup_unified(text: &str) -> Option<String> {
+        crate::cgroup::hierarchy::parse_proc_cgroup(text).unified
     }
 
     /// The start time field of a `/proc/PID/stat` line, for fuzzing.

@@ -24,7 +24,12 @@ use crate::signal::Signal;
 /// An owned pidfd plus the pid it was opened for.
 ///
 /// The pid is informational (for logs, `/proc` and tables); every operation uses
-/// the fd.
+/// the fd. A `PidFd` signals and watches a process but never reaps it: a
+/// child's exit status belongs to its [`ContainedChild`](crate::ContainedChild),
+/// whose [`wait`](crate::ContainedChild::wait) therefore always gets it.
+///
+/// Its methods return [`io::Result`], as the syscalls they wrap do (like
+/// `std::os::fd`); `?` turns that into this crate's [`Error`](crate::Error).
 pub struct PidFd {
     fd: OwnedFd,
     pid: Pid,
@@ -129,7 +134,7 @@ impl PidFd {
     ///
     /// # Errors
     /// `ECHILD` if the process is not our child or was already reaped.
-    pub fn try_wait(&self) -> io::Result<Option<ExitStatus>> {
+    pub(crate) fn try_wait(&self) -> io::Result<Option<ExitStatus>> {
         loop {
             match rustix::process::waitid(WaitId::PidFd(self.fd.as_fd()), WaitIdOptions::EXITED | WaitIdOptions::NOHANG)
             {
@@ -138,17 +143,6 @@ impl PidFd {
                 Err(rustix::io::Errno::INTR) => continue,
                 Err(e) => return Err(e.into()),
             }
-        }
-    }
-
-    /// Waits for the child to exit and reaps it. Only for children of the calling
-    /// process. Cancel-safe: nothing is reaped unless the future completes.
-    pub async fn wait(&self) -> io::Result<ExitStatus> {
-        loop {
-            if let Some(status) = self.try_wait()? {
-                return Ok(status);
-            }
-            self.exited().await?;
         }
     }
 }
@@ -170,7 +164,8 @@ fn exit_status(status: &rustix::process::WaitIdStatus) -> ExitStatus {
     if let Some(code) = status.exit_status() {
         ExitStatus::from_raw((code & 0xff) << 8)
     } else if let Some(sig) = status.terminating_signal() {
-        ExitStatus::from_raw(sig & 0x7f)
+        // The core-dump bit too, as std reports it (`core_dumped()`).
+        ExitStatus::from_raw((sig & 0x7f) | if status.dumped() { 0x80 } else { 0 })
     } else {
         ExitStatus::from_raw(0)
     }

@@ -92,7 +92,7 @@ impl SessionShared {
 ///
 /// let limits = Limits { pids_max: Some(32), ..Limits::default() };
 /// let session = sup.session_with_limits("job-7", &limits)?;
-/// let out = session.output(Command::new("sh").args(["-c", "sleep 600 >/dev/null & echo started"])).await?;
+/// let out = session.output(Command::new("sh").args(["-c", "sleep 600 >/dev/null 2>&1 & echo started"])).await?;
 /// assert_eq!(out.stdout, b"started\n");
 /// // The sleep is still running in the session: close ends it.
 /// let ended = session.close().await?;
@@ -151,7 +151,8 @@ impl Session {
 
     /// Runs `cmd` in the session and waits for it, as tokio's
     /// `Command::status`: stdin, stdout and stderr are the gateway's unless
-    /// set.
+    /// set; pipes asked for ([`Stdio::piped`](crate::Stdio::piped)) are
+    /// closed at once, so the child sees EOF or `EPIPE` on them.
     ///
     /// Only the command is waited for. What it leaves running stays in the
     /// session until the session ends.
@@ -167,12 +168,18 @@ impl Session {
     /// # Errors
     /// As [`spawn`](Self::spawn) and [`ContainedChild::wait`].
     pub async fn status(&self, cmd: &mut Command) -> Result<ExitStatus> {
-        self.spawn_with(cmd, &crate::command::SPAWN_STDIO)?.wait().await
+        let mut child = self.spawn_with(cmd, &crate::command::SPAWN_STDIO)?;
+        // Pipes nobody reads would block a child that writes to them (as
+        // tokio, which closes them too).
+        drop((child.stdout.take(), child.stderr.take()));
+        child.wait().await
     }
 
-    /// Runs `cmd` in the session and collects its output, as tokio's
-    /// `Command::output`: stdout and stderr are captured and stdin is
-    /// `/dev/null`, unless set.
+    /// Runs `cmd` in the session and collects its output, as
+    /// `std::process::Command::output` does: stdout and stderr are captured
+    /// and stdin is `/dev/null`, unless set. (tokio's `output` captures
+    /// stdout and stderr even when they were set otherwise, and inherits
+    /// stdin.)
     ///
     /// Returns when the command has exited and both pipes are at their end:
     /// a daemon it started that keeps stdout open keeps this waiting until
@@ -202,7 +209,7 @@ impl Session {
         // session ended between the spawn and the registration.
         if cmd.wants_transient_user() && state.user.is_none() {
             // Refused before a user is taken for nothing.
-            cmd.check_identity()?;
+            cmd.check_settings()?;
             state.user = Some(Arc::new(TransientUser::allocate()?));
         }
         let child = cmd.spawn_as(&self.shared.cgroup, state.user.as_ref(), defaults)?;

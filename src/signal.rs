@@ -26,9 +26,10 @@ use std::fmt;
 pub struct Signal(rustix::process::Signal);
 
 macro_rules! signals {
-    ($($name:ident = $rustix:ident, $doc:literal;)*) => {
+    ($($(#[$cfg:meta])* $name:ident = $rustix:ident, $linux:literal, $doc:literal;)*) => {
         impl Signal {
             $(
+                $(#[$cfg])*
                 #[doc = $doc]
                 pub const $name: Signal = Signal(rustix::process::Signal::$rustix);
             )*
@@ -36,7 +37,7 @@ macro_rules! signals {
             /// The signal's name, e.g. `"SIGTERM"`.
             pub fn name(self) -> &'static str {
                 match self {
-                    $(Signal::$name => concat!("SIG", stringify!($name)),)*
+                    $($(#[$cfg])* Signal::$name => $linux,)*
                     _ => "SIG?",
                 }
             }
@@ -45,37 +46,38 @@ macro_rules! signals {
 }
 
 signals! {
-    HUP = HUP, "`SIGHUP`: hangup.";
-    INT = INT, "`SIGINT`: interrupt, as from Ctrl-C.";
-    QUIT = QUIT, "`SIGQUIT`: quit, with a core dump.";
-    ILL = ILL, "`SIGILL`: illegal instruction.";
-    TRAP = TRAP, "`SIGTRAP`: trace trap.";
-    ABORT = ABORT, "`SIGABRT`: abort.";
-    BUS = BUS, "`SIGBUS`: bus error.";
-    FPE = FPE, "`SIGFPE`: arithmetic error.";
-    KILL = KILL, "`SIGKILL`: kill, which cannot be caught or ignored.";
-    USR1 = USR1, "`SIGUSR1`.";
-    SEGV = SEGV, "`SIGSEGV`: invalid memory reference.";
-    USR2 = USR2, "`SIGUSR2`.";
-    PIPE = PIPE, "`SIGPIPE`: write to a pipe with no reader.";
-    ALARM = ALARM, "`SIGALRM`: timer.";
-    TERM = TERM, "`SIGTERM`: the polite request to exit.";
-    STKFLT = STKFLT, "`SIGSTKFLT`: stack fault (unused by Linux itself).";
-    CHILD = CHILD, "`SIGCHLD`: a child stopped or exited.";
-    CONT = CONT, "`SIGCONT`: continue if stopped.";
-    STOP = STOP, "`SIGSTOP`: stop, which cannot be caught or ignored.";
-    TSTP = TSTP, "`SIGTSTP`: stop from the terminal.";
-    TTIN = TTIN, "`SIGTTIN`: background read from the terminal.";
-    TTOU = TTOU, "`SIGTTOU`: background write to the terminal.";
-    URG = URG, "`SIGURG`: urgent data on a socket.";
-    XCPU = XCPU, "`SIGXCPU`: CPU time limit exceeded.";
-    XFSZ = XFSZ, "`SIGXFSZ`: file size limit exceeded.";
-    VTALARM = VTALARM, "`SIGVTALRM`: virtual timer.";
-    PROF = PROF, "`SIGPROF`: profiling timer.";
-    WINCH = WINCH, "`SIGWINCH`: the terminal's size changed.";
-    IO = IO, "`SIGIO`: I/O is possible.";
-    POWER = POWER, "`SIGPWR`: power failure.";
-    SYS = SYS, "`SIGSYS`: bad system call.";
+    HUP = HUP, "SIGHUP", "`SIGHUP`: hangup.";
+    INT = INT, "SIGINT", "`SIGINT`: interrupt, as from Ctrl-C.";
+    QUIT = QUIT, "SIGQUIT", "`SIGQUIT`: quit, with a core dump.";
+    ILL = ILL, "SIGILL", "`SIGILL`: illegal instruction.";
+    TRAP = TRAP, "SIGTRAP", "`SIGTRAP`: trace trap.";
+    ABORT = ABORT, "SIGABRT", "`SIGABRT`: abort.";
+    BUS = BUS, "SIGBUS", "`SIGBUS`: bus error.";
+    FPE = FPE, "SIGFPE", "`SIGFPE`: arithmetic error.";
+    KILL = KILL, "SIGKILL", "`SIGKILL`: kill, which cannot be caught or ignored.";
+    USR1 = USR1, "SIGUSR1", "`SIGUSR1`.";
+    SEGV = SEGV, "SIGSEGV", "`SIGSEGV`: invalid memory reference.";
+    USR2 = USR2, "SIGUSR2", "`SIGUSR2`.";
+    PIPE = PIPE, "SIGPIPE", "`SIGPIPE`: write to a pipe with no reader.";
+    ALARM = ALARM, "SIGALRM", "`SIGALRM`: timer.";
+    TERM = TERM, "SIGTERM", "`SIGTERM`: the polite request to exit.";
+    #[cfg(not(any(target_arch = "mips", target_arch = "mips32r6", target_arch = "mips64", target_arch = "mips64r6", target_arch = "sparc", target_arch = "sparc64")))]
+    STKFLT = STKFLT, "SIGSTKFLT", "`SIGSTKFLT`: stack fault (unused by Linux itself).";
+    CHILD = CHILD, "SIGCHLD", "`SIGCHLD`: a child stopped or exited.";
+    CONT = CONT, "SIGCONT", "`SIGCONT`: continue if stopped.";
+    STOP = STOP, "SIGSTOP", "`SIGSTOP`: stop, which cannot be caught or ignored.";
+    TSTP = TSTP, "SIGTSTP", "`SIGTSTP`: stop from the terminal.";
+    TTIN = TTIN, "SIGTTIN", "`SIGTTIN`: background read from the terminal.";
+    TTOU = TTOU, "SIGTTOU", "`SIGTTOU`: background write to the terminal.";
+    URG = URG, "SIGURG", "`SIGURG`: urgent data on a socket.";
+    XCPU = XCPU, "SIGXCPU", "`SIGXCPU`: CPU time limit exceeded.";
+    XFSZ = XFSZ, "SIGXFSZ", "`SIGXFSZ`: file size limit exceeded.";
+    VTALARM = VTALARM, "SIGVTALRM", "`SIGVTALRM`: virtual timer.";
+    PROF = PROF, "SIGPROF", "`SIGPROF`: profiling timer.";
+    WINCH = WINCH, "SIGWINCH", "`SIGWINCH`: the terminal's size changed.";
+    IO = IO, "SIGIO", "`SIGIO`: I/O is possible.";
+    POWER = POWER, "SIGPWR", "`SIGPWR`: power failure.";
+    SYS = SYS, "SIGSYS", "`SIGSYS`: bad system call.";
 }
 
 impl Signal {
@@ -122,6 +124,43 @@ mod tests {
             let sig = Signal::from_raw(raw).unwrap_or_else(|| panic!("signal {raw} has no name"));
             assert_eq!(sig.as_raw(), raw);
             assert_ne!(sig.name(), "SIG?", "signal {raw}");
+        }
+        // Linux's own names (signal(7)), not the constants' spelling.
+        let linux = [
+            (1, "SIGHUP"),
+            (2, "SIGINT"),
+            (3, "SIGQUIT"),
+            (4, "SIGILL"),
+            (5, "SIGTRAP"),
+            (6, "SIGABRT"),
+            (7, "SIGBUS"),
+            (8, "SIGFPE"),
+            (9, "SIGKILL"),
+            (10, "SIGUSR1"),
+            (11, "SIGSEGV"),
+            (12, "SIGUSR2"),
+            (13, "SIGPIPE"),
+            (14, "SIGALRM"),
+            (15, "SIGTERM"),
+            (16, "SIGSTKFLT"),
+            (17, "SIGCHLD"),
+            (18, "SIGCONT"),
+            (19, "SIGSTOP"),
+            (20, "SIGTSTP"),
+            (21, "SIGTTIN"),
+            (22, "SIGTTOU"),
+            (23, "SIGURG"),
+            (24, "SIGXCPU"),
+            (25, "SIGXFSZ"),
+            (26, "SIGVTALRM"),
+            (27, "SIGPROF"),
+            (28, "SIGWINCH"),
+            (29, "SIGIO"),
+            (30, "SIGPWR"),
+            (31, "SIGSYS"),
+        ];
+        for (raw, name) in linux {
+            assert_eq!(Signal::from_raw(raw).map(Signal::name), Some(name), "signal {raw}");
         }
         assert_eq!(Signal::from_raw(0), None);
         assert_eq!(Signal::from_raw(-1), None);

@@ -3,10 +3,11 @@
 
 use std::path::Path;
 
-use procscope::cgroup::hierarchy::{Hierarchy, parse_mountinfo, parse_proc_cgroup};
+use procscope::cgroup::hierarchy::Hierarchy;
 use procscope::cgroup::limits::{MemoryEvents, parse_bytes, parse_count, parse_cpu_max, parse_duration};
 use procscope::names::validate_session_id;
 use procscope::testing::parse_start_time;
+use procscope::testing::{parse_mountinfo, parse_proc_cgroup_unified};
 use procscope::{Events, Owner};
 use proptest::prelude::*;
 
@@ -21,7 +22,7 @@ proptest! {
     fn parsers_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
         let s = lossy(&bytes);
         let _ = parse_mountinfo(&s);
-        let _ = parse_proc_cgroup(&s);
+        let _ = parse_proc_cgroup_unified(&s);
         let _ = Hierarchy::from_texts(&s, &s, Path::new("x"));
         let _ = validate_session_id(&s);
         let _ = parse_bytes("memory.max", &s);
@@ -42,7 +43,7 @@ proptest! {
         let (a, b) = fields.split_at(fields.len() / 2);
         let line = format!("{}{sep}{}", a.join(" "), b.join(" "));
         let _ = parse_mountinfo(&line);
-        let _ = parse_proc_cgroup(&line.replace(' ', ":"));
+        let _ = parse_proc_cgroup_unified(&line.replace(' ', ":"));
     }
 
     /// A valid id is accepted; anything with a character outside the set, too
@@ -94,6 +95,6 @@ proptest! {
     #[test]
     fn proc_cgroup_round_trip(path in "/[ -~]{0,60}") {
         let text = format!("12:pids:/x\n0::{path}\n");
-        prop_assert_eq!(parse_proc_cgroup(&text).unified, Some(path));
+        prop_assert_eq!(parse_proc_cgroup_unified(&text), Some(path));
     }
 }

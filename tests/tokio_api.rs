@@ -47,6 +47,11 @@ async fn output_and_status_have_tokios_defaults() {
         assert_eq!(out.stdout, b"from the file");
         std::fs::remove_file(tempfile_path("input")).unwrap();
 
+        // status() closes pipes nobody would read: a child writing more than
+        // a pipe holds gets EPIPE instead of blocking for ever.
+        let big = s.status(sh("head -c 1000000 /dev/zero").stdout(Stdio::piped())).await.unwrap();
+        assert!(!big.success(), "{big}");
+
         // status(): the exit code and a death by signal, as std reports them.
         assert_eq!(s.status(&mut sh("exit 7")).await.unwrap().code(), Some(7));
         let killed = s.status(&mut sh("kill -TERM $$")).await.unwrap();
@@ -90,6 +95,13 @@ async fn stdio_converts_from_files_pipes_and_fds() {
         let mut got = String::new();
         from_child.read_to_string(&mut got).unwrap();
         assert_eq!(got, "PIPED\n", "our copies of the child's ends are closed: EOF came");
+
+        // One contained child's stdout as another's stdin (`a | b`).
+        let mut producer = s.spawn(sh("echo one; echo two").stdout(Stdio::piped())).unwrap();
+        let pipe = Stdio::try_from(producer.stdout.take().unwrap()).unwrap();
+        let out = s.output(Command::new("wc").arg("-l").stdin(pipe)).await.unwrap();
+        assert!(producer.wait().await.unwrap().success());
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2");
 
         // An OwnedFd, and a std::process::Child's stdout (a pipeline).
         let fd: OwnedFd = tempfile("fd").into();
@@ -232,6 +244,12 @@ async fn errors_convert_both_ways() {
         assert!(matches!(err, Error::Os { op: "i/o", pid: None, .. }), "{err}");
         assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
         assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
+
+        // Round trips give back what went in.
+        let io_back = std::io::Error::from(err);
+        assert_eq!(io_back.raw_os_error(), Some(libc::ENOENT), "an io::Error comes back out as it was");
+        let typed = Error::from(std::io::Error::from(Error::SessionExists { id: "x".into() }));
+        assert!(matches!(typed, Error::SessionExists { .. }), "a procscope error comes back typed: {typed}");
 
         sup.shutdown().await.unwrap();
     })

@@ -33,7 +33,7 @@ pub struct MountEntry {
 }
 
 /// Parses mountinfo text. Malformed lines are skipped, never fatal.
-pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
+pub(crate) fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
     text.lines().filter_map(parse_mountinfo_line).collect()
 }
 
@@ -81,7 +81,7 @@ fn unescape(s: &str) -> String {
 
 /// `/proc/<pid>/cgroup`, split into the v2 path and the v1 lines.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ProcCgroup {
+pub(crate) struct ProcCgroup {
     /// The path of the `0::` line (cgroup v2), if present.
     pub unified: Option<String>,
     /// The v1 lines: hierarchy id, controllers, path.
@@ -89,7 +89,7 @@ pub struct ProcCgroup {
 }
 
 /// Parses `/proc/<pid>/cgroup`. Malformed lines are skipped.
-pub fn parse_proc_cgroup(text: &str) -> ProcCgroup {
+pub(crate) fn parse_proc_cgroup(text: &str) -> ProcCgroup {
     let mut out = ProcCgroup::default();
     for line in text.lines() {
         let mut it = line.splitn(3, ':');
@@ -109,7 +109,7 @@ pub fn parse_proc_cgroup(text: &str) -> ProcCgroup {
 
 /// Picks the cgroup2 mount: the one whose root is `/` if there is one (a
 /// container may also have a bind mount of a subtree), else the first.
-pub fn find_cgroup2(mounts: &[MountEntry]) -> Option<&MountEntry> {
+pub(crate) fn find_cgroup2(mounts: &[MountEntry]) -> Option<&MountEntry> {
     let mut v2 = mounts.iter().filter(|m| m.fs_type == "cgroup2");
     let first = v2.clone().next();
     v2.find(|m| m.root == "/").or(first)
@@ -117,7 +117,7 @@ pub fn find_cgroup2(mounts: &[MountEntry]) -> Option<&MountEntry> {
 
 /// Maps a cgroup path as `/proc/<pid>/cgroup` shows it to a directory under the
 /// mount, or `None` if the mount does not show that part of the tree.
-pub fn cgroup_dir(mount: &MountEntry, cgroup: &str) -> Option<PathBuf> {
+pub(crate) fn cgroup_dir(mount: &MountEntry, cgroup: &str) -> Option<PathBuf> {
     let root = mount.root.trim_end_matches('/');
     let rel = if root.is_empty() { cgroup } else { cgroup.strip_prefix(root)? };
     if !(rel.is_empty() || rel.starts_with('/')) || rel.split('/').any(|c| c == "..") {
@@ -257,7 +257,7 @@ impl Features {
 }
 
 /// Whether a kernel release string (`6.1.0-18-amd64`) is at least `major.minor`.
-pub fn kernel_at_least(release: &str, major: u32, minor: u32) -> bool {
+pub(crate) fn kernel_at_least(release: &str, major: u32, minor: u32) -> bool {
     let mut it = release.split(|c: char| !c.is_ascii_digit()).filter(|s| !s.is_empty());
     let maj: u32 = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
     let min: u32 = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
