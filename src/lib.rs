@@ -123,6 +123,7 @@ mod child;
 mod command;
 mod ending;
 mod error;
+mod events;
 mod guardian;
 pub mod identity;
 mod instance;

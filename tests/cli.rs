@@ -610,7 +610,7 @@ async fn the_cli_logs_and_explains_itself() {
             let out = c.output().unwrap();
             let err = String::from_utf8_lossy(&out.stderr);
             assert!(out.status.success(), "{out:?}");
-            assert!(err.contains("DEBUG") && err.contains("placed"), "{args:?} {rust_log:?}: {err}");
+            assert!(err.contains("INFO") && err.contains(r#"action="exec.place""#), "{args:?} {rust_log:?}: {err}");
         }
         // -q: errors only, and errors still show.
         let out = run(&env, &["end", "-q", "no-such-session"]);
