@@ -425,6 +425,18 @@ impl Command {
         session_user: Option<&Arc<TransientUser>>,
         defaults: &'static [Stdio; 3],
     ) -> Result<ContainedChild> {
+        let spawned = self.spawn_placed(cgroup, session_user, defaults);
+        crate::events::spawn(cgroup.path(), &self.program, spawned.as_ref().map(ContainedChild::id));
+        spawned
+    }
+
+    /// [`spawn_as`](Self::spawn_as), without its event.
+    fn spawn_placed(
+        &mut self,
+        cgroup: &Cgroup,
+        session_user: Option<&Arc<TransientUser>>,
+        defaults: &'static [Stdio; 3],
+    ) -> Result<ContainedChild> {
         let user = self.user_for(session_user)?;
         let wanted = self.mechanism.unwrap_or(if NO_CLONE_INTO_CGROUP.load(Ordering::Relaxed) {
             SpawnMechanism::ForkJoinProcs

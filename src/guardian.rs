@@ -116,6 +116,14 @@ impl Guardian {
     /// constructor is not linked), the process cannot be started, or it does
     /// not report ready in time.
     pub(crate) fn start(owner: Owner, instance: &Cgroup, role: Role) -> Result<Guardian> {
+        let started = Guardian::launch(owner, instance, role);
+        let pid = started.as_ref().ok().map(|g| g.pidfd.raw_pid());
+        crate::events::guardian_start(instance.path(), role.as_str(), pid, started.as_ref().err());
+        started
+    }
+
+    /// [`start`](Self::start), without its event.
+    fn launch(owner: Owner, instance: &Cgroup, role: Role) -> Result<Guardian> {
         const WHAT: &str = "/proc/self/exe";
         if !crate::sys::hook::ran() {
             return Err(Error::io(
@@ -165,8 +173,6 @@ impl Guardian {
             .and_then(|p| PidFd::open(p).ok())
             .filter(|_| g.is_alive())
             .ok_or_else(|| fail("it exited right after reporting ready"))?;
-        let pid = g.pid;
-        tracing::info!(pid, instance = %instance.path().display(), "guardian watching this instance");
         Ok(Guardian { pidfd })
     }
 

@@ -128,6 +128,7 @@ mod child;
 mod command;
 mod ending;
 mod error;
+mod events;
 mod guardian;
 pub mod identity;
 mod instance;

@@ -10,8 +10,10 @@ use clap::{Args, Parser, Subcommand};
 
 const EXIT_CODES: &str = "\
 Logging: procscope logs to stderr through `tracing`: warnings by default, more
-with -v (info), -vv (debug), -vvv (trace), errors only with -q. RUST_LOG (for
-example RUST_LOG=procscope=debug) takes precedence when set.
+with -v (info: one event per spawn, signal step, cgroup.kill, session end,
+sweep and recovery), -vv (debug), -vvv (trace), errors only with -q. RUST_LOG
+(for example RUST_LOG=procscope::event=info) takes precedence when set.
+--log-format json writes one JSON object per line instead of text.
 
 Exit codes:
   0    success
@@ -34,8 +36,22 @@ struct Cli {
     /// Only errors on stderr
     #[arg(short, long, global = true)]
     quiet: bool,
+    /// How log lines on stderr are written: text, or one JSON object per line
+    /// (for journald or a log shipper)
+    #[arg(long, global = true, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Cmd,
+}
+
+/// The format of the log lines on stderr.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    /// Human-readable lines
+    Text,
+    /// One JSON object per line: timestamp, level, target, the event's
+    /// fields (flattened) and its spans
+    Json,
 }
 
 /// Pointer to the exit codes, for the subcommands' help.
@@ -159,8 +175,8 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
 }
 
 /// Logs to stderr: RUST_LOG when set, else the level -v / -q ask for
-/// (warnings by default).
-fn init_logging(verbose: u8, quiet: bool) {
+/// (warnings by default); as text or as JSON lines.
+fn init_logging(verbose: u8, quiet: bool, format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let level = match (quiet, verbose) {
         (true, _) => "error",
@@ -174,11 +190,14 @@ fn init_logging(verbose: u8, quiet: bool) {
         _ => EnvFilter::new(level),
     };
     use std::io::IsTerminal;
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).try_init(),
+        // tracing-subscriber's JSON layout, with the event's fields at the
+        // top level rather than under "fields"; "span" and "spans" carry the
+        // fields of the spans it is in (the session id).
+        LogFormat::Json => logs.json().flatten_event(true).with_ansi(false).try_init(),
+    };
 }
 
 /// Writes `bytes` to stdout; a reader that stopped early (`| head`) is fine.
@@ -198,7 +217,7 @@ fn main() {
     let cli = Cli::parse();
     // The hidden demo server speaks JSON-RPC on stdio: it logs nothing.
     if !matches!(cli.command, Cmd::DemoServer(_)) {
-        init_logging(cli.verbose, cli.quiet);
+        init_logging(cli.verbose, cli.quiet, cli.log_format);
     }
     let code = match cli.command {
         Cmd::Exec(a) => cli::exec::run(a),

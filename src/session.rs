@@ -202,22 +202,27 @@ impl Session {
     fn spawn_with(&self, cmd: &mut Command, defaults: &'static [crate::Stdio; 3]) -> Result<ContainedChild> {
         let _enter = self.shared.span.enter();
         let mut state = self.shared.lock();
+        // Refusals before the spawn are `spawn` events too (`spawn_as` logs
+        // the others).
+        let refused = |e: Error| {
+            crate::events::spawn(self.shared.cgroup.path(), cmd.get_program(), Err(&e));
+            e
+        };
         if state.ended {
-            return Err(Error::CgroupRemoved { path: self.shared.cgroup.path().to_owned() });
+            return Err(refused(Error::CgroupRemoved { path: self.shared.cgroup.path().to_owned() }));
         }
         // Holding the lock across the spawn: a concurrent sweep cannot mark the
         // session ended between the spawn and the registration.
         if cmd.wants_transient_user() && state.user.is_none() {
             // Refused before a user is taken for nothing.
-            cmd.check_settings()?;
-            state.user = Some(Arc::new(TransientUser::allocate()?));
+            cmd.check_settings().map_err(refused)?;
+            state.user = Some(Arc::new(TransientUser::allocate().map_err(refused)?));
         }
         let child = cmd.spawn_as(&self.shared.cgroup, state.user.as_ref(), defaults)?;
         state.children.push(Arc::clone(child.cell()));
         state.children.retain(|c| Arc::strong_count(c) > 1 || c.is_alive());
         drop(state);
         self.sup.counters.processes_spawned.inc();
-        tracing::debug!(pid = child.id(), program = ?cmd.get_program(), "spawned");
         Ok(child)
     }
 
@@ -252,6 +257,7 @@ impl Session {
         let (sup, shared) = (Arc::clone(&self.sup), Arc::clone(&self.shared));
         sup.closing.enter();
         let task = tokio::spawn(async move {
+            let start = tokio::time::Instant::now();
             let outcome = crate::sweep::end_cgroup_retrying(
                 &sup.instance(),
                 &shared.cgroup,
@@ -259,6 +265,7 @@ impl Session {
                 sup.config.grace,
             )
             .await;
+            crate::events::session_end(shared.cgroup.path(), "close", &outcome, Some(start.elapsed()));
             sup.finished(&shared, &outcome, false);
             sup.closing.leave();
             outcome

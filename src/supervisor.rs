@@ -413,11 +413,12 @@ impl Inner {
                     if oom > 0 || refused > 0 {
                         tracing::warn!(oom_kills = oom, pids_max_hits = refused, "the session's limits struck");
                     }
-                    tracing::debug!("session ended with nothing alive; cgroup removed");
+                    crate::events::session_end(shared.cgroup.path(), "guard", &Ok(Termination::default()), None);
                     ending::settle(shared, &self.counters, Ending::Finished);
                     return;
                 }
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                    crate::events::session_end(shared.cgroup.path(), "guard", &Ok(Termination::default()), None);
                     state.dirs.remove(&shared.dir);
                     ending::settle(shared, &self.counters, Ending::Finished);
                     return;
@@ -435,7 +436,7 @@ impl Inner {
         self.counters.sessions_orphaned.inc();
         // Decided under the pool's lock: no sweep takes it undecided.
         ending::let_go(shared, self);
-        tracing::info!("session ended with processes alive; moved to the orphan pool");
+        crate::events::session_orphan(shared.cgroup.path());
     }
 
     pub(crate) fn forget_active(&self, shared: &Arc<SessionShared>) {
@@ -486,7 +487,8 @@ impl Drop for Inner {
                 "supervisor dropped without shutdown(); killing its sessions");
             match crate::protect::evacuate(&instance) {
                 Ok(()) => {
-                    let _ = instance.write("cgroup.kill", "1");
+                    let killed = instance.write("cgroup.kill", "1").map(|()| crate::cgroup::KillMechanism::CgroupKill);
+                    crate::events::kill(&instance, None, &killed);
                 }
                 Err(e) => tracing::error!(error = %e, "not killing the sessions"),
             }
@@ -705,7 +707,7 @@ impl Supervisor {
     async fn sweep_inner(&self, scope: SweepScope, shutting_down: bool) -> SweepReport {
         let inner = &self.inner;
         let span = tracing::info_span!("sweep", ?scope);
-        let _enter = span.enter();
+        let enter = span.enter();
         inner.counters.sweeps.inc();
         let taken: Vec<(Leak, Arc<SessionShared>)> = {
             let mut state = inner.lock();
@@ -724,8 +726,14 @@ impl Supervisor {
             }
             t
         };
+        let scope_name = match scope {
+            SweepScope::Orphans => "orphans",
+            SweepScope::All => "all",
+        };
         if taken.is_empty() {
-            return SweepReport::default();
+            let report = SweepReport::default();
+            crate::events::sweep(scope_name, inner.instance().path(), Ok(&report));
+            return report;
         }
         let targets = taken
             .into_iter()
@@ -750,8 +758,12 @@ impl Supervisor {
                 }
             })
             .collect();
-        let report = crate::sweep::sweep_targets(targets, inner.config.grace).await;
-        tracing::info!(%report, "sweep done");
+        // Not entered across the await: the span follows the sweep's future.
+        drop(enter);
+        let report =
+            tracing::Instrument::instrument(crate::sweep::sweep_targets(targets, inner.config.grace), span.clone())
+                .await;
+        span.in_scope(|| crate::events::sweep(scope_name, inner.instance().path(), Ok(&report)));
         report
     }
 
@@ -788,7 +800,9 @@ impl Supervisor {
         if instance.is_populated().unwrap_or(true) {
             tracing::warn!(instance = %instance.path().display(),
                 "processes left in the instance after the final sweep; killing them");
-            instance.kill().await?;
+            let killed = instance.kill().await;
+            crate::events::kill(&instance, None, &killed);
+            killed?;
         }
         report.removed += inner.root.cgroup().remove_child_tree(&instance).await?;
         // The guardian exits once its instance is gone.
@@ -882,7 +896,10 @@ pub async fn recover(root: &Root, me: Option<Owner>, grace: Duration) -> Result<
         }
         // One instance failing (say, its guardian removes it right now) does not
         // stop the recovery of the others.
-        match recover_instance(root, Arc::new(cg), grace).await {
+        let (began, path) = (tokio::time::Instant::now(), cg.path().to_owned());
+        let outcome = recover_instance(root, Arc::new(cg), grace).await;
+        crate::events::recovery(&path, owner.pid, &outcome, began.elapsed());
+        match outcome {
             Ok(r) => report.merge(r),
             Err(e) if crate::cgroup::vanished(&e) => {}
             Err(e) => report.errors.push(crate::sweep::SweepError { session: name, error: e.to_string() }),

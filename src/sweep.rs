@@ -103,8 +103,11 @@ pub(crate) async fn end_cgroup(
     };
     let live_children: Vec<&Arc<ChildCell>> = children.iter().filter(|c| c.is_alive()).collect();
     let child_pids: HashSet<i32> = live_children.iter().map(|c| c.pid()).collect();
+    // One event for the step (SIGCONT follows each SIGTERM, so that a
+    // stopped process acts on it: part of the step, not an event of its own).
+    let mut step = crate::events::SignalStep::new(cg.path(), Signal::TERM);
     for c in &live_children {
-        let _ = c.signal(Signal::TERM);
+        step.sent(c.pid(), c.signal(Signal::TERM));
         let _ = c.signal(Signal::CONT);
     }
     let others: Vec<_> = members
@@ -112,9 +115,10 @@ pub(crate) async fn end_cgroup(
         .filter(|m| !child_pids.contains(&m.raw_pid()) && !crate::protect::is_protected(m.raw_pid(), &protected))
         .collect();
     for m in &others {
-        let _ = m.send_signal(Signal::TERM);
+        step.sent(m.raw_pid(), m.send_signal(Signal::TERM));
         let _ = m.send_signal(Signal::CONT);
     }
+    step.done();
     t.signalled = live_children.len() + others.len();
 
     let mut empty = !or_gone(cg.is_populated(), false)?;
@@ -123,7 +127,9 @@ pub(crate) async fn end_cgroup(
     }
     if !empty {
         let left = or_gone(cg.member_pidfds_recursive().map(|m| m.len()), 0)?;
-        t.kill_mechanism = or_gone(cg.kill().await.map(Some), None)?;
+        let killed = cg.kill().await;
+        crate::events::kill(cg, Some(left), &killed);
+        t.kill_mechanism = or_gone(killed.map(Some), None)?;
         t.killed = left;
         if !or_gone(cg.wait_empty(Some(Instant::now() + KILL_WAIT)).await, true)? {
             return Err(survived(cg));
@@ -136,9 +142,11 @@ pub(crate) async fn end_cgroup(
     let mut outside: Vec<&crate::pidfd::PidFd> =
         live_children.iter().map(|c| c.pidfd()).chain(others.iter()).filter(|p| p.is_alive()).collect();
     if !outside.is_empty() {
+        let mut step = crate::events::SignalStep::new(cg.path(), Signal::KILL);
         for p in &outside {
-            let _ = p.send_signal(Signal::KILL);
+            step.sent(p.raw_pid(), p.send_signal(Signal::KILL));
         }
+        step.done();
         let deadline = Instant::now() + KILL_WAIT;
         for p in &outside {
             let _ = tokio::time::timeout_at(deadline, p.exited()).await;
@@ -195,7 +203,9 @@ pub(crate) async fn end_cgroup_retrying(
 async fn end_short_of_fds(parent: &Cgroup, cg: &Cgroup, children: &[Arc<ChildCell>]) -> Result<Termination> {
     let mut t = Termination { signalled: children.iter().filter(|c| c.is_alive()).count(), ..Termination::default() };
     if or_gone(cg.is_populated(), false)? {
-        t.kill_mechanism = or_gone(cg.kill().await.map(Some), None)?;
+        let killed = cg.kill().await;
+        crate::events::kill(cg, None, &killed);
+        t.kill_mechanism = or_gone(killed.map(Some), None)?;
         let deadline = Instant::now() + KILL_WAIT;
         while or_gone(cg.is_populated(), false)? {
             if Instant::now() >= deadline {
@@ -204,9 +214,11 @@ async fn end_short_of_fds(parent: &Cgroup, cg: &Cgroup, children: &[Arc<ChildCel
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
+    let mut step = crate::events::SignalStep::new(cg.path(), Signal::KILL);
     for c in children.iter().filter(|c| c.is_alive()) {
-        let _ = c.signal(Signal::KILL);
+        step.sent(c.pid(), c.signal(Signal::KILL));
     }
+    step.done();
     t.killed = t.signalled;
     for c in children {
         let _ = tokio::time::timeout(REAP_WAIT, c.wait()).await;
@@ -449,13 +461,17 @@ pub(crate) async fn sweep_targets(targets: Vec<Target>, grace: Duration) -> Swee
     let handles: Vec<_> = targets
         .into_iter()
         .map(|mut t| {
-            tokio::spawn(async move {
+            let task = async move {
+                let start = Instant::now();
                 let outcome = end_cgroup_retrying(&t.parent, &t.cgroup, &t.children, grace).await;
+                crate::events::session_end(t.cgroup.path(), "sweep", &outcome, Some(start.elapsed()));
                 if let Some(done) = t.on_done.take() {
                     done(&outcome);
                 }
                 (t.id, outcome, t.leak)
-            })
+            };
+            // Its events in the sweep's span.
+            tokio::spawn(tracing::Instrument::instrument(task, tracing::Span::current()))
         })
         .collect();
     for h in handles {

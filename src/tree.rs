@@ -252,10 +252,22 @@ fn open_or_create_session_tracked(root: &Root, instance: &Cgroup, id: &str, limi
 /// Those of creating the instance's cgroup and its xattrs, and of [`open_or_create_session`]; the
 /// guardian failing to start.
 pub fn place_command(root: &Root, owner: Owner, id: &str, limits: &Limits, grace: Duration) -> Result<Cgroup> {
-    // Fds for the placing; the command gets the original soft limit back.
-    crate::sys::spawn::raise_nofile();
     let me = Owner::this_process()?;
     let name = crate::guardian::command_cgroup_name(me, grace);
+    let placed = place(root, owner, id, limits, &name);
+    let path = match &placed {
+        Ok(leaf) => leaf.path().to_owned(),
+        // Where it was to go.
+        Err(_) => root.path().join(owner.instance_name()).join(format!("s-{id}")).join(&name),
+    };
+    crate::events::exec_place(&path, me.pid, owner.pid, placed.as_ref().err());
+    placed
+}
+
+/// [`place_command`]: the calling process's cgroup `name`, placed.
+fn place(root: &Root, owner: Owner, id: &str, limits: &Limits, name: &str) -> Result<Cgroup> {
+    // Fds for the placing; the command gets the original soft limit back.
+    crate::sys::spawn::raise_nofile();
     let mut last = None;
     for _ in 0..8 {
         // What this attempt created is removed again if it fails: a failed
@@ -269,13 +281,13 @@ pub fn place_command(root: &Root, owner: Owner, id: &str, limits: &Limits, grace
                 }
                 let (session, session_created) = open_or_create_session_tracked(root, &instance, id, limits)?;
                 let leaf = (|| -> Result<Cgroup> {
-                    let leaf = session.create_child(&name)?;
+                    let leaf = session.create_child(name)?;
                     // The leaf keeps the instance from being removed meanwhile.
                     let ready = leaf
                         .set_meta(crate::root::XATTR_KIND, "exec")
                         .and_then(|()| crate::guardian::ensure(owner, &instance));
                     if let Err(e) = ready {
-                        let _ = session.remove_child(&name);
+                        let _ = session.remove_child(name);
                         return Err(e);
                     }
                     Ok(leaf)
@@ -453,6 +465,18 @@ pub enum Scope {
 
 /// Sweeps the tree under `root` from outside any supervisor.
 pub async fn sweep(root: &Root, scope: Scope, grace: Duration) -> Result<SweepReport> {
+    let report = sweep_scope(root, scope, grace).await;
+    let name = match scope {
+        Scope::Stale => "stale",
+        Scope::StaleAndOrphaned => "orphans",
+        Scope::Everything => "all",
+    };
+    crate::events::sweep(name, root.path(), report.as_ref());
+    report
+}
+
+/// [`sweep`], without its event.
+async fn sweep_scope(root: &Root, scope: Scope, grace: Duration) -> Result<SweepReport> {
     let start = tokio::time::Instant::now();
     let mut report = crate::supervisor::recover(root, None, grace).await?;
     if scope != Scope::Stale {

@@ -455,6 +455,286 @@ async fn the_demo_leaves_nothing_behind() {
     env.finish().await;
 }
 
+/// Every line of `stderr` parsed as a JSON object (`--log-format json`).
+fn json_lines(stderr: &[u8]) -> Vec<Value> {
+    let text = String::from_utf8_lossy(stderr);
+    text.lines()
+        .map(|line| {
+            let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+            assert!(v.is_object(), "{line}");
+            for key in ["timestamp", "level", "target", "message"] {
+                assert!(v[key].is_string(), "{key} missing: {line}");
+            }
+            v
+        })
+        .collect()
+}
+
+/// Whether a text log line is a structured event at INFO (`LEVEL
+/// [spans: ]procscope::event: message fields`).
+fn is_event_line(line: &str) -> bool {
+    line.contains(" INFO ") && line.contains(" procscope::event: ")
+}
+
+/// The structured events with this `action`.
+fn events<'a>(lines: &'a [Value], action: &str) -> Vec<&'a Value> {
+    lines.iter().filter(|v| v["target"] == "procscope::event" && v["action"] == action).collect()
+}
+
+/// The one event with this `action` about `session`.
+fn event_of<'a>(lines: &'a [Value], action: &str, session: &str) -> &'a Value {
+    let found: Vec<_> = events(lines, action).into_iter().filter(|v| v["session"] == session).collect();
+    assert_eq!(found.len(), 1, "one {action} event of session {session}: {lines:#?}");
+    found[0]
+}
+
+/// The fields every structured event carries: `action`, a `cgroup` under
+/// the test root, `result` "ok", at INFO.
+fn assert_event_fields(env: &TestEnv, v: &Value) {
+    assert_eq!(v["level"], "INFO", "{v}");
+    assert!(v["action"].is_string(), "{v}");
+    let cgroup = v["cgroup"].as_str().unwrap_or_else(|| panic!("no cgroup: {v}"));
+    assert!(std::path::Path::new(cgroup).starts_with(env.path()), "cgroup {cgroup} is not under the test root: {v}");
+    assert_eq!(v["result"], "ok", "{v}");
+    if let Some(instance) = v.get("instance") {
+        let instance = instance.as_str().unwrap();
+        assert!(instance.starts_with("i-") && cgroup.contains(&format!("/{instance}")), "{v}");
+    }
+    if let Some(session) = v.get("session") {
+        assert!(cgroup.contains(&format!("/s-{}", session.as_str().unwrap())), "{v}");
+    }
+    if let Some(pid) = v.get("pid") {
+        assert!(pid.as_u64().is_some_and(|p| p > 0), "the pid is a number: {v}");
+    }
+}
+
+/// A gateway (the fixture, one session, no guardian) SIGKILLed and reaped:
+/// its instance is stale. Returns the instance's path and the gateway's pid.
+fn stale_gateway(env: &TestEnv) -> (String, u32) {
+    let mut gw = Gateway(
+        std::process::Command::new(FIXTURE)
+            .args(["gateway", env.path().to_str().unwrap(), "1", "0"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut out = BufReader::new(gw.stdout.take().unwrap());
+    let mut lines = Vec::new();
+    loop {
+        let mut line = String::new();
+        assert!(out.read_line(&mut line).unwrap() > 0, "the gateway ended before ready: {lines:?}");
+        let done = line.trim() == "ready";
+        lines.push(line.trim().to_owned());
+        if done {
+            break;
+        }
+    }
+    let pid = gw.id();
+    signal(&gw, rustix::process::Signal::KILL);
+    gw.wait().unwrap();
+    (field(&lines, "instance").to_owned(), pid)
+}
+
+/// `--log-format json -v`: `exec` logs its placing and the guardian's start;
+/// `sweep --all --force` logs the recovery of a dead gateway's instance, the
+/// SIGTERM step and `cgroup.kill` of each session, each session's end and
+/// the sweep, one JSON object per line with the named fields.
+#[tokio::test]
+async fn exec_and_sweep_log_json_events() {
+    let env = TestEnv::new();
+    within(60, async {
+        let me = procscope::Owner::this_process().unwrap();
+        let args = ["exec", "-v", "--log-format", "json", "--session", "s", "--"];
+        let mut command = procscope(&env, &args)
+            .args([FIXTURE, "ignore-term", "ready", "sleep", "3600"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(command.stdout.take().unwrap());
+        let mut line = String::new();
+        while line.trim() != "ready" {
+            line.clear();
+            assert!(out.read_line(&mut line).unwrap() > 0, "exec ended before ready");
+        }
+        let (stale, gw_pid) = stale_gateway(&env);
+
+        let out = run(&env, &["sweep", "-v", "--log-format", "json", "--all", "--force", "--grace", "100ms"]);
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(command.wait().unwrap().signal(), Some(libc::SIGKILL), "ignores SIGTERM: killed");
+        let mut exec_err = Vec::new();
+        command.stderr.take().unwrap().read_to_end(&mut exec_err).unwrap();
+
+        // exec: its placing, and the guardian of its instance.
+        let lines = json_lines(&exec_err);
+        let place = event_of(&lines, "exec.place", "s");
+        assert_event_fields(&env, place);
+        assert_eq!(place["pid"], command.id(), "the pid placed is the command's: {place}");
+        assert_eq!(place["owner"], std::process::id(), "{place}");
+        assert_eq!(place["instance"], me.instance_name(), "{place}");
+        let leaf = format!("/s-s/p-{}-", command.id());
+        assert!(place["cgroup"].as_str().unwrap().contains(&leaf), "{place}");
+        assert_eq!(place["spans"][0]["name"], "exec", "{place}");
+        assert_eq!(place["spans"][0]["program"], FIXTURE, "{place}");
+        let guardian = events(&lines, "guardian.start");
+        assert_eq!(guardian.len(), 1, "{lines:#?}");
+        assert_event_fields(&env, guardian[0]);
+        assert_eq!(guardian[0]["role"], "exec", "{}", guardian[0]);
+        assert_eq!(guardian[0]["instance"], me.instance_name());
+
+        // sweep: every line JSON; the events with their fields.
+        let lines = json_lines(&out.stderr);
+        for v in lines.iter().filter(|v| v["target"] == "procscope::event") {
+            assert_event_fields(&env, v);
+        }
+        let stale_name = stale.rsplit('/').next().unwrap();
+        let recovery = events(&lines, "recovery");
+        assert_eq!(recovery.len(), 1, "{lines:#?}");
+        let recovery = recovery[0];
+        assert_eq!(recovery["instance"], stale_name, "{recovery}");
+        assert_eq!(recovery["cgroup"], stale.as_str(), "{recovery}");
+        assert_eq!(recovery["owner"], gw_pid, "{recovery}");
+        assert_eq!((recovery["sessions"].as_u64(), recovery["leaks_prevented"].as_u64()), (Some(1), Some(1)));
+        // The dead gateway's session: SIGTERM was enough.
+        let end = event_of(&lines, "session.end", "g0");
+        assert_eq!((end["instance"].as_str(), end["by"].as_str()), (Some(stale_name), Some("sweep")), "{end}");
+        assert!(end["processes"].as_u64().is_some_and(|n| n >= 1) && end["killed"] == 0, "{end}");
+        assert!(end["elapsed_ms"].is_u64(), "{end}");
+        let term = event_of(&lines, "signal", "g0");
+        assert_eq!(term["signal"], "SIGTERM", "{term}");
+        assert_eq!(term["processes"], end["processes"], "{term}");
+        // The live owner's session: SIGTERM ignored, cgroup.kill.
+        let term = event_of(&lines, "signal", "s");
+        assert_eq!((term["signal"].as_str(), term["processes"].as_u64()), (Some("SIGTERM"), Some(1)), "{term}");
+        assert_eq!(term["instance"], me.instance_name());
+        let kill = event_of(&lines, "cgroup.kill", "s");
+        assert_eq!(kill["processes"], 1, "{kill}");
+        let end = event_of(&lines, "session.end", "s");
+        assert_eq!((end["processes"].as_u64(), end["killed"].as_u64()), (Some(1), Some(1)), "{end}");
+        assert!(
+            lines.iter().position(|v| v == term) < lines.iter().position(|v| v == kill)
+                && lines.iter().position(|v| v == kill) < lines.iter().position(|v| v == end),
+            "SIGTERM, then cgroup.kill, then the end: {lines:#?}"
+        );
+        // The sweep across the root, last.
+        let sweep = events(&lines, "sweep");
+        assert_eq!(sweep.len(), 1, "{lines:#?}");
+        let sweep = sweep[0];
+        assert_eq!(sweep["scope"], "all", "{sweep}");
+        assert_eq!(sweep["cgroup"], env.path().to_str().unwrap(), "{sweep}");
+        assert!(sweep.get("instance").is_none() && sweep.get("session").is_none(), "{sweep}");
+        assert_eq!((sweep["sessions"].as_u64(), sweep["killed"].as_u64()), (Some(2), Some(1)), "{sweep}");
+        assert_eq!(lines.last(), Some(sweep), "{lines:#?}");
+        env.wait_root_empty().await;
+    })
+    .await;
+    env.finish().await;
+}
+
+/// The demo (a real supervisor) with `--log-format json -v`: a `spawn`
+/// event per server with its pid, program and session (also in its span),
+/// each session let go or ended, SIGTERM steps, `cgroup.kill` of the server
+/// that ignores SIGTERM, and the tick's sweep of the orphans.
+#[tokio::test]
+async fn the_demo_logs_json_events() {
+    let env = TestEnv::new();
+    let out =
+        run(&env, &["demo", "-v", "--log-format", "json", "--ticks", "1", "--jobs", "3", "--cancel-ratio", "0.5"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("processes left behind: 0"), "{out:?}");
+    let lines = json_lines(&out.stderr);
+    for v in lines.iter().filter(|v| v["target"] == "procscope::event") {
+        assert_event_fields(&env, v);
+    }
+    let guardian = events(&lines, "guardian.start");
+    assert_eq!(guardian.len(), 1, "{lines:#?}");
+    let instance = guardian[0]["instance"].as_str().unwrap();
+    assert_eq!(guardian[0]["role"], "supervisor");
+    let spawns = events(&lines, "spawn");
+    assert_eq!(spawns.len(), 3, "{lines:#?}");
+    for j in 0..spawns.len() {
+        let session = format!("t0-j{j}");
+        let spawn = event_of(&lines, "spawn", &session);
+        assert_eq!(spawn["instance"], instance, "{spawn}");
+        assert!(spawn["pid"].is_u64(), "{spawn}");
+        assert!(spawn["program"].as_str().is_some_and(|p| p.ends_with("procscope")), "{spawn}");
+        assert_eq!(spawn["cgroup"], format!("{}/{instance}/s-{session}", env.path().display()), "{spawn}");
+        assert_eq!(spawn["span"]["name"], "session", "{spawn}");
+        assert_eq!(spawn["span"]["id"], session.as_str(), "the session span: {spawn}");
+        // Each session let go (or removed by its guard), then ended.
+        let let_go = events(&lines, "session.orphan").into_iter().chain(events(&lines, "session.end"));
+        assert!(let_go.filter(|v| v["session"] == session.as_str()).count() >= 1, "{session}: {lines:#?}");
+    }
+    // j2 runs the server that ignores SIGTERM and stays after EOF: the
+    // tick's sweep kills it.
+    let kill = event_of(&lines, "cgroup.kill", "t0-j2");
+    assert_eq!(kill["processes"], 1, "{kill}");
+    assert_eq!(kill["span"]["name"], "sweep", "{kill}");
+    let end = event_of(&lines, "session.end", "t0-j2");
+    assert_eq!((end["by"].as_str(), end["killed"].as_u64()), (Some("sweep"), Some(1)), "{end}");
+    assert!(events(&lines, "signal").iter().any(|v| v["signal"] == "SIGTERM"), "{lines:#?}");
+    let sweeps = events(&lines, "sweep");
+    assert_eq!(sweeps.len(), 1, "the tick's sweep (shutdown's found nothing: DEBUG): {lines:#?}");
+    assert_eq!((sweeps[0]["scope"].as_str(), sweeps[0]["instance"].as_str()), (Some("orphans"), Some(instance)));
+    assert!(sweeps[0]["sessions"].as_u64().is_some_and(|n| n >= 1), "{}", sweeps[0]);
+    env.finish().await;
+}
+
+/// The events in text with `-v`; nothing without it (warnings only, in
+/// either format); `RUST_LOG=procscope::event=info` selects exactly them.
+#[tokio::test]
+async fn events_show_with_v_in_text_and_only_then() {
+    let env = TestEnv::new();
+    within(60, async {
+        let out = run(&env, &["exec", "-v", "--session", "t", "--", "true"]);
+        assert!(out.status.success(), "{out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        for needle in [r#"action="exec.place""#, r#"action="guardian.start""#, r#"session="t""#] {
+            assert!(err.lines().any(|l| is_event_line(l) && l.contains(needle)), "{needle}: {err}");
+        }
+        env.wait_root_empty().await;
+        for format in ["text", "json"] {
+            let out = run(&env, &["exec", "--log-format", format, "--session", "t", "--", "true"]);
+            assert!(out.status.success(), "{out:?}");
+            assert_eq!(String::from_utf8_lossy(&out.stderr), "", "{format}: nothing logged by default");
+            env.wait_root_empty().await;
+        }
+
+        // A sweep with work to do: silent without -v, in either format.
+        stale_gateway(&env);
+        let out = run(&env, &["sweep", "--log-format", "json", "--json", "--grace", "100ms"]);
+        assert_eq!(json(&out)["sessions"], 1, "{out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stderr), "", "nothing logged by default");
+        // -v, text.
+        stale_gateway(&env);
+        let out = run(&env, &["sweep", "-v", "--grace", "100ms"]);
+        assert!(out.status.success(), "{out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        for action in ["signal", "session.end", "recovery", "sweep"] {
+            let needle = format!(r#"action="{action}""#);
+            assert!(
+                err.lines().any(|l| is_event_line(l) && l.contains(&needle) && l.contains("result=ok")),
+                "{action}: {err}"
+            );
+        }
+        // RUST_LOG: the events and nothing else.
+        stale_gateway(&env);
+        let out = procscope(&env, &["sweep", "--log-format", "json", "--grace", "100ms"])
+            .env("RUST_LOG", "procscope::event=info")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let lines = json_lines(&out.stderr);
+        assert!(lines.iter().all(|v| v["target"] == "procscope::event"), "{lines:#?}");
+        assert_eq!(events(&lines, "recovery").len(), 1, "{lines:#?}");
+        env.wait_root_empty().await;
+    })
+    .await;
+    env.finish().await;
+}
+
 #[tokio::test]
 async fn bad_arguments_exit_2_with_a_clear_message_and_change_nothing() {
     let env = TestEnv::new();
@@ -676,7 +956,7 @@ async fn the_cli_logs_and_explains_itself() {
             let out = c.output().unwrap();
             let err = String::from_utf8_lossy(&out.stderr);
             assert!(out.status.success(), "{out:?}");
-            assert!(err.contains("DEBUG") && err.contains("placed"), "{args:?} {rust_log:?}: {err}");
+            assert!(err.contains("INFO") && err.contains(r#"action="exec.place""#), "{args:?} {rust_log:?}: {err}");
         }
         // -q: errors only, and errors still show.
         let out = run(&env, &["end", "-q", "no-such-session"]);

@@ -941,3 +941,120 @@ async fn the_guardian_exits_with_its_instance_at_shutdown() {
     .await;
     env.finish().await;
 }
+
+/// The structured events a library user's subscriber receives: the fields of
+/// each, as text, in the order they came.
+#[derive(Clone, Default)]
+struct Events(Arc<std::sync::Mutex<Vec<std::collections::BTreeMap<String, String>>>>);
+
+impl Events {
+    fn of(&self, action: &str, session: &str) -> Vec<std::collections::BTreeMap<String, String>> {
+        let all = self.0.lock().unwrap();
+        all.iter()
+            .filter(|e| e["action"] == action && e.get("session").map(String::as_str) == Some(session))
+            .cloned()
+            .collect()
+    }
+}
+
+struct FieldText<'a>(&'a mut std::collections::BTreeMap<String, String>);
+
+impl tracing::field::Visit for FieldText<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0.insert(field.name().to_owned(), format!("{value:?}"));
+    }
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.0.insert(field.name().to_owned(), value.to_owned());
+    }
+}
+
+/// A minimal subscriber (no `tracing-subscriber` needed): the events of
+/// `procscope::event` at INFO and above, in `Events`.
+impl tracing::Subscriber for Events {
+    fn enabled(&self, meta: &tracing::Metadata<'_>) -> bool {
+        meta.is_span() || (meta.target() == "procscope::event" && *meta.level() <= tracing::Level::INFO)
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        let mut fields = std::collections::BTreeMap::new();
+        event.record(&mut FieldText(&mut fields));
+        self.0.lock().unwrap().push(fields);
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// A gateway's own subscriber gets one event per spawn and per session end,
+/// whichever way the session ends (close, its guard, a sweep), with the
+/// session, instance, pid, cgroup and result; the guard's hand-over to the
+/// orphan pool; the sweep's SIGTERM step and the sweep itself.
+#[tokio::test]
+async fn a_gateways_subscriber_gets_an_event_per_spawn_and_session_end() {
+    let env = TestEnv::new();
+    let events = Events::default();
+    // The test's runtime has one thread: every task's events reach it.
+    let _default = tracing::subscriber::set_default(events.clone());
+    within(30, async {
+        let sup = supervisor(&env, Duration::from_millis(500)).await;
+        let instance = sup.instance().name().to_owned();
+
+        let closed = sup.session("closed").unwrap();
+        let mut child = closed.spawn(fixture(&["ready", "sleep", "3600"]).stdout(Stdio::Piped)).unwrap();
+        wait_ready(&mut child).await;
+        let pid = child.id();
+        let dir = closed.cgroup().path().display().to_string();
+        closed.close().await.unwrap();
+        let spawn = events.of("spawn", "closed");
+        assert_eq!(spawn.len(), 1, "{spawn:?}");
+        assert_eq!(spawn[0]["pid"], pid.to_string(), "{spawn:?}");
+        assert_eq!((spawn[0]["instance"].as_str(), spawn[0]["cgroup"].as_str()), (instance.as_str(), dir.as_str()));
+        assert_eq!((spawn[0]["program"].as_str(), spawn[0]["result"].as_str()), (FIXTURE, "ok"), "{spawn:?}");
+        let end = events.of("session.end", "closed");
+        assert_eq!(end.len(), 1, "{end:?}");
+        assert_eq!((end[0]["by"].as_str(), end[0]["processes"].as_str()), ("close", "1"), "{end:?}");
+        assert_eq!((end[0]["terminated"].as_str(), end[0]["result"].as_str()), ("1", "ok"), "{end:?}");
+
+        let finished = sup.session("finished").unwrap();
+        assert!(finished.spawn(&mut fixture(&["exit", "0"])).unwrap().wait().await.unwrap().success());
+        drop(finished);
+        let end = events.of("session.end", "finished");
+        assert_eq!((end.len(), end[0]["by"].as_str(), end[0]["result"].as_str()), (1, "guard", "ok"), "{end:?}");
+
+        let left = sup.session("left").unwrap();
+        let _server = left.spawn(&mut fixture(&["sleep", "3600"])).unwrap();
+        drop(left);
+        assert_eq!(events.of("session.orphan", "left").len(), 1);
+        assert!(events.of("session.end", "left").is_empty(), "not ended yet");
+        let report = sup.sweep_orphans().await;
+        assert_eq!(report.sessions, 1, "{report}");
+        let term = events.of("signal", "left");
+        assert_eq!(term.len(), 1, "{term:?}");
+        assert_eq!((term[0]["signal"].as_str(), term[0]["processes"].as_str()), ("SIGTERM", "1"), "{term:?}");
+        let end = events.of("session.end", "left");
+        assert_eq!((end.len(), end[0]["by"].as_str(), end[0]["result"].as_str()), (1, "sweep", "ok"), "{end:?}");
+        {
+            let all = events.0.lock().unwrap();
+            let sweep: Vec<_> = all.iter().filter(|e| e["action"] == "sweep").collect();
+            assert_eq!(sweep.len(), 1, "{all:?}");
+            assert_eq!((sweep[0]["scope"].as_str(), sweep[0]["sessions"].as_str()), ("orphans", "1"), "{sweep:?}");
+            assert_eq!(sweep[0]["instance"], instance, "{sweep:?}");
+        }
+        // Refused after the end: a spawn event with the error, and no pid.
+        let late = sup.session("late").unwrap();
+        let shared = late.cgroup().path().to_owned();
+        sup.sweep(SweepScope::All).await;
+        assert!(late.spawn(&mut fixture(&["exit", "0"])).is_err());
+        let refused = events.of("spawn", "late");
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        assert!(!refused[0].contains_key("pid") && refused[0]["result"] != "ok", "{refused:?}");
+        assert!(!shared.exists());
+        drop(late);
+        sup.shutdown().await.unwrap();
+    })
+    .await;
+    env.finish().await;
+}

@@ -52,10 +52,14 @@ impl Cgroup {
     /// and cannot be moved out.
     #[doc(alias = "cgroup.kill")]
     pub async fn kill(&self) -> Result<KillMechanism> {
-        let mechanism =
-            if self.has_file(files::KILL) { KillMechanism::CgroupKill } else { KillMechanism::FreezeKillThaw };
+        let mechanism = self.kill_mechanism();
         self.kill_with(mechanism).await?;
         Ok(mechanism)
+    }
+
+    /// The mechanism [`kill`](Self::kill) uses on this kernel.
+    pub(crate) fn kill_mechanism(&self) -> KillMechanism {
+        if self.has_file(files::KILL) { KillMechanism::CgroupKill } else { KillMechanism::FreezeKillThaw }
     }
 
     /// SIGKILLs every process in this cgroup and below with `mechanism` (to
@@ -94,7 +98,8 @@ impl Cgroup {
             }
             for member in &members {
                 // ESRCH: already gone.
-                let _ = member.send_signal(Signal::KILL);
+                let sent = member.send_signal(Signal::KILL);
+                crate::events::signal_process(self.path(), member.raw_pid(), Signal::KILL, &sent);
             }
             // Frozen tasks die on SIGKILL; thawing lets anything that raced us run
             // into the next round.

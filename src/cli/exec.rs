@@ -142,12 +142,13 @@ pub fn run(a: ExecArgs) -> i32 {
     };
     let me = rustix::process::getpid().as_raw_nonzero().get();
     let id = a.session.clone().unwrap_or_else(|| format!("exec-{me}"));
+    // The placing's events (`exec.place`, `guardian.start`) name the program
+    // through this span.
+    let _span = tracing::info_span!("exec", program = %a.command[0].to_string_lossy()).entered();
     let cgroup = match tree::place_command(&root, owner, &id, &limits, a.grace) {
         Ok(c) => c,
         Err(e) => return fail(&e),
     };
-    tracing::debug!(session = %id, cgroup = %cgroup.path().display(), owner = owner.pid,
-        "placed; becoming the command");
     // Returns only on failure; the guardian removes the cgroup once we exit.
     let e = cmd.exec_in(&cgroup, Some(&owner_fd));
     eprintln!("procscope exec: {e}");
