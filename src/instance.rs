@@ -48,8 +48,12 @@ impl Owner {
     }
 
     /// Whether this very process still runs (same pid, same start time).
+    ///
+    /// A zombie has exited: it is not alive, though its parent has not reaped
+    /// it yet (a gateway SIGKILLed a moment ago, say).
     pub fn is_alive(&self) -> bool {
-        start_time(self.pid) == Some(self.start)
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)) else { return false };
+        parse_start_time(&stat) == Some(self.start) && !matches!(stat_field_of(&stat, 3), Some("Z" | "X"))
     }
 
     /// The instance cgroup name, `i-<pidns>-<pid>-<start>`, with the calling

@@ -815,3 +815,35 @@ async fn failures_change_nothing() {
     .await;
     env.finish().await;
 }
+
+/// A gateway SIGKILLed a moment ago and not reaped yet by its parent is a
+/// zombie: it has exited, so its instance is stale and a sweep ends what it
+/// left, instead of sparing it as the instance of a live gateway.
+#[tokio::test]
+async fn a_zombie_gateway_is_gone() {
+    let env = TestEnv::new();
+    {
+        let (mut gateway, lines) = Gateway::start(FIXTURE, &env.path(), 1, false);
+        rustix::process::kill_process(
+            rustix::process::Pid::from_raw(gateway.id() as i32).unwrap(),
+            rustix::process::Signal::KILL,
+        )
+        .unwrap();
+        // Not waited for: a zombie, as long as this test does not reap it.
+        let pidfd = procscope::PidFd::open(gateway.id()).unwrap();
+        within(10, pidfd.exited()).await.unwrap();
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", gateway.id())).unwrap();
+        assert!(stat.contains(") Z "), "the control: it is a zombie: {stat}");
+
+        let root = procscope::Root::open(env.path()).unwrap();
+        let listed = procscope::tree::list(&root).unwrap();
+        assert_eq!(listed.len(), 1, "{listed:?}");
+        assert!(!listed[0].owner_alive, "a zombie owner is gone: {lines:?}");
+        let report =
+            procscope::tree::sweep(&root, procscope::tree::Scope::Stale, Duration::from_millis(200)).await.unwrap();
+        assert_eq!((report.sessions, report.leaks_prevented), (1, 1), "{report}");
+        gateway.wait().unwrap();
+        env.wait_root_empty().await;
+    }
+    env.finish().await;
+}
