@@ -280,13 +280,21 @@ impl Cgroup {
     /// Reads the extended attribute `name` (e.g. `trusted.procscope.state`).
     pub fn xattr(&self, name: &str) -> Result<Option<String>> {
         let mut buf = vec![0u8; 256];
-        match rustix::fs::fgetxattr(&self.dir, name, &mut buf[..]) {
-            Ok(n) => {
-                buf.truncate(n);
-                Ok(Some(String::from_utf8_lossy(&buf).into_owned()))
+        loop {
+            match rustix::fs::fgetxattr(&self.dir, name, &mut buf[..]) {
+                Ok(n) => {
+                    buf.truncate(n);
+                    return Ok(Some(String::from_utf8_lossy(&buf).into_owned()));
+                }
+                Err(rustix::io::Errno::NODATA) => return Ok(None),
+                // Longer than the buffer (the counters, say): ask its size, and
+                // again if it grew meanwhile.
+                Err(rustix::io::Errno::RANGE) if buf.len() < 1 << 16 => {
+                    let size = rustix::fs::fgetxattr(&self.dir, name, &mut [0u8; 0][..]).unwrap_or(0);
+                    buf.resize(size.max(buf.len() * 2).min(1 << 16), 0);
+                }
+                Err(e) => return Err(Error::io("read xattr", self.path.join(name), e)),
             }
-            Err(rustix::io::Errno::NODATA) => Ok(None),
-            Err(e) => Err(Error::io("read xattr", self.path.join(name), e)),
         }
     }
 
