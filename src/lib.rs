@@ -147,6 +147,7 @@ mod supervisor;
 mod sweep;
 mod sys;
 mod tick;
+mod totals;
 pub mod tree;
 
 pub use cgroup::limits::{CpuMax, Limits, MemoryEvents, Stats};

@@ -267,6 +267,7 @@ impl Session {
             .await;
             crate::events::session_end(shared.cgroup.path(), "close", &outcome, Some(start.elapsed()));
             sup.finished(&shared, &outcome, false);
+            sup.persist_counters().await;
             sup.closing.leave();
             outcome
         });

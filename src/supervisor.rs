@@ -18,6 +18,7 @@ use crate::names::validate_session_id;
 use crate::root::{Root, RootKind};
 use crate::session::{Session, SessionShared};
 use crate::sweep::{Leak, SweepReport, Target, Termination};
+use crate::totals::{self, XATTR_COUNTERS, XATTR_TOTALS};
 
 /// The default grace period between SIGTERM and `cgroup.kill`.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(2);
@@ -145,6 +146,8 @@ impl Builder {
                 config: Config { grace: self.grace },
                 state: Mutex::new(State::default()),
                 counters: CounterCells::default(),
+                persisted: Mutex::new(Counters::default()),
+                persisting: tokio::sync::Mutex::new(()),
                 guardian: Mutex::new(guardian),
                 recovery,
                 shut_down: AtomicBool::new(false),
@@ -224,6 +227,7 @@ pub(crate) struct CounterCells {
     pub sweeps: Counter,
     pub leaks_prevented: Counter,
     pub leaks_prevented_finished: Counter,
+    pub errors: Counter,
 }
 
 impl CounterCells {
@@ -233,6 +237,28 @@ impl CounterCells {
             Ending::Closed => self.sessions_closed.inc(),
             Ending::Finished => self.sessions_finished.inc(),
             Ending::Abandoned => self.sessions_abandoned.inc(),
+        }
+    }
+
+    /// The counters now.
+    fn snapshot(&self) -> Counters {
+        Counters {
+            sessions_opened: self.sessions_opened.get(),
+            sessions_closed: self.sessions_closed.get(),
+            sessions_finished: self.sessions_finished.get(),
+            sessions_abandoned: self.sessions_abandoned.get(),
+            sessions_orphaned: self.sessions_orphaned.get(),
+            sessions_removed: self.sessions_removed.get(),
+            sessions_swept: self.sessions_swept.get(),
+            processes_spawned: self.processes_spawned.get(),
+            processes_terminated: self.processes_terminated.get(),
+            processes_killed: self.processes_killed.get(),
+            oom_kills: self.oom_kills.get(),
+            pids_max_hits: self.pids_max_hits.get(),
+            sweeps: self.sweeps.get(),
+            leaks_prevented: self.leaks_prevented.get(),
+            leaks_prevented_finished: self.leaks_prevented_finished.get(),
+            errors: self.errors.get(),
         }
     }
 }
@@ -255,7 +281,19 @@ impl CounterCells {
 /// known: when the job's task ends, before the tick's sweep. When
 /// [`tick`](Supervisor::tick) returns, every session its jobs opened and let
 /// go is counted.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+///
+/// # Where they are kept
+/// In memory ([`Supervisor::counters`]), and in the tree: the supervisor
+/// writes them into its instance's metadata and adds what they gained to
+/// the root's totals (see [`metrics`](crate::metrics)) at the end of each
+/// [`close`](Session::close), of each sweep (a [`tick`](Supervisor::tick)
+/// ends with one) and at [`shutdown`](Supervisor::shutdown) — not on every
+/// spawn or drop, whose counts wait for the next of those. A supervisor
+/// dropped without `shutdown` loses what it had not written yet. The same
+/// type holds those persisted counters of an instance and the root's
+/// totals ([`Metrics`](crate::metrics::Metrics)); it serializes as an
+/// object of numbers named like the fields.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct Counters {
     /// Sessions created.
@@ -314,6 +352,10 @@ pub struct Counters {
     /// Of `leaks_prevented`, the sessions of tick jobs that returned `Ok`
     /// (counted in `sessions_finished`); the others were abandoned.
     pub leaks_prevented_finished: u64,
+    /// Endings that failed: a session a sweep or `close` could not end
+    /// completely ([`SweepReport::errors`]). It goes back to the orphan pool
+    /// and the next sweep tries again (and counts again if it fails again).
+    pub errors: u64,
 }
 
 /// The shared part of a supervisor; sessions hold it too.
@@ -328,6 +370,10 @@ pub(crate) struct Inner {
     pub(crate) config: Config,
     state: Mutex<State>,
     pub(crate) counters: CounterCells,
+    /// The counters as last added to the root's totals.
+    persisted: Mutex<Counters>,
+    /// One persist at a time.
+    persisting: tokio::sync::Mutex<()>,
     guardian: Mutex<Option<Guardian>>,
     recovery: SweepReport,
     shut_down: AtomicBool,
@@ -465,12 +511,62 @@ impl Inner {
                 self.counters.pids_max_hits.add(t.pids_max_hits);
             }
             Err(e) => {
+                self.counters.errors.inc();
                 tracing::warn!(session = %shared.id, error = %e, "ending the session failed; it stays in the orphan pool");
                 if !self.shut_down.load(Ordering::Acquire) {
                     state.orphans.push(Arc::clone(shared));
                 }
             }
         }
+    }
+}
+
+impl Inner {
+    /// Writes the counters into the instance's metadata and adds what they
+    /// gained since the last time to the root's totals (see
+    /// [`crate::totals`]). Does nothing when nothing changed; a failure is
+    /// logged, and what could not be added is added next time.
+    pub(crate) async fn persist_counters(&self) {
+        let _one = self.persisting.lock().await;
+        let now = self.counters.snapshot();
+        let last = *self.persisted.lock().unwrap_or_else(|p| p.into_inner());
+        if now == last {
+            return;
+        }
+        match self.instance().set_meta(XATTR_COUNTERS, &now.encode()) {
+            Err(e) if !crate::cgroup::vanished(&e) => {
+                tracing::warn!(error = %e, "could not record the counters on the instance");
+            }
+            _ => {}
+        }
+        let root = self.root.cgroup();
+        let lock = match totals::lock(root, totals::LOCK_WAIT).await {
+            Ok(lock) => lock,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not add to the counters' totals; trying again at the next sweep");
+                return;
+            }
+        };
+        // Under both locks: `metrics` sees the totals and what is not in
+        // them yet consistently.
+        let mut persisted = self.persisted.lock().unwrap_or_else(|p| p.into_inner());
+        match totals::add_locked(root, XATTR_TOTALS, &now.since(&last)) {
+            Ok(()) => *persisted = now,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not add to the counters' totals; trying again at the next sweep")
+            }
+        }
+        drop(persisted);
+        drop(lock);
+    }
+
+    /// The root's totals, with what this supervisor has counted and not
+    /// added to them yet.
+    pub(crate) fn totals_now(&self) -> Counters {
+        let persisted = self.persisted.lock().unwrap_or_else(|p| p.into_inner());
+        let mut t = totals::read(self.root.cgroup(), XATTR_TOTALS);
+        t.add(&self.counters.snapshot().since(&persisted));
+        t
     }
 }
 
@@ -733,6 +829,10 @@ impl Supervisor {
         if taken.is_empty() {
             let report = SweepReport::default();
             crate::events::sweep(scope_name, inner.instance().path(), Ok(&report));
+            // What the tick's jobs counted (sessions opened, closed,
+            // finished) is persisted even when nothing is left to sweep.
+            drop(enter);
+            inner.persist_counters().await;
             return report;
         }
         let targets = taken
@@ -763,6 +863,7 @@ impl Supervisor {
         let report =
             tracing::Instrument::instrument(crate::sweep::sweep_targets(targets, inner.config.grace), span.clone())
                 .await;
+        inner.persist_counters().await;
         span.in_scope(|| crate::events::sweep(scope_name, inner.instance().path(), Ok(&report)));
         report
     }
@@ -804,6 +905,9 @@ impl Supervisor {
             crate::events::kill(&instance, None, &killed);
             killed?;
         }
+        // The last counts (of `close` calls that were still running) go to
+        // the root's totals before the instance and its metadata go.
+        inner.persist_counters().await;
         report.removed += inner.root.cgroup().remove_child_tree(&instance).await?;
         // The guardian exits once its instance is gone.
         let guardian = inner.guardian.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -816,24 +920,14 @@ impl Supervisor {
 
     /// Counters since start.
     pub fn counters(&self) -> Counters {
-        let c = &self.inner.counters;
-        Counters {
-            sessions_opened: c.sessions_opened.get(),
-            sessions_closed: c.sessions_closed.get(),
-            sessions_finished: c.sessions_finished.get(),
-            sessions_abandoned: c.sessions_abandoned.get(),
-            sessions_orphaned: c.sessions_orphaned.get(),
-            sessions_removed: c.sessions_removed.get(),
-            sessions_swept: c.sessions_swept.get(),
-            processes_spawned: c.processes_spawned.get(),
-            processes_terminated: c.processes_terminated.get(),
-            processes_killed: c.processes_killed.get(),
-            oom_kills: c.oom_kills.get(),
-            pids_max_hits: c.pids_max_hits.get(),
-            sweeps: c.sweeps.get(),
-            leaks_prevented: c.leaks_prevented.get(),
-            leaks_prevented_finished: c.leaks_prevented_finished.get(),
-        }
+        self.inner.counters.snapshot()
+    }
+
+    /// The root's totals as [`metrics`](Self::metrics) reports them: what
+    /// is recorded on the root, plus what this supervisor counted and has
+    /// not added yet.
+    pub(crate) fn totals_now(&self) -> Counters {
+        self.inner.totals_now()
     }
 
     /// Ids of the active sessions.
@@ -880,7 +974,8 @@ impl Supervisor {
 /// Ends the instances under `root` whose owner process is gone, and removes
 /// them. A live instance — another running supervisor — is never touched, and
 /// neither is anything procscope did not create (no `kind` metadata).
-/// `me` is skipped too.
+/// `me` is skipped too. What it ended is added to the root's totals
+/// ([`metrics`](crate::metrics)) as one sweep.
 pub async fn recover(root: &Root, me: Option<Owner>, grace: Duration) -> Result<SweepReport> {
     let start = tokio::time::Instant::now();
     let mut report = SweepReport::default();
@@ -906,6 +1001,11 @@ pub async fn recover(root: &Root, me: Option<Owner>, grace: Duration) -> Result<
         }
     }
     report.elapsed = start.elapsed();
+    // Counted in the root's totals only: the instances are gone, and the
+    // recovering supervisor's own counters leave other gateways' sessions out.
+    if report.sessions > 0 || report.removed > 0 || !report.errors.is_empty() {
+        totals::count_report(root.cgroup(), None, &report, false).await;
+    }
     Ok(report)
 }
 

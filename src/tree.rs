@@ -18,6 +18,7 @@ use crate::instance::{self, Owner, XATTR_CREATED, XATTR_SESSION, XATTR_STATE};
 use crate::names::validate_session_id;
 use crate::root::{Root, RootKind};
 use crate::sweep::{Leak, SweepReport, Target};
+use crate::totals;
 
 /// The state of a session as seen from outside its supervisor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -273,9 +274,9 @@ fn place(root: &Root, owner: Owner, id: &str, limits: &Limits, name: &str) -> Re
         // What this attempt created is removed again if it fails: a failed
         // `exec` leaves the tree as it found it (what someone else uses
         // meanwhile stays: rmdir refuses).
-        let attempt = || -> Result<(Cgroup, Cgroup)> {
+        let attempt = || -> Result<(Cgroup, Cgroup, bool)> {
             let (instance, instance_created) = open_or_create_instance_tracked(root, owner)?;
-            let placed = (|| -> Result<Cgroup> {
+            let placed = (|| -> Result<(Cgroup, bool)> {
                 if instance::kind_of(&instance).is_some() && instance.meta(XATTR_LINEAGE)?.is_none() {
                     instance.set_meta(XATTR_LINEAGE, &lineage(owner.pid))?;
                 }
@@ -295,10 +296,10 @@ fn place(root: &Root, owner: Owner, id: &str, limits: &Limits, name: &str) -> Re
                 if leaf.is_err() && session_created {
                     let _ = instance.remove_child(session.name());
                 }
-                leaf
+                leaf.map(|leaf| (leaf, session_created))
             })();
             match placed {
-                Ok(leaf) => Ok((instance, leaf)),
+                Ok((leaf, session_created)) => Ok((instance, leaf, session_created)),
                 Err(e) => {
                     if instance_created {
                         let _ = root.cgroup().remove_child(instance.name());
@@ -312,10 +313,29 @@ fn place(root: &Root, owner: Owner, id: &str, limits: &Limits, name: &str) -> Re
             // Removed meanwhile (by a concurrent exec or the guardian).
             Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENODEV)) => last = Some(e),
             Err(e) => return Err(e),
-            Ok((_, leaf)) => return Ok(leaf),
+            Ok((instance, leaf, session_created)) => {
+                count_exec(root, &instance, session_created);
+                return Ok(leaf);
+            }
         }
     }
     Err(last.expect("at least one attempt"))
+}
+
+/// Counts a placed command (and the session, if this `exec` created it) in
+/// the root's totals, and in the instance's counters unless a supervisor
+/// keeps them. Waits for the counters' lock briefly; the command starts
+/// either way.
+fn count_exec(root: &Root, instance: &Cgroup, session_created: bool) {
+    let delta = crate::Counters {
+        sessions_opened: u64::from(session_created),
+        processes_spawned: 1,
+        ..crate::Counters::default()
+    };
+    let own = Some(instance).filter(|i| !totals::is_supervisor_instance(i));
+    if let Err(e) = totals::add_blocking(root.cgroup(), own, &delta, totals::EXEC_LOCK_WAIT) {
+        tracing::debug!(error = %e, "this command was not counted");
+    }
 }
 
 /// The environment variable through which a gateway declares itself the
@@ -417,12 +437,24 @@ pub fn find_session(instance: &Cgroup, id: &str) -> Result<Option<Cgroup>> {
 /// Ends the given sessions of `instance` in parallel (SIGTERM, grace,
 /// `cgroup.kill`, `rmdir`), then removes the instance if it is left empty.
 /// Those marked orphaned that still ran something count as leaks prevented.
+///
+/// They are counted as closed by their owner (`procscope end`) in the
+/// root's totals, and in the instance's counters unless a supervisor keeps
+/// them ([`metrics`](crate::metrics)).
 pub async fn end_sessions(root: &Root, instance: Arc<Cgroup>, sessions: Vec<Cgroup>, grace: Duration) -> SweepReport {
+    let report = end_sessions_uncounted(&instance, sessions, grace).await;
+    totals::count_report(root.cgroup(), Some(&instance), &report, true).await;
+    remove_if_empty(root, &instance);
+    report
+}
+
+/// [`end_sessions`] without counting them and without removing the instance.
+async fn end_sessions_uncounted(instance: &Arc<Cgroup>, sessions: Vec<Cgroup>, grace: Duration) -> SweepReport {
     let targets = sessions
         .into_iter()
         .map(|cg| Target {
             id: cg.meta(XATTR_SESSION).ok().flatten().unwrap_or_else(|| cg.name().to_owned()),
-            parent: Arc::clone(&instance),
+            parent: Arc::clone(instance),
             leak: if cg.meta(XATTR_STATE).ok().flatten().as_deref() == Some("orphaned") {
                 Leak::Abandoned
             } else {
@@ -433,9 +465,7 @@ pub async fn end_sessions(root: &Root, instance: Arc<Cgroup>, sessions: Vec<Cgro
             on_done: None,
         })
         .collect();
-    let report = crate::sweep::sweep_targets(targets, grace).await;
-    remove_if_empty(root, &instance);
-    report
+    crate::sweep::sweep_targets(targets, grace).await
 }
 
 /// Removes an instance that has no sessions left (best effort: another process
@@ -463,7 +493,10 @@ pub enum Scope {
     Everything,
 }
 
-/// Sweeps the tree under `root` from outside any supervisor.
+/// Sweeps the tree under `root` from outside any supervisor. What it ends
+/// is added to the root's totals ([`metrics`](crate::metrics)): the stale
+/// instances as one sweep (that of [`recover`](crate::recover)), the
+/// sessions of live owners as another.
 pub async fn sweep(root: &Root, scope: Scope, grace: Duration) -> Result<SweepReport> {
     let report = sweep_scope(root, scope, grace).await;
     let name = match scope {
@@ -480,6 +513,7 @@ async fn sweep_scope(root: &Root, scope: Scope, grace: Duration) -> Result<Sweep
     let start = tokio::time::Instant::now();
     let mut report = crate::supervisor::recover(root, None, grace).await?;
     if scope != Scope::Stale {
+        let mut live = SweepReport::default();
         let me = Owner::this_process().ok();
         for info in list(root)? {
             if !info.owner_alive {
@@ -494,15 +528,18 @@ async fn sweep_scope(root: &Root, scope: Scope, grace: Duration) -> Result<Sweep
                 }
             }
             if !sessions.is_empty() {
-                report.merge(end_sessions(root, Arc::clone(&instance), sessions, grace).await);
+                live.merge(end_sessions_uncounted(&instance, sessions, grace).await);
+                remove_if_empty(root, &instance);
             }
             if scope == Scope::Everything && Some(info.owner_pid) != me.map(|m| m.pid) {
                 let outcome = crate::sweep::end_cgroup(root.cgroup(), &instance, &[], grace).await;
                 if let Ok(t) = outcome {
-                    report.removed += usize::from(t.removed);
+                    live.removed += usize::from(t.removed);
                 }
             }
         }
+        totals::count_report(root.cgroup(), None, &live, false).await;
+        report.merge(live);
     }
     report.elapsed = start.elapsed();
     Ok(report)
