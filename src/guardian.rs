@@ -80,7 +80,7 @@ fn log(msg: std::fmt::Arguments<'_>) {
 const READY_WAIT: Duration = Duration::from_secs(5);
 
 /// Metadata on the instance: the guardian's pid and start time.
-const XATTR_GUARDIAN: &str = "guardian";
+pub(crate) const XATTR_GUARDIAN: &str = "guardian";
 
 /// Metadata on a supervisor's instance: `supervisor`.
 pub(crate) const XATTR_ROLE: &str = "role";

@@ -135,6 +135,7 @@ mod instance;
 pub mod logging;
 #[cfg(feature = "rmcp")]
 pub mod mcp;
+pub mod metrics;
 pub mod names;
 mod pidfd;
 mod protect;
@@ -157,6 +158,7 @@ pub use command::{Command, SpawnMechanism, Stdio};
 pub use error::{Error, Result};
 pub use guardian::GUARDIAN_UID;
 pub use instance::Owner;
+pub use metrics::Metrics;
 pub use pidfd::PidFd;
 pub use root::{Root, RootKind};
 pub use seal::{SealStatus, Sealing, status as seal_status};

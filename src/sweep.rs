@@ -24,7 +24,7 @@ const KILL_WAIT: Duration = Duration::from_secs(15);
 const REAP_WAIT: Duration = Duration::from_secs(2);
 
 /// What ending one cgroup took.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct Termination {
     /// Processes sent SIGTERM.
@@ -320,7 +320,10 @@ fn or_gone<T>(r: Result<T>, value: T) -> Result<T> {
 ///   as a whole never fails.
 /// - The counts are per sweep. [`Counters`](crate::Counters) keeps the totals
 ///   of a supervisor's life.
-#[derive(Clone, Debug, Default)]
+/// - It serializes (serde) as an object named like its fields, with
+///   `elapsed` as `elapsed_secs`, in seconds (a float), as every duration
+///   of procscope's serialized types.
+#[derive(Clone, Debug, Default, serde::Serialize)]
 #[non_exhaustive]
 pub struct SweepReport {
     /// Sessions taken on by the sweep.
@@ -352,11 +355,12 @@ pub struct SweepReport {
     /// by `pids.max`.
     pub limits_hit: Vec<LimitHit>,
     /// Time the sweep took.
+    #[serde(rename = "elapsed_secs", serialize_with = "crate::metrics::serialize_secs")]
     pub elapsed: Duration,
 }
 
 /// A session whose limits struck while it ran.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct LimitHit {
     /// The session id.
     pub session: String,
@@ -367,7 +371,7 @@ pub struct LimitHit {
 }
 
 /// A session a sweep could not end completely.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct SweepError {
     /// The session id (or cgroup name).
     pub session: String,

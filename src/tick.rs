@@ -13,8 +13,11 @@ use crate::ending::{Job, Unresolved};
 use crate::supervisor::Supervisor;
 use crate::sweep::SweepReport;
 
-/// How one job of a tick ended.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// How one job of a tick ended. Serialized (serde) as
+/// `{"outcome": "ok"}`, `{"outcome": "failed", "message": "…"}`,
+/// `{"outcome": "panicked", "message": "…"}` or `{"outcome": "cancelled"}`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "outcome", content = "message", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum JobOutcome {
     /// It returned `Ok`.
@@ -27,8 +30,9 @@ pub enum JobOutcome {
     Cancelled,
 }
 
-/// What a tick did.
-#[derive(Clone, Debug, Default)]
+/// What a tick did. Serialized (serde) with `elapsed` as `elapsed_secs`, in
+/// seconds (a float).
+#[derive(Clone, Debug, Default, serde::Serialize)]
 #[non_exhaustive]
 pub struct TickReport {
     /// One outcome per job, in the order the jobs were given.
@@ -36,6 +40,7 @@ pub struct TickReport {
     /// The sweep of orphans after all jobs ended.
     pub sweep: SweepReport,
     /// Time from the first job's start to the end of the sweep.
+    #[serde(rename = "elapsed_secs", serialize_with = "crate::metrics::serialize_secs")]
     pub elapsed: Duration,
 }
 

@@ -9,8 +9,10 @@ use tokio::time::Instant;
 use super::{Cgroup, files};
 use crate::error::{Error, Result};
 
-/// How a cgroup's processes are killed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// How a cgroup's processes are killed. Serialized (serde) as its
+/// [`as_str`](Self::as_str) name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum KillMechanism {
     /// Write `1` to `cgroup.kill` (Linux ≥ 5.14): recursive, atomic against forks.

@@ -178,8 +178,10 @@ impl Cgroup {
     }
 }
 
-/// Usage of a cgroup.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// Usage of a cgroup. Serialized (serde) with `cpu_usage` as
+/// `cpu_usage_secs`, in seconds (a float), and a value that is `None` as
+/// `null`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Stats {
     /// `memory.current` in bytes.
     pub memory_current: Option<u64>,
@@ -188,13 +190,14 @@ pub struct Stats {
     /// `pids.current`.
     pub pids_current: Option<u64>,
     /// `usage_usec` of `cpu.stat` (present without the cpu controller).
+    #[serde(rename = "cpu_usage_secs", serialize_with = "crate::metrics::serialize_opt_secs")]
     pub cpu_usage: Option<Duration>,
     /// `memory.events`: how often limits were hit.
     pub memory_events: Option<MemoryEvents>,
 }
 
 /// Counters of `memory.events`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct MemoryEvents {
     /// Times usage went over `memory.high`.
     pub high: u64,
