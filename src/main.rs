@@ -1,5 +1,6 @@
 //! The `procscope` command line: a drop-in wrapper for gateways in any language
-//! (`exec`, `end`), and tools for operators (`ps`, `sweep`, `doctor`, `demo`).
+//! (`exec`, `end`), and tools for operators (`ps`, `sweep`, `metrics`,
+//! `doctor`, `demo`).
 
 mod cli;
 
@@ -56,6 +57,14 @@ enum LogFormat {
 
 /// Pointer to the exit codes, for the subcommands' help.
 const SEE_EXIT_CODES: &str = "Exit codes and logging: see procscope --help.";
+
+/// `metrics`' notes and exit codes.
+const METRICS_HELP: &str = "\
+With --textfile DIR it writes DIR/procscope.prom through a temporary file and
+a rename: node_exporter --collector.textfile.directory=DIR exports it. With
+--every it keeps doing so until SIGTERM or SIGINT, then exits 0; a failing
+first write exits at once, later failures are reported and retried. Exit codes
+and logging: see procscope --help.";
 
 /// `exec`'s own exit codes.
 const EXEC_EXIT_CODES: &str = "\
@@ -135,6 +144,10 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Print metrics in the Prometheus text format, or write them for
+    /// node_exporter's textfile collector (--textfile DIR [--every 15s]).
+    #[command(after_help = METRICS_HELP)]
+    Metrics(cli::metrics::MetricsArgs),
     /// Check what this host supports and which mechanisms procscope will use.
     #[command(after_help = SEE_EXIT_CODES)]
     Doctor {
@@ -228,6 +241,7 @@ fn main() {
         Cmd::Sweep { root, orphans, all, force, grace, json } => {
             cli::run_async(cli::admin::sweep(root.root, orphans, all, force, grace, json))
         }
+        Cmd::Metrics(a) => cli::run_async(cli::metrics::run(a)),
         Cmd::Doctor { root, json } => cli::run_async(cli::doctor::run(root.root, json)),
         Cmd::Demo(a) => cli::run_async(cli::demo::run(a)),
         Cmd::Completions { shell } => {

@@ -5,6 +5,7 @@ pub mod demo;
 pub mod demo_server;
 pub mod doctor;
 pub mod exec;
+pub mod metrics;
 pub mod ps;
 
 use std::future::Future;
