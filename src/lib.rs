@@ -71,6 +71,7 @@
 //! | [`Cgroup`] | a cgroup2 directory held by an fd: create, limits, stats, events, kill, remove |
 //! | [`Root`] | where procscope's tree lives |
 //! | [`tree`] | the tree seen from outside a supervisor: list, sweep, place a command (`procscope exec`) |
+//! | [`metrics`] | what runs and what was done, as a value and in the Prometheus text format; counters kept in the tree |
 //! | `sys` (private) | the only `unsafe`: `clone3` and the child's async-signal-safe steps |
 //!
 //! # Coming from `tokio::process`
