@@ -275,19 +275,10 @@ impl Metrics {
     /// The root's directory cannot be listed. Instances and sessions that go
     /// away meanwhile are left out.
     pub fn gather(root: &Root) -> Result<Metrics> {
-        let mut names = root.cgroup().children()?;
-        names.sort();
         let mut instances = Vec::new();
-        for name in names {
-            let Some(named) = Owner::from_instance_name(&name) else { continue };
-            let Ok(cg) = root.cgroup().open_child(&name) else { continue };
-            if instance::kind_of(&cg).as_deref() != Some("instance") {
-                continue;
-            }
-            let owner = Owner::of_instance(&cg).unwrap_or(named);
-            let alive = !instance::owner_gone(&cg, owner);
-            let counters = totals::read(&cg, XATTR_COUNTERS);
-            instances.push(instance_metrics(&cg, name, owner.pid, alive, counters));
+        for found in crate::tree::instances(root)? {
+            let counters = totals::read(&found.cgroup, XATTR_COUNTERS);
+            instances.push(instance_metrics(&found.cgroup, found.name, found.owner.pid, found.owner_alive, counters));
         }
         Ok(Metrics { root: root.path().to_owned(), instances, totals: totals::read(root.cgroup(), XATTR_TOTALS) })
     }
@@ -526,15 +517,7 @@ impl Supervisor {
 }
 
 fn instance_metrics(cg: &Cgroup, name: String, owner_pid: i32, alive: bool, counters: Counters) -> InstanceMetrics {
-    let mut dirs = cg.children().unwrap_or_default();
-    dirs.sort();
-    let sessions = dirs
-        .iter()
-        .filter_map(|dir| {
-            let s = cg.open_child(dir).ok()?;
-            (instance::kind_of(&s).as_deref() == Some("session")).then(|| session_metrics(&s, dir, alive))
-        })
-        .collect();
+    let sessions = crate::tree::sessions_of(cg).iter().map(|(dir, s)| session_metrics(s, dir, alive)).collect();
     InstanceMetrics {
         name,
         owner_pid,

@@ -86,29 +86,50 @@ pub struct InstanceInfo {
     pub sessions: Vec<SessionInfo>,
 }
 
+/// An instance directory procscope made, as read from the tree.
+pub(crate) struct Found {
+    pub name: String,
+    pub cgroup: Cgroup,
+    pub owner: Owner,
+    pub owner_alive: bool,
+}
+
+/// The instances procscope made under `root`, by name; directories that go
+/// away meanwhile are left out.
+pub(crate) fn instances(root: &Root) -> Result<Vec<Found>> {
+    let mut names = root.cgroup().children()?;
+    names.sort();
+    let mut out = Vec::new();
+    for name in names {
+        let Some(named) = Owner::from_instance_name(&name) else { continue };
+        let Ok(cgroup) = root.cgroup().open_child(&name) else { continue };
+        if instance::kind_of(&cgroup).as_deref() != Some("instance") {
+            continue;
+        }
+        let owner = Owner::of_instance(&cgroup).unwrap_or(named);
+        let owner_alive = !instance::owner_gone(&cgroup, owner);
+        out.push(Found { name, cgroup, owner, owner_alive });
+    }
+    Ok(out)
+}
+
+/// The session directories procscope made in an instance: `(name, cgroup)`.
+pub(crate) fn sessions_of(instance: &Cgroup) -> Vec<(String, Cgroup)> {
+    let mut dirs = instance.children().unwrap_or_default();
+    dirs.sort();
+    dirs.into_iter()
+        .filter_map(|dir| {
+            let s = instance.open_child(&dir).ok()?;
+            (instance::kind_of(&s).as_deref() == Some("session")).then_some((dir, s))
+        })
+        .collect()
+}
+
 /// Lists every instance and session under `root` that procscope made.
 pub fn list(root: &Root) -> Result<Vec<InstanceInfo>> {
     let mut out = Vec::new();
-    let mut names = root.cgroup().children()?;
-    names.sort();
-    for name in names {
-        let Some(named) = Owner::from_instance_name(&name) else { continue };
-        let Ok(cg) = root.cgroup().open_child(&name) else { continue };
-        if instance::kind_of(&cg).as_deref() != Some("instance") {
-            continue;
-        }
-        let owner = Owner::of_instance(&cg).unwrap_or(named);
-        let alive = !instance::owner_gone(&cg, owner);
-        let mut sessions = Vec::new();
-        let mut dirs = cg.children().unwrap_or_default();
-        dirs.sort();
-        for dir in dirs {
-            let Ok(s) = cg.open_child(&dir) else { continue };
-            if instance::kind_of(&s).as_deref() != Some("session") {
-                continue;
-            }
-            sessions.push(session_info(&s, &dir, alive));
-        }
+    for Found { name, cgroup: cg, owner, owner_alive: alive } in instances(root)? {
+        let sessions = sessions_of(&cg).iter().map(|(dir, s)| session_info(s, dir, alive)).collect();
         out.push(InstanceInfo {
             name,
             path: cg.path().to_owned(),
