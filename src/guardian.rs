@@ -145,6 +145,12 @@ impl Guardian {
         if let Some(log) = std::env::var_os(LOG_ENV) {
             cmd.env(LOG_ENV, log);
         }
+        // What it ends is counted through the spool of the instance's root.
+        if let Some(spool) =
+            instance.path().parent().and_then(|p| Cgroup::open(p).ok()).and_then(|root| crate::spool::prepare(&root))
+        {
+            cmd.env(crate::spool::SPOOL_ENV, spool);
+        }
         // The intermediate process forks the guardian and exits at once.
         let mut intermediate = cmd.spawn_guardian()?;
         drop(cmd);
@@ -321,6 +327,10 @@ struct Tracked {
     /// Once the main process is gone: `cgroup.events`, and when to kill.
     /// `cgroup.events` is `None` when the cgroup is gone already.
     ending: Option<(Option<OwnedFd>, Instant)>,
+    /// Processes found left when the main process exited.
+    left: usize,
+    /// Of them, those still there when the grace ran out.
+    killed: usize,
 }
 
 /// Where a watched directory sits.
@@ -348,6 +358,10 @@ struct Watch {
     owner_id: Owner,
     /// When to take in the instance again (see [`Watch::rescan`]).
     rescan_at: Option<Instant>,
+    /// The spool that what it ends is counted in ([`crate::spool`]).
+    spool: Option<OwnedFd>,
+    /// Spool files written so far.
+    spooled: u64,
 }
 
 impl Watch {
@@ -411,6 +425,13 @@ impl Watch {
         crate::protect::not_own_ancestors();
         let inotify =
             inotify::init(CreateFlags::CLOEXEC | CreateFlags::NONBLOCK).map_err(|e| format!("inotify: {e}"))?;
+        // Opened while it has its starter's capabilities (the spool is
+        // the guardian's uid's, mode 0700).
+        let spool = std::env::var_os(crate::spool::SPOOL_ENV).and_then(|p| {
+            crate::spool::open_for_guardian(Path::new(&p))
+                .map_err(|e| log(format_args!("not counting what it ends: {e}")))
+                .ok()
+        });
         let mut watch = Watch {
             role,
             path: path.clone(),
@@ -421,6 +442,8 @@ impl Watch {
             commands: HashMap::new(),
             owner_id: owner,
             rescan_at: None,
+            spool,
+            spooled: 0,
         };
         let root = path.parent().ok_or("the instance has no parent")?;
         watch.add_dir(root, Level::Root)?;
@@ -509,7 +532,8 @@ impl Watch {
             }
         };
         log(format_args!("command {} (main {} alive: {})", path.display(), main.pid, main_fd.is_some()));
-        let mut command = Tracked { session: session.to_owned(), cgroup, grace, main: main_fd, ending: None };
+        let mut command =
+            Tracked { session: session.to_owned(), cgroup, grace, main: main_fd, ending: None, left: 0, killed: 0 };
         if command.main.is_none() {
             begin_ending(&mut command);
         }
@@ -564,7 +588,8 @@ impl Watch {
             if owner_gone {
                 log(format_args!("the owner is gone: ending the instance"));
                 if Owner::of_instance(&self.instance) == Some(self.owner_id) {
-                    clean_up(&self.instance, &self.path);
+                    let report = clean_up(&self.instance, &self.path);
+                    self.count(&report);
                 }
                 return;
             }
@@ -630,20 +655,48 @@ impl Watch {
             self.commands.insert(c.cgroup.path().to_owned(), c);
             return false;
         }
+        // What it ended: the command's leftovers, and the session once it
+        // has no command left.
+        let mut report = crate::sweep::SweepReport {
+            leaks_prevented: usize::from(c.left > 0),
+            terminated: c.left.saturating_sub(c.killed),
+            killed: c.killed,
+            removed: 1,
+            ..Default::default()
+        };
         if session.children().is_ok_and(|l| l.is_empty())
             && !session.is_populated().unwrap_or(true)
             && self.instance.remove_child(session.name()).is_ok()
         {
             self.forget_dir(&c.session);
+            report.sessions = 1;
+            report.removed += 1;
         }
-        if self.role == Role::Exec
+        // Counted before the instance may go, so that whoever sees it gone
+        // finds the counts in the spool. A command that exited leaving
+        // nothing, its session still in use: nothing ended.
+        if c.left > 0 || report.sessions > 0 {
+            self.count(&report);
+        }
+        self.role == Role::Exec
             && self.instance.children().is_ok_and(|l| l.is_empty())
-            && let Some(root) = self.path.parent().and_then(|p| Cgroup::open(p).ok())
-            && root.remove_child(self.instance.name()).is_ok()
-        {
-            return true;
+            && self
+                .path
+                .parent()
+                .and_then(|p| Cgroup::open(p).ok())
+                .is_some_and(|root| root.remove_child(self.instance.name()).is_ok())
+    }
+
+    /// Writes what an ending did into the spool, as recovery counts it: in
+    /// the root's totals only, once a reader folds it.
+    fn count(&mut self, report: &crate::sweep::SweepReport) {
+        let Some(spool) = &self.spool else { return };
+        let counts = crate::supervisor::Counters::of_report(report, false);
+        self.spooled += 1;
+        match crate::spool::write(spool, &counts, self.spooled) {
+            Ok(()) => log(format_args!("spooled {}", counts.encode())),
+            Err(e) => log(format_args!("not counted: {e}")),
         }
-        false
     }
 }
 
@@ -659,12 +712,16 @@ fn begin_ending(c: &mut Tracked) {
     if !protected.is_empty() {
         let _ = crate::protect::evacuate_among(&c.cgroup, &protected);
     }
-    let members =
-        if protected.is_empty() { Vec::new() } else { c.cgroup.member_pidfds_recursive().unwrap_or_default() };
-    for m in members {
-        if crate::protect::is_protected(m.raw_pid(), &protected) {
-            continue;
-        }
+    let members: Vec<PidFd> = c
+        .cgroup
+        .member_pidfds_recursive()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|m| !crate::protect::is_protected(m.raw_pid(), &protected))
+        .collect();
+    c.left = members.len();
+    // Who must not be signalled unknown: nobody is.
+    for m in members.iter().filter(|_| !protected.is_empty()) {
         let _ = m.send_signal(crate::Signal::TERM);
         let _ = m.send_signal(crate::Signal::CONT);
     }
@@ -689,7 +746,7 @@ fn step_ending(c: &mut Tracked) -> bool {
     if Instant::now() < *deadline {
         return false;
     }
-    kill_blocking(&c.cgroup);
+    c.killed += kill_blocking(&c.cgroup);
     if is_empty(&c.cgroup) {
         return true;
     }
@@ -726,13 +783,15 @@ fn main_process(main: Owner, cgroup: &Cgroup) -> std::io::Result<Option<PidFd>> 
 }
 
 /// `cgroup.kill` (else SIGKILL to every member until none is left), then
-/// waits until the cgroup is empty, at most 5 s.
-fn kill_blocking(cg: &Cgroup) {
+/// waits until the cgroup is empty, at most 5 s. Returns how many processes
+/// it found there to kill.
+fn kill_blocking(cg: &Cgroup) -> usize {
     // Never the gateway or the guardian: moved out first, else not killed.
     if let Err(e) = crate::protect::evacuate(cg) {
         log(format_args!("not killing {}: {e}", cg.path().display()));
-        return;
+        return 0;
     }
+    let found = cg.member_pidfds_recursive().map_or(0, |m| m.len());
     if cg.write("cgroup.kill", "1").is_err() {
         for _ in 0..64 {
             let Ok(protected) = crate::protect::protected() else { break };
@@ -752,6 +811,7 @@ fn kill_blocking(cg: &Cgroup) {
         }
     }
     let _ = cg.wait_events_blocking(Some(Duration::from_secs(5)), |e| !e.populated);
+    found
 }
 
 /// The guardian's real and saved uid: one no other process uses (in systemd's
@@ -797,14 +857,27 @@ fn take_identity() -> std::result::Result<(), String> {
 
 /// Kills everything in the instance and removes it, synchronously: again
 /// and again while something is left (an `exec` that was placing itself as
-/// the owner died joins late), for at most a minute.
-fn clean_up(instance: &Cgroup, path: &Path) {
+/// the owner died joins late), for at most a minute. Returns what it ended,
+/// as a recovery reports it.
+fn clean_up(instance: &Cgroup, path: &Path) -> crate::sweep::SweepReport {
+    let mut report = crate::sweep::SweepReport::default();
+    let mut sessions = std::collections::HashSet::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     while path.exists() && Instant::now() < deadline {
-        kill_blocking(instance);
+        // The sessions as they are before the kill: those with something
+        // running had leaked.
+        for name in instance.children().unwrap_or_default() {
+            if name.starts_with("s-") && sessions.insert(name.clone()) {
+                report.sessions += 1;
+                let running = instance.open_child(&name).is_ok_and(|s| s.is_populated().unwrap_or(false));
+                report.leaks_prevented += usize::from(running);
+            }
+        }
+        report.killed += kill_blocking(instance);
         for name in instance.children().unwrap_or_default() {
             if let Ok(session) = instance.open_child(&name) {
                 remove_blocking(instance, &session);
+                report.removed += usize::from(!session.path().exists());
             }
         }
         if let Some(parent) = path.parent().and_then(|p| Cgroup::open(p).ok()) {
@@ -814,6 +887,15 @@ fn clean_up(instance: &Cgroup, path: &Path) {
             let _ = instance.wait_events_blocking(Some(Duration::from_millis(200)), |_| false);
         }
     }
+    if path.exists() {
+        report.errors.push(crate::sweep::SweepError {
+            session: instance.name().to_owned(),
+            error: "the instance could not be removed within a minute".into(),
+        });
+    } else {
+        report.removed += 1;
+    }
+    report
 }
 
 fn remove_blocking(parent: &Cgroup, cg: &Cgroup) {

@@ -145,6 +145,7 @@ mod root;
 mod seal;
 mod session;
 mod signal;
+mod spool;
 mod supervisor;
 mod sweep;
 mod sys;

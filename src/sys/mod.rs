@@ -7,12 +7,14 @@
 //! - [`hook`]: the constructor that turns a re-executed program into the
 //!   guardian before its `main`, and the guardian's `fork`.
 //! - [`signal`]: signal dispositions, used by the guardian.
+//! - [`fsuid`]: the guardian's filesystem uid, for writing into its spool.
 //!
 //! Everything else in the crate is `#![deny(unsafe_code)]` and goes through the
 //! safe functions exported here.
 #![allow(unsafe_code)]
 
 pub(crate) mod async_fd;
+pub(crate) mod fsuid;
 pub(crate) mod hook;
 pub(crate) mod seal;
 pub(crate) mod signal;
