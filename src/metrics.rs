@@ -55,11 +55,17 @@
 //! processes can write. Reading `trusted.*` needs `CAP_SYS_ADMIN` too: run
 //! `procscope metrics` as root on a root-owned tree.
 //!
-//! Not counted: what a guardian ends (it keeps `CAP_KILL` only, and cannot
-//! write `trusted.*`): the leftovers of `exec` commands after their main
-//! process exits, and a dead gateway's sessions; and what a supervisor
-//! counted after its last persist point when it dies or is dropped without
-//! `shutdown`. Updates of the totals take an `flock` on the root directory,
+//! What a guardian ends — the leftovers of `exec` commands after their main
+//! process exits, and a dead gateway's sessions — goes into the root's
+//! totals only, through a spool: the guardian keeps `CAP_KILL` only and
+//! cannot write `trusted.*`, so it writes its counts as files into a
+//! directory only its own uid can write, and [`fold_guardian_spool`] (run
+//! by `procscope metrics` before it gathers), each supervisor's persist
+//! point and the recovery add them to the totals. Until one of them runs,
+//! those counts are not in the totals. A sealed child cannot forge them; it
+//! can at most move the spool away and lose them (the `spool` module's docs
+//! say how). Not counted: what a supervisor counted after its last persist
+//! point when it dies or is dropped without `shutdown`. Updates of the totals take an `flock` on the root directory,
 //! waited for a bounded time: any process that can open the directory can
 //! hold it, and then delays the totals (a supervisor adds its counts at its
 //! next persist point) or, for `exec` and the command line tools, loses
@@ -264,6 +270,17 @@ pub struct SessionMetrics {
     pub oom_kills: Option<u64>,
     /// Forks refused by `pids.max`, where `pids.events` exists.
     pub pids_max_refusals: Option<u64>,
+}
+
+/// Adds what the guardians under `root` ended and spooled to the root's
+/// totals, and deletes the spool files it added; returns what it added.
+/// Needs what writing the totals needs (`CAP_SYS_ADMIN` on a root-owned
+/// tree) and reading the spool (root's `CAP_DAC_OVERRIDE`); otherwise, or
+/// with no spool, it adds nothing. Waits for the totals' lock at most a
+/// second. Run it before [`Metrics::gather`] for totals that include what
+/// guardians ended since the last supervisor persisted its counters.
+pub fn fold_guardian_spool(root: &Root) -> Counters {
+    crate::spool::fold_blocking(root.cgroup(), totals::LOCK_WAIT)
 }
 
 impl Metrics {

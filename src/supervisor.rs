@@ -531,6 +531,8 @@ impl Inner {
         let now = self.counters.snapshot();
         let last = *self.persisted.lock().unwrap_or_else(|p| p.into_inner());
         if now == last {
+            // Nothing of its own; what guardians ended still goes in.
+            crate::spool::fold(self.root.cgroup(), totals::LOCK_WAIT).await;
             return;
         }
         match self.instance().set_meta(XATTR_COUNTERS, &now.encode()) {
@@ -547,6 +549,8 @@ impl Inner {
                 return;
             }
         };
+        // What the guardian ended, from its spool (see `crate::spool`).
+        crate::spool::fold_locked(root);
         // Under both locks: `metrics` sees the totals and what is not in
         // them yet consistently.
         let mut persisted = self.persisted.lock().unwrap_or_else(|p| p.into_inner());
@@ -978,6 +982,8 @@ impl Supervisor {
 /// ([`metrics`](crate::metrics)) as one sweep.
 pub async fn recover(root: &Root, me: Option<Owner>, grace: Duration) -> Result<SweepReport> {
     let start = tokio::time::Instant::now();
+    // What guardians ended, from their spool (see `crate::spool`).
+    crate::spool::fold(root.cgroup(), totals::LOCK_WAIT).await;
     let mut report = SweepReport::default();
     for name in root.cgroup().children()? {
         let Some(named) = Owner::from_instance_name(&name) else { continue };

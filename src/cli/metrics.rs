@@ -69,6 +69,7 @@ pub async fn run(a: MetricsArgs) -> i32 {
         Err(e) => return fail("metrics", &e),
     };
     let Some(dir) = a.textfile else {
+        procscope::metrics::fold_guardian_spool(&root);
         let m = match Metrics::gather(&root) {
             Ok(m) => m,
             Err(e) => return fail("metrics", &e),
@@ -125,6 +126,7 @@ pub async fn run(a: MetricsArgs) -> i32 {
 /// Gathers the metrics and writes them into `dir`; the exit code on failure
 /// (the error said on stderr).
 fn write_round(root: &Root, dir: &Path) -> Result<(), i32> {
+    procscope::metrics::fold_guardian_spool(root);
     let m = Metrics::gather(root).map_err(|e| fail("metrics", &e))?;
     write_textfile(dir, &m.to_prometheus()).map_err(|e| {
         eprintln!("procscope metrics: writing {}: {e}", dir.join(TEXTFILE).display());
