@@ -647,3 +647,143 @@ async fn the_metrics_endpoint_example_serves_metrics() {
     env.wait_root_empty().await;
     env.finish().await;
 }
+
+/// The root's total `procscope_<name>_total` in `text` (0 when left out).
+fn total(text: &str, name: &str) -> f64 {
+    series(text).get(&format!("procscope_{name}_total")).copied().unwrap_or(0.0)
+}
+
+/// `procscope metrics` until the root's `sessions_swept` total reaches
+/// `swept` (what the guardian spooled may come a moment after its work is
+/// seen), at most 10 s; the last output.
+async fn metrics_once_swept(env: &TestEnv, swept: f64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = metrics_text(env, &[]).await;
+        if total(&text, "sessions_swept") >= swept || Instant::now() > deadline {
+            return text;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The names in the root's spool.
+fn spool_files(env: &TestEnv) -> Vec<String> {
+    listing(&spool_of(&env.path()))
+}
+
+#[tokio::test]
+async fn what_the_guardian_ends_after_an_exec_reaches_the_totals_through_its_spool() {
+    let env = TestEnv::new();
+    within(60, async {
+        let root = env.path().display().to_string();
+        // The command exits at once, leaving a daemon, a child holding its
+        // stdout and two more children: the guardian ends the four and
+        // removes the session.
+        let out = procscope(&[
+            "exec",
+            "--root",
+            &root,
+            "--session",
+            "leaver",
+            "--",
+            FIXTURE,
+            "daemon",
+            "hold-stdout",
+            "spawn",
+            "2",
+            "exit",
+            "0",
+        ])
+        .await;
+        assert!(out.status.success(), "{out:?}");
+        env.wait_root_empty().await;
+        let spool = spool_of(&env.path());
+        let meta = std::fs::symlink_metadata(&spool).unwrap();
+        assert!(meta.is_dir(), "{meta:?}");
+        assert_eq!((meta.uid(), meta.gid(), meta.mode() & 0o7777), (2_147_483_646, 2_147_483_646, 0o700));
+
+        let text = metrics_once_swept(&env, 1.0).await;
+        assert_eq!(total(&text, "sessions_opened"), 1.0, "{text}");
+        assert_eq!(total(&text, "processes_spawned"), 1.0, "{text}");
+        assert_eq!(total(&text, "sessions_swept"), 1.0, "{text}");
+        assert_eq!(total(&text, "sessions_removed"), 1.0, "{text}");
+        assert_eq!(total(&text, "leaks_prevented"), 1.0, "{text}");
+        assert_eq!(total(&text, "sweeps"), 1.0, "{text}");
+        assert_eq!(total(&text, "processes_terminated") + total(&text, "processes_killed"), 4.0, "{text}");
+        assert_eq!(total(&text, "errors"), 0.0, "{text}");
+        // Folded once: the spool is empty, and the next read adds nothing.
+        assert_eq!(spool_files(&env), Vec::<String>::new());
+        assert_eq!(series(&metrics_text(&env, &[]).await), series(&text));
+    })
+    .await;
+    let spool = spool_of(&env.path());
+    env.finish().await;
+    assert!(!spool.exists(), "{} left", spool.display());
+}
+
+#[tokio::test]
+async fn what_the_guardian_of_a_killed_gateway_ends_reaches_the_totals() {
+    let env = TestEnv::new();
+    within(60, async {
+        let (mut gw, lines) = Gateway::start(FIXTURE, &env.path(), 2, true);
+        let instance = PathBuf::from(field(&lines, "instance"));
+        gw.kill().unwrap();
+        gw.wait().unwrap();
+        // The guardian kills both sessions (each a child and the helper it
+        // daemonized) and removes the instance.
+        wait_gone_within(&instance, 20).await;
+        let text = metrics_once_swept(&env, 2.0).await;
+        assert_eq!(total(&text, "sessions_swept"), 2.0, "{text}");
+        assert_eq!(total(&text, "sessions_removed"), 2.0, "{text}");
+        assert_eq!(total(&text, "leaks_prevented"), 2.0, "{text}");
+        assert!(total(&text, "processes_killed") >= 2.0, "{text}");
+        assert_eq!(total(&text, "sweeps"), 1.0, "{text}");
+        assert_eq!(total(&text, "errors"), 0.0, "{text}");
+        assert_eq!(spool_files(&env), Vec::<String>::new());
+        env.wait_root_empty().await;
+    })
+    .await;
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn the_guardian_spool_cannot_be_forged() {
+    let env = TestEnv::new();
+    within(60, async {
+        let root = env.path().display().to_string();
+        let spool = spool_of(&env.path());
+        // A sealed uid-0 command (the spool exists before it runs: its
+        // guardian is started first) cannot write into the spool.
+        let out = procscope(&[
+            "exec",
+            "--seal",
+            "--root",
+            &root,
+            "--session",
+            "forger",
+            "--",
+            "sh",
+            "-c",
+            "echo sessions_swept=1000 > \"$1/x\" || exit 7; echo wrote",
+            "sh",
+            &spool.display().to_string(),
+        ])
+        .await;
+        assert_eq!(out.status.code(), Some(7), "{out:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("ermission denied"), "{out:?}");
+        env.wait_root_empty().await;
+        // What an unsealed root process could put there is not the
+        // guardian's: ignored, left in place.
+        std::fs::write(spool.join("planted"), "sessions_swept=1000,processes_killed=1000\n").unwrap();
+        let text = metrics_once_swept(&env, 1.0).await;
+        // Only the session the guardian removed.
+        assert_eq!(total(&text, "sessions_swept"), 1.0, "{text}");
+        assert_eq!(total(&text, "processes_killed"), 0.0, "{text}");
+        assert_eq!(spool_files(&env), vec!["planted".to_owned()]);
+    })
+    .await;
+    let spool = spool_of(&env.path());
+    env.finish().await;
+    assert!(!spool.exists(), "{} left", spool.display());
+}

@@ -140,11 +140,24 @@ impl Drop for TestEnv {
     }
 }
 
-/// Kills everything under `root` and removes it, synchronously (also on panic).
+/// The guardian's spool of the root `root` (procscope's `spool` module):
+/// `/run/procscope/guardian-spool/<inode of the root's directory>`.
+pub fn spool_of(root: &std::path::Path) -> std::path::PathBuf {
+    use std::os::unix::fs::MetadataExt;
+    let ino = std::fs::metadata(root).expect("stat the root").ino();
+    std::path::Path::new("/run/procscope/guardian-spool").join(ino.to_string())
+}
+
+/// Kills everything under `root` and removes it, synchronously (also on panic);
+/// with it the guardians' spool of the root, if one was made.
 fn cleanup(mount: &Cgroup, root: &Cgroup) {
+    let spool = root.path().exists().then(|| spool_of(root.path()));
     let _ = root.write("cgroup.kill", "1");
     let _ = root.wait_events_blocking(Some(Duration::from_secs(5)), |e| !e.populated);
     remove_tree(mount, root);
+    if let Some(spool) = spool {
+        let _ = std::fs::remove_dir_all(spool);
+    }
     // Reap whatever we still own, without blocking on strangers.
     while let Ok(Some(_)) = rustix::process::waitpid(None, rustix::process::WaitOptions::NOHANG) {}
 }
