@@ -41,7 +41,8 @@
 //! every parent too) owned by the guardian's uid with mode 0700, and each
 //! file only if it is a regular file (opened with `O_NOFOLLOW`) owned by the
 //! guardian's uid; anything else is left alone and logged. A reader without
-//! the capabilities to open the spool folds nothing.
+//! the capabilities to open the spool folds nothing. Temporary files of a
+//! guardian that died while writing are deleted after a minute.
 //!
 //! # What a child can do
 //! A sealed child running as uid 0 has no `CAP_DAC_OVERRIDE`, `CAP_CHOWN`
@@ -328,8 +329,9 @@ pub(crate) fn fold_locked(root: &Cgroup) -> Counters {
     };
     let mut folded = Vec::new();
     for name in names {
-        // Being written.
+        // Being written, or left half-written by a guardian that died.
         if name.as_bytes().starts_with(b".") {
+            remove_if_stale(&dir, &name);
             continue;
         }
         match read_one(&dir, &name) {
@@ -357,10 +359,21 @@ pub(crate) fn fold_locked(root: &Cgroup) -> Counters {
     total
 }
 
+/// Deletes the temporary file `name` if no guardian has touched it for a
+/// minute (one that died half-way through writing it).
+fn remove_if_stale(dir: &OwnedFd, name: &CStr) {
+    const STALE: Duration = Duration::from_secs(60);
+    let Ok(st) = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) else { return };
+    let modified = std::time::UNIX_EPOCH + Duration::new(st.st_mtime as u64, st.st_mtime_nsec as u32);
+    if st.st_uid == GUARDIAN_UID && modified.elapsed().is_ok_and(|age| age > STALE) {
+        let _ = rustix::fs::unlinkat(dir, name, AtFlags::empty());
+    }
+}
+
 /// [`fold_locked`], taking the root's lock (waited for at most `wait`,
 /// blocking the thread) first; with no spool, not even the lock.
 pub(crate) fn fold_blocking(root: &Cgroup, wait: Duration) -> Counters {
-    if !exists(root) {
+    if !spools() || !exists(root) {
         return Counters::default();
     }
     match totals::lock_blocking(root, wait) {
@@ -374,7 +387,7 @@ pub(crate) fn fold_blocking(root: &Cgroup, wait: Duration) -> Counters {
 
 /// [`fold_blocking`], waiting for the lock asynchronously.
 pub(crate) async fn fold(root: &Cgroup, wait: Duration) -> Counters {
-    if !exists(root) {
+    if !spools() || !exists(root) {
         return Counters::default();
     }
     match totals::lock(root, wait).await {
@@ -386,7 +399,8 @@ pub(crate) async fn fold(root: &Cgroup, wait: Duration) -> Counters {
     }
 }
 
-/// Whether `root` has a spool (cheap: one `stat`).
+/// Whether `root` has a spool (cheap: one `stat`). Only root of the host's
+/// user namespace reads one.
 fn exists(root: &Cgroup) -> bool {
     path_of(root).is_ok_and(|p| std::fs::symlink_metadata(p).is_ok())
 }
