@@ -2,7 +2,9 @@
 //! check metrics` and Python's `prometheus_client` parser, node_exporter's
 //! textfile collector exports what `--textfile` writes, the counters match a
 //! scripted tick and survive restarts in the root's totals, `--textfile`
-//! writes atomically, and the example serves them over loopback.
+//! writes atomically, the example serves them over loopback, and what a
+//! guardian ends reaches the totals through its spool, which a sealed child
+//! cannot forge and which stays bounded.
 //!
 //! promtool (Debian's `prometheus`), `prometheus-node-exporter` and
 //! `prometheus_client` (in `.deps/venv`) come from
@@ -786,4 +788,59 @@ async fn the_guardian_spool_cannot_be_forged() {
     let spool = spool_of(&env.path());
     env.finish().await;
     assert!(!spool.exists(), "{} left", spool.display());
+}
+
+#[tokio::test]
+async fn a_full_guardian_spool_drops_what_it_cannot_hold() {
+    let env = TestEnv::new();
+    let log = temp_dir("spool-log").join("guardian.log");
+    within(60, async {
+        let root = env.path().display().to_string();
+        let exec = |session: &'static str, args: &'static [&'static str]| {
+            let (root, log) = (root.clone(), log.clone());
+            async move {
+                let out = tokio::process::Command::new(PROCSCOPE)
+                    .args(["exec", "--root", &root, "--session", session, "--", FIXTURE])
+                    .args(args)
+                    .env("PROCSCOPE_GUARDIAN_LOG", &log)
+                    .stdin(StdStdio::null())
+                    .output()
+                    .await
+                    .unwrap();
+                assert!(out.status.success(), "{out:?}");
+            }
+        };
+        // The first command makes the spool; the guardian counts its session.
+        exec("first", &["exit", "0"]).await;
+        env.wait_root_empty().await;
+        let text = metrics_once_swept(&env, 1.0).await;
+        assert_eq!(total(&text, "sessions_swept"), 1.0, "{text}");
+        // Filled up with files the guardian could have written (no counts).
+        let spool = spool_of(&env.path());
+        for i in 0..10_000 {
+            let f = spool.join(format!("filler-{i}"));
+            std::fs::write(&f, "").unwrap();
+            std::os::unix::fs::chown(&f, Some(2_147_483_646), Some(2_147_483_646)).unwrap();
+        }
+        exec("second", &["daemon", "exit", "0"]).await;
+        env.wait_root_empty().await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !std::fs::read_to_string(&log).unwrap_or_default().contains("spool holds 10000 files already")
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let said = std::fs::read_to_string(&log).unwrap();
+        assert!(said.contains("not counted: the spool holds 10000 files already"), "{said}");
+        assert_eq!(spool_files(&env).len(), 10_000);
+        // The fillers are folded (adding nothing) and deleted; the second
+        // session was dropped.
+        let text = metrics_text(&env, &[]).await;
+        assert_eq!(total(&text, "sessions_swept"), 1.0, "{text}");
+        assert_eq!(total(&text, "leaks_prevented"), 0.0, "{text}");
+        assert_eq!(spool_files(&env), Vec::<String>::new());
+    })
+    .await;
+    let _ = std::fs::remove_dir_all(log.parent().unwrap());
+    env.finish().await;
 }
