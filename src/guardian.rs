@@ -35,6 +35,11 @@
 //! Before acting it checks that the instance's recorded owner is the gateway
 //! it was started for, so it can never kill a stranger's cgroup.
 //!
+//! What it ends is counted as a recovery counts it, in the root's totals:
+//! it cannot write them (they are `trusted.*`), so it writes one file per
+//! ending into a spool that its starter made, and readers with the
+//! capabilities fold it in (see `crate::spool`).
+//!
 //! # Identity
 //! Started with the gateway's capabilities, it takes an identity of its own
 //! ([`GUARDIAN_UID`] as real and saved uid, effective uid 0, only `CAP_KILL`):

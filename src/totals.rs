@@ -9,7 +9,9 @@
 //!   metadata: every instance's counts as they are persisted (so an instance
 //!   that is gone, however it went, has its counts there already), and what
 //!   ending sessions from outside a supervisor does (the recovery at start,
-//!   `procscope sweep`, `procscope end`).
+//!   `procscope sweep`, `procscope end`), and what the guardians end, which
+//!   they spool because they cannot write the totals themselves (see
+//!   `crate::spool`).
 //!
 //! Both are `key=value` pairs separated by commas (`sessions_opened=8,...`),
 //! zeros left out. On a root-owned tree they are `trusted.procscope.*`
