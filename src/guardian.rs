@@ -312,6 +312,9 @@ struct Tracked {
     grace: Duration,
     /// The main process, while it runs.
     main: Option<PidFd>,
+    /// The main process once it exited: its parent (the gateway) reaps it,
+    /// and from Linux 6.15 its exit status can be read through the pidfd.
+    exited_main: Option<PidFd>,
     /// Once the main process is gone: `cgroup.events`, and when to kill.
     /// `cgroup.events` is `None` when the cgroup is gone already.
     ending: Option<(Option<OwnedFd>, Instant)>,
@@ -503,7 +506,8 @@ impl Watch {
             }
         };
         log(format_args!("command {} (main {} alive: {})", path.display(), main.pid, main_fd.is_some()));
-        let mut command = Tracked { session: session.to_owned(), cgroup, grace, main: main_fd, ending: None };
+        let mut command =
+            Tracked { session: session.to_owned(), cgroup, grace, main: main_fd, exited_main: None, ending: None };
         if command.main.is_none() {
             begin_ending(&mut command);
         }
@@ -568,7 +572,7 @@ impl Watch {
             for (k, ready) in keys.iter().zip(ready) {
                 if let Some(c) = self.commands.get_mut(k) {
                     if ready && c.ending.is_none() {
-                        c.main = None;
+                        c.exited_main = c.main.take();
                         begin_ending(c);
                     }
                     if c.ending.is_some() && step_ending(c) {
@@ -615,7 +619,7 @@ impl Watch {
     /// command, and (for `exec`) the instance once it holds no session. True
     /// when the instance is gone.
     fn finish(&mut self, mut c: Tracked) -> bool {
-        log(format_args!("command {} ended", c.cgroup.path().display()));
+        log(format_args!("command {} ended{}", c.cgroup.path().display(), main_status(c.exited_main.as_ref())));
         let Ok(session) = Cgroup::open(&c.session) else { return false };
         remove_blocking(&session, &c.cgroup);
         if c.cgroup.path().exists() {
@@ -638,6 +642,19 @@ impl Watch {
             return true;
         }
         false
+    }
+}
+
+/// How the main process of a command ended, for the log: its exit status
+/// through `PIDFD_INFO_EXIT` (Linux 6.15; the main process is the gateway's
+/// child, not the guardian's), once the gateway has reaped it.
+fn main_status(main: Option<&PidFd>) -> String {
+    let Some(main) = main else { return String::new() };
+    match main.exit_status() {
+        Ok(Some(status)) => format!("; main {} {status}", main.pid()),
+        Ok(None) => format!("; main {} not reaped yet", main.pid()),
+        Err(e) if e.kind() == std::io::ErrorKind::Unsupported => String::new(),
+        Err(e) => format!("; main {}: exit status unknown: {e}", main.pid()),
     }
 }
 
