@@ -436,6 +436,9 @@ async fn doctor_reports_this_host() {
         assert_eq!(v["membership_check"], membership, "Linux {release}: {v}");
         let exit_status = if at_least(6, 15) { "pidfd_info_exit" } else { "children_only" };
         assert_eq!(v["exit_status"], exit_status, "Linux {release}: {v}");
+        // Sealing's read-only view: mount_setattr from 5.12, a remount per mount before.
+        let read_only_by = if at_least(5, 12) { "mount_setattr" } else { "remount" };
+        assert_eq!(v["sealing"]["read_only_by"], read_only_by, "Linux {release}: {v}");
         assert_eq!(v["root"], env.path().to_str().unwrap());
         // The kill fallback is a note, not a degradation.
         assert_eq!(out.status.code(), Some(0), "no degradation on this host: {v}");
