@@ -56,7 +56,7 @@ use crate::cgroup::Cgroup;
 use crate::command::{Command, Stdio};
 use crate::error::{Error, Result};
 use crate::instance::Owner;
-use crate::pidfd::PidFd;
+use crate::pidfd::{ExitStatusSource, PidFd};
 
 /// The environment variable that makes a process linking procscope the
 /// guardian: `MODE OWNER_PID OWNER_START INSTANCE_PATH`.
@@ -345,6 +345,10 @@ struct Watch {
     owner_id: Owner,
     /// When to take in the instance again (see [`Watch::rescan`]).
     rescan_at: Option<Instant>,
+    /// Main processes of ended commands not reaped yet by their parent (the
+    /// gateway): their exit status is logged once it is (Linux 6.15), or
+    /// given up on at the deadline.
+    reaping: Vec<(PathBuf, PidFd, Instant)>,
 }
 
 impl Watch {
@@ -417,6 +421,7 @@ impl Watch {
             dirs: HashMap::new(),
             commands: HashMap::new(),
             owner_id: owner,
+            reaping: Vec::new(),
             rescan_at: None,
         };
         let root = path.parent().ok_or("the instance has no parent")?;
@@ -537,6 +542,7 @@ impl Watch {
                 .values()
                 .filter_map(|c| c.ending.as_ref().map(|(_, t)| t.saturating_duration_since(now)))
                 .chain(self.rescan_at.map(|t| t.saturating_duration_since(now)))
+                .chain(self.reaping.iter().map(|(_, _, t)| t.saturating_duration_since(now)))
                 .min();
             let mut fds = vec![PollFd::new(&self.owner, PollFlags::IN), PollFd::new(&self.inotify, PollFlags::IN)];
             for k in &keys {
@@ -548,6 +554,11 @@ impl Watch {
                     _ => fds.push(PollFd::new(&self.inotify, PollFlags::empty())),
                 }
             }
+            // An exited process's pidfd is readable until it is reaped; the
+            // reap raises POLLHUP, which poll reports unasked.
+            for (_, main, _) in &self.reaping {
+                fds.push(PollFd::new(main, PollFlags::empty()));
+            }
             let ts = timeout.map(|t| {
                 rustix::time::Timespec::try_from(t).unwrap_or(rustix::time::Timespec { tv_sec: i64::MAX, tv_nsec: 0 })
             });
@@ -557,8 +568,10 @@ impl Watch {
             }
             let owner_gone = fds[0].revents().intersects(PollFlags::IN | PollFlags::HUP);
             let inotify_ready = !fds[1].revents().is_empty();
-            let ready: Vec<bool> = fds[2..].iter().map(|f| !f.revents().is_empty()).collect();
+            let ready: Vec<bool> = fds[2..2 + keys.len()].iter().map(|f| !f.revents().is_empty()).collect();
+            let reaped: Vec<bool> = fds[2 + keys.len()..].iter().map(|f| !f.revents().is_empty()).collect();
             drop(fds);
+            self.log_reaped(&reaped);
             if owner_gone {
                 log(format_args!("the owner is gone: ending the instance"));
                 if Owner::of_instance(&self.instance) == Some(self.owner_id) {
@@ -578,6 +591,7 @@ impl Watch {
                     if c.ending.is_some() && step_ending(c) {
                         let c = self.commands.remove(k).expect("present");
                         if self.finish(c) {
+                            self.drain_reaping();
                             return;
                         }
                     }
@@ -619,7 +633,13 @@ impl Watch {
     /// command, and (for `exec`) the instance once it holds no session. True
     /// when the instance is gone.
     fn finish(&mut self, mut c: Tracked) -> bool {
-        log(format_args!("command {} ended{}", c.cgroup.path().display(), main_status(c.exited_main.as_ref())));
+        log(format_args!("command {} ended", c.cgroup.path().display()));
+        if let Some(main) = c.exited_main.take()
+            && ExitStatusSource::current() == ExitStatusSource::PidfdInfoExit
+        {
+            self.reaping.push((c.cgroup.path().to_owned(), main, Instant::now() + REAP_WAIT));
+            self.log_reaped(&[]);
+        }
         let Ok(session) = Cgroup::open(&c.session) else { return false };
         remove_blocking(&session, &c.cgroup);
         if c.cgroup.path().exists() {
@@ -645,18 +665,62 @@ impl Watch {
     }
 }
 
-/// How the main process of a command ended, for the log: its exit status
-/// through `PIDFD_INFO_EXIT` (Linux 6.15; the main process is the gateway's
-/// child, not the guardian's), once the gateway has reaped it.
-fn main_status(main: Option<&PidFd>) -> String {
-    let Some(main) = main else { return String::new() };
-    match main.exit_status() {
-        Ok(Some(status)) => format!("; main {} {status}", main.pid()),
-        Ok(None) => format!("; main {} not reaped yet", main.pid()),
-        Err(e) if e.kind() == std::io::ErrorKind::Unsupported => String::new(),
-        Err(e) => format!("; main {}: exit status unknown: {e}", main.pid()),
+impl Watch {
+    /// Logs the exit status of each ended command's main process that its
+    /// parent has reaped (through `PIDFD_INFO_EXIT`: the main process is the
+    /// gateway's child, not the guardian's), and gives up on those past
+    /// their deadline. `reaped` flags the entries poll saw hang up.
+    /// Before the guardian exits: waits, at most [`DRAIN_WAIT`], for the
+    /// exit statuses still to be logged.
+    fn drain_reaping(&mut self) {
+        let end = Instant::now() + DRAIN_WAIT;
+        while !self.reaping.is_empty() {
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let mut fds: Vec<PollFd<'_>> =
+                self.reaping.iter().map(|(_, main, _)| PollFd::new(main, PollFlags::empty())).collect();
+            let ts = rustix::time::Timespec::try_from(left).unwrap_or(rustix::time::Timespec { tv_sec: 1, tv_nsec: 0 });
+            let _ = rustix::event::poll(&mut fds, Some(&ts));
+            let reaped: Vec<bool> = fds.iter().map(|f| !f.revents().is_empty()).collect();
+            drop(fds);
+            self.log_reaped(&reaped);
+        }
+    }
+
+    fn log_reaped(&mut self, reaped: &[bool]) {
+        let now = Instant::now();
+        let mut i = 0;
+        self.reaping.retain(|(cgroup, main, deadline)| {
+            let hung_up = reaped.get(i).copied().unwrap_or(false);
+            i += 1;
+            let status = main.exit_status();
+            let done = match &status {
+                Ok(Some(status)) => {
+                    log(format_args!("command {}: main {} {status}", cgroup.display(), main.pid()));
+                    true
+                }
+                Ok(None) if !hung_up && now < *deadline => false,
+                Ok(None) => {
+                    log(format_args!("command {}: main {} not reaped by its parent", cgroup.display(), main.pid()));
+                    true
+                }
+                Err(e) => {
+                    log(format_args!("command {}: main {}: exit status unknown: {e}", cgroup.display(), main.pid()));
+                    true
+                }
+            };
+            !done
+        });
     }
 }
+
+/// How long the guardian waits for the gateway to reap an ended command's
+/// main process before it stops waiting for its exit status.
+const REAP_WAIT: Duration = Duration::from_secs(10);
+/// How long an exiting guardian still waits for those exit statuses.
+const DRAIN_WAIT: Duration = Duration::from_secs(1);
 
 /// The main process is gone: SIGTERM and SIGCONT to what is left, and the
 /// grace period starts.

@@ -91,3 +91,36 @@ async fn exit_status_of_a_process_that_is_not_our_child() {
     drop(fd);
     env.finish().await;
 }
+
+#[tokio::test]
+async fn the_guardian_logs_how_an_execd_server_ended_where_the_kernel_tells() {
+    let env = TestEnv::new();
+    let log = std::env::temp_dir().join(format!("procscope-guardian-{}-{}.log", std::process::id(), nanos()));
+    // This test is the gateway: it starts the server through exec and reaps
+    // it; the guardian is not its parent.
+    let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_procscope"))
+        .args(["exec", "--root", env.path().to_str().unwrap(), "--session", "s", "--", "sh", "-c", "exit 3"])
+        .env("PROCSCOPE_GUARDIAN_LOG", &log)
+        .spawn()
+        .unwrap();
+    let pid = server.id();
+    assert_eq!(server.wait().unwrap().code(), Some(3));
+    env.wait_root_empty().await;
+    let want = format!("main {pid} exit status: 3");
+    let mut text = String::new();
+    for _ in 0..200 {
+        text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains(" ended") && (text.contains(&want) || !kernel_at_least(&release(), 6, 15)) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let _ = std::fs::remove_file(&log);
+    assert!(text.contains(" ended"), "{text}");
+    if kernel_at_least(&release(), 6, 15) {
+        assert!(text.contains(&want), "PIDFD_INFO_EXIT: {want:?} in\n{text}");
+    } else {
+        assert!(!text.contains("exit status"), "no exit status before 6.15:\n{text}");
+    }
+    env.finish().await;
+}
