@@ -61,7 +61,7 @@ use crate::cgroup::Cgroup;
 use crate::command::{Command, Stdio};
 use crate::error::{Error, Result};
 use crate::instance::Owner;
-use crate::pidfd::PidFd;
+use crate::pidfd::{ExitStatusSource, PidFd};
 
 /// The environment variable that makes a process linking procscope the
 /// guardian: `MODE OWNER_PID OWNER_START INSTANCE_PATH`.
@@ -329,6 +329,9 @@ struct Tracked {
     grace: Duration,
     /// The main process, while it runs.
     main: Option<PidFd>,
+    /// The main process once it exited: its parent (the gateway) reaps it,
+    /// and from Linux 6.15 its exit status can be read through the pidfd.
+    exited_main: Option<PidFd>,
     /// Once the main process is gone: `cgroup.events`, and when to kill.
     /// `cgroup.events` is `None` when the cgroup is gone already.
     ending: Option<(Option<OwnedFd>, Instant)>,
@@ -367,6 +370,10 @@ struct Watch {
     spool: Option<OwnedFd>,
     /// Spool files written so far.
     spooled: u64,
+    /// Main processes of ended commands not reaped yet by their parent (the
+    /// gateway): their exit status is logged once it is (Linux 6.15), or
+    /// given up on at the deadline.
+    reaping: Vec<(PathBuf, PidFd, Instant)>,
 }
 
 impl Watch {
@@ -446,6 +453,7 @@ impl Watch {
             dirs: HashMap::new(),
             commands: HashMap::new(),
             owner_id: owner,
+            reaping: Vec::new(),
             rescan_at: None,
             spool,
             spooled: 0,
@@ -537,8 +545,16 @@ impl Watch {
             }
         };
         log(format_args!("command {} (main {} alive: {})", path.display(), main.pid, main_fd.is_some()));
-        let mut command =
-            Tracked { session: session.to_owned(), cgroup, grace, main: main_fd, ending: None, left: 0, killed: 0 };
+        let mut command = Tracked {
+            session: session.to_owned(),
+            cgroup,
+            grace,
+            main: main_fd,
+            exited_main: None,
+            ending: None,
+            left: 0,
+            killed: 0,
+        };
         if command.main.is_none() {
             begin_ending(&mut command);
         }
@@ -568,6 +584,7 @@ impl Watch {
                 .values()
                 .filter_map(|c| c.ending.as_ref().map(|(_, t)| t.saturating_duration_since(now)))
                 .chain(self.rescan_at.map(|t| t.saturating_duration_since(now)))
+                .chain(self.reaping.iter().map(|(_, _, t)| t.saturating_duration_since(now)))
                 .min();
             let mut fds = vec![PollFd::new(&self.owner, PollFlags::IN), PollFd::new(&self.inotify, PollFlags::IN)];
             for k in &keys {
@@ -579,6 +596,11 @@ impl Watch {
                     _ => fds.push(PollFd::new(&self.inotify, PollFlags::empty())),
                 }
             }
+            // An exited process's pidfd is readable until it is reaped; the
+            // reap raises POLLHUP, which poll reports unasked.
+            for (_, main, _) in &self.reaping {
+                fds.push(PollFd::new(main, PollFlags::empty()));
+            }
             let ts = timeout.map(|t| {
                 rustix::time::Timespec::try_from(t).unwrap_or(rustix::time::Timespec { tv_sec: i64::MAX, tv_nsec: 0 })
             });
@@ -588,8 +610,10 @@ impl Watch {
             }
             let owner_gone = fds[0].revents().intersects(PollFlags::IN | PollFlags::HUP);
             let inotify_ready = !fds[1].revents().is_empty();
-            let ready: Vec<bool> = fds[2..].iter().map(|f| !f.revents().is_empty()).collect();
+            let ready: Vec<bool> = fds[2..2 + keys.len()].iter().map(|f| !f.revents().is_empty()).collect();
+            let reaped: Vec<bool> = fds[2 + keys.len()..].iter().map(|f| !f.revents().is_empty()).collect();
             drop(fds);
+            self.log_reaped(&reaped);
             if owner_gone {
                 log(format_args!("the owner is gone: ending the instance"));
                 if Owner::of_instance(&self.instance) == Some(self.owner_id) {
@@ -604,12 +628,13 @@ impl Watch {
             for (k, ready) in keys.iter().zip(ready) {
                 if let Some(c) = self.commands.get_mut(k) {
                     if ready && c.ending.is_none() {
-                        c.main = None;
+                        c.exited_main = c.main.take();
                         begin_ending(c);
                     }
                     if c.ending.is_some() && step_ending(c) {
                         let c = self.commands.remove(k).expect("present");
                         if self.finish(c) {
+                            self.drain_reaping();
                             return;
                         }
                     }
@@ -652,6 +677,12 @@ impl Watch {
     /// when the instance is gone.
     fn finish(&mut self, mut c: Tracked) -> bool {
         log(format_args!("command {} ended", c.cgroup.path().display()));
+        if let Some(main) = c.exited_main.take()
+            && ExitStatusSource::current() == ExitStatusSource::PidfdInfoExit
+        {
+            self.reaping.push((c.cgroup.path().to_owned(), main, Instant::now() + REAP_WAIT));
+            self.log_reaped(&[]);
+        }
         let Ok(session) = Cgroup::open(&c.session) else { return false };
         remove_blocking(&session, &c.cgroup);
         if c.cgroup.path().exists() {
@@ -704,6 +735,63 @@ impl Watch {
         }
     }
 }
+
+impl Watch {
+    /// Logs the exit status of each ended command's main process that its
+    /// parent has reaped (through `PIDFD_INFO_EXIT`: the main process is the
+    /// gateway's child, not the guardian's), and gives up on those past
+    /// their deadline. `reaped` flags the entries poll saw hang up.
+    /// Before the guardian exits: waits, at most [`DRAIN_WAIT`], for the
+    /// exit statuses still to be logged.
+    fn drain_reaping(&mut self) {
+        let end = Instant::now() + DRAIN_WAIT;
+        while !self.reaping.is_empty() {
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let mut fds: Vec<PollFd<'_>> =
+                self.reaping.iter().map(|(_, main, _)| PollFd::new(main, PollFlags::empty())).collect();
+            let ts = rustix::time::Timespec::try_from(left).unwrap_or(rustix::time::Timespec { tv_sec: 1, tv_nsec: 0 });
+            let _ = rustix::event::poll(&mut fds, Some(&ts));
+            let reaped: Vec<bool> = fds.iter().map(|f| !f.revents().is_empty()).collect();
+            drop(fds);
+            self.log_reaped(&reaped);
+        }
+    }
+
+    fn log_reaped(&mut self, reaped: &[bool]) {
+        let now = Instant::now();
+        let mut i = 0;
+        self.reaping.retain(|(cgroup, main, deadline)| {
+            let hung_up = reaped.get(i).copied().unwrap_or(false);
+            i += 1;
+            let status = main.exit_status();
+            let done = match &status {
+                Ok(Some(status)) => {
+                    log(format_args!("command {}: main {} {status}", cgroup.display(), main.pid()));
+                    true
+                }
+                Ok(None) if !hung_up && now < *deadline => false,
+                Ok(None) => {
+                    log(format_args!("command {}: main {} not reaped by its parent", cgroup.display(), main.pid()));
+                    true
+                }
+                Err(e) => {
+                    log(format_args!("command {}: main {}: exit status unknown: {e}", cgroup.display(), main.pid()));
+                    true
+                }
+            };
+            !done
+        });
+    }
+}
+
+/// How long the guardian waits for the gateway to reap an ended command's
+/// main process before it stops waiting for its exit status.
+const REAP_WAIT: Duration = Duration::from_secs(10);
+/// How long an exiting guardian still waits for those exit statuses.
+const DRAIN_WAIT: Duration = Duration::from_secs(1);
 
 /// The main process is gone: SIGTERM and SIGCONT to what is left, and the
 /// grace period starts.

@@ -161,7 +161,7 @@ pub use error::{Error, Result};
 pub use guardian::GUARDIAN_UID;
 pub use instance::Owner;
 pub use metrics::Metrics;
-pub use pidfd::PidFd;
+pub use pidfd::{ExitStatusSource, MembershipCheck, PidFd, check_kernel_floor};
 pub use root::{Root, RootKind};
 pub use seal::{SealStatus, Sealing, status as seal_status};
 pub use session::Session;
@@ -196,6 +196,11 @@ pub mod testing {
         crate::reaper::pending()
     }
 
+    /// Whether a kernel release string (`uname -r`) is at least `major.minor`.
+    pub fn kernel_at_least(release: &str, major: u32, minor: u32) -> bool {
+        crate::cgroup::hierarchy::kernel_at_least(release, major, minor)
+    }
+
     /// Parses mountinfo text, for fuzzing.
     pub fn parse_mountinfo(text: &str) -> Vec<crate::cgroup::hierarchy::MountEntry> {
         crate::cgroup::hierarchy::parse_mountinfo(text)
@@ -209,6 +214,14 @@ pub mod testing {
     /// The start time field of a `/proc/PID/stat` line, for fuzzing.
     pub fn parse_start_time(stat: &str) -> Option<u64> {
         crate::instance::parse_start_time(stat)
+    }
+
+    /// Makes `pidfd_open(2)` fail with `ENOSYS` in the calling thread and
+    /// in whatever it starts or executes from now on (a seccomp filter), as
+    /// on a kernel older than 5.3. Cannot be undone: call it in a thread or
+    /// process of its own.
+    pub fn deny_pidfd_open() -> std::io::Result<()> {
+        crate::sys::seccomp::deny_with_enosys(libc::SYS_pidfd_open)
     }
 
     /// Forces the `clone(2)` spawn path (as on hosts where `clone3` is missing

@@ -8,18 +8,22 @@
 //! - [pidfd_open(2)](https://man7.org/linux/man-pages/man2/pidfd_open.2.html)
 //! - [pidfd_send_signal(2)](https://man7.org/linux/man-pages/man2/pidfd_send_signal.2.html)
 //! - [waitid(2)](https://man7.org/linux/man-pages/man2/waitid.2.html), `P_PIDFD`
+//! - `PIDFD_GET_INFO` in the kernel's `include/uapi/linux/pidfd.h` (6.13; exit
+//!   information from 6.15)
 
 use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
+use std::sync::OnceLock;
 
 use rustix::event::{PollFd, PollFlags};
 use rustix::process::{Pid, PidfdFlags, WaitId, WaitIdOptions};
 use tokio::io::Interest;
 
 use crate::signal::Signal;
+use crate::sys::pidfd_info::{self, PIDFD_INFO_CGROUPID, PIDFD_INFO_EXIT};
 
 /// An owned pidfd plus the pid it was opened for.
 ///
@@ -144,6 +148,144 @@ impl PidFd {
                 Err(e) => return Err(e.into()),
             }
         }
+    }
+}
+
+/// How procscope verifies that a process it opened a pidfd for is a member of
+/// a cgroup (the pid was read from `cgroup.procs` and may have been recycled).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum MembershipCheck {
+    /// `ioctl(PIDFD_GET_INFO)` returns the cgroup id of the very process the
+    /// pidfd refers to (Linux ≥ 6.13).
+    PidfdInfo,
+    /// `cgroup.procs` read again after opening the pidfds: a pid still listed
+    /// is still that process (or it exited meanwhile).
+    ProcsReread,
+}
+
+impl MembershipCheck {
+    /// The one the running kernel allows.
+    pub fn current() -> MembershipCheck {
+        if pidfd_info_supported() { MembershipCheck::PidfdInfo } else { MembershipCheck::ProcsReread }
+    }
+
+    /// The name used by `procscope doctor` and in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MembershipCheck::PidfdInfo => "pidfd_get_info",
+            MembershipCheck::ProcsReread => "cgroup_procs_reread",
+        }
+    }
+}
+
+/// How procscope learns the exit status of a process that is not its child.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ExitStatusSource {
+    /// `PIDFD_GET_INFO` with `PIDFD_INFO_EXIT` (Linux ≥ 6.15): any process
+    /// once its parent has reaped it.
+    PidfdInfoExit,
+    /// Only children's statuses are known (`waitid`); a non-child's is not.
+    ChildrenOnly,
+}
+
+impl ExitStatusSource {
+    /// The one the running kernel allows.
+    pub fn current() -> ExitStatusSource {
+        if exit_info_supported() { ExitStatusSource::PidfdInfoExit } else { ExitStatusSource::ChildrenOnly }
+    }
+
+    /// The name used by `procscope doctor` and in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExitStatusSource::PidfdInfoExit => "pidfd_info_exit",
+            ExitStatusSource::ChildrenOnly => "children_only",
+        }
+    }
+}
+
+/// Checks the kernel floor: what procscope cannot work without, each tried
+/// on this process. Today that is `pidfd_open(2)` (Linux 5.3), which
+/// [`Supervisor::start`](crate::Supervisor::start) and `procscope doctor`
+/// check before they create anything.
+///
+/// # Errors
+/// [`Error::Unsupported`](crate::Error::Unsupported) with `feature:
+/// "pidfd_open"` when the kernel lacks it (or a seccomp filter denies it
+/// with `ENOSYS`); another error if the probe fails otherwise.
+pub fn check_kernel_floor() -> crate::Result<()> {
+    match PidFd::this_process() {
+        Ok(_) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => Err(crate::Error::Unsupported {
+            feature: "pidfd_open",
+            fix: "procscope needs Linux 5.3 or later (pidfd_open(2)); if the kernel is newer, a seccomp filter                   denies the system call",
+        }),
+        Err(e) => Err(crate::Error::os("pidfd_open", std::process::id(), e)),
+    }
+}
+
+/// Whether `PIDFD_GET_INFO` returns cgroup ids here (probed once, on a pidfd
+/// of this process).
+pub(crate) fn pidfd_info_supported() -> bool {
+    static SUPPORTED: OnceLock<bool> = OnceLock::new();
+    *SUPPORTED.get_or_init(|| {
+        PidFd::this_process()
+            .and_then(|me| pidfd_info::get_info(me.as_fd(), PIDFD_INFO_CGROUPID))
+            .is_ok_and(|info| info.mask & PIDFD_INFO_CGROUPID != 0)
+    })
+}
+
+/// Whether `PIDFD_INFO_EXIT` is known to the kernel (6.15). A live process
+/// returns no exit information, so the kernel release decides.
+pub(crate) fn exit_info_supported() -> bool {
+    static SUPPORTED: OnceLock<bool> = OnceLock::new();
+    *SUPPORTED.get_or_init(|| {
+        let release = rustix::system::uname().release().to_string_lossy().into_owned();
+        pidfd_info_supported() && crate::cgroup::hierarchy::kernel_at_least(&release, 6, 15)
+    })
+}
+
+impl PidFd {
+    /// `ioctl(pidfd, PIDFD_GET_INFO)` with `PIDFD_INFO_CGROUPID`: the id of the
+    /// process's cgroup2 cgroup (compare with [`Cgroup::id`]). A process that
+    /// exited but was not reaped yet still reports its cgroup.
+    ///
+    /// [`Cgroup::id`]: crate::Cgroup::id
+    ///
+    /// # Errors
+    /// [`io::ErrorKind::Unsupported`] before Linux 6.13; `ESRCH` once the
+    /// process has been reaped.
+    #[doc(alias = "PIDFD_GET_INFO")]
+    pub fn cgroup_id(&self) -> io::Result<u64> {
+        if !pidfd_info_supported() {
+            return Err(io::Error::new(io::ErrorKind::Unsupported, "PIDFD_GET_INFO needs Linux 6.13"));
+        }
+        let info = pidfd_info::get_info(self.fd.as_fd(), PIDFD_INFO_CGROUPID)?;
+        if info.mask & PIDFD_INFO_CGROUPID == 0 {
+            return Err(io::Error::new(io::ErrorKind::Unsupported, "the kernel returned no cgroup id"));
+        }
+        Ok(info.cgroupid)
+    }
+
+    /// `ioctl(pidfd, PIDFD_GET_INFO)` with `PIDFD_INFO_EXIT`: the exit status
+    /// of any process this pidfd refers to — a child or not — once whoever
+    /// is its parent has reaped it. `None` while it runs or waits, as a
+    /// zombie, for its parent.
+    ///
+    /// For a child of the calling process, [`wait`](Self::wait) reaps it and
+    /// returns the same status.
+    ///
+    /// # Errors
+    /// [`io::ErrorKind::Unsupported`] before Linux 6.15; `ESRCH` when the
+    /// process lives in a PID namespace the caller cannot see into.
+    #[doc(alias = "PIDFD_INFO_EXIT")]
+    pub fn exit_status(&self) -> io::Result<Option<ExitStatus>> {
+        if !exit_info_supported() {
+            return Err(io::Error::new(io::ErrorKind::Unsupported, "PIDFD_INFO_EXIT needs Linux 6.15"));
+        }
+        let info = pidfd_info::get_info(self.fd.as_fd(), PIDFD_INFO_EXIT)?;
+        Ok((info.mask & PIDFD_INFO_EXIT != 0).then(|| ExitStatus::from_raw(info.exit_code)))
     }
 }
 

@@ -97,9 +97,14 @@ impl Builder {
     /// the gateway starts in other ways inherit the raised one.
     ///
     /// # Errors
-    /// Root errors ([`Error::NoCgroup2`], [`Error::NotDelegated`], …); I/O errors
-    /// creating the instance; a guardian that was asked for by path and failed.
+    /// [`Error::Unsupported`] below the kernel floor (no `pidfd_open`: Linux
+    /// < 5.3, see [`check_kernel_floor`](crate::check_kernel_floor)), before
+    /// anything is created; root errors ([`Error::NoCgroup2`],
+    /// [`Error::NotDelegated`], …); I/O errors creating the instance; a
+    /// guardian that was asked for by path and failed.
     pub async fn start(self) -> Result<Supervisor> {
+        // Below the kernel floor: refused before anything is created.
+        crate::pidfd::check_kernel_floor()?;
         let root = match &self.root {
             Some(p) => Root::open(p)?,
             None => Root::discover()?,

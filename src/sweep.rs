@@ -203,9 +203,21 @@ pub(crate) async fn end_cgroup_retrying(
 async fn end_short_of_fds(parent: &Cgroup, cg: &Cgroup, children: &[Arc<ChildCell>]) -> Result<Termination> {
     let mut t = Termination { signalled: children.iter().filter(|c| c.is_alive()).count(), ..Termination::default() };
     if or_gone(cg.is_populated(), false)? {
-        let killed = cg.kill().await;
-        crate::events::kill(cg, None, &killed);
-        t.kill_mechanism = or_gone(killed.map(Some), None)?;
+        // Before Linux 5.14 the kill is the freeze-and-kill fallback, which
+        // needs a few fds (the walk, `cgroup.events`, a pidfd per member):
+        // the sessions ended beside this one give theirs back as they end.
+        let deadline = Instant::now() + KILL_WAIT;
+        t.kill_mechanism = loop {
+            match cg.kill().await {
+                Err(e) if crate::cgroup::short_of_fds(&e) && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                outcome => {
+                    crate::events::kill(cg, None, &outcome);
+                    break or_gone(outcome.map(Some), None)?;
+                }
+            }
+        };
         let deadline = Instant::now() + KILL_WAIT;
         while or_gone(cg.is_populated(), false)? {
             if Instant::now() >= deadline {

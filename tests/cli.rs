@@ -352,7 +352,8 @@ async fn ps_watches_cpu_and_memory_in_80_columns() {
             let mut args = vec!["ps", "--watch", "300ms"];
             args.extend_from_slice(extra);
             let child = procscope(&env, &args).env("COLUMNS", "80").stdout(Stdio::piped()).spawn().unwrap();
-            std::thread::sleep(Duration::from_millis(1500));
+            // Three refreshes take 600 ms; a loaded VM may take seconds to start the binary.
+            std::thread::sleep(Duration::from_millis(3000));
             signal(&child, rustix::process::Signal::TERM);
             child.wait_with_output().unwrap()
         };
@@ -361,7 +362,7 @@ async fn ps_watches_cpu_and_memory_in_80_columns() {
         assert!(out.status.success(), "{out:?}");
         let text = String::from_utf8_lossy(&out.stdout);
         let refreshes = text.matches("root: ").count();
-        assert!(refreshes >= 3, "{refreshes} refreshes in 1.5 s at 300 ms:\n{text}");
+        assert!(refreshes >= 3, "{refreshes} refreshes in 3 s at 300 ms:\n{text}");
         for line in text.lines() {
             assert!(line.chars().count() <= 80, "{} columns: {line:?}", line.chars().count());
         }
@@ -426,12 +427,29 @@ async fn doctor_reports_this_host() {
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
         assert_eq!(v["hybrid"], mountinfo.contains(" - cgroup "));
         assert_eq!(v["spawn_mechanism"], "clone3_into_cgroup", "{v}");
-        assert_eq!(v["kill_mechanism"], "cgroup_kill", "{v}");
+        // Each kernel's mechanisms: the fallbacks below the release that
+        // brought the feature (5.10 in the VMs), the new paths from it on.
+        let release = rustix::system::uname().release().to_string_lossy().into_owned();
+        let at_least = |major, minor| procscope::testing::kernel_at_least(&release, major, minor);
+        let kill = if at_least(5, 14) { "cgroup_kill" } else { "freeze_kill_thaw" };
+        assert_eq!(v["kill_mechanism"], kill, "Linux {release}: {v}");
+        let membership = if at_least(6, 13) { "pidfd_get_info" } else { "cgroup_procs_reread" };
+        assert_eq!(v["membership_check"], membership, "Linux {release}: {v}");
+        let exit_status = if at_least(6, 15) { "pidfd_info_exit" } else { "children_only" };
+        assert_eq!(v["exit_status"], exit_status, "Linux {release}: {v}");
+        // Sealing's read-only view: mount_setattr from 5.12, a remount per mount before.
+        let read_only_by = if at_least(5, 12) { "mount_setattr" } else { "remount" };
+        assert_eq!(v["sealing"]["read_only_by"], read_only_by, "Linux {release}: {v}");
         assert_eq!(v["root"], env.path().to_str().unwrap());
+        // The kill fallback is a note, not a degradation.
         assert_eq!(out.status.code(), Some(0), "no degradation on this host: {v}");
         let text = run(&env, &["doctor"]);
         let text = String::from_utf8_lossy(&text.stdout);
         assert!(text.contains("spawn mechanism") && text.contains("clone3_into_cgroup"), "{text}");
+        for (line, value) in [("kill mechanism", kill), ("membership check", membership), ("exit status", exit_status)]
+        {
+            assert!(text.lines().any(|l| l.starts_with(line) && l.contains(value)), "{line}: {value}?\n{text}");
+        }
         assert!(env.root.children().unwrap().is_empty(), "the probe cgroup was removed");
     }
     env.finish().await;

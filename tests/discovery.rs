@@ -18,7 +18,9 @@ async fn discovers_this_hosts_hierarchy_and_features() {
 
     let f = Features::detect(&env.root);
     assert!(f.pidfd);
-    assert!(f.cgroup_kill, "Linux {} should have cgroup.kill", f.kernel);
+    // cgroup.kill from 5.14 on; before, the freeze-and-kill fallback.
+    let kill = procscope::testing::kernel_at_least(&f.kernel, 5, 14);
+    assert_eq!(f.cgroup_kill, kill, "Linux {}: cgroup.kill came with 5.14", f.kernel);
     assert!(f.cgroup_freeze);
     assert!(f.clone_into_cgroup);
 

@@ -499,11 +499,12 @@ async fn the_soft_fd_limit_is_raised_and_children_get_theirs_back() {
 async fn a_gateway_pulled_into_its_session_lives_on() {
     let env = TestEnv::new();
     within(30, async {
-        // Control: a cgroup.kill reaches whatever is inside.
+        // Control: a plain cgroup.kill (before 5.14: SIGKILL to each member)
+        // reaches whatever is inside.
         let victim_cg = env.cgroup("victim");
         let mut victim = std::process::Command::new("sleep").arg("3600").spawn().unwrap();
         victim_cg.write("cgroup.procs", &victim.id().to_string()).unwrap();
-        victim_cg.write("cgroup.kill", "1").unwrap();
+        raw_kill(&victim_cg);
         assert_eq!(std::os::unix::process::ExitStatusExt::signal(&victim.wait().unwrap()), Some(libc::SIGKILL));
         env.root.remove_child("victim").unwrap();
 
@@ -574,7 +575,7 @@ async fn the_guardian_never_kills_the_gateway() {
         assert!(cgroup.contains("/s-pull/p-"), "pulled in: {cgroup}");
         let h = procscope::cgroup::hierarchy::Hierarchy::discover().unwrap();
         let leaf = Cgroup::open(h.mount_point.join(cgroup.trim_start_matches('/'))).unwrap();
-        leaf.write("cgroup.kill", "1").unwrap();
+        raw_kill(&leaf);
         assert_eq!(std::os::unix::process::ExitStatusExt::signal(&sh.wait().unwrap()), Some(libc::SIGKILL));
         drop(leaf);
         env.wait_root_empty_but("supervisor").await;

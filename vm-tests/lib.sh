@@ -51,78 +51,187 @@ vm_install_host_packages() {
 }
 
 # kernel_package_pattern SERIES -> regex of the Debian package names for it.
+# 5.10 comes from bullseye as the -unsigned package (the signed one only adds
+# a signature we do not need); 7.2 from sid, where linux-image-* depends on
+# linux-binary-* (vmlinuz), linux-modules-* and linux-base-* (modules.builtin).
 kernel_package_pattern() {
     case "$1" in
+    5.10) echo '^linux-image-5\.10\.0-[0-9]+-amd64-unsigned$' ;;
     6.1) echo '^linux-image-6\.1\.0-[0-9]+-amd64$' ;;
     6.12) echo '^linux-image-6\.12\.[0-9]+\+deb12-amd64$' ;;
+    7.2) echo '^linux-image-7\.2\.[0-9]+\+deb[0-9]+-amd64$' ;;
     *)
-        vm_log "unknown kernel series $1 (known: 6.1 6.12)"
+        vm_log "unknown kernel series $1 (known: 5.10 6.1 6.12 7.2)"
         return 1
         ;;
     esac
 }
 
 # kernel_meta_package SERIES -> the Debian meta package that depends on the
-# newest kernel of that series.
+# newest kernel of that series (none for 5.10: its meta package depends on
+# the signed package; the newest -unsigned name is searched instead).
 kernel_meta_package() {
     case "$1" in
     6.1) echo linux-image-amd64 ;;
     6.12) echo linux-image-6.12-amd64 ;;
+    7.2) echo linux-image-amd64 ;;
     esac
+}
+
+# kernel_suite SERIES -> the Debian suite of a kernel that the host's own apt
+# sources (bookworm) do not have; empty for the host's suites.
+kernel_suite() {
+    case "$1" in
+    5.10) echo bullseye ;;
+    7.2) echo sid ;;
+    esac
+}
+
+# A suite the host does not list gets a private apt configuration under
+# $VM_DIR/apt/SUITE (its own sources.list, lists and package cache); the
+# host's sources, lists and cache stay as they are.
+declare -gA apt_updated_suites=()
+kernel_apt() { # kernel_apt SERIES apt-get|apt-cache ARGS...
+    local suite dir
+    suite=$(kernel_suite "$1")
+    shift
+    if [ -z "$suite" ]; then
+        "$@"
+        return
+    fi
+    dir=$VM_DIR/apt/$suite
+    local tool=$1
+    shift
+    "$tool" -o Dir::Etc::SourceList="$dir/sources.list" -o Dir::Etc::SourceParts=/dev/null \
+        -o Dir::State::Lists="$dir/lists" -o Dir::Cache="$dir/cache" \
+        -o Dir::State::Status=/dev/null "$@"
+}
+kernel_apt_update() { # kernel_apt_update SERIES: refresh its lists once per run
+    local suite dir
+    suite=$(kernel_suite "$1")
+    if [ -z "$suite" ]; then
+        apt_update_once
+        return
+    fi
+    [ -z "${apt_updated_suites[$suite]:-}" ] || return 0
+    dir=$VM_DIR/apt/$suite
+    mkdir -p "$dir/lists/partial" "$dir/cache/archives/partial"
+    echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian $suite main" \
+        >"$dir/sources.list"
+    vm_log "apt-get update ($suite, private lists in $dir)"
+    kernel_apt "$1" apt-get update -qq -o APT::Sandbox::User=root >&2
+    apt_updated_suites[$suite]=1
 }
 
 # resolve_kernel_package SERIES -> current package name from the apt lists:
 # the meta package's dependency, else the highest matching name.
 resolve_kernel_package() {
-    local pattern name
+    local pattern name meta
     pattern=$(kernel_package_pattern "$1") || return 1
-    name=$(apt-cache depends "$(kernel_meta_package "$1")" 2>/dev/null |
-        awk '$1 == "Depends:" { print $2 }' | grep -E "$pattern" | head -n1) || true
-    if [ -z "$name" ]; then
-        name=$(apt-cache search --names-only "${pattern%$}" 2>/dev/null |
+    meta=$(kernel_meta_package "$1")
+    if [ -n "$meta" ]; then
+        name=$(kernel_apt "$1" apt-cache depends "$meta" 2>/dev/null |
+            awk '$1 == "Depends:" { print $2 }' | grep -E "$pattern" | head -n1) || true
+    fi
+    if [ -z "${name:-}" ]; then
+        name=$(kernel_apt "$1" apt-cache search --names-only "${pattern%$}" 2>/dev/null |
             awk '{ print $1 }' | grep -E "$pattern" | sort -V | tail -n1) || true
     fi
-    [ -n "$name" ] && echo "$name"
+    [ -n "${name:-}" ] && echo "$name"
+}
+
+# kernel_parts SERIES NAME -> NAME and the packages holding the kernel's files
+# when NAME is only a dependency hub (sid: linux-binary-*, linux-modules-*,
+# linux-base-* of the same version).
+kernel_parts() {
+    local series=$1 name=$2 version
+    echo "$name"
+    version=${name#linux-image-}
+    kernel_apt "$series" apt-cache depends "$name" 2>/dev/null |
+        awk '$1 == "Depends:" { print $2 }' |
+        grep -E "^linux-(binary|modules|base)-$(sed 's/[.+]/\\&/g' <<<"$version")\$" || true
+}
+
+# all_cached NAME... : every package has a .deb in the cache.
+all_cached() {
+    local name
+    for name in "$@"; do
+        ls "$VM_DIR/cache/${name}_"*.deb >/dev/null 2>&1 || return 1
+    done
 }
 
 # vm_kernel_dir SERIES -> directory of the unpacked kernel package (downloads
 # and unpacks it on first use). Uses a cached .deb when apt cannot resolve one.
 vm_kernel_dir() {
-    local series=$1 pattern name deb
+    local series=$1 pattern name deb version part parts=()
     pattern=$(kernel_package_pattern "$series") || return 1
     mkdir -p "$VM_DIR/cache" "$VM_DIR/kernels"
     name=$(resolve_kernel_package "$series") || true
-    if [ -z "$name" ] || ! ls "$VM_DIR/cache/${name}_"*.deb >/dev/null 2>&1; then
+    [ -z "$name" ] || mapfile -t parts < <(kernel_parts "$series" "$name")
+    if [ -z "$name" ] || ! all_cached "${parts[@]}"; then
         # Not resolvable or not cached yet: refresh the lists once and retry.
-        if [ -z "$name" ] || ! apt-cache policy "$name" 2>/dev/null | grep -q 'Candidate: [0-9]'; then
-            apt_update_once
+        if [ -z "$name" ] || ! kernel_apt "$series" apt-cache policy "$name" 2>/dev/null |
+            grep -q 'Candidate: [0-9]'; then
+            kernel_apt_update "$series"
             name=$(resolve_kernel_package "$series") || true
+            [ -z "$name" ] || mapfile -t parts < <(kernel_parts "$series" "$name")
         fi
     fi
-    if [ -n "$name" ] && ! ls "$VM_DIR/cache/${name}_"*.deb >/dev/null 2>&1; then
-        vm_log "downloading $name"
-        (cd "$VM_DIR/cache" && apt-get download -q -o APT::Sandbox::User=root "$name" >&2)
+    if [ -n "$name" ] && ! all_cached "${parts[@]}"; then
+        vm_log "downloading ${parts[*]}"
+        (cd "$VM_DIR/cache" && kernel_apt "$series" apt-get download -q \
+            -o APT::Sandbox::User=root "${parts[@]}" >&2)
     fi
     if [ -z "$name" ]; then # offline: newest cached package of the series
         name=$(find "$VM_DIR/cache" -name '*.deb' -printf '%f\n' | sed 's/_.*//' |
             grep -E "$pattern" | sort -V | tail -n1) || true
+        version=${name#linux-image-}
+        parts=("$name")
+        for part in linux-binary linux-modules linux-base; do
+            ! all_cached "$part-$version" || parts+=("$part-$version")
+        done
     fi
     [ -n "$name" ] || {
         vm_log "no Debian kernel package for $series"
         return 1
     }
-    deb=$(ls "$VM_DIR/cache/${name}_"*.deb | sort -V | tail -n1)
     if [ ! -e "$VM_DIR/kernels/$name/.unpacked" ]; then
-        vm_log "unpacking $(basename "$deb")"
         rm -rf "$VM_DIR/kernels/$name"
-        dpkg -x "$deb" "$VM_DIR/kernels/$name"
+        for part in "${parts[@]}"; do
+            deb=$(ls "$VM_DIR/cache/${part}_"*.deb | sort -V | tail -n1)
+            vm_log "unpacking $(basename "$deb")"
+            dpkg -x "$deb" "$VM_DIR/kernels/$name"
+        done
         # The package has no modules.dep (made at install time): make one.
         # busybox depmod reads .ko.xz; it takes a few seconds, once.
-        /bin/busybox depmod -b "$VM_DIR/kernels/$name" \
-            "$(basename "$VM_DIR/kernels/$name"/lib/modules/*)"
+        local moddir
+        moddir=$(kernel_moddir "$VM_DIR/kernels/$name")
+        /bin/busybox depmod -b "${moddir%/lib/modules/*}" "$(basename "$moddir")"
         touch "$VM_DIR/kernels/$name/.unpacked"
     fi
     echo "$VM_DIR/kernels/$name"
+}
+
+# kernel_moddir KERNEL_DIR -> its lib/modules/<version> directory (under usr/
+# in the merged-/usr packages of sid).
+kernel_moddir() {
+    local dir
+    for dir in "$1"/lib/modules/* "$1"/usr/lib/modules/*; do
+        [ -d "$dir" ] && echo "$dir" && return
+    done
+    vm_log "no lib/modules in $1"
+    return 1
+}
+
+# kernel_image KERNEL_DIR -> its vmlinuz (boot/vmlinuz-*, or vmlinuz in the
+# modules directory in sid's packages).
+kernel_image() {
+    local f
+    for f in "$1"/boot/vmlinuz-* "$(kernel_moddir "$1")/vmlinuz"; do
+        [ -f "$f" ] && echo "$f" && return
+    done
+    vm_log "no vmlinuz in $1"
+    return 1
 }
 
 # module_load_order KMODDIR MODULE... -> module files (relative to KMODDIR) in
@@ -156,7 +265,7 @@ module_load_order() {
 # vm-tests/init and the modules for 9p over virtio and overlayfs.
 vm_build_initramfs() {
     local kdir=$1 moddir img staging mod out
-    moddir=$(echo "$kdir"/lib/modules/*)
+    moddir=$(kernel_moddir "$kdir")
     img="$VM_DIR/initramfs-$(basename "$kdir").img"
     staging=$(mktemp -d "$VM_DIR/initramfs.XXXXXX")
     mkdir -p "$staging"/{bin,dev,proc,sys,mnt,lib/modules}
@@ -168,7 +277,8 @@ vm_build_initramfs() {
     # Dependencies are added from modules.dep; on 6.1 this gives the order
     # VM.md found to work (virtio_ring, virtio, virtio_pci_*, 9pnet,
     # 9pnet_virtio, netfs, fscache, 9p, overlay). 6.12 builds virtio in and
-    # has no separate fscache.
+    # has no separate fscache; 5.10 has fscache but no netfs and no
+    # virtio_pci_*_dev; 7.2 builds virtio in and has netfs.
     local mods
     mods=$(module_load_order "$moddir" virtio_pci 9pnet_virtio 9p overlay)
     for mod in $mods; do
@@ -195,7 +305,7 @@ vm_prepare() {
     vm_install_host_packages
     for series in "$@"; do
         kdir=$(vm_kernel_dir "$series")
-        VM_KERNEL[$series]=$(echo "$kdir"/boot/vmlinuz-*)
+        VM_KERNEL[$series]=$(kernel_image "$kdir")
         VM_INITRD[$series]=$(vm_build_initramfs "$kdir")
     done
 }
@@ -252,7 +362,7 @@ vm_run() {
         append+=" systemd.run_success_action=poweroff systemd.run_failure_action=poweroff"
     fi
 
-    vm_log "booting $name (kernel $(basename "${VM_KERNEL[$series]}"), timeout ${timeout}s, log $VM_LOG)"
+    vm_log "booting $name (kernel ${VM_KERNEL[$series]#"$VM_DIR"/kernels/}, timeout ${timeout}s, log $VM_LOG)"
     local start=$SECONDS qemu_rc=0 attempt
     # KVM guests hang on these machines: TCG. The host root is shared
     # read-only; the guest's init puts a tmpfs overlay on top of it.

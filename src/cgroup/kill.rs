@@ -66,7 +66,17 @@ impl Cgroup {
 
     /// SIGKILLs every process in this cgroup and below with `mechanism` (to
     /// force the fallback in tests, or when `cgroup.kill` misbehaves).
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] for [`KillMechanism::CgroupKill`] on a kernel
+    /// without `cgroup.kill` (before Linux 5.14): nothing is killed then.
     pub async fn kill_with(&self, mechanism: KillMechanism) -> Result<()> {
+        if mechanism == KillMechanism::CgroupKill && !self.has_file(files::KILL) {
+            return Err(Error::Unsupported {
+                feature: "cgroup.kill",
+                fix: "cgroup.kill needs Linux 5.14; KillMechanism::FreezeKillThaw works from Linux 5.2",
+            });
+        }
         // Never itself: the calling process, its ancestors, the gateway and
         // its guardian are moved out first, or the kill is refused.
         crate::protect::evacuate(self)?;

@@ -207,12 +207,24 @@ impl Cgroup {
         Ok(parse_pids(&self.read(files::PROCS)?))
     }
 
+    /// The cgroup's id: the inode number of its directory, which is what
+    /// `PIDFD_GET_INFO` ([`PidFd::cgroup_id`]) and `name_to_handle_at` report
+    /// for it on 64-bit kernels.
+    pub fn id(&self) -> Result<u64> {
+        let st = rustix::fs::fstat(&self.dir).map_err(|e| Error::io("fstat", &self.path, e))?;
+        Ok(st.st_ino)
+    }
+
     /// Pidfds of the processes in this cgroup, each verified to belong to it.
     ///
-    /// Reads `cgroup.procs`, opens a pidfd per pid, then reads `cgroup.procs`
-    /// again and keeps only the pidfds whose pid is still listed. A kept pidfd
-    /// therefore refers to a process of this cgroup, or to one that has exited
-    /// (signalling it does nothing): a pid recycled by a stranger is never kept.
+    /// Reads `cgroup.procs` and opens a pidfd per pid. Then, from Linux 6.13,
+    /// asks the kernel for the cgroup of each pidfd's process
+    /// (`PIDFD_GET_INFO`) and keeps those in this cgroup; before 6.13, reads
+    /// `cgroup.procs` again and keeps the pidfds whose pid is still listed
+    /// ([`MembershipCheck`](crate::MembershipCheck) tells which). A kept
+    /// pidfd therefore refers to a process of this cgroup, or to one that has
+    /// exited (signalling it does nothing): a pid recycled by a stranger is
+    /// never kept.
     pub fn member_pidfds(&self) -> Result<Vec<PidFd>> {
         let before = self.procs()?;
         if before.is_empty() {
@@ -228,6 +240,11 @@ impl Cgroup {
                 }
                 Err(_) => {}
             }
+        }
+        if crate::pidfd::pidfd_info_supported() {
+            let id = self.id()?;
+            // ESRCH: reaped meanwhile, nothing to keep.
+            return Ok(opened.into_iter().filter(|p| p.cgroup_id().is_ok_and(|c| c == id)).collect());
         }
         let after = self.procs()?;
         Ok(opened.into_iter().filter(|p| after.contains(&p.pid())).collect())

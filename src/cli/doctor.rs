@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use procscope::cgroup::hierarchy::{Delegation, Features, Hierarchy};
-use procscope::{Cgroup, Command, KillMechanism, Root, RootKind, SpawnMechanism, Stdio};
+use procscope::{
+    Cgroup, Command, ExitStatusSource, KillMechanism, MembershipCheck, Root, RootKind, SpawnMechanism, Stdio,
+};
 use serde_json::json;
 
 use super::FAILED;
@@ -24,6 +26,27 @@ struct Problem {
 pub async fn run(root: Option<PathBuf>, json: bool) -> i32 {
     let mut problems: Vec<Problem> = Vec::new();
     let kernel = rustix::system::uname().release().to_string_lossy().into_owned();
+    // Below the kernel floor nothing is probed (nor created).
+    if let Err(e) = procscope::check_kernel_floor() {
+        let fix = match &e {
+            procscope::Error::Unsupported { fix, .. } => (*fix).to_owned(),
+            _ => "see the error".to_owned(),
+        };
+        if json {
+            println!(
+                "{}",
+                json!({
+                    "kernel": kernel,
+                    "kernel_floor": { "ok": false, "error": e.to_string() },
+                    "problems": [{ "problem": e.to_string(), "fix": fix, "degrades": true }],
+                    "ok": false,
+                })
+            );
+        } else {
+            println!("{:<18} {kernel}\n\nPROBLEM: {e}\n  fix: {fix}", "kernel");
+        }
+        return FAILED;
+    }
     let hierarchy = Hierarchy::discover();
     let (mount, hybrid, own) = match &hierarchy {
         Ok(h) => (Some(h.mount_point.clone()), h.hybrid, Some(h.own_cgroup.clone())),
@@ -102,6 +125,8 @@ pub async fn run(root: Option<PathBuf>, json: bool) -> i32 {
         None => ("none", "none"),
     };
     let features = probe_parent.as_ref().map(Features::detect);
+    let membership = MembershipCheck::current();
+    let exit_status = ExitStatusSource::current();
     let caps = std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| s.lines().find_map(|l| l.strip_prefix("CapEff:").map(|v| v.trim().to_owned())))
@@ -139,6 +164,7 @@ pub async fn run(root: Option<PathBuf>, json: bool) -> i32 {
     if json {
         let v = json!({
             "kernel": kernel,
+            "kernel_floor": { "ok": true },
             "cgroup2_mount": mount,
             "hybrid": hybrid,
             "own_cgroup": own,
@@ -148,6 +174,8 @@ pub async fn run(root: Option<PathBuf>, json: bool) -> i32 {
             "controllers": { "available": controllers, "enabled": enabled },
             "spawn_mechanism": spawn,
             "kill_mechanism": kill,
+            "membership_check": membership.as_str(),
+            "exit_status": exit_status.as_str(),
             "features": features.as_ref().map(|f| json!({
                 "pidfd": f.pidfd, "clone_into_cgroup": f.clone_into_cgroup,
                 "cgroup_kill": f.cgroup_kill, "cgroup_freeze": f.cgroup_freeze,
@@ -185,6 +213,28 @@ pub async fn run(root: Option<PathBuf>, json: bool) -> i32 {
         show("controllers", &format!("available: {}; enabled: {}", or_none(&controllers), or_none(&enabled)));
         show("spawn mechanism", spawn);
         show("kill mechanism", kill);
+        show(
+            "membership check",
+            &format!(
+                "{} ({})",
+                membership.as_str(),
+                match membership {
+                    MembershipCheck::PidfdInfo => "each pidfd's cgroup id from PIDFD_GET_INFO, Linux 6.13",
+                    _ => "cgroup.procs read again after opening the pidfds; PIDFD_GET_INFO needs Linux 6.13",
+                }
+            ),
+        );
+        show(
+            "exit status",
+            &format!(
+                "{} ({})",
+                exit_status.as_str(),
+                match exit_status {
+                    ExitStatusSource::PidfdInfoExit => "of any process once reaped, PIDFD_INFO_EXIT, Linux 6.15",
+                    _ => "of children only (waitid); PIDFD_INFO_EXIT needs Linux 6.15",
+                }
+            ),
+        );
         show("capabilities", &format!("CapEff {caps}"));
         show(
             "sealing",
@@ -304,10 +354,12 @@ async fn probe(parent: &Cgroup, problems: &mut Vec<Problem>) -> (&'static str, &
                 });
             }
             if k == KillMechanism::FreezeKillThaw {
+                // A complete mechanism (frozen members cannot fork while they
+                // are killed; repeated until none is left): a note.
                 problems.push(Problem {
                     problem: "cgroup.kill is missing (Linux < 5.14): using freeze, kill each, thaw".into(),
                     fix: "Linux 5.14 or later kills a whole cgroup atomically".into(),
-                    degrades: true,
+                    degrades: false,
                 });
             }
             k.as_str()

@@ -8,6 +8,10 @@
 //!   guardian before its `main`, and the guardian's `fork`.
 //! - [`signal`]: signal dispositions, used by the guardian.
 //! - [`fsuid`]: the guardian's filesystem uid, for writing into its spool.
+//! - [`pidfd_info`]: `ioctl(PIDFD_GET_INFO)` (Linux 6.13): a process's cgroup
+//!   id and, from 6.15, the exit status of any reaped process.
+//! - [`seccomp`] (tests only): a filter that makes a system call fail with
+//!   `ENOSYS`, to show the refusal below the kernel floor.
 //!
 //! Everything else in the crate is `#![deny(unsafe_code)]` and goes through the
 //! safe functions exported here.
@@ -16,6 +20,9 @@
 pub(crate) mod async_fd;
 pub(crate) mod fsuid;
 pub(crate) mod hook;
+pub(crate) mod pidfd_info;
 pub(crate) mod seal;
+#[cfg(feature = "test-hooks")]
+pub(crate) mod seccomp;
 pub(crate) mod signal;
 pub(crate) mod spawn;

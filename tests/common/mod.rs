@@ -148,11 +148,36 @@ pub fn spool_of(root: &std::path::Path) -> std::path::PathBuf {
     std::path::Path::new("/run/procscope/guardian-spool").join(ino.to_string())
 }
 
+/// Kills everything in `cg` and below the plain way, without moving any
+/// process out first (as an attacker or a careless tool would): `cgroup.kill`
+/// where the kernel has it (Linux 5.14), else SIGKILL to each member through
+/// a verified pidfd, until none is left (at most a second).
+pub fn raw_kill(cg: &Cgroup) {
+    if cg.has_file("cgroup.kill") {
+        cg.write("cgroup.kill", "1").unwrap();
+        return;
+    }
+    for _ in 0..100 {
+        let members = cg.member_pidfds_recursive().unwrap_or_default();
+        if members.is_empty() {
+            return;
+        }
+        for m in &members {
+            let _ = m.send_signal(procscope::Signal::KILL);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Kills everything under `root` and removes it, synchronously (also on panic);
 /// with it the guardians' spool of the root, if one was made.
 fn cleanup(mount: &Cgroup, root: &Cgroup) {
     let spool = root.path().exists().then(|| spool_of(root.path()));
-    let _ = root.write("cgroup.kill", "1");
+    if root.has_file("cgroup.kill") {
+        let _ = root.write("cgroup.kill", "1");
+    } else {
+        raw_kill(root);
+    }
     let _ = root.wait_events_blocking(Some(Duration::from_secs(5)), |e| !e.populated);
     remove_tree(mount, root);
     if let Some(spool) = spool {

@@ -16,6 +16,16 @@ for c in cpu io memory pids; do
 done
 mkdir $cg/vmtest-probe
 trap 'rmdir $cg/vmtest-probe' EXIT
-for f in cgroup.kill cgroup.freeze memory.max pids.max; do
+for f in cgroup.freeze memory.max pids.max; do
     [ -e "$cg/vmtest-probe/$f" ] || fail "no $f in a child cgroup"
 done
+# cgroup.kill came with 5.14: present from then on, absent before (5.10 is
+# the kernel that proves procscope's freeze-and-kill fallback).
+release=$(uname -r)
+major=${release%%.*} minor=${release#*.} && minor=${minor%%[.-]*}
+if [ "$major" -gt 5 ] || { [ "$major" = 5 ] && [ "$minor" -ge 14 ]; }; then
+    [ -e "$cg/vmtest-probe/cgroup.kill" ] || fail "no cgroup.kill on $release"
+else
+    [ ! -e "$cg/vmtest-probe/cgroup.kill" ] || fail "cgroup.kill on $release (< 5.14)"
+    echo "no cgroup.kill on $release: the freeze-and-kill fallback is in use"
+fi
