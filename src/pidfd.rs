@@ -273,8 +273,8 @@ impl PidFd {
     /// is its parent has reaped it. `None` while it runs or waits, as a
     /// zombie, for its parent.
     ///
-    /// For a child of the calling process, [`wait`](Self::wait) reaps it and
-    /// returns the same status.
+    /// For a child procscope spawned, [`ContainedChild::wait`](crate::ContainedChild::wait)
+    /// reaps it and returns the same status.
     ///
     /// # Errors
     /// [`io::ErrorKind::Unsupported`] before Linux 6.15; `ESRCH` when the
