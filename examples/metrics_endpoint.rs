@@ -49,6 +49,17 @@ async fn main() -> io::Result<()> {
         dropped.spawn(Command::new("sleep").arg("3600").stdin(Stdio::Null))?;
     }
 
+    // Each shell has started its sleep before the first scrape (a slow
+    // machine may take a moment).
+    for session in &sessions {
+        for _ in 0..1000 {
+            if session.cgroup().procs()?.len() >= 2 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
     let listener = TcpListener::bind(("127.0.0.1", port)).await?;
     println!("listening on http://{}/metrics", listener.local_addr()?);
     let (mut term, mut int) = (signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?);

@@ -494,9 +494,16 @@ fn is_event_line(line: &str) -> bool {
     line.contains(" INFO ") && line.contains(" procscope::event: ")
 }
 
-/// The structured events with this `action`.
+/// The structured events with this `action`. `cgroup.kill` stands for the
+/// kill whichever way it went: before Linux 5.14 it is `kill.fallback`.
 fn events<'a>(lines: &'a [Value], action: &str) -> Vec<&'a Value> {
-    lines.iter().filter(|v| v["target"] == "procscope::event" && v["action"] == action).collect()
+    let kill = action == "cgroup.kill";
+    lines
+        .iter()
+        .filter(|v| {
+            v["target"] == "procscope::event" && (v["action"] == action || (kill && v["action"] == "kill.fallback"))
+        })
+        .collect()
 }
 
 /// The one event with this `action` about `session`.
