@@ -123,7 +123,7 @@ use serde::Serialize;
 
 use crate::cgroup::Cgroup;
 use crate::error::Result;
-use crate::instance::{self, Owner, XATTR_SESSION, XATTR_STATE};
+use crate::instance::{self, Owner, XATTR_SESSION};
 use crate::root::Root;
 use crate::supervisor::{Counters, Supervisor};
 use crate::totals::{self, XATTR_COUNTERS, XATTR_TOTALS};
@@ -568,13 +568,7 @@ fn guardian_state(cg: &Cgroup) -> GuardianState {
 fn session_metrics(s: &Cgroup, dir: &str, owner_alive: bool) -> SessionMetrics {
     let name = dir.strip_prefix("s-").unwrap_or(dir).to_owned();
     let id = s.meta(XATTR_SESSION).ok().flatten().unwrap_or_else(|| name.clone());
-    let state = if !owner_alive {
-        SessionState::Stale
-    } else if s.meta(XATTR_STATE).ok().flatten().as_deref() == Some("orphaned") {
-        SessionState::Orphaned
-    } else {
-        SessionState::Active
-    };
+    let state = crate::tree::session_state(s, owner_alive);
     let mut pids = Vec::new();
     let mut threads = 0u64;
     let _ = s.visit_tree(|c| {

@@ -148,15 +148,20 @@ fn age(cg: &Cgroup) -> Option<u64> {
     Some(instance::now_secs().saturating_sub(created))
 }
 
-fn session_info(s: &Cgroup, dir: &str, owner_alive: bool) -> SessionInfo {
-    let id = s.meta(XATTR_SESSION).ok().flatten().unwrap_or_else(|| dir.trim_start_matches("s-").to_owned());
-    let state = if !owner_alive {
+/// A session's state: stale once its owner is gone, else as its metadata says.
+pub(crate) fn session_state(s: &Cgroup, owner_alive: bool) -> SessionState {
+    if !owner_alive {
         SessionState::Stale
     } else if s.meta(XATTR_STATE).ok().flatten().as_deref() == Some("orphaned") {
         SessionState::Orphaned
     } else {
         SessionState::Active
-    };
+    }
+}
+
+fn session_info(s: &Cgroup, dir: &str, owner_alive: bool) -> SessionInfo {
+    let id = s.meta(XATTR_SESSION).ok().flatten().unwrap_or_else(|| dir.trim_start_matches("s-").to_owned());
+    let state = session_state(s, owner_alive);
     let pids = member_pids(s);
     let (memory_bytes, memory_source) = match s.read("memory.current").ok().and_then(|v| v.trim().parse().ok()) {
         Some(bytes) => (bytes, "memory.current"),
