@@ -727,14 +727,8 @@ async fn the_guardian_cleans_up_after_a_sigkilled_gateway_within_a_second() {
         let anon_kib = smaps_kib(guardian_pid, "Pss_Anon:");
         assert!(anon_kib <= 512, "guardian anonymous PSS {anon_kib} KiB");
         // 3 servers and their daemons (which fork on their own schedule).
-        for _ in 0..500 {
-            if instance.member_pidfds_recursive().unwrap().len() >= 6 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let members = instance.member_pidfds_recursive().unwrap();
-        assert!(members.len() >= 6, "3 servers and their daemons: {}", members.len());
+        let members = settled_daemons(&instance, 3).await;
+        assert_eq!(members.len(), 6);
 
         let t = tokio::time::Instant::now();
         rustix::process::kill_process(

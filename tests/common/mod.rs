@@ -337,6 +337,47 @@ pub async fn wait_gone_within(path: &std::path::Path, secs: u64) {
     );
 }
 
+/// Waits (at most 20 s) until each of the `sessions` sessions under the
+/// fixture gateway's `instance` holds exactly its settled pair: the child
+/// (`... daemon sleep 3600`) and the helper it daemonized, exec'd as
+/// `... sleep 3600`, with `setsid`'s short-lived parent gone. A bare count
+/// is not enough: mid-`setsid --fork`, a session briefly holds three
+/// processes while another holds one. Returns the pidfds of all 2N.
+pub async fn settled_daemons(instance: &Cgroup, sessions: usize) -> Vec<procscope::PidFd> {
+    let cmdline = |pid: u32| std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let settled = |session: &Cgroup| {
+        let procs = session.procs().unwrap_or_default();
+        let cmds: Vec<Vec<u8>> = procs.iter().map(|&p| cmdline(p)).collect();
+        let child = cmds.iter().filter(|c| c.ends_with(b"\0daemon\0sleep\x003600\0")).count();
+        let helper = cmds.iter().filter(|c| !c.windows(7).any(|w| w == b"\0daemon") && c.ends_with(b"\0sleep\x003600\0"));
+        procs.len() == 2 && child == 1 && helper.count() == 1
+    };
+    let mut last = Vec::new();
+    for _ in 0..2000 {
+        let names = instance.children().unwrap_or_default();
+        let all = names.len() == sessions
+            && names.iter().all(|n| Cgroup::open(instance.path().join(n)).is_ok_and(|s| settled(&s)));
+        if all {
+            return instance.member_pidfds_recursive().unwrap();
+        }
+        last = names
+            .iter()
+            .filter_map(|n| Cgroup::open(instance.path().join(n)).ok())
+            .map(|s| {
+                let cmds: Vec<String> = s
+                    .procs()
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|&p| String::from_utf8_lossy(&cmdline(p)).replace('\0', " "))
+                    .collect();
+                format!("{}: {cmds:?}", s.path().display())
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the sessions never settled at a child and a helper each: {last:#?}");
+}
+
 /// Runs `fut` with a timeout, so that no async test can hang.
 pub async fn within<F: std::future::Future>(secs: u64, fut: F) -> F::Output {
     tokio::time::timeout(Duration::from_secs(secs), fut).await.expect("test timed out")
