@@ -9,7 +9,9 @@
 //! time that grows with the square of the depth (about three minutes for
 //! 10,000 levels on the development host), so the trees of each way of
 //! ending a session are 10,000 wide and 1,000 deep, and one test, run by
-//! `scripts/test`, ends a tree 10,000 deep on a small stack.
+//! `scripts/test`, ends a tree 10,000 deep on a small stack. The VMs use a
+//! fifth of each (`PROCSCOPE_TREE_WIDTH`, `PROCSCOPE_TREE_DEPTH`,
+//! `PROCSCOPE_DEEP_TREE`; see `vm-tests/guest/nextest.sh`).
 
 mod common;
 
@@ -23,10 +25,15 @@ use procscope::{Cgroup, Command, ContainedChild, Limits, Sealing, Session, Stdio
 use serde_json::Value;
 
 const PROCSCOPE: &str = env!("CARGO_BIN_EXE_procscope");
-/// Width of the hostile trees.
-const WIDE: usize = 10_000;
-/// Depth of the hostile trees.
-const DEEP: usize = 1_000;
+/// Width of the hostile trees: 10,000, or `PROCSCOPE_TREE_WIDTH` (the VMs,
+/// 10 to 20 times slower under TCG, use fewer; the walks are the same).
+static WIDE: std::sync::LazyLock<usize> = std::sync::LazyLock::new(|| tree_size("PROCSCOPE_TREE_WIDTH", 10_000));
+/// Depth of the hostile trees: 1,000, or `PROCSCOPE_TREE_DEPTH`.
+static DEEP: std::sync::LazyLock<usize> = std::sync::LazyLock::new(|| tree_size("PROCSCOPE_TREE_DEPTH", 1_000));
+
+fn tree_size(var: &str, default: usize) -> usize {
+    std::env::var(var).map_or(default, |v| v.parse().unwrap_or_else(|_| panic!("{var}={v}: not a number")))
+}
 
 /// Limits without nesting caps, so that a child can build the trees.
 fn uncapped() -> Limits {
@@ -208,11 +215,11 @@ fn close_ends_a_very_deep_tree_on_a_small_stack() {
                     Supervisor::builder().root(env.path()).grace(Duration::from_millis(200)).start().await.unwrap();
                 let session = sup.session_with_limits("deep", &uncapped()).unwrap();
                 let path = session.cgroup().path().to_owned();
-                let mut child = hostile_tree(&session, depth, WIDE).await;
+                let mut child = hostile_tree(&session, depth, *WIDE).await;
                 let t = std::time::Instant::now();
                 let ended = session.close().await.unwrap();
                 eprintln!("ended and removed {} cgroups in {:?}", ended.cgroups_removed, t.elapsed());
-                assert_eq!(ended.cgroups_removed, 1 + depth + WIDE, "{ended:?}");
+                assert_eq!(ended.cgroups_removed, 1 + depth + *WIDE, "{ended:?}");
                 assert!(!path.exists());
                 child.wait().await.unwrap();
                 sup.shutdown().await.unwrap();
@@ -231,12 +238,12 @@ async fn a_sweep_ends_a_deep_and_wide_tree_and_counts_every_directory() {
     within(120, async {
         let sup = Supervisor::builder().root(env.path()).grace(Duration::from_millis(200)).start().await.unwrap();
         let session = sup.session_with_limits("deep", &uncapped()).unwrap();
-        let child = hostile_tree(&session, DEEP, WIDE).await;
+        let child = hostile_tree(&session, *DEEP, *WIDE).await;
         drop(child);
         drop(session);
         let report = sup.sweep_orphans().await;
         assert!(report.errors.is_empty(), "{report}");
-        assert_eq!(report.removed, 1 + DEEP + WIDE, "{report}");
+        assert_eq!(report.removed, 1 + *DEEP + *WIDE, "{report}");
         assert_eq!(sup.instance().children().unwrap(), Vec::<String>::new());
         sup.shutdown().await.unwrap();
     })
@@ -252,10 +259,10 @@ async fn shutdown_ends_a_deep_and_wide_tree() {
     within(120, async {
         let sup = Supervisor::builder().root(env.path()).grace(Duration::from_millis(200)).start().await.unwrap();
         let session = sup.session_with_limits("deep", &uncapped()).unwrap();
-        let mut child = hostile_tree(&session, DEEP, WIDE).await;
+        let mut child = hostile_tree(&session, *DEEP, *WIDE).await;
         let report = sup.shutdown().await.unwrap();
         assert!(report.errors.is_empty(), "{report}");
-        assert_eq!(report.removed, 1 + DEEP + WIDE + 1, "the session's tree and the instance: {report}");
+        assert_eq!(report.removed, 1 + *DEEP + *WIDE + 1, "the session's tree and the instance: {report}");
         child.wait().await.unwrap();
         drop(session);
     })
@@ -290,7 +297,7 @@ async fn end_ends_a_deep_and_wide_tree() {
         // the command's guardian (which ends the tree too, once the command
         // is gone) did not remove first.
         let removed = report["removed"].as_u64().unwrap() as usize;
-        assert!((1..=1 + 1 + DEEP + WIDE).contains(&removed), "{report}");
+        assert!((1..=1 + 1 + *DEEP + *WIDE).contains(&removed), "{report}");
         assert!(exec.wait().unwrap().code().is_none(), "the command was killed");
         env.wait_root_empty().await;
     })
@@ -306,17 +313,17 @@ async fn recovery_and_the_guardian_end_a_deep_and_wide_tree() {
     let env = TestEnv::new();
     within(180, async {
         let tag = format!("faults-deep-{}", nanos());
-        let nest = format!("nest {DEEP} {WIDE} ready sleep 3600");
+        let nest = format!("nest {} {} ready sleep 3600", *DEEP, *WIDE);
         // Recovery.
         let mut gw = FixtureGateway::start(&env, &[], 1, false, Some(&nest), &tag);
         let instance = PathBuf::from(gw.value("instance"));
-        assert_eq!(count_cgroups(&instance), 1 + 1 + DEEP + WIDE);
+        assert_eq!(count_cgroups(&instance), 1 + 1 + *DEEP + *WIDE);
         gw.process.kill().unwrap();
         gw.process.wait().unwrap();
         let sup = Supervisor::builder().root(env.path()).grace(Duration::from_millis(200)).start().await.unwrap();
         let recovery = sup.recovery();
         assert!(recovery.errors.is_empty(), "{recovery}");
-        assert_eq!(recovery.removed, 1 + DEEP + WIDE + 1, "the session's tree and the instance: {recovery}");
+        assert_eq!(recovery.removed, 1 + *DEEP + *WIDE + 1, "the session's tree and the instance: {recovery}");
         assert!(!instance.exists());
         sup.shutdown().await.unwrap();
         assert_eq!(settle(&tag, 5).await, Vec::<i32>::new());
