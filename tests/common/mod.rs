@@ -349,7 +349,8 @@ pub async fn settled_daemons(instance: &Cgroup, sessions: usize) -> Vec<procscop
         let procs = session.procs().unwrap_or_default();
         let cmds: Vec<Vec<u8>> = procs.iter().map(|&p| cmdline(p)).collect();
         let child = cmds.iter().filter(|c| c.ends_with(b"\0daemon\0sleep\x003600\0")).count();
-        let helper = cmds.iter().filter(|c| !c.windows(7).any(|w| w == b"\0daemon") && c.ends_with(b"\0sleep\x003600\0"));
+        let helper =
+            cmds.iter().filter(|c| !c.windows(7).any(|w| w == b"\0daemon") && c.ends_with(b"\0sleep\x003600\0"));
         procs.len() == 2 && child == 1 && helper.count() == 1
     };
     let mut last = Vec::new();
