@@ -500,6 +500,102 @@ async fn a_uid0_child_cannot_stop_the_guardian() {
     env.finish().await;
 }
 
+/// Whether the process behind `fd` is still running a moment after a signal
+/// may have been sent to it (a fatal one ends it within microseconds).
+async fn survives(fd: &procscope::PidFd) -> bool {
+    tokio::time::timeout(Duration::from_millis(200), fd.exited()).await.is_err()
+}
+
+/// A guardian children cannot stop through SIGIO either. `fcntl(F_SETOWN)`
+/// lets any process whose effective uid is 0 have the kernel signal any
+/// process when an fd becomes ready (fs/fcntl.c `sigio_perm`), and
+/// `F_SETSIG` picks the signal. A sealed uid-0 child, spawned by the library
+/// or by `procscope exec`, is refused `F_SETSIG` SIGKILL and SIGSTOP (EPERM),
+/// whether it names the guardian or its process group; what it may still
+/// send (SIGIO, SIGURG, SIGHUP, a real-time signal) the guardian blocks. The
+/// control: an unsealed uid-0 child kills a plain uid-0 process with SIGKILL
+/// and with SIGIO this way, and a sealed one SIGIOs it. After the attempts
+/// the gateway is SIGKILLed, and the guardian still ends its instance.
+#[tokio::test]
+async fn a_uid0_child_cannot_signal_the_guardian_through_sigio() {
+    let env = TestEnv::new();
+    within(60, async {
+        let (mut gateway, lines) = Gateway::start(FIXTURE, &env.path(), 1, true);
+        let guardian: i32 = field(&lines, "guardian").parse().unwrap();
+        let guardian_fd = procscope::PidFd::open(guardian as u32).unwrap();
+        let instance = Cgroup::open(field(&lines, "instance")).unwrap();
+        let sup = Supervisor::builder().root(env.path()).recover(false).start().await.unwrap();
+        let attacker = sup.session("attacker").unwrap();
+        let sigio = |target: String, sig: i32| Attack {
+            name: "signal through SIGIO",
+            args: vec!["try-sigio".into(), target, sig.to_string()],
+        };
+        let (g, group) = (guardian.to_string(), format!("-{guardian}"));
+        let tries = [
+            (g.clone(), libc::SIGKILL, "E1"),
+            (g.clone(), libc::SIGSTOP, "E1"),
+            (group.clone(), libc::SIGKILL, "E1"),
+            (group, libc::SIGSTOP, "E1"),
+            (g.clone(), 0, "ok"),
+            (g.clone(), libc::SIGURG, "ok"),
+            (g.clone(), libc::SIGHUP, "ok"),
+            (g.clone(), libc::SIGTERM, "ok"),
+            (g.clone(), libc::SIGTSTP, "ok"),
+            (g.clone(), libc::SIGRTMIN(), "ok"),
+        ];
+        for (target, sig, expected) in tries {
+            let result = run_attack(&attacker, &sigio(target.clone(), sig), Sealing::Auto).await;
+            assert!(survives(&guardian_fd).await, "the guardian survived signal {sig} through SIGIO ({result})");
+            assert_eq!(result, expected, "sealed: SIGIO to {target} as signal {sig}");
+            let state = std::fs::read_to_string(format!("/proc/{guardian}/stat")).unwrap();
+            assert!(!state.contains(") T "), "the guardian is not stopped after signal {sig}: {state}");
+        }
+        // The same through `procscope exec`, which seals itself.
+        let root = env.path().to_string_lossy().into_owned();
+        for sig in ["9", "19"] {
+            let out = std::process::Command::new(PROCSCOPE)
+                .args(["exec", "--root", &root, "--session", "x", "--", FIXTURE, "try-sigio", &g, sig])
+                .output()
+                .unwrap();
+            let out = String::from_utf8_lossy(&out.stdout).into_owned();
+            assert!(out.contains(&format!("try-sigio {g} {sig}=E1")), "sealed exec: {out}");
+            assert!(survives(&guardian_fd).await, "the guardian survived the sealed exec's signal {sig}");
+        }
+        // The guardian of the exec's instance removes its session.
+        wait_gone(&sup.instance().path().join("s-x")).await;
+
+        // The control: the attack is real. Unsealed, SIGKILL and SIGIO through
+        // SIGIO end a plain uid-0 process; sealed, SIGIO still does.
+        for (sealing, sig, dies_of) in [
+            (Sealing::Off, libc::SIGKILL, libc::SIGKILL),
+            (Sealing::Off, 0, libc::SIGIO),
+            (Sealing::Auto, 0, libc::SIGIO),
+        ] {
+            let mut plain = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+            let result = run_attack(&attacker, &sigio(plain.id().to_string(), sig), sealing).await;
+            assert_eq!(result, "ok", "{sealing:?}: signal {sig} through SIGIO to a plain uid-0 process");
+            let status = plain.wait().unwrap();
+            assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(dies_of), "{sealing:?}");
+        }
+        let mut plain = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+        let result = run_attack(&attacker, &sigio(plain.id().to_string(), libc::SIGKILL), Sealing::Auto).await;
+        assert_eq!(result, "E1", "sealed: F_SETSIG SIGKILL is refused whoever the target");
+        plain.kill().unwrap();
+        plain.wait().unwrap();
+
+        // The guardian still does its job.
+        assert!(guardian_fd.is_alive(), "the guardian survived the attempts");
+        gateway.kill().unwrap();
+        gateway.wait().unwrap();
+        tokio::time::timeout(Duration::from_secs(5), guardian_fd.exited()).await.expect("guardian exits").unwrap();
+        assert!(!instance.path().exists(), "the guardian removed the gateway's instance");
+        attacker.close().await.unwrap();
+        sup.shutdown().await.unwrap();
+    })
+    .await;
+    env.finish().await;
+}
+
 /// `procscope doctor` reports the protections in force here: sealing on (this
 /// test runs as root), the cgroup mounts a sealed child sees read-only, and
 /// the state kept in `trusted.*`.
