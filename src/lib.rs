@@ -224,6 +224,15 @@ pub mod testing {
         crate::sys::seccomp::deny_with_enosys(libc::SYS_pidfd_open)
     }
 
+    /// Makes `seccomp(2)` fail with `ENOSYS` in the calling thread and in
+    /// whatever it starts from now on (a seccomp filter, installed with
+    /// `prctl`), as on a kernel without `CONFIG_SECCOMP_FILTER`: a sealed
+    /// child cannot install its own filter then. Cannot be undone: call it in
+    /// a thread of its own.
+    pub fn deny_seccomp() -> std::io::Result<()> {
+        crate::sys::seccomp::deny_with_enosys(libc::SYS_seccomp)
+    }
+
     /// Forces the `clone(2)` spawn path (as on hosts where `clone3` is missing
     /// or filtered), for the rest of the process.
     pub fn force_legacy_clone(on: bool) {

@@ -541,6 +541,10 @@ async fn a_uid0_child_cannot_signal_the_guardian_through_sigio() {
             (g.clone(), libc::SIGHUP, "ok"),
             (g.clone(), libc::SIGTERM, "ok"),
             (g.clone(), libc::SIGTSTP, "ok"),
+            // glibc's internal SIGCANCEL and SIGSETXID, which its own
+            // sigprocmask never blocks.
+            (g.clone(), 32, "ok"),
+            (g.clone(), 33, "ok"),
             (g.clone(), libc::SIGRTMIN(), "ok"),
         ];
         for (target, sig, expected) in tries {
@@ -593,6 +597,42 @@ async fn a_uid0_child_cannot_signal_the_guardian_through_sigio() {
         sup.shutdown().await.unwrap();
     })
     .await;
+    env.finish().await;
+}
+
+/// Fail closed: a sealed child that cannot install its signal filter (here
+/// `seccomp(2)` is denied to the spawning thread and what it starts) is not
+/// started; the spawn fails with the step that failed. The control: unsealed,
+/// the same thread starts the same command.
+#[tokio::test]
+async fn a_child_that_cannot_install_its_signal_filter_is_not_started() {
+    let env = TestEnv::new();
+    let cg = env.cgroup("filterless");
+    let spawn = |sealing: Sealing| {
+        let mut cmd = Command::new(FIXTURE);
+        cmd.args(["exit", "0"]).stdin(Stdio::Null).stdout(Stdio::Null).stderr(Stdio::Null).sealing(sealing);
+        cmd.spawn_in(&cg)
+    };
+    let (sealed, unsealed) = std::thread::scope(|s| {
+        s.spawn(|| {
+            procscope::testing::deny_seccomp().expect("install the seccomp filter");
+            (spawn(Sealing::Auto), spawn(Sealing::Off))
+        })
+        .join()
+        .unwrap()
+    });
+    match sealed {
+        Err(procscope::Error::Spawn { stage: procscope::ChildStage::SealSignalFilter, source, .. }) => {
+            assert_eq!(source.raw_os_error(), Some(libc::ENOSYS))
+        }
+        other => panic!("a sealed child without its filter must not start: {other:?}"),
+    }
+    let mut child = unsealed.expect("the control starts unsealed");
+    assert!(within(10, child.wait()).await.unwrap().success());
+    drop(child);
+    wait_no_children(&cg).await;
+    env.root.remove_child(cg.name()).unwrap();
+    drop(cg);
     env.finish().await;
 }
 
