@@ -44,6 +44,16 @@
 //! Started with the gateway's capabilities, it takes an identity of its own
 //! ([`GUARDIAN_UID`] as real and saved uid, effective uid 0, only `CAP_KILL`):
 //! a child running as uid 0 can neither kill, stop nor ptrace it.
+//!
+//! `kill(2)` is not the only way to signal it: the kernel sends the owner of
+//! an fd set with `F_SETOWN` a signal when the fd becomes ready, if the
+//! process that set the owner had effective uid 0 (fs/fcntl.c
+//! `sigio_perm`). So the guardian blocks every signal that can be blocked
+//! and acts on none, and sealed children cannot pick SIGKILL or SIGSTOP as
+//! that signal (`F_SETSIG`; a seccomp filter, see `sys::seccomp`). What such
+//! a child can still do to it, as any uid-0 process can to a process with
+//! effective uid 0: lower its priority (`setpriority`, `sched_setscheduler`
+//! to `SCHED_IDLE`), which slows the cleanup but cannot stop it.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -394,6 +404,13 @@ impl Watch {
         for sig in [libc::SIGINT, libc::SIGHUP, libc::SIGPIPE, libc::SIGTERM] {
             let _ = crate::sys::signal::set_ignored(sig, true);
         }
+        // Every signal that can be blocked is, for good: the guardian acts on
+        // pidfds, inotify and `cgroup.events` in one `poll`, never on a
+        // signal. A uid-0 child may still have the kernel send it one through
+        // `F_SETOWN` (SIGIO, SIGURG, or what `F_SETSIG` picks: sealed
+        // children cannot pick SIGKILL or SIGSTOP); blocked, it stays pending
+        // and does nothing.
+        crate::sys::signal::block_all().map_err(|e| format!("blocking signals: {e}"))?;
         crate::sys::hook::detach().map_err(|e| format!("fork: {e}"))?;
         let _ = rustix::process::chdir("/");
         // However many commands: raise the soft fd limit to the hard one.
