@@ -23,6 +23,7 @@
 //! | `forkbomb` | forks children that fork, forever |
 //! | `spin SECS` | keeps one CPU busy for SECS seconds |
 //! | `record-signals FILE` | appends `SIGNAL FROM-PID` per signal received to FILE, forever |
+//! | `try-spawn CGROUP SEALING` | through the library, spawns `true` into the cgroup directory CGROUP with sealing `auto`, `required` or `off`, and waits for it; prints `try-spawn SEALING=ok sealed=BOOL`, `=SealingUnavailable: MISSING` or `=error: …` |
 //! | `nest DEPTH WIDTH` | (root, unsealed) makes WIDTH empty cgroups and a chain of DEPTH nested ones inside its own cgroup, moves itself to the bottom of the chain; prints `nest=ok` |
 //! | `pull PID` | (root, unsealed) moves PID into its own cgroup; prints `pull PID=ok` or `=E<errno>` |
 //! | `exit CODE` | exits with CODE |
@@ -115,6 +116,30 @@ fn sigio(pid: i32, sig: i32) -> Result<(), i32> {
         libc::close(w);
     }
     result
+}
+
+/// `try-spawn CGROUP SEALING`: what the library says to a spawn of `true`.
+fn try_spawn(path: &str, sealing: procscope::Sealing) -> String {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap_or_else(|e| fail(&e.to_string()));
+    rt.block_on(async {
+        let cg = match procscope::Cgroup::open(path) {
+            Ok(cg) => cg,
+            Err(e) => return format!("error: {e}"),
+        };
+        let mut cmd = procscope::Command::new("true");
+        cmd.stdin(procscope::Stdio::Null).stdout(procscope::Stdio::Null).sealing(sealing);
+        match cmd.spawn_in(&cg) {
+            Ok(mut child) => {
+                let sealed = child.is_sealed();
+                match child.wait().await {
+                    Ok(_) => format!("ok sealed={sealed}"),
+                    Err(e) => format!("error: {e}"),
+                }
+            }
+            Err(procscope::Error::SealingUnavailable { missing, .. }) => format!("SealingUnavailable: {missing}"),
+            Err(e) => format!("error: {e}"),
+        }
+    })
 }
 
 /// Runs the actions given as arguments, in order.
@@ -268,6 +293,16 @@ fn main() {
                 let p: i32 = pid.parse().unwrap_or_else(|_| fail("try-sigio PID SIG"));
                 let s: i32 = sig.parse().unwrap_or_else(|_| fail("try-sigio PID SIG"));
                 attempt(&format!("try-sigio {pid} {sig}"), sigio(p, s));
+            }
+            "try-spawn" => {
+                let (path, sealing) = (arg(), arg());
+                let sealing = match sealing.as_str() {
+                    "auto" => procscope::Sealing::Auto,
+                    "required" => procscope::Sealing::Required,
+                    "off" => procscope::Sealing::Off,
+                    _ => fail("try-spawn CGROUP auto|required|off"),
+                };
+                say(&format!("try-spawn {}={}", sealing.as_str(), try_spawn(&path, sealing)));
             }
             "nest" => {
                 let (depth, width) = (arg(), arg());

@@ -233,6 +233,13 @@ pub mod testing {
         crate::sys::seccomp::deny_with_enosys(libc::SYS_seccomp)
     }
 
+    /// Makes this process behave, for sealing, as on a kernel without cgroup
+    /// namespaces (`/proc/self/ns/cgroup` missing), for the rest of the
+    /// process or until called again with `false`.
+    pub fn force_no_cgroup_namespace(on: bool) {
+        crate::seal::FORCE_NO_CGROUP_NAMESPACE.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Forces the `clone(2)` spawn path (as on hosts where `clone3` is missing
     /// or filtered), for the rest of the process.
     pub fn force_legacy_clone(on: bool) {

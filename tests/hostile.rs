@@ -983,6 +983,87 @@ async fn a_gateway_that_cannot_seal_is_refused_when_sealing_is_required() {
     env.finish().await;
 }
 
+/// Fail closed, through the library: where a non-root gateway cannot seal
+/// (no `CAP_SYS_ADMIN`, user namespaces capped at 0), a spawn with
+/// `Sealing::Required` fails with `Error::SealingUnavailable`, naming what is
+/// missing, and nothing is started or created. The control: `Sealing::Auto`
+/// runs the same command there, unsealed.
+#[tokio::test]
+async fn the_library_refuses_a_required_seal_it_cannot_make() {
+    let env = TestEnv::new();
+    within(60, async {
+        let d = delegated(&env);
+        let target = d.sessions.path().to_string_lossy().into_owned();
+        let run = |sealing: &str| {
+            let script = "echo 0 > /proc/sys/user/max_user_namespaces && \
+                          exec setpriv --bounding-set=-all --inh-caps=-all \"$@\"";
+            let mut cmd = Command::new("unshare");
+            cmd.args(["--user", "--map-root-user", "sh", "-c", script, "sh", FIXTURE, "try-spawn", &target, sealing]);
+            cmd.uid(NOBODY).gid(NOBODY).sealing(Sealing::Off).stdin(Stdio::Null).stdout(Stdio::Piped);
+            let mut child = cmd.spawn_in(&d.gateway).unwrap();
+            async move {
+                let out = read_until(child.stdout.as_mut().unwrap(), "").await;
+                assert!(child.wait().await.unwrap().success(), "{out:?}");
+                out.join("\n")
+            }
+        };
+        let before = snapshot(&env.path());
+        let out = run("required").await;
+        assert!(out.contains("try-spawn required=SealingUnavailable: CAP_SYS_ADMIN"), "{out}");
+        assert!(out.contains("max_user_namespaces"), "it names what is missing: {out}");
+        assert_eq!(snapshot(&env.path()), before, "a refused spawn changed the tree");
+        assert!(!d.sessions.is_populated().unwrap(), "nothing was started");
+
+        let out = run("auto").await;
+        assert!(out.contains("try-spawn auto=ok sealed=false"), "Auto, unable to seal: unsealed: {out}");
+        wait_no_children(&d.gateway).await;
+        d.remove(&env);
+    })
+    .await;
+    env.finish().await;
+}
+
+/// Fail closed: a gateway with `CAP_SYS_ADMIN` on a kernel without cgroup
+/// namespaces (forced here) never runs a child unsealed unless told to.
+/// `Sealing::Auto`, like `Required`, fails with `Error::SealingUnavailable`
+/// naming cgroup namespaces, and nothing is started; `procscope::seal_status`
+/// says children are refused. The control: `Sealing::Off` starts the child.
+#[tokio::test]
+async fn a_privileged_gateway_that_cannot_seal_refuses_instead_of_running_unsealed() {
+    let env = TestEnv::new();
+    within(60, async {
+        let sup = Supervisor::builder().root(env.path()).start().await.unwrap();
+        let session = sup.session("s").unwrap();
+        let command = |sealing: Sealing| {
+            let mut cmd = Command::new(FIXTURE);
+            cmd.args(["exit", "0"]).stdin(Stdio::Null).stdout(Stdio::Null).sealing(sealing);
+            cmd
+        };
+        procscope::testing::force_no_cgroup_namespace(true);
+        for sealing in [Sealing::Auto, Sealing::Required] {
+            match session.spawn(&mut command(sealing)) {
+                Err(procscope::Error::SealingUnavailable { missing, .. }) => {
+                    assert!(missing.contains("cgroup namespaces"), "{sealing:?}: {missing}")
+                }
+                other => panic!("{sealing:?} must refuse without cgroup namespaces: {:?}", other.map(|c| c.id())),
+            }
+            assert!(command(sealing).check().is_err(), "exec's check refuses too");
+            assert!(!session.cgroup().is_populated().unwrap(), "{sealing:?}: nothing was started");
+            assert!(session.cgroup().children().unwrap().is_empty(), "{sealing:?}: nothing was created");
+        }
+        let status = procscope::seal_status();
+        assert!(!status.sealed_by_default && status.refused_by_default, "{status:?}");
+        let mut child = session.spawn(&mut command(Sealing::Off)).expect("the control starts unsealed");
+        assert!(!child.is_sealed());
+        assert!(child.wait().await.unwrap().success());
+        procscope::testing::force_no_cgroup_namespace(false);
+        session.close().await.unwrap();
+        sup.shutdown().await.unwrap();
+    })
+    .await;
+    env.finish().await;
+}
+
 /// Starts `program` the way a guardian is started (`argv[0]`
 /// `procscope-guardian`, the spec in `PROCSCOPE_GUARDIAN`, a pipe on fd 1),
 /// optionally under `setpriv` as uid 65534, and returns what it printed.

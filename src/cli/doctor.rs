@@ -137,7 +137,16 @@ pub async fn run(root: Option<PathBuf>, json: bool) -> i32 {
         .and_then(|o| o.split('/').rev().find(|c| c.ends_with(".service") || c.ends_with(".scope")).map(str::to_owned));
 
     let seal = procscope::seal_status();
-    if let Some((missing, fix)) = &seal.missing {
+    if let (Some((missing, fix)), true) = (&seal.missing, seal.refused_by_default) {
+        problems.push(Problem {
+            problem: format!(
+                "children are refused ({missing} is missing): with CAP_SYS_ADMIN, procscope seals every \
+                 child or starts none, unless sealing is turned off explicitly"
+            ),
+            fix: (*fix).into(),
+            degrades: true,
+        });
+    } else if let Some((missing, fix)) = &seal.missing {
         problems.push(Problem {
             problem: format!(
                 "children run unsealed ({missing} is missing): a child running as this user can leave its \
@@ -189,6 +198,7 @@ pub async fn run(root: Option<PathBuf>, json: bool) -> i32 {
                 "nsdelegate": seal.nsdelegate,
                 "user_namespace": seal.user_namespace,
                 "state_xattrs": state_xattrs,
+                "refused_by_default": seal.refused_by_default,
                 "guardian_uid": procscope::GUARDIAN_UID,
             },
             "transient_users": {
@@ -247,7 +257,7 @@ pub async fn run(root: Option<PathBuf>, json: bool) -> i32 {
                     if seal.nsdelegate { "yes" } else { "no" }
                 )
             } else {
-                "OFF (see below)".into()
+                if seal.refused_by_default { "REFUSED (see below)" } else { "OFF (see below)" }.into()
             },
         );
         show("state xattrs", if state_xattrs.is_empty() { "?" } else { &state_xattrs });
