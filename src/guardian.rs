@@ -478,9 +478,7 @@ impl Watch {
         let root = path.parent().ok_or("the instance has no parent")?;
         watch.add_dir(root, Level::Root)?;
         watch.add_dir(&path, Level::Instance)?;
-        // Uid 0 of a user namespace that maps it elsewhere cannot switch to
-        // the guardian's uid.
-        if rustix::process::geteuid().is_root() && crate::cgroup::uid0_is_host_root() {
+        if identity().is_some() {
             take_identity().map_err(|e| format!("taking the guardian's identity: {e}"))?;
         } else {
             // A gateway that is not root: the guardian runs as the gateway's
@@ -933,6 +931,15 @@ fn kill_blocking(cg: &Cgroup) -> usize {
 /// reach of every uid-0 child, while its effective uid 0 still lets it write
 /// the root-owned `cgroup.kill` and remove the cgroups it guards.
 pub const GUARDIAN_UID: u32 = 2_147_483_646;
+
+/// The real and saved uid a guardian started by this process takes:
+/// [`GUARDIAN_UID`] for a process running as root (uid 0 of the initial user
+/// namespace, or of one that maps it onto 0); `None` for any other, whose
+/// guardian keeps its starter's uids (uid 0 of a user namespace that maps
+/// it elsewhere cannot switch to the guardian's uid).
+pub fn identity() -> Option<u32> {
+    (rustix::process::geteuid().is_root() && crate::cgroup::uid0_is_host_root()).then_some(GUARDIAN_UID)
+}
 
 /// Takes the guardian's identity: real and saved uid [`GUARDIAN_UID`],
 /// effective uid 0 (for the cgroup files), then `CAP_KILL` as its only

@@ -158,7 +158,7 @@ pub use cgroup::{Cgroup, Events, KillMechanism};
 pub use child::{ChildStderr, ChildStdin, ChildStdout, ContainedChild};
 pub use command::{Command, SpawnMechanism, Stdio};
 pub use error::{Error, Result};
-pub use guardian::GUARDIAN_UID;
+pub use guardian::{GUARDIAN_UID, identity as guardian_identity};
 pub use instance::Owner;
 pub use metrics::Metrics;
 pub use pidfd::{ExitStatusSource, MembershipCheck, PidFd, check_kernel_floor};

@@ -652,6 +652,7 @@ async fn doctor_reports_the_protections_in_force() {
     assert!(ro.contains(&mount.to_str().unwrap()), "{ro:?}");
     assert_eq!(sealing["state_xattrs"], "trusted.procscope.*", "{v}");
     assert_eq!(sealing["guardian_uid"], 2147483646u32, "{v}");
+    assert_eq!(sealing["guardian_identity"], "own", "{v}");
     let transient = &v["transient_users"];
     assert_eq!(transient["first_uid"], procscope::identity::TRANSIENT_UIDS.start, "{v}");
     assert_eq!(transient["last_uid"], procscope::identity::TRANSIENT_UIDS.end - 1, "{v}");
@@ -961,6 +962,10 @@ async fn a_gateway_that_cannot_seal_is_refused_when_sealing_is_required() {
         assert!(matches!(code, Some(0 | 1)), "doctor: {code:?} {err}");
         let v: serde_json::Value = serde_json::from_str(&out.join("\n")).unwrap();
         assert_eq!(v["sealing"]["sealed_by_default"], false, "{v}");
+        // Not root: its guardian would keep the gateway's uid (0 of this user
+        // namespace), and doctor says so.
+        assert_eq!(v["sealing"]["guardian_identity"], "gateway", "{v}");
+        assert_eq!(v["sealing"]["guardian_uid"], 0, "{v}");
         let problems = v["problems"].to_string();
         assert!(problems.contains("unsealed") && problems.contains("max_user_namespaces"), "{problems}");
 

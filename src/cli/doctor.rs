@@ -137,6 +137,10 @@ pub async fn run(root: Option<PathBuf>, json: bool) -> i32 {
         .and_then(|o| o.split('/').rev().find(|c| c.ends_with(".service") || c.ends_with(".scope")).map(str::to_owned));
 
     let seal = procscope::seal_status();
+    let (guardian_uid, own_identity) = match procscope::guardian_identity() {
+        Some(uid) => (uid, true),
+        None => (rustix::process::geteuid().as_raw(), false),
+    };
     if let (Some((missing, fix)), true) = (&seal.missing, seal.refused_by_default) {
         problems.push(Problem {
             problem: format!(
@@ -199,7 +203,8 @@ pub async fn run(root: Option<PathBuf>, json: bool) -> i32 {
                 "user_namespace": seal.user_namespace,
                 "state_xattrs": state_xattrs,
                 "refused_by_default": seal.refused_by_default,
-                "guardian_uid": procscope::GUARDIAN_UID,
+                "guardian_uid": guardian_uid,
+                "guardian_identity": if own_identity { "own" } else { "gateway" },
             },
             "transient_users": {
                 "first_uid": procscope::identity::TRANSIENT_UIDS.start,
@@ -263,7 +268,16 @@ pub async fn run(root: Option<PathBuf>, json: bool) -> i32 {
         show("state xattrs", if state_xattrs.is_empty() { "?" } else { &state_xattrs });
         show(
             "guardian identity",
-            &format!("uid {} (real and saved), no capability but CAP_KILL", procscope::GUARDIAN_UID),
+            &if own_identity {
+                format!(
+                    "uid {guardian_uid} (real and saved; effective 0), no capability but CAP_KILL, all signals \
+                     blocked"
+                )
+            } else {
+                format!(
+                    "the gateway's own uid {guardian_uid} (not root: no identity of its own), all signals blocked"
+                )
+            },
         );
         show(
             "transient users",
