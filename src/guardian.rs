@@ -26,7 +26,10 @@
 //!   SIGTERM and SIGCONT, then `cgroup.kill` when the grace runs out, and the
 //!   cgroup is removed, its session too once it has no command left.
 //! - The gateway dies: `cgroup.kill` of the whole instance, then every cgroup
-//!   of it is removed.
+//!   of it is removed. Every command's main process still running after that
+//!   (one that left its cgroup while unsealed) gets SIGKILL through the pidfd
+//!   the guardian holds, and must die within 5 s: one that survives is logged
+//!   and counted as an error, never as ended.
 //! - The instance is removed (a supervisor's shutdown, `procscope end`, a
 //!   sweep): the guardian exits, touching nothing. An `exec` instance that has
 //!   no session left is removed by the guardian itself, which then exits; the
@@ -632,7 +635,10 @@ impl Watch {
             if owner_gone {
                 log(format_args!("the owner is gone: ending the instance"));
                 if Owner::of_instance(&self.instance) == Some(self.owner_id) {
-                    let report = clean_up(&self.instance, &self.path);
+                    let mut report = clean_up(&self.instance, &self.path);
+                    let mains: Vec<(&Path, &PidFd)> =
+                        self.commands.values().filter_map(|c| Some((c.cgroup.path(), c.main.as_ref()?))).collect();
+                    kill_main_processes(&mains, &mut report);
                     self.count(&report);
                 }
                 return;
@@ -1013,6 +1019,37 @@ fn clean_up(instance: &Cgroup, path: &Path) -> crate::sweep::SweepReport {
         report.removed += 1;
     }
     report
+}
+
+/// How long the guardian waits for the main processes it SIGKILLed to die.
+const MAIN_KILL_WAIT: Duration = Duration::from_secs(5);
+
+/// Verified endings once the gateway is gone: SIGKILL through the pidfd of
+/// every command's main process still running, then a check that each died.
+/// The instance's `cgroup.kill` has ended every process still in it; a main
+/// process alive after it had left its cgroup (possible only unsealed), and
+/// is counted as killed here. One still alive after [`MAIN_KILL_WAIT`] is an
+/// error of the report, logged: never reported as ended.
+fn kill_main_processes(mains: &[(&Path, &PidFd)], report: &mut crate::sweep::SweepReport) {
+    let alive: Vec<&(&Path, &PidFd)> = mains.iter().filter(|(_, m)| m.is_alive()).collect();
+    for (cgroup, main) in &alive {
+        log(format_args!("command {}: main {} outlived the instance's kill", cgroup.display(), main.pid()));
+        if let Err(e) = main.send_signal(crate::Signal::KILL) {
+            log(format_args!("command {}: SIGKILL to main {}: {e}", cgroup.display(), main.pid()));
+        }
+    }
+    let deadline = Instant::now() + MAIN_KILL_WAIT;
+    for (cgroup, main) in alive {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if poll_in(main, left) || !main.is_alive() {
+            report.killed += 1;
+            continue;
+        }
+        let error = format!("the main process {} survived SIGKILL through its pidfd", main.pid());
+        log(format_args!("error: command {}: {error}", cgroup.display()));
+        let session = cgroup.parent().and_then(Path::file_name).unwrap_or_default().to_string_lossy();
+        report.errors.push(crate::sweep::SweepError { session: session.into_owned(), error });
+    }
 }
 
 fn remove_blocking(parent: &Cgroup, cg: &Cgroup) {
