@@ -120,7 +120,8 @@ fn sigio(pid: i32, sig: i32) -> Result<(), i32> {
 
 /// `try-spawn CGROUP SEALING`: what the library says to a spawn of `true`.
 fn try_spawn(path: &str, sealing: procscope::Sealing) -> String {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap_or_else(|e| fail(&e.to_string()));
+    let rt =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap_or_else(|e| fail(&e.to_string()));
     rt.block_on(async {
         let cg = match procscope::Cgroup::open(path) {
             Ok(cg) => cg,

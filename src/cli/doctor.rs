@@ -274,9 +274,7 @@ pub async fn run(root: Option<PathBuf>, json: bool) -> i32 {
                      blocked"
                 )
             } else {
-                format!(
-                    "the gateway's own uid {guardian_uid} (not root: no identity of its own), all signals blocked"
-                )
+                format!("the gateway's own uid {guardian_uid} (not root: no identity of its own), all signals blocked")
             },
         );
         show(

@@ -114,9 +114,7 @@ pub(super) fn install_signal_filter() -> Result<(), i32> {
     let prog = libc::sock_fprog { len: SIGNAL_FILTER.len() as u16, filter: SIGNAL_FILTER.as_ptr().cast_mut() };
     // SAFETY: `prog` points at a static program that the kernel only reads
     // (and copies); integer arguments otherwise.
-    let r = unsafe {
-        libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, 0u32, ptr::addr_of!(prog))
-    };
+    let r = unsafe { libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, 0u32, ptr::addr_of!(prog)) };
     if r < 0 {
         // SAFETY: reading errno of the current thread (in a CLONE_VM child,
         // the TLS of the suspended parent thread, which no one else reads
