@@ -12,6 +12,30 @@
 //! Where the cgroup2 mount has `nsdelegate` (systemd sets it), the cgroup
 //! namespace is a delegation boundary of its own as well.
 //!
+//! # The guardian, out of reach
+//! A sealed child also installs a seccomp filter (last of its sealing steps,
+//! still with `CAP_SYS_ADMIN`) that refuses `fcntl(F_SETSIG)` with SIGKILL or
+//! SIGSTOP. Without it, a uid-0 child could have the kernel send either to
+//! the guardian: `F_SETOWN` names any process as an fd's owner, and the
+//! SIGIO (or the `F_SETSIG` signal) sent when the fd becomes ready is
+//! allowed when the process that set the owner had effective uid 0
+//! (fs/fcntl.c `sigio_perm`), whatever the target's uids — the guardian's
+//! own identity does not help there. Every other signal that path can carry
+//! the guardian blocks. The filter checks the native ABI and the 32-bit
+//! compat one (`fcntl`, `fcntl64`; x32 on x86_64); where procscope knows no
+//! system call numbers (architectures other than x86_64 and aarch64), no
+//! filter is installed. What a uid-0 child can still do to the guardian is
+//! what any uid-0 process may do to one whose effective uid is 0: lower its
+//! priority or scheduling class, which slows the cleanup but cannot stop it.
+//!
+//! # Defaults: fail closed
+//! A process with `CAP_SYS_ADMIN` always seals: [`Sealing::Auto`] fails with
+//! [`Error::SealingUnavailable`] where it cannot (a kernel without cgroup
+//! namespaces), like [`Sealing::Required`]. Without it, `Auto` seals through
+//! a user namespace of each child's own where unprivileged user namespaces
+//! are allowed, and only otherwise runs children unsealed (one warning, and
+//! `procscope doctor`).
+//!
 //! The parent prepares one sealed mount namespace: a copy of its own in which
 //! every cgroup mount is read-only and receives no mounts from its peers. Each
 //! child joins it (`setns`) as the first of its steps, while it still holds
