@@ -23,6 +23,7 @@
 //! | `forkbomb` | forks children that fork, forever |
 //! | `spin SECS` | keeps one CPU busy for SECS seconds |
 //! | `record-signals FILE` | appends `SIGNAL FROM-PID` per signal received to FILE, forever |
+//! | `try-spawn CGROUP SEALING` | through the library, spawns `true` into the cgroup directory CGROUP with sealing `auto`, `required` or `off`, and waits for it; prints `try-spawn SEALING=ok sealed=BOOL`, `=SealingUnavailable: MISSING` or `=error: …` |
 //! | `nest DEPTH WIDTH` | (root, unsealed) makes WIDTH empty cgroups and a chain of DEPTH nested ones inside its own cgroup, moves itself to the bottom of the chain; prints `nest=ok` |
 //! | `pull PID` | (root, unsealed) moves PID into its own cgroup; prints `pull PID=ok` or `=E<errno>` |
 //! | `exit CODE` | exits with CODE |
@@ -33,6 +34,7 @@
 //! | `try-setxattr PATH NAME VALUE` | sets an xattr; prints `try-setxattr PATH NAME=…` |
 //! | `try-rmxattr PATH NAME` | removes an xattr; prints `try-rmxattr PATH NAME=…` |
 //! | `try-kill PID SIG` | `kill(PID, SIG)` with SIG one of KILL, STOP, TERM; prints `try-kill PID SIG=…` |
+//! | `try-sigio PID SIG` | signals PID through a pipe's SIGIO: `F_SETOWN` PID (a negative PID is a process group), `F_SETSIG` SIG (a number; 0 keeps the default, SIGIO), `O_ASYNC`, then a write that makes the pipe readable; prints `try-sigio PID SIG=…` with the errno of the first step that failed |
 //! | `gateway ROOT N GUARDIAN` | a gateway: a supervisor under ROOT (with a guardian if GUARDIAN is 1) with N sessions each running a child that daemonizes a helper (or, unsealed and without nesting caps, runs the actions in `PROCSCOPE_FIXTURE_CHILD` up to `ready`); prints `instance=`, `guardian=`, `refused=` per session it could not start, `sessions=N`, `ready`; then takes orders from stdin: `sweep` (orphans every session and sweeps, prints `report=` and `error=` lines), `shutdown` (prints `report=`, exits); at EOF it runs on |
 //!
 //! After the last action it exits 0.
@@ -73,6 +75,72 @@ fn nest(depth: usize, width: usize) -> Result<(), String> {
         cur = cur.create_child("d").map_err(|e| e.to_string())?;
     }
     cur.write("cgroup.procs", "0").map_err(|e| e.to_string())
+}
+
+/// `try-sigio PID SIG`: makes the kernel send SIG (0: SIGIO) to PID when a
+/// pipe becomes readable. `fcntl(F_SETOWN)` records the caller's uids, and
+/// the signal is allowed if its effective uid is 0 (fs/fcntl.c
+/// `sigio_perm`), whatever the target's uids and capabilities.
+fn sigio(pid: i32, sig: i32) -> Result<(), i32> {
+    /// `F_SETSIG` (`<linux/fcntl.h>`), which the libc crate does not export.
+    const F_SETSIG: libc::c_int = 10;
+    let last = || std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+    let mut fds = [0; 2];
+    // SAFETY: a valid array of two fds for pipe2 to fill.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } < 0 {
+        return Err(last());
+    }
+    let (r, w) = (fds[0], fds[1]);
+    let result = (|| {
+        // SAFETY: fcntl on a pipe fd this process owns, integer arguments only.
+        if unsafe { libc::fcntl(r, libc::F_SETOWN, pid) } < 0 {
+            return Err(last());
+        }
+        // SAFETY: as above.
+        if sig != 0 && unsafe { libc::fcntl(r, F_SETSIG, sig) } < 0 {
+            return Err(last());
+        }
+        // SAFETY: as above.
+        if unsafe { libc::fcntl(r, libc::F_SETFL, libc::O_ASYNC | libc::O_NONBLOCK) } < 0 {
+            return Err(last());
+        }
+        // SAFETY: writes one byte from a valid buffer to our own pipe.
+        if unsafe { libc::write(w, b"x".as_ptr().cast(), 1) } < 0 {
+            return Err(last());
+        }
+        Ok(())
+    })();
+    // SAFETY: closing the two fds made above.
+    unsafe {
+        libc::close(r);
+        libc::close(w);
+    }
+    result
+}
+
+/// `try-spawn CGROUP SEALING`: what the library says to a spawn of `true`.
+fn try_spawn(path: &str, sealing: procscope::Sealing) -> String {
+    let rt =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap_or_else(|e| fail(&e.to_string()));
+    rt.block_on(async {
+        let cg = match procscope::Cgroup::open(path) {
+            Ok(cg) => cg,
+            Err(e) => return format!("error: {e}"),
+        };
+        let mut cmd = procscope::Command::new("true");
+        cmd.stdin(procscope::Stdio::Null).stdout(procscope::Stdio::Null).sealing(sealing);
+        match cmd.spawn_in(&cg) {
+            Ok(mut child) => {
+                let sealed = child.is_sealed();
+                match child.wait().await {
+                    Ok(_) => format!("ok sealed={sealed}"),
+                    Err(e) => format!("error: {e}"),
+                }
+            }
+            Err(procscope::Error::SealingUnavailable { missing, .. }) => format!("SealingUnavailable: {missing}"),
+            Err(e) => format!("error: {e}"),
+        }
+    })
 }
 
 /// Runs the actions given as arguments, in order.
@@ -220,6 +288,22 @@ fn main() {
                 };
                 let r = rustix::process::kill_process(p, signal);
                 attempt(&format!("try-kill {pid} {sig}"), r.map_err(|e| e.raw_os_error()));
+            }
+            "try-sigio" => {
+                let (pid, sig) = (arg(), arg());
+                let p: i32 = pid.parse().unwrap_or_else(|_| fail("try-sigio PID SIG"));
+                let s: i32 = sig.parse().unwrap_or_else(|_| fail("try-sigio PID SIG"));
+                attempt(&format!("try-sigio {pid} {sig}"), sigio(p, s));
+            }
+            "try-spawn" => {
+                let (path, sealing) = (arg(), arg());
+                let sealing = match sealing.as_str() {
+                    "auto" => procscope::Sealing::Auto,
+                    "required" => procscope::Sealing::Required,
+                    "off" => procscope::Sealing::Off,
+                    _ => fail("try-spawn CGROUP auto|required|off"),
+                };
+                say(&format!("try-spawn {}={}", sealing.as_str(), try_spawn(&path, sealing)));
             }
             "nest" => {
                 let (depth, width) = (arg(), arg());

@@ -169,9 +169,11 @@ struct Env {
 /// # Caveats
 /// - The program is looked up in `PATH` by the parent, in the child's
 ///   environment if `PATH` is set there, as `std` does.
-/// - The child runs sealed wherever the gateway holds `CAP_SYS_ADMIN`
-///   ([`sealing`](Self::sealing)); such a child sees `/proc/self/cgroup` as
-///   `0::/` and cannot create cgroups of its own.
+/// - By default the child runs sealed ([`sealing`](Self::sealing)): always
+///   where the gateway holds `CAP_SYS_ADMIN` (or the spawn fails), and for a
+///   gateway without it where unprivileged user namespaces are allowed. A
+///   sealed child sees `/proc/self/cgroup` as `0::/` and cannot create
+///   cgroups of its own.
 ///
 /// # Signals
 /// The child starts with no signal blocked and every signal at its default
@@ -369,13 +371,19 @@ impl Command {
         self
     }
 
-    /// Whether the child is sealed into its session ([`Sealing::Auto`] by
-    /// default: sealed wherever this process holds `CAP_SYS_ADMIN`).
+    /// Whether the child is sealed into its session. [`Sealing::Auto`] by
+    /// default: a gateway with `CAP_SYS_ADMIN` always seals, and refuses the
+    /// spawn with [`Error::SealingUnavailable`] where it cannot (no cgroup
+    /// namespaces); a gateway without it seals through a user namespace of
+    /// each child's own where unprivileged user namespaces are allowed, and
+    /// otherwise runs the child unsealed with a warning.
     ///
     /// A sealed child starts in a cgroup namespace rooted at its session and
     /// sees every cgroup mount read-only: even as uid 0 it cannot leave its
-    /// session, create cgroups, write cgroup files or forge procscope's state.
-    /// Its `/proc/self/cgroup` reads `0::/`. [`Sealing::Off`] gives that up.
+    /// session, create cgroups, write cgroup files or forge procscope's state,
+    /// nor pick SIGKILL or SIGSTOP as the signal `F_SETOWN` sends (a seccomp
+    /// filter refuses `F_SETSIG` with those two). Its `/proc/self/cgroup`
+    /// reads `0::/`. [`Sealing::Off`] gives that up.
     pub fn sealing(&mut self, sealing: Sealing) -> &mut Self {
         self.sealing = sealing;
         self

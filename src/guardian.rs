@@ -26,7 +26,10 @@
 //!   SIGTERM and SIGCONT, then `cgroup.kill` when the grace runs out, and the
 //!   cgroup is removed, its session too once it has no command left.
 //! - The gateway dies: `cgroup.kill` of the whole instance, then every cgroup
-//!   of it is removed.
+//!   of it is removed. Every command's main process still running after that
+//!   (one that left its cgroup while unsealed) gets SIGKILL through the pidfd
+//!   the guardian holds, and must die within 5 s: one that survives is logged
+//!   and counted as an error, never as ended.
 //! - The instance is removed (a supervisor's shutdown, `procscope end`, a
 //!   sweep): the guardian exits, touching nothing. An `exec` instance that has
 //!   no session left is removed by the guardian itself, which then exits; the
@@ -44,6 +47,16 @@
 //! Started with the gateway's capabilities, it takes an identity of its own
 //! ([`GUARDIAN_UID`] as real and saved uid, effective uid 0, only `CAP_KILL`):
 //! a child running as uid 0 can neither kill, stop nor ptrace it.
+//!
+//! `kill(2)` is not the only way to signal it: the kernel sends the owner of
+//! an fd set with `F_SETOWN` a signal when the fd becomes ready, if the
+//! process that set the owner had effective uid 0 (fs/fcntl.c
+//! `sigio_perm`). So the guardian blocks every signal that can be blocked
+//! and acts on none, and sealed children cannot pick SIGKILL or SIGSTOP as
+//! that signal (`F_SETSIG`; a seccomp filter, see `sys::seccomp`). What such
+//! a child can still do to it, as any uid-0 process can to a process with
+//! effective uid 0: lower its priority (`setpriority`, `sched_setscheduler`
+//! to `SCHED_IDLE`), which slows the cleanup but cannot stop it.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -394,6 +407,13 @@ impl Watch {
         for sig in [libc::SIGINT, libc::SIGHUP, libc::SIGPIPE, libc::SIGTERM] {
             let _ = crate::sys::signal::set_ignored(sig, true);
         }
+        // Every signal that can be blocked is, for good: the guardian acts on
+        // pidfds, inotify and `cgroup.events` in one `poll`, never on a
+        // signal. A uid-0 child may still have the kernel send it one through
+        // `F_SETOWN` (SIGIO, SIGURG, or what `F_SETSIG` picks: sealed
+        // children cannot pick SIGKILL or SIGSTOP); blocked, it stays pending
+        // and does nothing.
+        crate::sys::signal::block_all().map_err(|e| format!("blocking signals: {e}"))?;
         crate::sys::hook::detach().map_err(|e| format!("fork: {e}"))?;
         let _ = rustix::process::chdir("/");
         // However many commands: raise the soft fd limit to the hard one.
@@ -461,9 +481,7 @@ impl Watch {
         let root = path.parent().ok_or("the instance has no parent")?;
         watch.add_dir(root, Level::Root)?;
         watch.add_dir(&path, Level::Instance)?;
-        // Uid 0 of a user namespace that maps it elsewhere cannot switch to
-        // the guardian's uid.
-        if rustix::process::geteuid().is_root() && crate::cgroup::uid0_is_host_root() {
+        if identity().is_some() {
             take_identity().map_err(|e| format!("taking the guardian's identity: {e}"))?;
         } else {
             // A gateway that is not root: the guardian runs as the gateway's
@@ -617,7 +635,10 @@ impl Watch {
             if owner_gone {
                 log(format_args!("the owner is gone: ending the instance"));
                 if Owner::of_instance(&self.instance) == Some(self.owner_id) {
-                    let report = clean_up(&self.instance, &self.path);
+                    let mut report = clean_up(&self.instance, &self.path);
+                    let mains: Vec<(&Path, &PidFd)> =
+                        self.commands.values().filter_map(|c| Some((c.cgroup.path(), c.main.as_ref()?))).collect();
+                    kill_main_processes(&mains, &mut report);
                     self.count(&report);
                 }
                 return;
@@ -917,6 +938,15 @@ fn kill_blocking(cg: &Cgroup) -> usize {
 /// the root-owned `cgroup.kill` and remove the cgroups it guards.
 pub const GUARDIAN_UID: u32 = 2_147_483_646;
 
+/// The real and saved uid a guardian started by this process takes:
+/// [`GUARDIAN_UID`] for a process running as root (uid 0 of the initial user
+/// namespace, or of one that maps it onto 0); `None` for any other, whose
+/// guardian keeps its starter's uids (uid 0 of a user namespace that maps
+/// it elsewhere cannot switch to the guardian's uid).
+pub fn identity() -> Option<u32> {
+    (rustix::process::geteuid().is_root() && crate::cgroup::uid0_is_host_root()).then_some(GUARDIAN_UID)
+}
+
 /// Takes the guardian's identity: real and saved uid [`GUARDIAN_UID`],
 /// effective uid 0 (for the cgroup files), then `CAP_KILL` as its only
 /// capability, an empty bounding set, `no_new_privs` and not dumpable.
@@ -989,6 +1019,37 @@ fn clean_up(instance: &Cgroup, path: &Path) -> crate::sweep::SweepReport {
         report.removed += 1;
     }
     report
+}
+
+/// How long the guardian waits for the main processes it SIGKILLed to die.
+const MAIN_KILL_WAIT: Duration = Duration::from_secs(5);
+
+/// Verified endings once the gateway is gone: SIGKILL through the pidfd of
+/// every command's main process still running, then a check that each died.
+/// The instance's `cgroup.kill` has ended every process still in it; a main
+/// process alive after it had left its cgroup (possible only unsealed), and
+/// is counted as killed here. One still alive after [`MAIN_KILL_WAIT`] is an
+/// error of the report, logged: never reported as ended.
+fn kill_main_processes(mains: &[(&Path, &PidFd)], report: &mut crate::sweep::SweepReport) {
+    let alive: Vec<&(&Path, &PidFd)> = mains.iter().filter(|(_, m)| m.is_alive()).collect();
+    for (cgroup, main) in &alive {
+        log(format_args!("command {}: main {} outlived the instance's kill", cgroup.display(), main.pid()));
+        if let Err(e) = main.send_signal(crate::Signal::KILL) {
+            log(format_args!("command {}: SIGKILL to main {}: {e}", cgroup.display(), main.pid()));
+        }
+    }
+    let deadline = Instant::now() + MAIN_KILL_WAIT;
+    for (cgroup, main) in alive {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if poll_in(main, left) || !main.is_alive() {
+            report.killed += 1;
+            continue;
+        }
+        let error = format!("the main process {} survived SIGKILL through its pidfd", main.pid());
+        log(format_args!("error: command {}: {error}", cgroup.display()));
+        let session = cgroup.parent().and_then(Path::file_name).unwrap_or_default().to_string_lossy();
+        report.errors.push(crate::sweep::SweepError { session: session.into_owned(), error });
+    }
 }
 
 fn remove_blocking(parent: &Cgroup, cg: &Cgroup) {

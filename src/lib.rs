@@ -158,7 +158,7 @@ pub use cgroup::{Cgroup, Events, KillMechanism};
 pub use child::{ChildStderr, ChildStdin, ChildStdout, ContainedChild};
 pub use command::{Command, SpawnMechanism, Stdio};
 pub use error::{Error, Result};
-pub use guardian::GUARDIAN_UID;
+pub use guardian::{GUARDIAN_UID, identity as guardian_identity};
 pub use instance::Owner;
 pub use metrics::Metrics;
 pub use pidfd::{ExitStatusSource, MembershipCheck, PidFd, check_kernel_floor};
@@ -222,6 +222,22 @@ pub mod testing {
     /// process of its own.
     pub fn deny_pidfd_open() -> std::io::Result<()> {
         crate::sys::seccomp::deny_with_enosys(libc::SYS_pidfd_open)
+    }
+
+    /// Makes `seccomp(2)` fail with `ENOSYS` in the calling thread and in
+    /// whatever it starts from now on (a seccomp filter, installed with
+    /// `prctl`), as on a kernel without `CONFIG_SECCOMP_FILTER`: a sealed
+    /// child cannot install its own filter then. Cannot be undone: call it in
+    /// a thread of its own.
+    pub fn deny_seccomp() -> std::io::Result<()> {
+        crate::sys::seccomp::deny_with_enosys(libc::SYS_seccomp)
+    }
+
+    /// Makes this process behave, for sealing, as on a kernel without cgroup
+    /// namespaces (`/proc/self/ns/cgroup` missing), for the rest of the
+    /// process or until called again with `false`.
+    pub fn force_no_cgroup_namespace(on: bool) {
+        crate::seal::FORCE_NO_CGROUP_NAMESPACE.store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Forces the `clone(2)` spawn path (as on hosts where `clone3` is missing

@@ -12,6 +12,30 @@
 //! Where the cgroup2 mount has `nsdelegate` (systemd sets it), the cgroup
 //! namespace is a delegation boundary of its own as well.
 //!
+//! # The guardian, out of reach
+//! A sealed child also installs a seccomp filter (last of its sealing steps,
+//! still with `CAP_SYS_ADMIN`) that refuses `fcntl(F_SETSIG)` with SIGKILL or
+//! SIGSTOP. Without it, a uid-0 child could have the kernel send either to
+//! the guardian: `F_SETOWN` names any process as an fd's owner, and the
+//! SIGIO (or the `F_SETSIG` signal) sent when the fd becomes ready is
+//! allowed when the process that set the owner had effective uid 0
+//! (fs/fcntl.c `sigio_perm`), whatever the target's uids — the guardian's
+//! own identity does not help there. Every other signal that path can carry
+//! the guardian blocks. The filter checks the native ABI and the 32-bit
+//! compat one (`fcntl`, `fcntl64`; x32 on x86_64); where procscope knows no
+//! system call numbers (architectures other than x86_64 and aarch64), no
+//! filter is installed. What a uid-0 child can still do to the guardian is
+//! what any uid-0 process may do to one whose effective uid is 0: lower its
+//! priority or scheduling class, which slows the cleanup but cannot stop it.
+//!
+//! # Defaults: fail closed
+//! A process with `CAP_SYS_ADMIN` always seals: [`Sealing::Auto`] fails with
+//! [`Error::SealingUnavailable`] where it cannot (a kernel without cgroup
+//! namespaces), like [`Sealing::Required`]. Without it, `Auto` seals through
+//! a user namespace of each child's own where unprivileged user namespaces
+//! are allowed, and only otherwise runs children unsealed (one warning, and
+//! `procscope doctor`).
+//!
 //! The parent prepares one sealed mount namespace: a copy of its own in which
 //! every cgroup mount is read-only and receives no mounts from its peers. Each
 //! child joins it (`setns`) as the first of its steps, while it still holds
@@ -29,6 +53,7 @@ use std::ffi::CString;
 use std::io::Read;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use rustix::event::{PollFd, PollFlags};
@@ -47,13 +72,16 @@ use crate::sys::seal::{ChildSeal, SealMount};
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Sealing {
-    /// Seal wherever this process can, and then fail closed: a child that
-    /// cannot be sealed is not started. A process with `CAP_SYS_ADMIN` (a root
-    /// gateway) always can; one without it (a non-root gateway in a delegated
-    /// subtree) can where unprivileged user namespaces are allowed: each child
-    /// then takes a user namespace of its own, mapping its uid and gid onto
-    /// themselves, to make the others. Otherwise children run unsealed, and
-    /// one `tracing` warning and `procscope doctor` say so.
+    /// Seal wherever this process can, and then fail closed: a child whose
+    /// sealing fails is not started. A process with `CAP_SYS_ADMIN` (a root
+    /// gateway) always seals, and where it cannot (a kernel without cgroup
+    /// namespaces) the spawn fails with [`Error::SealingUnavailable`] instead
+    /// of running the child unsealed. A process without it (a non-root
+    /// gateway in a delegated subtree) seals where unprivileged user
+    /// namespaces are allowed: each child then takes a user namespace of its
+    /// own, mapping its uid and gid onto themselves, to make the others.
+    /// Only where it cannot do that either do children run unsealed, and one
+    /// `tracing` warning and `procscope doctor` say so.
     #[default]
     Auto,
     /// Always seal; without the privilege to, the spawn fails with
@@ -84,26 +112,35 @@ pub(crate) enum Capability {
     /// Without it, through a user namespace of the child's own (a non-root
     /// gateway where unprivileged user namespaces are allowed).
     UserNamespace,
-    /// It cannot: what is missing, and how to get it.
-    No { missing: String, fix: &'static str },
+    /// It cannot: what is missing, and how to get it. `admin`: the process
+    /// holds `CAP_SYS_ADMIN` (the kernel is what is missing), so it must not
+    /// run children unsealed unless told to.
+    No { missing: String, fix: &'static str, admin: bool },
 }
 
-/// Whether this process can seal children now: `CAP_SYS_ADMIN` in its
-/// effective set (checked at every call: a gateway may drop it), or else
-/// unprivileged user namespaces (probed once), and a kernel with cgroup
-/// namespaces.
+/// Set by [`testing::force_no_cgroup_namespace`](crate::testing): this
+/// process behaves as on a kernel without cgroup namespaces.
+pub(crate) static FORCE_NO_CGROUP_NAMESPACE: AtomicBool = AtomicBool::new(false);
+
+/// Whether this process can seal children now: a kernel with cgroup
+/// namespaces, and `CAP_SYS_ADMIN` in the calling thread's effective set
+/// (checked at every call: a gateway may drop it) or else unprivileged user
+/// namespaces (probed once).
 pub(crate) fn capability() -> Capability {
-    static CGROUP_NS: OnceLock<bool> = OnceLock::new();
-    if !*CGROUP_NS.get_or_init(|| std::path::Path::new("/proc/self/ns/cgroup").exists()) {
-        return Capability::No {
-            missing: "cgroup namespaces (/proc/self/ns/cgroup is missing)".into(),
-            fix: "use a kernel built with CONFIG_CGROUPS and namespaces (Linux 4.6 or later), \
-                  or turn sealing off explicitly",
-        };
-    }
     let admin = rustix::thread::capabilities(None)
         .map(|c| c.effective.contains(rustix::thread::CapabilitySet::SYS_ADMIN))
         .unwrap_or(false);
+    static CGROUP_NS: OnceLock<bool> = OnceLock::new();
+    let cgroup_ns = *CGROUP_NS.get_or_init(|| std::path::Path::new("/proc/self/ns/cgroup").exists());
+    if !cgroup_ns || FORCE_NO_CGROUP_NAMESPACE.load(Ordering::Relaxed) {
+        return Capability::No {
+            missing: "cgroup namespaces (/proc/self/ns/cgroup is missing)".into(),
+            fix: "use a kernel built with CONFIG_CGROUPS and namespaces (Linux 4.6 or later), \
+                  or turn sealing off explicitly (Sealing::Off, `procscope exec --no-seal`), which gives up \
+                  containment against hostile children",
+            admin,
+        };
+    }
     if admin {
         return Capability::Admin;
     }
@@ -117,6 +154,7 @@ pub(crate) fn capability() -> Capability {
                   kernels; kernel.apparmor_restrict_unprivileged_userns=0 on Ubuntu), or turn sealing off \
                   explicitly (Sealing::Off, `procscope exec --no-seal`), which gives up containment against \
                   hostile children",
+            admin: false,
         },
     }
 }
@@ -166,12 +204,20 @@ fn probe_user_namespace() -> std::result::Result<(), String> {
     }
 }
 
-/// Decides for one spawn: `Some(mounts)` to seal with, `None` for unsealed.
+/// Decides for one spawn: `Some(plan)` to seal with, `None` for unsealed.
+///
+/// [`Sealing::Off`] never seals. [`Sealing::Required`] seals or fails.
+/// [`Sealing::Auto`] seals wherever this process can; where it cannot, it
+/// fails if the process holds `CAP_SYS_ADMIN` (then the kernel lacks cgroup
+/// namespaces: a privileged gateway always seals, or refuses), and runs the
+/// child unsealed, with one `tracing` warning, only for a process without
+/// it and without unprivileged user namespaces.
 ///
 /// # Errors
-/// [`Error::SealingUnavailable`] when sealing is required (explicitly, or by
-/// [`Sealing::Auto`] for a process with `CAP_SYS_ADMIN`) but cannot be done;
-/// [`Error::Io`] when the mount table cannot be read.
+/// [`Error::SealingUnavailable`], naming what is missing, when sealing is
+/// required (explicitly, or by [`Sealing::Auto`] for a process with
+/// `CAP_SYS_ADMIN`) but cannot be done; [`Error::Io`] when the mount table
+/// cannot be read.
 pub(crate) fn plan(sealing: Sealing) -> Result<Option<SealPlan>> {
     plan_with(sealing, true)
 }
@@ -202,8 +248,11 @@ fn plan_with(sealing: Sealing, template: bool) -> Result<Option<SealPlan>> {
             let (mounts, _) = current(false)?;
             Ok(Some(SealPlan { mounts, template: None, user_ns: Some(id_maps()) }))
         }
-        (Sealing::Required, Capability::No { missing, fix }) => Err(Error::SealingUnavailable { missing, fix }),
-        (Sealing::Auto, Capability::No { missing, .. }) => {
+        (Sealing::Required, Capability::No { missing, fix, .. })
+        | (Sealing::Auto, Capability::No { missing, fix, admin: true }) => {
+            Err(Error::SealingUnavailable { missing, fix })
+        }
+        (Sealing::Auto, Capability::No { missing, admin: false, .. }) => {
             static WARNED: std::sync::Once = std::sync::Once::new();
             WARNED.call_once(|| {
                 tracing::warn!(
@@ -367,6 +416,10 @@ pub struct SealStatus {
     /// (this process lacks `CAP_SYS_ADMIN`; unprivileged user namespaces are
     /// allowed).
     pub user_namespace: bool,
+    /// Whether [`Sealing::Auto`] refuses to start children: this process
+    /// holds `CAP_SYS_ADMIN` but cannot seal (see `missing`), and a
+    /// privileged gateway never runs children unsealed unless told to.
+    pub refused_by_default: bool,
 }
 
 /// What sealing would do for a child of this process now.
@@ -380,12 +433,20 @@ pub fn status() -> SealStatus {
     let release = rustix::system::uname().release().to_string_lossy().into_owned();
     let read_only_by =
         if crate::cgroup::hierarchy::kernel_at_least(&release, 5, 12) { "mount_setattr" } else { "remount" };
-    let (sealed_by_default, missing, user_namespace) = match capability() {
-        Capability::Admin => (true, None, false),
-        Capability::UserNamespace => (true, None, true),
-        Capability::No { missing, fix } => (false, Some((missing, fix)), false),
+    let (sealed_by_default, missing, user_namespace, refused_by_default) = match capability() {
+        Capability::Admin => (true, None, false, false),
+        Capability::UserNamespace => (true, None, true, false),
+        Capability::No { missing, fix, admin } => (false, Some((missing, fix)), false, admin),
     };
-    SealStatus { sealed_by_default, missing, read_only_mounts, nsdelegate, read_only_by, user_namespace }
+    SealStatus {
+        sealed_by_default,
+        missing,
+        read_only_mounts,
+        nsdelegate,
+        read_only_by,
+        user_namespace,
+        refused_by_default,
+    }
 }
 
 #[cfg(test)]

@@ -168,6 +168,53 @@ async fn exec_ends_the_command_when_its_parent_dies() {
     env.finish().await;
 }
 
+/// Verified endings by the guardian: a command run with `--no-seal` moves
+/// itself out of its cgroup (into one the test made) and ignores SIGTERM.
+/// When its gateway is SIGKILLed, the guardian's `cgroup.kill` of the
+/// instance misses it; the guardian kills it through the pidfd of the main
+/// process it holds, and checks that it died. The command had left its
+/// cgroup before the kill (its `/proc/PID/cgroup`, read then).
+#[tokio::test]
+async fn the_guardian_kills_a_command_that_left_its_cgroup_when_the_gateway_dies() {
+    let env = TestEnv::new();
+    {
+        let outside = env.cgroup("outside");
+        let procs = outside.path().join("cgroup.procs");
+        let script = format!(
+            "{PROCSCOPE} exec --root {} --no-seal -- {FIXTURE} ignore-term try-write {} 0 self ready sleep 3600 & wait",
+            env.path().display(),
+            procs.display()
+        );
+        let mut parent = std::process::Command::new("sh").args(["-c", &script]).stdout(Stdio::piped()).spawn().unwrap();
+        let mut out = BufReader::new(parent.stdout.take().unwrap());
+        let mut lines = Vec::new();
+        loop {
+            let mut line = String::new();
+            assert!(out.read_line(&mut line).unwrap() > 0, "{lines:?}");
+            let done = line.trim() == "ready";
+            lines.push(line.trim().to_owned());
+            if done {
+                break;
+            }
+        }
+        assert!(lines.iter().any(|l| l.ends_with("cgroup.procs=ok")), "it moved itself out: {lines:?}");
+        let cmd_pid: u32 = field(&lines, "pid").parse().unwrap();
+        let cmd = procscope::PidFd::open(cmd_pid).unwrap();
+        let outside_rel = cgroup_rel(&outside);
+        assert_eq!(cgroup_of(cmd_pid).as_deref(), Some(outside_rel.as_str()), "it left its cgroup before the kill");
+        signal(&parent, rustix::process::Signal::KILL);
+        parent.wait().unwrap();
+        tokio::time::timeout(Duration::from_secs(10), cmd.exited())
+            .await
+            .expect("the guardian killed the command that left its cgroup")
+            .unwrap();
+        env.wait_root_empty_but("outside").await;
+        wait_no_children(&outside).await;
+        env.root.remove_child("outside").unwrap();
+    }
+    env.finish().await;
+}
+
 #[tokio::test]
 async fn exec_ends_grandchildren_the_command_left_behind() {
     let env = TestEnv::new();

@@ -500,6 +500,142 @@ async fn a_uid0_child_cannot_stop_the_guardian() {
     env.finish().await;
 }
 
+/// Whether the process behind `fd` is still running a moment after a signal
+/// may have been sent to it (a fatal one ends it within microseconds).
+async fn survives(fd: &procscope::PidFd) -> bool {
+    tokio::time::timeout(Duration::from_millis(200), fd.exited()).await.is_err()
+}
+
+/// A guardian children cannot stop through SIGIO either. `fcntl(F_SETOWN)`
+/// lets any process whose effective uid is 0 have the kernel signal any
+/// process when an fd becomes ready (fs/fcntl.c `sigio_perm`), and
+/// `F_SETSIG` picks the signal. A sealed uid-0 child, spawned by the library
+/// or by `procscope exec`, is refused `F_SETSIG` SIGKILL and SIGSTOP (EPERM),
+/// whether it names the guardian or its process group; what it may still
+/// send (SIGIO, SIGURG, SIGHUP, a real-time signal) the guardian blocks. The
+/// control: an unsealed uid-0 child kills a plain uid-0 process with SIGKILL
+/// and with SIGIO this way, and a sealed one SIGIOs it. After the attempts
+/// the gateway is SIGKILLed, and the guardian still ends its instance.
+#[tokio::test]
+async fn a_uid0_child_cannot_signal_the_guardian_through_sigio() {
+    let env = TestEnv::new();
+    within(60, async {
+        let (mut gateway, lines) = Gateway::start(FIXTURE, &env.path(), 1, true);
+        let guardian: i32 = field(&lines, "guardian").parse().unwrap();
+        let guardian_fd = procscope::PidFd::open(guardian as u32).unwrap();
+        let instance = Cgroup::open(field(&lines, "instance")).unwrap();
+        let sup = Supervisor::builder().root(env.path()).recover(false).start().await.unwrap();
+        let attacker = sup.session("attacker").unwrap();
+        let sigio = |target: String, sig: i32| Attack {
+            name: "signal through SIGIO",
+            args: vec!["try-sigio".into(), target, sig.to_string()],
+        };
+        let (g, group) = (guardian.to_string(), format!("-{guardian}"));
+        let tries = [
+            (g.clone(), libc::SIGKILL, "E1"),
+            (g.clone(), libc::SIGSTOP, "E1"),
+            (group.clone(), libc::SIGKILL, "E1"),
+            (group, libc::SIGSTOP, "E1"),
+            (g.clone(), 0, "ok"),
+            (g.clone(), libc::SIGURG, "ok"),
+            (g.clone(), libc::SIGHUP, "ok"),
+            (g.clone(), libc::SIGTERM, "ok"),
+            (g.clone(), libc::SIGTSTP, "ok"),
+            // glibc's internal SIGCANCEL and SIGSETXID, which its own
+            // sigprocmask never blocks.
+            (g.clone(), 32, "ok"),
+            (g.clone(), 33, "ok"),
+            (g.clone(), libc::SIGRTMIN(), "ok"),
+        ];
+        for (target, sig, expected) in tries {
+            let result = run_attack(&attacker, &sigio(target.clone(), sig), Sealing::Auto).await;
+            assert!(survives(&guardian_fd).await, "the guardian survived signal {sig} through SIGIO ({result})");
+            assert_eq!(result, expected, "sealed: SIGIO to {target} as signal {sig}");
+            let state = std::fs::read_to_string(format!("/proc/{guardian}/stat")).unwrap();
+            assert!(!state.contains(") T "), "the guardian is not stopped after signal {sig}: {state}");
+        }
+        // The same through `procscope exec`, which seals itself.
+        let root = env.path().to_string_lossy().into_owned();
+        for sig in ["9", "19"] {
+            let out = std::process::Command::new(PROCSCOPE)
+                .args(["exec", "--root", &root, "--session", "x", "--", FIXTURE, "try-sigio", &g, sig])
+                .output()
+                .unwrap();
+            let out = String::from_utf8_lossy(&out.stdout).into_owned();
+            assert!(out.contains(&format!("try-sigio {g} {sig}=E1")), "sealed exec: {out}");
+            assert!(survives(&guardian_fd).await, "the guardian survived the sealed exec's signal {sig}");
+        }
+        // The guardian of the exec's instance removes its session.
+        wait_gone(&sup.instance().path().join("s-x")).await;
+
+        // The control: the attack is real. Unsealed, SIGKILL and SIGIO through
+        // SIGIO end a plain uid-0 process; sealed, SIGIO still does.
+        for (sealing, sig, dies_of) in [
+            (Sealing::Off, libc::SIGKILL, libc::SIGKILL),
+            (Sealing::Off, 0, libc::SIGIO),
+            (Sealing::Auto, 0, libc::SIGIO),
+        ] {
+            let mut plain = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+            let result = run_attack(&attacker, &sigio(plain.id().to_string(), sig), sealing).await;
+            assert_eq!(result, "ok", "{sealing:?}: signal {sig} through SIGIO to a plain uid-0 process");
+            let status = plain.wait().unwrap();
+            assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(dies_of), "{sealing:?}");
+        }
+        let mut plain = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+        let result = run_attack(&attacker, &sigio(plain.id().to_string(), libc::SIGKILL), Sealing::Auto).await;
+        assert_eq!(result, "E1", "sealed: F_SETSIG SIGKILL is refused whoever the target");
+        plain.kill().unwrap();
+        plain.wait().unwrap();
+
+        // The guardian still does its job.
+        assert!(guardian_fd.is_alive(), "the guardian survived the attempts");
+        gateway.kill().unwrap();
+        gateway.wait().unwrap();
+        tokio::time::timeout(Duration::from_secs(5), guardian_fd.exited()).await.expect("guardian exits").unwrap();
+        assert!(!instance.path().exists(), "the guardian removed the gateway's instance");
+        attacker.close().await.unwrap();
+        sup.shutdown().await.unwrap();
+    })
+    .await;
+    env.finish().await;
+}
+
+/// Fail closed: a sealed child that cannot install its signal filter (here
+/// `seccomp(2)` is denied to the spawning thread and what it starts) is not
+/// started; the spawn fails with the step that failed. The control: unsealed,
+/// the same thread starts the same command.
+#[tokio::test]
+async fn a_child_that_cannot_install_its_signal_filter_is_not_started() {
+    let env = TestEnv::new();
+    let cg = env.cgroup("filterless");
+    let spawn = |sealing: Sealing| {
+        let mut cmd = Command::new(FIXTURE);
+        cmd.args(["exit", "0"]).stdin(Stdio::Null).stdout(Stdio::Null).stderr(Stdio::Null).sealing(sealing);
+        cmd.spawn_in(&cg)
+    };
+    let (sealed, unsealed) = std::thread::scope(|s| {
+        s.spawn(|| {
+            procscope::testing::deny_seccomp().expect("install the seccomp filter");
+            (spawn(Sealing::Auto), spawn(Sealing::Off))
+        })
+        .join()
+        .unwrap()
+    });
+    match sealed {
+        Err(procscope::Error::Spawn { stage: procscope::ChildStage::SealSignalFilter, source, .. }) => {
+            assert_eq!(source.raw_os_error(), Some(libc::ENOSYS))
+        }
+        other => panic!("a sealed child without its filter must not start: {other:?}"),
+    }
+    let mut child = unsealed.expect("the control starts unsealed");
+    assert!(within(10, child.wait()).await.unwrap().success());
+    drop(child);
+    wait_no_children(&cg).await;
+    env.root.remove_child(cg.name()).unwrap();
+    drop(cg);
+    env.finish().await;
+}
+
 /// `procscope doctor` reports the protections in force here: sealing on (this
 /// test runs as root), the cgroup mounts a sealed child sees read-only, and
 /// the state kept in `trusted.*`.
@@ -516,6 +652,7 @@ async fn doctor_reports_the_protections_in_force() {
     assert!(ro.contains(&mount.to_str().unwrap()), "{ro:?}");
     assert_eq!(sealing["state_xattrs"], "trusted.procscope.*", "{v}");
     assert_eq!(sealing["guardian_uid"], 2147483646u32, "{v}");
+    assert_eq!(sealing["guardian_identity"], "own", "{v}");
     let transient = &v["transient_users"];
     assert_eq!(transient["first_uid"], procscope::identity::TRANSIENT_UIDS.start, "{v}");
     assert_eq!(transient["last_uid"], procscope::identity::TRANSIENT_UIDS.end - 1, "{v}");
@@ -825,6 +962,10 @@ async fn a_gateway_that_cannot_seal_is_refused_when_sealing_is_required() {
         assert!(matches!(code, Some(0 | 1)), "doctor: {code:?} {err}");
         let v: serde_json::Value = serde_json::from_str(&out.join("\n")).unwrap();
         assert_eq!(v["sealing"]["sealed_by_default"], false, "{v}");
+        // Not root: its guardian would keep the gateway's uid (0 of this user
+        // namespace), and doctor says so.
+        assert_eq!(v["sealing"]["guardian_identity"], "gateway", "{v}");
+        assert_eq!(v["sealing"]["guardian_uid"], 0, "{v}");
         let problems = v["problems"].to_string();
         assert!(problems.contains("unsealed") && problems.contains("max_user_namespaces"), "{problems}");
 
@@ -842,6 +983,87 @@ async fn a_gateway_that_cannot_seal_is_refused_when_sealing_is_required() {
         assert_ne!(field(&out, "cgroup"), "/", "Auto, unable to seal: unsealed");
         wait_no_children(&d.sessions).await;
         d.remove(&env);
+    })
+    .await;
+    env.finish().await;
+}
+
+/// Fail closed, through the library: where a non-root gateway cannot seal
+/// (no `CAP_SYS_ADMIN`, user namespaces capped at 0), a spawn with
+/// `Sealing::Required` fails with `Error::SealingUnavailable`, naming what is
+/// missing, and nothing is started or created. The control: `Sealing::Auto`
+/// runs the same command there, unsealed.
+#[tokio::test]
+async fn the_library_refuses_a_required_seal_it_cannot_make() {
+    let env = TestEnv::new();
+    within(60, async {
+        let d = delegated(&env);
+        let target = d.sessions.path().to_string_lossy().into_owned();
+        let run = |sealing: &str| {
+            let script = "echo 0 > /proc/sys/user/max_user_namespaces && \
+                          exec setpriv --bounding-set=-all --inh-caps=-all \"$@\"";
+            let mut cmd = Command::new("unshare");
+            cmd.args(["--user", "--map-root-user", "sh", "-c", script, "sh", FIXTURE, "try-spawn", &target, sealing]);
+            cmd.uid(NOBODY).gid(NOBODY).sealing(Sealing::Off).stdin(Stdio::Null).stdout(Stdio::Piped);
+            let mut child = cmd.spawn_in(&d.gateway).unwrap();
+            async move {
+                let out = read_until(child.stdout.as_mut().unwrap(), "").await;
+                assert!(child.wait().await.unwrap().success(), "{out:?}");
+                out.join("\n")
+            }
+        };
+        let before = snapshot(&env.path());
+        let out = run("required").await;
+        assert!(out.contains("try-spawn required=SealingUnavailable: CAP_SYS_ADMIN"), "{out}");
+        assert!(out.contains("max_user_namespaces"), "it names what is missing: {out}");
+        assert_eq!(snapshot(&env.path()), before, "a refused spawn changed the tree");
+        assert!(!d.sessions.is_populated().unwrap(), "nothing was started");
+
+        let out = run("auto").await;
+        assert!(out.contains("try-spawn auto=ok sealed=false"), "Auto, unable to seal: unsealed: {out}");
+        wait_no_children(&d.gateway).await;
+        d.remove(&env);
+    })
+    .await;
+    env.finish().await;
+}
+
+/// Fail closed: a gateway with `CAP_SYS_ADMIN` on a kernel without cgroup
+/// namespaces (forced here) never runs a child unsealed unless told to.
+/// `Sealing::Auto`, like `Required`, fails with `Error::SealingUnavailable`
+/// naming cgroup namespaces, and nothing is started; `procscope::seal_status`
+/// says children are refused. The control: `Sealing::Off` starts the child.
+#[tokio::test]
+async fn a_privileged_gateway_that_cannot_seal_refuses_instead_of_running_unsealed() {
+    let env = TestEnv::new();
+    within(60, async {
+        let sup = Supervisor::builder().root(env.path()).start().await.unwrap();
+        let session = sup.session("s").unwrap();
+        let command = |sealing: Sealing| {
+            let mut cmd = Command::new(FIXTURE);
+            cmd.args(["exit", "0"]).stdin(Stdio::Null).stdout(Stdio::Null).sealing(sealing);
+            cmd
+        };
+        procscope::testing::force_no_cgroup_namespace(true);
+        for sealing in [Sealing::Auto, Sealing::Required] {
+            match session.spawn(&mut command(sealing)) {
+                Err(procscope::Error::SealingUnavailable { missing, .. }) => {
+                    assert!(missing.contains("cgroup namespaces"), "{sealing:?}: {missing}")
+                }
+                other => panic!("{sealing:?} must refuse without cgroup namespaces: {:?}", other.map(|c| c.id())),
+            }
+            assert!(command(sealing).check().is_err(), "exec's check refuses too");
+            assert!(!session.cgroup().is_populated().unwrap(), "{sealing:?}: nothing was started");
+            assert!(session.cgroup().children().unwrap().is_empty(), "{sealing:?}: nothing was created");
+        }
+        let status = procscope::seal_status();
+        assert!(!status.sealed_by_default && status.refused_by_default, "{status:?}");
+        let mut child = session.spawn(&mut command(Sealing::Off)).expect("the control starts unsealed");
+        assert!(!child.is_sealed());
+        assert!(child.wait().await.unwrap().success());
+        procscope::testing::force_no_cgroup_namespace(false);
+        session.close().await.unwrap();
+        sup.shutdown().await.unwrap();
     })
     .await;
     env.finish().await;

@@ -137,7 +137,20 @@ pub async fn run(root: Option<PathBuf>, json: bool) -> i32 {
         .and_then(|o| o.split('/').rev().find(|c| c.ends_with(".service") || c.ends_with(".scope")).map(str::to_owned));
 
     let seal = procscope::seal_status();
-    if let Some((missing, fix)) = &seal.missing {
+    let (guardian_uid, own_identity) = match procscope::guardian_identity() {
+        Some(uid) => (uid, true),
+        None => (rustix::process::geteuid().as_raw(), false),
+    };
+    if let (Some((missing, fix)), true) = (&seal.missing, seal.refused_by_default) {
+        problems.push(Problem {
+            problem: format!(
+                "children are refused ({missing} is missing): with CAP_SYS_ADMIN, procscope seals every \
+                 child or starts none, unless sealing is turned off explicitly"
+            ),
+            fix: (*fix).into(),
+            degrades: true,
+        });
+    } else if let Some((missing, fix)) = &seal.missing {
         problems.push(Problem {
             problem: format!(
                 "children run unsealed ({missing} is missing): a child running as this user can leave its \
@@ -189,7 +202,9 @@ pub async fn run(root: Option<PathBuf>, json: bool) -> i32 {
                 "nsdelegate": seal.nsdelegate,
                 "user_namespace": seal.user_namespace,
                 "state_xattrs": state_xattrs,
-                "guardian_uid": procscope::GUARDIAN_UID,
+                "refused_by_default": seal.refused_by_default,
+                "guardian_uid": guardian_uid,
+                "guardian_identity": if own_identity { "own" } else { "gateway" },
             },
             "transient_users": {
                 "first_uid": procscope::identity::TRANSIENT_UIDS.start,
@@ -247,13 +262,20 @@ pub async fn run(root: Option<PathBuf>, json: bool) -> i32 {
                     if seal.nsdelegate { "yes" } else { "no" }
                 )
             } else {
-                "OFF (see below)".into()
+                if seal.refused_by_default { "REFUSED (see below)" } else { "OFF (see below)" }.into()
             },
         );
         show("state xattrs", if state_xattrs.is_empty() { "?" } else { &state_xattrs });
         show(
             "guardian identity",
-            &format!("uid {} (real and saved), no capability but CAP_KILL", procscope::GUARDIAN_UID),
+            &if own_identity {
+                format!(
+                    "uid {guardian_uid} (real and saved; effective 0), no capability but CAP_KILL, all signals \
+                     blocked"
+                )
+            } else {
+                format!("the gateway's own uid {guardian_uid} (not root: no identity of its own), all signals blocked")
+            },
         );
         show(
             "transient users",

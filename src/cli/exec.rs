@@ -80,7 +80,9 @@ pub struct ExecArgs {
     #[arg(long, conflicts_with = "seal")]
     no_seal: bool,
     /// Require sealing: fail (exit 125) rather than run the command unsealed
-    /// [default: sealed whenever procscope runs with CAP_SYS_ADMIN]
+    /// [default: sealed with CAP_SYS_ADMIN, failing if it cannot be; without
+    /// it, sealed through a user namespace where unprivileged ones are
+    /// allowed, else unsealed with a warning]
     #[arg(long)]
     seal: bool,
     /// The process that owns the session: it must be an ancestor of this one

@@ -10,8 +10,10 @@
 //! - [`fsuid`]: the guardian's filesystem uid, for writing into its spool.
 //! - [`pidfd_info`]: `ioctl(PIDFD_GET_INFO)` (Linux 6.13): a process's cgroup
 //!   id and, from 6.15, the exit status of any reaped process.
-//! - [`seccomp`] (tests only): a filter that makes a system call fail with
-//!   `ENOSYS`, to show the refusal below the kernel floor.
+//! - [`seccomp`]: the sealed child's filter that refuses SIGKILL and SIGSTOP
+//!   as the signal of `F_SETOWN` (async-signal-safe), and, for tests only, a
+//!   filter that makes a system call fail with `ENOSYS`, to show the refusal
+//!   below the kernel floor.
 //!
 //! Everything else in the crate is `#![deny(unsafe_code)]` and goes through the
 //! safe functions exported here.
@@ -22,7 +24,6 @@ pub(crate) mod fsuid;
 pub(crate) mod hook;
 pub(crate) mod pidfd_info;
 pub(crate) mod seal;
-#[cfg(feature = "test-hooks")]
 pub(crate) mod seccomp;
 pub(crate) mod signal;
 pub(crate) mod spawn;

@@ -82,9 +82,19 @@ pub(crate) enum ChildSeal<'a> {
 }
 
 /// Seals the calling child: a cgroup namespace of its own (rooted at the
-/// cgroup it is in now) and a mount namespace in which every cgroup mount is
-/// read-only. Async-signal-safe.
+/// cgroup it is in now), a mount namespace in which every cgroup mount is
+/// read-only, and the seccomp filter that keeps it from picking SIGKILL or
+/// SIGSTOP as the signal of `F_SETOWN` (see [`super::seccomp`]). The filter
+/// is installed last, still with `CAP_SYS_ADMIN` (in the host's user
+/// namespace or the child's own), so `no_new_privs` is not needed for it.
+/// Async-signal-safe.
 pub(super) fn seal(how: ChildSeal<'_>) -> Result<(), (ChildStage, i32)> {
+    namespaces(how)?;
+    super::seccomp::install_signal_filter().map_err(|e| (ChildStage::SealSignalFilter, e))
+}
+
+/// The namespace steps of [`seal`]. Async-signal-safe.
+fn namespaces(how: ChildSeal<'_>) -> Result<(), (ChildStage, i32)> {
     match how {
         ChildSeal::Template { ns, cwd } => {
             // SAFETY: setns affects only this task, which has an fs_struct of

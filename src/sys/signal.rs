@@ -1,4 +1,4 @@
-//! Signal dispositions.
+//! Signal dispositions and the signal mask, used by the guardian.
 
 use std::io;
 
@@ -9,4 +9,28 @@ pub(crate) fn set_ignored(sig: i32, ignored: bool) -> io::Result<()> {
     // signal, so no async-signal-safety question arises.
     let prev = unsafe { libc::signal(sig, handler) };
     if prev == libc::SIG_ERR { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// Blocks every signal that can be blocked (all but SIGKILL and SIGSTOP,
+/// which the kernel leaves out silently) for the calling thread and what it
+/// starts: `rt_sigprocmask(SIG_SETMASK, all 64)`. A blocked signal stays
+/// pending and never runs its action, so none can end or stop the process.
+///
+/// The raw system call, not libc's `sigprocmask`: glibc keeps signals 32 and
+/// 33 (its internal SIGCANCEL and SIGSETXID) out of every mask it sets, and
+/// both end a process that has no handler for them. For a single-threaded
+/// process: it sets the mask of the calling thread only.
+pub(crate) fn block_all() -> io::Result<()> {
+    let all: u64 = !0;
+    // SAFETY: a valid 8-byte kernel signal set; the old mask is not asked for.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            std::ptr::addr_of!(all),
+            std::ptr::null_mut::<u64>(),
+            std::mem::size_of::<u64>(),
+        )
+    };
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }

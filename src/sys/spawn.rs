@@ -82,6 +82,10 @@ pub enum ChildStage {
     SealNamespaces,
     /// Sealing: making every cgroup mount read-only in the child's view.
     SealMounts,
+    /// Sealing: installing the seccomp filter that refuses `F_SETSIG` with
+    /// SIGKILL or SIGSTOP, so that the child cannot have the kernel send
+    /// either to the guardian through `F_SETOWN`.
+    SealSignalFilter,
     /// Resetting signal dispositions and the signal mask.
     Signals,
     /// Placing stdin, stdout and stderr on fds 0, 1 and 2.
@@ -115,10 +119,11 @@ pub enum ChildStage {
 }
 
 impl ChildStage {
-    const ALL: [ChildStage; 18] = [
+    const ALL: [ChildStage; 19] = [
         ChildStage::JoinCgroup,
         ChildStage::SealNamespaces,
         ChildStage::SealMounts,
+        ChildStage::SealSignalFilter,
         ChildStage::Signals,
         ChildStage::Stdio,
         ChildStage::CloseFds,
@@ -152,6 +157,9 @@ impl ChildStage {
                 "sealing: entering the sealed mount namespace and a cgroup namespace of its own"
             }
             ChildStage::SealMounts => "sealing: making the cgroup mounts read-only",
+            ChildStage::SealSignalFilter => {
+                "sealing: installing the seccomp filter that refuses F_SETSIG SIGKILL and SIGSTOP"
+            }
             ChildStage::Signals => "resetting signal dispositions",
             ChildStage::Stdio => "setting up stdin/stdout/stderr",
             ChildStage::CloseFds => "closing inherited file descriptors",
