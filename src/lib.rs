@@ -233,11 +233,11 @@ pub mod testing {
         crate::sys::seccomp::deny_with_enosys(libc::SYS_seccomp)
     }
 
-    /// Makes this process behave, for sealing, as on a kernel without cgroup
-    /// namespaces (`/proc/self/ns/cgroup` missing), for the rest of the
-    /// process or until called again with `false`.
+    /// Makes the calling thread behave, for sealing, as on a kernel without
+    /// cgroup namespaces (`/proc/self/ns/cgroup` missing), until called again
+    /// with `false`. Other threads are not touched.
     pub fn force_no_cgroup_namespace(on: bool) {
-        crate::seal::FORCE_NO_CGROUP_NAMESPACE.store(on, std::sync::atomic::Ordering::Relaxed);
+        crate::seal::FORCE_NO_CGROUP_NAMESPACE.set(on);
     }
 
     /// Forces the `clone(2)` spawn path (as on hosts where `clone3` is missing

@@ -53,7 +53,6 @@ use std::ffi::CString;
 use std::io::Read;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use rustix::event::{PollFd, PollFlags};
@@ -118,9 +117,13 @@ pub(crate) enum Capability {
     No { missing: String, fix: &'static str, admin: bool },
 }
 
-/// Set by [`testing::force_no_cgroup_namespace`](crate::testing): this
-/// process behaves as on a kernel without cgroup namespaces.
-pub(crate) static FORCE_NO_CGROUP_NAMESPACE: AtomicBool = AtomicBool::new(false);
+thread_local! {
+    /// Set by [`testing::force_no_cgroup_namespace`](crate::testing): this
+    /// thread behaves as on a kernel without cgroup namespaces. Per thread,
+    /// so that tests running beside it in one process (`cargo test`) are
+    /// not touched.
+    pub(crate) static FORCE_NO_CGROUP_NAMESPACE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
 
 /// Whether this process can seal children now: a kernel with cgroup
 /// namespaces, and `CAP_SYS_ADMIN` in the calling thread's effective set
@@ -132,7 +135,7 @@ pub(crate) fn capability() -> Capability {
         .unwrap_or(false);
     static CGROUP_NS: OnceLock<bool> = OnceLock::new();
     let cgroup_ns = *CGROUP_NS.get_or_init(|| std::path::Path::new("/proc/self/ns/cgroup").exists());
-    if !cgroup_ns || FORCE_NO_CGROUP_NAMESPACE.load(Ordering::Relaxed) {
+    if !cgroup_ns || FORCE_NO_CGROUP_NAMESPACE.get() {
         return Capability::No {
             missing: "cgroup namespaces (/proc/self/ns/cgroup is missing)".into(),
             fix: "use a kernel built with CONFIG_CGROUPS and namespaces (Linux 4.6 or later), \
