@@ -7,6 +7,7 @@
 
 mod common;
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -17,32 +18,54 @@ use procscope::{Cgroup, Command, Root, Sealing, Session, Stdio, Supervisor, tree
 
 const PROCSCOPE: &str = env!("CARGO_BIN_EXE_procscope");
 
-/// procscope's metadata keys, read in both xattr namespaces.
-const META_KEYS: &[&str] = &["kind", "state", "session", "owner_pid", "owner_start", "owner_pidns", "created"];
+/// procscope's metadata keys (`src/root.rs`, `src/instance.rs`,
+/// `src/guardian.rs`, `src/totals.rs`), in both xattr namespaces.
+const META_KEYS: &[&str] = &[
+    "kind",
+    "state",
+    "session",
+    "owner_pid",
+    "owner_start",
+    "owner_pidns",
+    "created",
+    "guardian",
+    "role",
+    "counters",
+    "totals",
+];
+/// The keys a snapshot compares: the counters and totals change whenever
+/// anything ends (a guardian's spool is folded in), attack or not.
+const SNAPSHOT_KEYS: &[&str] =
+    &["kind", "state", "session", "owner_pid", "owner_start", "owner_pidns", "created", "guardian", "role"];
 /// Files whose content a snapshot records, where they exist.
 const WATCHED_FILES: &[&str] =
     &["cgroup.max.descendants", "cgroup.max.depth", "cgroup.freeze", "cgroup.subtree_control", "cgroup.type"];
 
+type Snapshot = BTreeMap<PathBuf, Vec<(String, Option<String>)>>;
+
 /// Every directory under `dir`, with the watched files and procscope's xattrs
-/// (both namespaces): what an attack could change.
-fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<(String, Option<String>)>> {
+/// (both namespaces): what an attack could change. `procscope exec`'s
+/// per-command cgroups (`p-…`) come and go with each command and are left out.
+fn snapshot(dir: &Path) -> Snapshot {
     let mut out = BTreeMap::new();
     let mut stack = vec![dir.to_owned()];
     while let Some(d) = stack.pop() {
-        let cg = Cgroup::open(&d).unwrap();
+        let Ok(cg) = Cgroup::open(&d) else { continue };
         let mut facts = Vec::new();
         for f in WATCHED_FILES {
             facts.push((f.to_string(), cg.read(f).ok()));
         }
         for ns in ["trusted", "user"] {
-            for k in META_KEYS {
+            for k in SNAPSHOT_KEYS {
                 let name = format!("{ns}.procscope.{k}");
                 facts.push((name.clone(), cg.xattr(&name).ok().flatten()));
             }
         }
         out.insert(d.clone(), facts);
-        for name in cg.children().unwrap() {
-            stack.push(d.join(name));
+        for name in cg.children().unwrap_or_default() {
+            if !name.starts_with("p-") {
+                stack.push(d.join(name));
+            }
         }
     }
     out
@@ -54,19 +77,52 @@ struct Targets {
     root: PathBuf,
     instance: PathBuf,
     own: PathBuf,
+    /// A cgroup the test made below the attacker's session, before the attacks.
+    nested: PathBuf,
     /// A session of the same supervisor.
     other: PathBuf,
     /// A session of another supervisor (another instance).
     foreign: PathBuf,
     foreign_instance: PathBuf,
-    /// The name of the cgroup an attacker tries to create in the mount's root.
-    mount_evil: String,
+    /// A cgroup of the host next to the procscope root, outside procscope.
+    host: PathBuf,
+    /// A cgroup the test made in a cgroup v1 hierarchy, where one is mounted.
+    v1: Option<PathBuf>,
+    /// A process of another session, and one of another gateway's session,
+    /// that the attacker tries to move.
+    other_mover: u32,
+    foreign_mover: u32,
+    /// A `cgroup.subtree_control` line that changes the instance's
+    /// controllers, and the line that changes them back.
+    controllers: (String, String),
 }
 
-/// One attack: the fixture's arguments and a name for messages.
+/// What an attack does when it works, and how the control undoes it.
+enum Effect {
+    /// Nothing the test looks at (the result is the proof).
+    Unchecked,
+    /// `file` now reads `value`; writing `undo` restores it.
+    Writes { file: PathBuf, value: Option<String>, undo: String },
+    /// A cgroup appeared; the control removes it.
+    Made(PathBuf),
+    /// Process `pid` moved to the cgroup `to`.
+    Moved { pid: u32, to: PathBuf },
+    /// The attacker froze a cgroup it runs in: the test finds it frozen and thaws it.
+    FrozeItself(PathBuf),
+    /// The attacker ended itself (`cgroup.kill` of its own session).
+    KilledItself,
+    /// Checked by the test at the end (a victim killed or frozen).
+    Victim,
+}
+
+/// One attack: the fixture's arguments, a name for messages, and what it does
+/// when it works.
 struct Attack {
-    name: &'static str,
+    name: String,
     args: Vec<String>,
+    effect: Effect,
+    /// The result unsealed: `ok`, unless the kernel refuses it anyway.
+    unsealed: String,
 }
 
 /// The file that ends a whole session with one write: `cgroup.kill` (Linux
@@ -77,64 +133,225 @@ fn kill_file(t: &Targets) -> &'static str {
     if t.root.join("cgroup.kill").exists() { "cgroup.kill" } else { "cgroup.freeze" }
 }
 
+fn s(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+/// Every write an attacker tries on cgroups (moves, new cgroups, limits,
+/// freezing, killing), each in a child of its own.
 fn attacks(t: &Targets) -> Vec<Attack> {
-    let p = |d: &Path, f: &str| d.join(f).to_string_lossy().into_owned();
-    let a = |name, args: &[&str]| Attack { name, args: args.iter().map(|s| s.to_string()).collect() };
+    let write = |name: &str, dir: &Path, file: &str, value: &str, effect: Effect| Attack {
+        name: name.to_owned(),
+        args: vec!["try-write".into(), s(&dir.join(file)), value.into()],
+        unsealed: match &effect {
+            Effect::KilledItself => "killed".into(),
+            _ if file == "cgroup.procs" => procs_write_unsealed(t, dir),
+            _ => "ok".into(),
+        },
+        effect,
+    };
+    let limit = |name: &str, dir: &Path, file: &str, value: &str| {
+        let old = std::fs::read_to_string(dir.join(file)).unwrap().trim().to_owned();
+        let effect = Effect::Writes { file: dir.join(file), value: Some(value.into()), undo: old };
+        write(name, dir, file, value, effect)
+    };
+    let mkdir = |name: &str, dir: PathBuf| Attack {
+        name: name.into(),
+        args: vec!["try-mkdir".into(), s(&dir)],
+        effect: Effect::Made(dir),
+        unsealed: "ok".into(),
+    };
+    let kill = kill_file(t);
     let mut v = vec![
-        a("leave the session for the mount's root", &["try-write", &p(&t.mount, "cgroup.procs"), "0"]),
-        a("leave the session for the procscope root", &["try-write", &p(&t.root, "cgroup.procs"), "0"]),
-        a("move into another session", &["try-write", &p(&t.other, "cgroup.procs"), "0"]),
-        a("move into another gateway's session", &["try-write", &p(&t.foreign, "cgroup.procs"), "0"]),
-        a("create a cgroup in its own session", &["try-mkdir", &p(&t.own, "sub")]),
-        a("create a cgroup in the root", &["try-mkdir", &p(&t.root, "evil")]),
-        a("create a cgroup in the mount", &["try-mkdir", &p(&t.mount, &t.mount_evil)]),
-        a("limit the root's descendants", &["try-write", &p(&t.root, "cgroup.max.descendants"), "0"]),
-        a("limit the root's depth", &["try-write", &p(&t.root, "cgroup.max.depth"), "1"]),
-        a("limit the instance's descendants", &["try-write", &p(&t.instance, "cgroup.max.descendants"), "0"]),
-        a("lift its own session's limits", &["try-write", &p(&t.own, "cgroup.max.depth"), "5"]),
-        a("freeze another gateway's session", &["try-write", &p(&t.foreign, "cgroup.freeze"), "1"]),
-        a("kill another session", &["try-write", &p(&t.other, kill_file(t)), "1"]),
-        a("kill another gateway's session", &["try-write", &p(&t.foreign, kill_file(t)), "1"]),
-        a("enable controllers in its own session", &["try-write", &p(&t.own, "cgroup.subtree_control"), "+pids"]),
+        // Leaving the session, moving into other cgroups, moving others.
+        write("leave the session for the mount's root", &t.mount, "cgroup.procs", "0", Effect::Unchecked),
+        write("leave the session for the procscope root", &t.root, "cgroup.procs", "0", Effect::Unchecked),
+        write("leave the session for a host cgroup", &t.host, "cgroup.procs", "0", Effect::Unchecked),
+        write("move into a sub-cgroup of its own session", &t.nested, "cgroup.procs", "0", Effect::Unchecked),
+        write("move into another session", &t.other, "cgroup.procs", "0", Effect::Unchecked),
+        write("move into another gateway's session", &t.foreign, "cgroup.procs", "0", Effect::Unchecked),
+        write(
+            "move another session's process to the mount's root",
+            &t.mount,
+            "cgroup.procs",
+            &t.other_mover.to_string(),
+            Effect::Moved { pid: t.other_mover, to: t.mount.clone() },
+        ),
+        write(
+            "pull another gateway's process into its own session",
+            &t.own,
+            "cgroup.procs",
+            &t.foreign_mover.to_string(),
+            Effect::Moved { pid: t.foreign_mover, to: t.own.clone() },
+        ),
+        // Creating cgroups. (The mount's root directory is mode 0555, which a
+        // uid-0 child without CAP_DAC_OVERRIDE cannot write even unsealed: a
+        // cgroup next to the root, in the host's cgroup, stands for it.)
+        mkdir("create a cgroup in its own session", t.own.join("sub")),
+        mkdir("create a cgroup in the root", t.root.join("evil")),
+        mkdir("create a cgroup in a host cgroup", t.host.join("evil")),
+        // Limits and controllers.
+        limit("limit the root's descendants", &t.root, "cgroup.max.descendants", "0"),
+        limit("limit the root's depth", &t.root, "cgroup.max.depth", "1"),
+        limit("limit the instance's descendants", &t.instance, "cgroup.max.descendants", "0"),
+        limit("lift its own session's limits", &t.own, "cgroup.max.depth", "5"),
+        limit("limit a host cgroup's depth", &t.host, "cgroup.max.depth", "1"),
+        write("change the instance's controllers", &t.instance, "cgroup.subtree_control", &t.controllers.0, {
+            Effect::Writes {
+                file: t.instance.join("cgroup.subtree_control"),
+                value: None,
+                undo: t.controllers.1.clone(),
+            }
+        }),
+        // Freezing and killing.
+        write("freeze the procscope root", &t.root, "cgroup.freeze", "1", Effect::FrozeItself(t.root.clone())),
+        write("freeze its own session", &t.own, "cgroup.freeze", "1", Effect::FrozeItself(t.own.clone())),
+        write("freeze another gateway's session", &t.foreign, "cgroup.freeze", "1", Effect::Victim),
+        write("kill another session", &t.other, kill, "1", Effect::Victim),
+        write("kill another gateway's session", &t.foreign, kill, "1", Effect::Victim),
     ];
-    for ns in ["trusted", "user"] {
-        let key = |k: &str| format!("{ns}.procscope.{k}");
-        let (state, owner, kind) = (key("state"), key("owner_pid"), key("kind"));
-        let (other, own, inst, finst) = (
-            t.other.to_string_lossy().into_owned(),
-            t.own.to_string_lossy().into_owned(),
-            t.instance.to_string_lossy().into_owned(),
-            t.foreign_instance.to_string_lossy().into_owned(),
-        );
-        v.extend([
-            Attack {
-                name: "mark another session orphaned",
-                args: vec!["try-setxattr".into(), other, state, "orphaned".into()],
-            },
-            Attack {
-                name: "give another gateway a dead owner",
-                args: vec!["try-setxattr".into(), finst, owner, "1".into()],
-            },
-            Attack { name: "hide its own session", args: vec!["try-rmxattr".into(), own, kind.clone()] },
-            Attack { name: "hide its own instance", args: vec!["try-rmxattr".into(), inst, kind] },
-        ]);
+    // A cgroup v1 hierarchy, on a hybrid host only (the VMs have none).
+    if let Some(v1) = &t.v1 {
+        v.push(write("move into a cgroup v1 hierarchy's cgroup", v1, "cgroup.procs", "0", Effect::Unchecked));
+        v.push(limit("write a cgroup v1 file", v1, "notify_on_release", "1"));
+    }
+    // Last: once a session's cgroup.kill was written, Linux 6.18 kills every
+    // child later cloned into it with CLONE_INTO_CGROUP (the clone compares
+    // the parent's cgroup's kill count with the target's), so no library
+    // attacker could follow in the control.
+    v.push(write(
+        "kill its own session",
+        &t.own,
+        kill,
+        "1",
+        if kill == "cgroup.kill" { Effect::KilledItself } else { Effect::FrozeItself(t.own.clone()) },
+    ));
+    v
+}
+
+/// Setting and removing every procscope xattr, in both namespaces, on the
+/// attacker's own session, its instance, another session and another
+/// gateway's instance: one child tries them all, in this order (each key set,
+/// then removed).
+fn xattr_attacks(t: &Targets) -> Vec<Attack> {
+    let mut v = Vec::new();
+    for (whose, dir) in [
+        ("its own session", &t.own),
+        ("its instance", &t.instance),
+        ("another session", &t.other),
+        ("another gateway's instance", &t.foreign_instance),
+    ] {
+        for ns in ["trusted", "user"] {
+            for key in META_KEYS {
+                let name = format!("{ns}.procscope.{key}");
+                let value = match *key {
+                    "state" => "orphaned",
+                    "owner_pid" => "1",
+                    _ => "forged",
+                };
+                // trusted.* needs CAP_SYS_ADMIN even unsealed (EPERM);
+                // user.* only ownership.
+                let unsealed = if ns == "trusted" { "E1" } else { "ok" };
+                v.push(Attack {
+                    name: format!("set {name} on {whose}"),
+                    args: vec!["try-setxattr".into(), s(dir), name.clone(), value.into()],
+                    effect: Effect::Unchecked,
+                    unsealed: unsealed.into(),
+                });
+                v.push(Attack {
+                    name: format!("remove {name} from {whose}"),
+                    args: vec!["try-rmxattr".into(), s(dir), name],
+                    effect: Effect::Unchecked,
+                    unsealed: unsealed.into(),
+                });
+            }
+        }
     }
     v
+}
+
+/// Where the attacker runs: a child of a library session, or a command that
+/// `procscope exec` places in that session.
+#[derive(Clone, Copy)]
+enum Via<'a> {
+    Library(&'a Session),
+    Exec { root: &'a Path, session: &'a str },
+}
+
+/// What one attacker child reported.
+struct Outcome {
+    /// One per attack: `ok`, `E<errno>`, or `killed` when the child was killed
+    /// before it could say.
+    results: Vec<String>,
+    /// The cgroups it froze (found frozen and thawed by the test).
+    thawed: Vec<PathBuf>,
+}
+
+/// Runs `attacks` in order in one fresh attacker child. While it runs, any of
+/// `freezable` (cgroups the attacker itself runs in) found frozen is thawed,
+/// so that an attacker that froze itself can still report.
+async fn run_attacks(via: Via<'_>, attacks: &[&Attack], sealing: Sealing, freezable: &[&Path]) -> Outcome {
+    let args: Vec<String> = attacks.iter().flat_map(|a| a.args.iter().cloned()).collect();
+    let thawed = RefCell::new(Vec::new());
+    let thaw = async {
+        loop {
+            for dir in freezable {
+                let cg = Cgroup::open(dir).unwrap();
+                if cg.read("cgroup.freeze").is_ok_and(|v| v.trim() == "1") {
+                    cg.write("cgroup.freeze", "0").unwrap();
+                    thawed.borrow_mut().push(dir.to_path_buf());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let run = async {
+        match via {
+            Via::Library(session) => {
+                let mut cmd = Command::new(FIXTURE);
+                cmd.args(&args).stdin(Stdio::Null).stdout(Stdio::Piped).sealing(sealing);
+                let mut child = session.spawn(&mut cmd).unwrap();
+                assert_eq!(child.is_sealed(), sealing != Sealing::Off);
+                let lines = read_until(child.stdout.as_mut().unwrap(), "").await;
+                (lines, child.wait().await.unwrap())
+            }
+            Via::Exec { root, session } => {
+                let mut cmd = std::process::Command::new(PROCSCOPE);
+                cmd.arg("exec").arg("--root").arg(root).args(["--session", session]);
+                match sealing {
+                    Sealing::Off => cmd.arg("--no-seal"),
+                    Sealing::Required => cmd.arg("--seal"),
+                    _ => &mut cmd,
+                };
+                cmd.arg("--").arg(FIXTURE).args(&args);
+                cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::piped());
+                let child = cmd.spawn().unwrap();
+                let out = tokio::task::spawn_blocking(move || child.wait_with_output()).await.unwrap().unwrap();
+                let text = String::from_utf8_lossy(&out.stdout).into_owned();
+                (text.lines().map(str::to_owned).collect(), out.status)
+            }
+        }
+    };
+    let (lines, status) = tokio::select! {
+        r = run => r,
+        _ = thaw => unreachable!(),
+    };
+    let mut results = results(&lines);
+    let killed = std::os::unix::process::ExitStatusExt::signal(&status) == Some(libc::SIGKILL);
+    assert!(
+        results.len() == attacks.len() || killed,
+        "{} results for {} attacks: {lines:?} {status:?}",
+        results.len(),
+        attacks.len()
+    );
+    results.resize(attacks.len(), "killed".into());
+    Outcome { results, thawed: thawed.into_inner() }
 }
 
 /// Runs one attack in a fresh child of `session`; returns the fixture's result
 /// (`ok` or `E<errno>`), or `killed` when the attack ended the attacker itself.
 async fn run_attack(session: &Session, attack: &Attack, sealing: Sealing) -> String {
-    let mut cmd = Command::new(FIXTURE);
-    cmd.args(&attack.args).stdin(Stdio::Null).stdout(Stdio::Piped).sealing(sealing);
-    let mut child = session.spawn(&mut cmd).unwrap();
-    assert_eq!(child.is_sealed(), sealing != Sealing::Off);
-    let lines = read_until(child.stdout.as_mut().unwrap(), "").await;
-    let status = child.wait().await.unwrap();
-    match lines.last().and_then(|l| l.rsplit_once('=')) {
-        Some((_, result)) => result.to_owned(),
-        None => format!("no result (exit {status:?})"),
-    }
+    run_attacks(Via::Library(session), &[attack], sealing, &[]).await.results.remove(0)
 }
 
 /// Starts a victim that sleeps, and returns it.
@@ -144,6 +361,74 @@ fn victim(session: &Session) -> procscope::ContainedChild {
     session.spawn(&mut cmd).unwrap()
 }
 
+/// A cgroup the test makes outside procscope (next to the root under the
+/// cgroup2 mount, or in a cgroup v1 hierarchy), removed on drop whatever
+/// happened.
+struct HostCgroup(PathBuf);
+
+impl HostCgroup {
+    fn new(parent: &Path) -> HostCgroup {
+        let path = parent.join(format!("procscope-hostile-{}-{}", std::process::id(), nanos()));
+        std::fs::create_dir(&path).unwrap();
+        HostCgroup(path)
+    }
+}
+
+impl Drop for HostCgroup {
+    fn drop(&mut self) {
+        let kill = self.0.join("cgroup.kill");
+        for _ in 0..100 {
+            if kill.exists() {
+                let _ = std::fs::write(&kill, "1");
+            }
+            let _ = std::fs::remove_dir(self.0.join("evil"));
+            match std::fs::remove_dir(&self.0) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => std::thread::sleep(Duration::from_millis(20)),
+                _ => return,
+            }
+        }
+    }
+}
+
+/// The first cgroup v1 hierarchy mounted here (a hybrid host), if any.
+fn v1_hierarchy() -> Option<PathBuf> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    mountinfo.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        (right.split_whitespace().next() == Some("cgroup"))
+            .then(|| PathBuf::from(left.split_whitespace().nth(4).unwrap()))
+    })
+}
+
+/// A `cgroup.subtree_control` line that changes the instance's controllers:
+/// enables one it is offered, else disables one it has, else disables one it
+/// does not have (a write the kernel accepts that changes nothing: a hybrid
+/// host may offer no controller below the mount). With the line that undoes it.
+fn controllers_change(instance: &Path) -> (String, String) {
+    let cg = Cgroup::open(instance).unwrap();
+    let offered = cg.read("cgroup.controllers").unwrap();
+    let enabled = cg.read("cgroup.subtree_control").unwrap();
+    let enabled: Vec<&str> = enabled.split_whitespace().collect();
+    if let Some(c) = offered.split_whitespace().find(|c| !enabled.contains(c)) {
+        return (format!("+{c}"), format!("-{c}"));
+    }
+    if let Some(c) = enabled.first() {
+        return (format!("-{c}"), format!("+{c}"));
+    }
+    let known = std::fs::read_to_string("/proc/cgroups").unwrap();
+    let first = known.lines().find(|l| !l.starts_with('#')).and_then(|l| l.split_whitespace().next()).unwrap();
+    (format!("-{first}"), String::new())
+}
+
+/// What moving a process into `dir` gives unsealed: `ok`, or `E16` (EBUSY)
+/// where `dir` (below the mount's root) has controllers enabled for its
+/// children, which the kernel refuses to anyone ("no internal processes").
+fn procs_write_unsealed(t: &Targets, dir: &Path) -> String {
+    let busy = dir != t.mount
+        && std::fs::read_to_string(dir.join("cgroup.subtree_control")).is_ok_and(|c| !c.trim().is_empty());
+    if busy { "E16".into() } else { "ok".into() }
+}
+
 struct Scene {
     a: Supervisor,
     b: Supervisor,
@@ -151,17 +436,61 @@ struct Scene {
     other: Session,
     foreign: Session,
     targets: Targets,
+    /// In `other` and `foreign`: the victims of the kills, and the processes
+    /// an attacker tries to move.
+    victims: Vec<procscope::ContainedChild>,
+    _host: HostCgroup,
+    _v1: Option<HostCgroup>,
 }
 
 impl Scene {
-    /// Closes every session (each must be removed) and shuts both supervisors down.
-    async fn end(self) {
+    /// Closes every session (each must be removed; what the test made below
+    /// the attacker's session first) and shuts both supervisors down.
+    async fn end(mut self) {
+        let nested = self.attacker.cgroup().open_child("nested").unwrap();
+        self.attacker.cgroup().remove_child_tree(&nested).await.unwrap();
         for session in [self.attacker, self.other, self.foreign] {
             let t = session.close().await.unwrap();
             assert!(t.removed, "{t:?}");
         }
         self.a.shutdown().await.unwrap();
         self.b.shutdown().await.unwrap();
+        for v in &mut self.victims {
+            v.wait().await.unwrap();
+        }
+    }
+
+    /// The sessions listed under the root: id → (state, processes); asserts
+    /// two instances.
+    fn listed(&self) -> BTreeMap<String, (String, usize)> {
+        let listed = tree::list(&Root::open(&self.targets.root).unwrap()).unwrap();
+        assert_eq!(listed.len(), 2, "{listed:?}");
+        listed
+            .iter()
+            .flat_map(|i| i.sessions.iter().map(|s| (s.id.clone(), (s.state.as_str().to_owned(), s.processes))))
+            .collect()
+    }
+
+    /// What every check of a sealed run asserts afterwards: the tree as it
+    /// was, nothing outside procscope changed, every victim alive where it
+    /// was, every session listed as active with its processes.
+    fn assert_untouched(&self, before: &Snapshot, host_before: &Snapshot, attacker_processes: usize) {
+        assert_eq!(&snapshot(&self.targets.root), before, "the tree changed under a sealed attacker");
+        assert_eq!(&snapshot(&self.targets.host), host_before, "the host cgroup changed under a sealed attacker");
+        if let Some(v1) = &self.targets.v1 {
+            assert_eq!(std::fs::read_to_string(v1.join("notify_on_release")).unwrap().trim(), "0");
+            assert_eq!(std::fs::read_to_string(v1.join("cgroup.procs")).unwrap(), "", "a process moved into v1");
+        }
+        for v in &self.victims {
+            assert!(v.pidfd().is_alive(), "a victim died");
+        }
+        for (pid, session) in [(self.targets.other_mover, &self.other), (self.targets.foreign_mover, &self.foreign)] {
+            assert_eq!(cgroup_of(pid), Some(cgroup_rel(session.cgroup())), "a victim was moved");
+        }
+        let sessions = self.listed();
+        assert_eq!(sessions["attacker"], ("active".to_owned(), attacker_processes), "{sessions:?}");
+        assert_eq!(sessions["other"], ("active".to_owned(), 2), "{sessions:?}");
+        assert_eq!(sessions["foreign"], ("active".to_owned(), 2), "{sessions:?}");
     }
 }
 
@@ -172,17 +501,117 @@ async fn scene(env: &TestEnv) -> Scene {
     let attacker = a.session("attacker").unwrap();
     let other = a.session("other").unwrap();
     let foreign = b.session("foreign").unwrap();
+    attacker.cgroup().create_child("nested").unwrap();
+    let victims = vec![victim(&other), victim(&foreign), victim(&other), victim(&foreign)];
+    let mount = Hierarchy::discover().unwrap().mount_point;
+    let host = HostCgroup::new(&mount);
+    let v1 = v1_hierarchy().map(|h| HostCgroup::new(&h));
     let targets = Targets {
-        mount: Hierarchy::discover().unwrap().mount_point,
         root: env.path(),
         instance: a.instance().path().to_owned(),
         own: attacker.cgroup().path().to_owned(),
+        nested: attacker.cgroup().path().join("nested"),
         other: other.cgroup().path().to_owned(),
         foreign: foreign.cgroup().path().to_owned(),
         foreign_instance: b.instance().path().to_owned(),
-        mount_evil: format!("procscope-evil-{}", std::process::id()),
+        host: host.0.clone(),
+        v1: v1.as_ref().map(|h| h.0.clone()),
+        other_mover: victims[2].id(),
+        foreign_mover: victims[3].id(),
+        controllers: controllers_change(a.instance().path()),
+        mount,
     };
-    Scene { a, b, attacker, other, foreign, targets }
+    Scene { a, b, attacker, other, foreign, targets, victims, _host: host, _v1: v1 }
+}
+
+/// Runs the whole table through `via`, sealed: each cgroup attack in a child
+/// of its own, the xattr attacks in one more. Every attempt must fail.
+async fn assert_all_refused(via: Via<'_>, t: &Targets, sealing: Sealing) -> usize {
+    let table = attacks(t);
+    let freezable = [t.root.as_path(), t.own.as_path()];
+    for attack in &table {
+        let out = run_attacks(via, &[attack], sealing, &freezable).await;
+        let result = &out.results[0];
+        assert!(result.starts_with('E'), "sealed, the attack '{}' ({:?}) got {result}", attack.name, attack.args);
+        assert!(out.thawed.is_empty(), "sealed, '{}' froze {:?}", attack.name, out.thawed);
+    }
+    let xattrs = xattr_attacks(t);
+    let batch: Vec<&Attack> = xattrs.iter().collect();
+    let out = run_attacks(via, &batch, sealing, &[]).await;
+    for (attack, result) in xattrs.iter().zip(&out.results) {
+        assert!(result.starts_with('E'), "sealed, '{}' got {result}", attack.name);
+    }
+    table.len() + xattrs.len()
+}
+
+/// Runs the whole table through `via`, unsealed: every attack must work, and
+/// each is undone before the next (so that, through `exec`, the next command
+/// can still be placed). Returns the number of attacks that worked.
+async fn assert_all_work(via: Via<'_>, t: &Targets) -> usize {
+    let mut worked = 0;
+    // First, as the last cgroup attack kills the attacker's session: each
+    // user.* key is set, then removed again, by the same child.
+    let xattrs = xattr_attacks(t);
+    let batch: Vec<&Attack> = xattrs.iter().collect();
+    let out = run_attacks(via, &batch, Sealing::Off, &[]).await;
+    for (attack, result) in xattrs.iter().zip(&out.results) {
+        assert_eq!(result, &attack.unsealed, "unsealed, '{}'", attack.name);
+        worked += usize::from(result == "ok");
+    }
+    let table = attacks(t);
+    let freezable = [t.root.as_path(), t.own.as_path()];
+    for attack in &table {
+        let out = run_attacks(via, &[attack], Sealing::Off, &freezable).await;
+        let result = &out.results[0];
+        assert_eq!(result, &attack.unsealed, "unsealed, the attack '{}' ({:?})", attack.name, attack.args);
+        if result.starts_with('E') {
+            // Refused by the kernel to anyone (see `procs_write_unsealed`).
+            continue;
+        }
+        match &attack.effect {
+            Effect::Unchecked | Effect::Victim | Effect::KilledItself => {}
+            Effect::Writes { file, value, undo } => {
+                let now = std::fs::read_to_string(file).unwrap();
+                if let Some(value) = value {
+                    assert_eq!(now.trim(), value, "unsealed, '{}' changed {}", attack.name, file.display());
+                }
+                std::fs::write(file, undo).unwrap();
+            }
+            Effect::Made(dir) => {
+                assert!(dir.is_dir(), "unsealed, '{}' made {}", attack.name, dir.display());
+                std::fs::remove_dir(dir).unwrap();
+            }
+            Effect::Moved { pid, to } => {
+                let rel = Path::new("/").join(to.strip_prefix(&t.mount).unwrap());
+                assert_eq!(cgroup_of(*pid), Some(s(&rel)), "unsealed, '{}' moved {pid}", attack.name);
+            }
+            Effect::FrozeItself(dir) => {
+                assert_eq!(out.thawed, [dir.clone()], "unsealed, '{}' froze {}", attack.name, dir.display());
+            }
+        }
+        worked += 1;
+    }
+    worked
+}
+
+/// After the control: the kills and the freeze of other sessions took.
+/// `cgroup.kill` killed both kill victims, and the pulled process died with
+/// the attacker's own session; before Linux 5.14 they are frozen instead,
+/// and the sessions' close ends them.
+async fn assert_victims_hit(s: &mut Scene) {
+    if kill_file(&s.targets) == "cgroup.kill" {
+        for i in [0, 1, 3] {
+            let status = s.victims[i].wait().await.unwrap();
+            assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(libc::SIGKILL), "victim {i}");
+        }
+    } else {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        for session in [&s.other, &s.foreign] {
+            assert!(session.cgroup().wait_events(Some(deadline), |e| e.frozen).await.unwrap(), "not frozen");
+        }
+    }
+    // The one moved to the mount's root lives on there, out of its session.
+    assert!(s.victims[2].pidfd().is_alive());
 }
 
 /// Sealed: every attack fails, nothing in the tree changes, every session is
@@ -190,101 +619,32 @@ async fn scene(env: &TestEnv) -> Scene {
 #[tokio::test]
 async fn a_sealed_uid0_child_cannot_escape_tamper_or_forge() {
     let env = TestEnv::new();
-    within(60, async {
+    within(120, async {
         let s = scene(&env).await;
-        let mut victims = [victim(&s.other), victim(&s.foreign)];
-        let before = snapshot(&env.path());
-        for attack in attacks(&s.targets) {
-            let result = run_attack(&s.attacker, &attack, Sealing::Auto).await;
-            assert!(result.starts_with('E'), "sealed, the attack '{}' ({:?}) got {result}", attack.name, attack.args);
-        }
-        assert_eq!(snapshot(&env.path()), before, "the tree changed under a sealed attacker");
-        assert!(!s.targets.mount.join(&s.targets.mount_evil).exists(), "a cgroup appeared in the mount's root");
-        for v in &victims {
-            assert!(v.pidfd().is_alive(), "a victim died");
-        }
-
-        // Listed as before: both instances, their sessions active, the victims in them.
-        let listed = tree::list(&Root::open(env.path()).unwrap()).unwrap();
-        let sessions: BTreeMap<String, (String, usize)> = listed
-            .iter()
-            .flat_map(|i| i.sessions.iter().map(|s| (s.id.clone(), (s.state.as_str().to_owned(), s.processes))))
-            .collect();
-        assert_eq!(listed.len(), 2, "{listed:?}");
-        assert_eq!(sessions["attacker"], ("active".to_owned(), 0));
-        assert_eq!(sessions["other"], ("active".to_owned(), 1));
-        assert_eq!(sessions["foreign"], ("active".to_owned(), 1));
-
+        let (before, host_before) = (snapshot(&env.path()), snapshot(&s.targets.host));
+        let n = assert_all_refused(Via::Library(&s.attacker), &s.targets, Sealing::Auto).await;
+        eprintln!("sealed (library): {n} attacks refused");
+        s.assert_untouched(&before, &host_before, 0);
+        assert!(!s.targets.host.join("evil").exists());
         s.end().await;
-        for v in &mut victims {
-            v.wait().await.unwrap();
-        }
     })
     .await;
     env.finish().await;
 }
 
-/// The control: sealing off, the same child escapes, kills another session,
-/// creates cgroups and writes the root's limits. Only procscope's state stays
-/// out of reach, because it lives in `trusted.*` (the same forgery against
-/// `user.*` works).
+/// The control: sealing off, the same children escape, move others, create
+/// cgroups, write limits inside and outside procscope, freeze and kill, and
+/// forge `user.*` xattrs. Only `trusted.*`, where procscope keeps its state on
+/// a root-owned tree, stays out of reach (EPERM: it needs CAP_SYS_ADMIN).
 #[tokio::test]
 async fn control_unsealed_the_attacks_work() {
     let env = TestEnv::new();
-    within(60, async {
-        let s = scene(&env).await;
-        let mut other_victim = victim(&s.other);
-        let mut results = BTreeMap::new();
-        for attack in attacks(&s.targets) {
-            let result = run_attack(&s.attacker, &attack, Sealing::Off).await;
-            results.insert((attack.name, attack.args.get(2).cloned().unwrap_or_default()), result);
-        }
-        let get =
-            |name: &str| -> Vec<&String> { results.iter().filter(|(k, _)| k.0 == name).map(|(_, v)| v).collect() };
-        for worked in [
-            "leave the session for the mount's root",
-            "move into another session",
-            "create a cgroup in its own session",
-            "create a cgroup in the root",
-            "limit the root's descendants",
-            "kill another session",
-            "kill another gateway's session",
-            "lift its own session's limits",
-        ] {
-            assert_eq!(get(worked), [&"ok".to_owned()], "unsealed, '{worked}' should work: {results:?}");
-        }
-        // trusted.* needs CAP_SYS_ADMIN, user.* only ownership.
-        for (k, v) in &results {
-            if k.1.starts_with("trusted.") {
-                assert_eq!(v, "E1", "unsealed, {k:?} is still refused (EPERM)");
-            } else if k.1.starts_with("user.") {
-                assert!(v == "ok" || v == "E61", "unsealed, {k:?} is writable: {v}");
-            }
-        }
-        // The kill of another session worked: its victim is dead (before
-        // Linux 5.14: frozen, ended below by the session's close).
-        let killed = kill_file(&s.targets) == "cgroup.kill";
-        if killed {
-            let status = other_victim.wait().await.unwrap();
-            assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(libc::SIGKILL));
-        } else {
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-            assert!(s.other.cgroup().wait_events(Some(deadline), |e| e.frozen).await.unwrap(), "not frozen");
-            assert!(other_victim.pidfd().is_alive());
-        }
-        // Undo what the control did, so the test cleans up like any other.
-        let root = Cgroup::open(env.path()).unwrap();
-        root.write("cgroup.max.descendants", "max").unwrap();
-        root.write("cgroup.max.depth", "max").unwrap();
-        root.remove_child("evil").unwrap();
-        // (The mount's root directory refuses it even unsealed: mode 0555 here.)
-        let _ = Cgroup::open(&s.targets.mount).unwrap().remove_child(&s.targets.mount_evil);
-        Cgroup::open(&s.targets.instance).unwrap().write("cgroup.max.descendants", "max").unwrap();
-        s.attacker.cgroup().remove_child("sub").unwrap();
+    within(120, async {
+        let mut s = scene(&env).await;
+        let n = assert_all_work(Via::Library(&s.attacker), &s.targets).await;
+        eprintln!("control (library): {n} attacks worked");
+        assert_victims_hit(&mut s).await;
         s.end().await;
-        if !killed {
-            other_victim.wait().await.unwrap();
-        }
     })
     .await;
     env.finish().await;
@@ -394,58 +754,78 @@ async fn a_hierarchy_mounted_later_is_sealed_for_later_children() {
     env.finish().await;
 }
 
-/// Through `procscope exec`: sealed by default, `--no-seal` is the control.
+/// The sessions under `root` as `procscope ps --json` lists them: id →
+/// (state, processes).
+fn ps_listed(root: &Path) -> BTreeMap<String, (String, usize)> {
+    let out = std::process::Command::new(PROCSCOPE).args(["ps", "--json", "--root"]).arg(root).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let instances = v["instances"].as_array().unwrap();
+    assert_eq!(instances.len(), 2, "{v}");
+    instances
+        .iter()
+        .flat_map(|i| i["sessions"].as_array().unwrap().iter())
+        .map(|s| {
+            let id = s["id"].as_str().unwrap().to_owned();
+            (id, (s["state"].as_str().unwrap().to_owned(), s["processes"].as_u64().unwrap() as usize))
+        })
+        .collect()
+}
+
+/// Waits until the guardian has removed every command cgroup (`p-…`) that
+/// `procscope exec` placed in `session`.
+async fn wait_commands_gone(session: &Cgroup) {
+    for _ in 0..500 {
+        if session.children().unwrap().iter().all(|c| !c.starts_with("p-")) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{} still has {:?}", session.path().display(), session.children());
+}
+
+/// Through `procscope exec`, the whole table: each attack a command that
+/// `exec` places in the attacker's session (the gateway's instance: the test
+/// process owns both), sealed by default, again with `--seal`, and the
+/// control with `--no-seal`. After the sealed runs every session is still
+/// listed as it was (`procscope ps --json`); after all of them every session
+/// ends completely.
 #[tokio::test]
 async fn exec_seals_by_default_and_no_seal_is_the_control() {
     let env = TestEnv::new();
-    within(60, async {
-        let s = scene(&env).await;
-        let mut other_victim = victim(&s.other);
-        let kill_file = kill_file(&s.targets);
-        let other_kill = s.targets.other.join(kill_file).to_string_lossy().into_owned();
-        let escape = s.targets.mount.join("cgroup.procs").to_string_lossy().into_owned();
-        let root = env.path().to_string_lossy().into_owned();
-        let run = |extra: &[&str]| {
-            let mut args = vec!["exec", "--root", &root, "--session", "x"];
-            args.extend_from_slice(extra);
-            args.extend_from_slice(&["--", FIXTURE, "try-write", &escape, "0", "try-write", &other_kill, "1"]);
-            let out = std::process::Command::new(PROCSCOPE).args(&args).output().unwrap();
-            (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
-        };
-        let before = snapshot(&env.path());
-        let session_x = s.targets.instance.join("s-x");
-        for extra in [&[][..], &["--seal"][..]] {
-            let (code, out) = run(extra);
-            assert_eq!(code, Some(0), "{out}");
-            // The guardian removes the command's cgroup and session once it exited.
-            wait_gone(&session_x).await;
-            assert!(
-                out.contains("cgroup.procs=E30") && out.contains(&format!("{kill_file}=E30")),
-                "EROFS expected: {out}"
-            );
-            assert!(other_victim.pidfd().is_alive());
-        }
-        assert_eq!(snapshot(&env.path()), before, "the tree changed under a sealed exec");
-
-        let (code, out) = run(&["--no-seal"]);
-        assert_eq!(code, Some(0), "{out}");
-        assert!(
-            out.contains("cgroup.procs=ok") && out.contains(&format!("{kill_file}=ok")),
-            "unsealed, both work: {out}"
+    within(300, async {
+        let mut s = scene(&env).await;
+        let root = env.path();
+        let via = Via::Exec { root: &root, session: "attacker" };
+        assert_eq!(
+            s.targets.instance.file_name().unwrap(),
+            procscope::Owner::this_process().unwrap().instance_name().as_str()
         );
-        if kill_file == "cgroup.kill" {
-            other_victim.wait().await.unwrap();
-            s.end().await;
-        } else {
-            // Before Linux 5.14 the victim was frozen, not killed: the
-            // session's close ends it.
-            assert!(other_victim.pidfd().is_alive());
-            s.end().await;
-            other_victim.wait().await.unwrap();
+        // A first command starts the instance's guardian, which records itself.
+        run_attacks(via, &[], Sealing::Auto, &[]).await;
+        wait_commands_gone(s.attacker.cgroup()).await;
+        let (before, host_before) = (snapshot(&root), snapshot(&s.targets.host));
+        let expected_ps = s.listed();
+        for sealing in [Sealing::Auto, Sealing::Required] {
+            let n = assert_all_refused(via, &s.targets, sealing).await;
+            eprintln!("sealed (exec, {}): {n} attacks refused", sealing.as_str());
+            wait_commands_gone(s.attacker.cgroup()).await;
+            s.assert_untouched(&before, &host_before, 0);
+            assert_eq!(ps_listed(&root), expected_ps);
         }
+
+        let n = assert_all_work(via, &s.targets).await;
+        eprintln!("control (exec): {n} attacks worked");
+        assert_victims_hit(&mut s).await;
+        wait_commands_gone(s.attacker.cgroup()).await;
+        s.end().await;
     })
     .await;
     env.finish().await;
+}
+
+fn guardian_attack(name: &str, args: Vec<String>) -> Attack {
+    Attack { name: name.into(), args, effect: Effect::Victim, unsealed: "ok".into() }
 }
 
 /// A guardian children cannot stop. A sealed uid-0 child can neither kill, stop
@@ -470,18 +850,16 @@ async fn a_uid0_child_cannot_stop_the_guardian() {
         let attacker = sup.session("attacker").unwrap();
         let g = guardian.to_string();
         let tries: Vec<Attack> = vec![
-            Attack { name: "kill the guardian", args: vec!["try-kill".into(), g.clone(), "KILL".into()] },
-            Attack { name: "stop the guardian", args: vec!["try-kill".into(), g.clone(), "STOP".into()] },
-            Attack { name: "read the guardian's memory", args: vec!["try-read".into(), format!("/proc/{g}/environ")] },
+            guardian_attack("kill the guardian", vec!["try-kill".into(), g.clone(), "KILL".into()]),
+            guardian_attack("stop the guardian", vec!["try-kill".into(), g.clone(), "STOP".into()]),
+            guardian_attack("read the guardian's memory", vec!["try-read".into(), format!("/proc/{g}/environ")]),
         ];
         for attack in &tries {
             let result = run_attack(&attacker, attack, Sealing::Auto).await;
             assert!(result.starts_with('E'), "'{}' got {result}", attack.name);
         }
-        let control_kill = Attack {
-            name: "kill a uid-0 process",
-            args: vec!["try-kill".into(), control.id().to_string(), "KILL".into()],
-        };
+        let control_kill =
+            guardian_attack("kill a uid-0 process", vec!["try-kill".into(), control.id().to_string(), "KILL".into()]);
         assert_eq!(run_attack(&attacker, &control_kill, Sealing::Auto).await, "ok", "the control kill works");
         assert_eq!(std::os::unix::process::ExitStatusExt::signal(&control.wait().unwrap()), Some(libc::SIGKILL));
         assert!(guardian_fd.is_alive(), "the guardian survived the attempts");
