@@ -904,9 +904,8 @@ async fn a_uid0_child_cannot_signal_the_guardian_through_sigio() {
         let instance = Cgroup::open(field(&lines, "instance")).unwrap();
         let sup = Supervisor::builder().root(env.path()).recover(false).start().await.unwrap();
         let attacker = sup.session("attacker").unwrap();
-        let sigio = |target: String, sig: i32| Attack {
-            name: "signal through SIGIO",
-            args: vec!["try-sigio".into(), target, sig.to_string()],
+        let sigio = |target: String, sig: i32| {
+            guardian_attack("signal through SIGIO", vec!["try-sigio".into(), target, sig.to_string()])
         };
         let (g, group) = (guardian.to_string(), format!("-{guardian}"));
         let tries = [
