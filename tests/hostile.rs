@@ -586,7 +586,7 @@ async fn assert_all_work(via: Via<'_>, t: &Targets) -> usize {
                 assert_eq!(cgroup_of(*pid), Some(s(&rel)), "unsealed, '{}' moved {pid}", attack.name);
             }
             Effect::FrozeItself(dir) => {
-                assert_eq!(out.thawed, [dir.clone()], "unsealed, '{}' froze {}", attack.name, dir.display());
+                assert_eq!(out.thawed, std::slice::from_ref(dir), "unsealed, '{}' froze {}", attack.name, dir.display());
             }
         }
         worked += 1;
@@ -1518,4 +1518,142 @@ async fn the_guardian_hook_cannot_be_turned_against_the_host() {
     })
     .await;
     env.finish().await;
+}
+
+/// Runs `procscope ARGS --root ROOT --json` and returns its JSON output.
+fn cli_json(root: &Path, args: &[&str]) -> serde_json::Value {
+    let out = std::process::Command::new(PROCSCOPE).args(args).arg("--root").arg(root).arg("--json").output().unwrap();
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "procscope {args:?}: {e}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// State a child could write is never acted on: `user.procscope.*` forged
+/// on a root-owned tree (what an unsealed uid-0 child can do) is ignored by
+/// `ps`, `sweep`, `sweep --orphans`, `end` and a new supervisor's recovery,
+/// and the live server runs on. The control: the same forgery in
+/// `trusted.*` (which only CAP_SYS_ADMIN can write) is acted on, so the test
+/// looks where procscope looks.
+#[tokio::test]
+async fn forged_user_xattrs_are_never_acted_on() {
+    let env = TestEnv::new();
+    within(60, async {
+        let (mut gateway, lines) = Gateway::start(FIXTURE, &env.path(), 1, false);
+        let instance = Cgroup::open(field(&lines, "instance")).unwrap();
+        let members = settled_daemons(&instance, 1).await;
+        let session = instance.path().join(&instance.children().unwrap()[0]);
+        let set = |dir: &Path, key: &str, value: &str| {
+            rustix::fs::setxattr(dir, key, value.as_bytes(), rustix::fs::XattrFlags::empty()).unwrap()
+        };
+        // A pid that is surely dead: a child of ours, reaped.
+        let mut dead = std::process::Command::new("true").spawn().unwrap();
+        dead.wait().unwrap();
+        let dead = dead.id().to_string();
+        set(&session, "user.procscope.state", "orphaned");
+        set(&session, "user.procscope.session", "forged");
+        set(&session, "user.procscope.kind", "garbage");
+        set(instance.path(), "user.procscope.owner_pid", &dead);
+        set(instance.path(), "user.procscope.owner_start", "1");
+        set(instance.path(), "user.procscope.kind", "garbage");
+
+        let ps = cli_json(&env.path(), &["ps"]);
+        let text = ps.to_string();
+        assert!(text.contains("\"g0\"") && !text.contains("forged"), "ps reads the real session: {ps}");
+        assert!(!text.contains("\"orphaned\"") && !text.contains("\"stale\""), "ps reads the real state: {ps}");
+        for args in [&["sweep"][..], &["sweep", "--orphans"]] {
+            let report = cli_json(&env.path(), args);
+            assert_eq!(report["sessions"], 0, "{args:?} acted on forged state: {report}");
+        }
+        let end = std::process::Command::new(PROCSCOPE)
+            .args(["end", "forged", "--owner", &gateway.id().to_string(), "--root"])
+            .arg(env.path())
+            .output()
+            .unwrap();
+        assert_eq!(end.status.code(), Some(1), "end finds no session by a forged id: {end:?}");
+        let sup = Supervisor::builder().root(env.path()).start().await.unwrap();
+        assert_eq!(sup.recovery().sessions, 0, "recovery acted on a forged owner: {}", sup.recovery());
+        sup.shutdown().await.unwrap();
+        assert!(members.iter().all(|m| m.is_alive()), "the live server and its helper run on");
+
+        // The control: the same state where procscope keeps it.
+        set(&session, "trusted.procscope.state", "orphaned");
+        let report = cli_json(&env.path(), &["sweep", "--orphans"]);
+        assert_eq!(report["sessions"], 1, "trusted.* is what counts: {report}");
+        for m in &members {
+            within(10, m.exited()).await.unwrap();
+        }
+        gateway.kill().unwrap();
+        gateway.wait().unwrap();
+        let root = Root::open(env.path()).unwrap();
+        tree::sweep(&root, tree::Scope::Stale, Duration::from_millis(200)).await.unwrap();
+        env.wait_root_empty().await;
+    })
+    .await;
+    env.finish().await;
+}
+
+/// Sealing leaves the rest of the filesystem as it was, mount propagation
+/// included: a sealed child sees a mount made below a shared mount point
+/// after it started (as with a host's automounts), while the cgroup mounts
+/// stay read-only for it.
+#[tokio::test]
+async fn a_sealed_child_sees_mounts_made_after_it_started() {
+    let env = TestEnv::new();
+    let dir = std::env::temp_dir().join(format!("procscope-propagation-{}", nanos()));
+    std::fs::create_dir(&dir).unwrap();
+    let run = |args: &[&str]| {
+        let st = std::process::Command::new(args[0]).args(&args[1..]).status().unwrap();
+        assert!(st.success(), "{args:?}");
+    };
+    let d = dir.to_str().unwrap();
+    run(&["mount", "-t", "tmpfs", "procscope-shared", d]);
+    run(&["mount", "--make-shared", d]);
+    let unmount = scopeguard(|| {
+        let _ = std::process::Command::new("umount").args(["-R", d]).status();
+        let _ = std::fs::remove_dir(&dir);
+    });
+    within(60, async {
+        let sup = Supervisor::builder().root(env.path()).start().await.unwrap();
+        let session = sup.session("sees").unwrap();
+        let later = dir.join("later");
+        let script = format!(
+            "while [ ! -e {0}/mounted ]; do sleep 0.02; done; echo seen; \
+             {{ echo 1 > /sys/fs/cgroup/cgroup.procs; }} 2>/dev/null && echo cgroup-writable || echo cgroup-read-only",
+            later.display()
+        );
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", &script]).stdin(Stdio::Null).stdout(Stdio::Piped);
+        let mut child = session.spawn(&mut cmd).unwrap();
+        assert!(child.is_sealed());
+        // The mount comes after the child started.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        std::fs::create_dir(&later).unwrap();
+        run(&["mount", "-t", "tmpfs", "procscope-later", later.to_str().unwrap()]);
+        std::fs::write(later.join("mounted"), "").unwrap();
+        let lines = read_until(child.stdout.as_mut().unwrap(), "").await;
+        assert_eq!(lines, ["seen", "cgroup-read-only"], "what the sealed child saw");
+        assert!(child.wait().await.unwrap().success());
+        session.close().await.unwrap();
+        sup.shutdown().await.unwrap();
+    })
+    .await;
+    drop(unmount);
+    env.finish().await;
+}
+
+/// Runs `f` when dropped, also when the test panics.
+fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f()
+            }
+        }
+    }
+    Guard(Some(f))
 }
