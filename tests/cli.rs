@@ -922,6 +922,55 @@ async fn exec_guardian_pss_release_build() {
     env.finish().await;
 }
 
+/// The guardian of an `exec` instance, once gone, is started again by the
+/// next `exec` of the same gateway, and the new one ends what the old one
+/// watched too: after both commands exit, nothing is left.
+#[tokio::test]
+async fn the_next_exec_starts_a_dead_guardian_again() {
+    let env = TestEnv::new();
+    within(60, async {
+        let start = || {
+            let mut child = std::process::Command::new(PROCSCOPE)
+                .args(["exec", "--root", env.path().to_str().unwrap(), "--", FIXTURE, "ready", "wait-eof"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut line = String::new();
+            BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+            assert_eq!(line.trim(), "ready");
+            child
+        };
+        let me = procscope::Owner::this_process().unwrap();
+        let guardian = |instance: &procscope::Cgroup| -> u32 {
+            let g = instance.meta("guardian").unwrap().expect("the instance records its guardian");
+            g.split(' ').next().unwrap().parse().unwrap()
+        };
+        let mut first = start();
+        let instance = procscope::Cgroup::open(env.path().join(me.instance_name())).unwrap();
+        let old = guardian(&instance);
+        let old_fd = procscope::PidFd::open(old).unwrap();
+        old_fd.send_signal(procscope::Signal::KILL).unwrap();
+        within(5, old_fd.exited()).await.unwrap();
+
+        let mut second = start();
+        let new = guardian(&instance);
+        assert_ne!(new, old, "a new guardian");
+        let new_fd = procscope::PidFd::open(new).unwrap();
+        assert!(new_fd.is_alive(), "the new guardian runs");
+        for child in [&mut first, &mut second] {
+            drop(child.stdin.take());
+            assert!(child.wait().unwrap().success());
+        }
+        // Both commands' cgroups and the instance go: the new guardian
+        // watches the first command too.
+        env.wait_root_empty().await;
+        within(5, new_fd.exited()).await.unwrap();
+    })
+    .await;
+    env.finish().await;
+}
+
 /// Owners. `PROCSCOPE_OWNER` makes the gateway the owner through an
 /// intermediary (`sh -c`); an owner that is not an ancestor, or is gone, is
 /// refused with 125 before anything is placed, a malformed one with 2.

@@ -586,7 +586,13 @@ async fn assert_all_work(via: Via<'_>, t: &Targets) -> usize {
                 assert_eq!(cgroup_of(*pid), Some(s(&rel)), "unsealed, '{}' moved {pid}", attack.name);
             }
             Effect::FrozeItself(dir) => {
-                assert_eq!(out.thawed, std::slice::from_ref(dir), "unsealed, '{}' froze {}", attack.name, dir.display());
+                assert_eq!(
+                    out.thawed,
+                    std::slice::from_ref(dir),
+                    "unsealed, '{}' froze {}",
+                    attack.name,
+                    dir.display()
+                );
             }
         }
         worked += 1;
