@@ -170,7 +170,8 @@ impl Guardian {
             cmd.env(crate::spool::SPOOL_ENV, spool);
         }
         // The intermediate process forks the guardian and exits at once.
-        let mut intermediate = cmd.spawn_guardian()?;
+        let mut intermediate =
+            cmd.spawn_guardian().map_err(|e| Error::io("start guardian", WHAT, std::io::Error::from(e)))?;
         drop(cmd);
         let line = read_line_within(std::fs::File::from(ready_r), READY_WAIT);
         // Reaped here, without a thread: `exec` may need to stay

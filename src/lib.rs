@@ -224,6 +224,14 @@ pub mod testing {
         crate::sys::seccomp::deny_with_enosys(libc::SYS_pidfd_open)
     }
 
+    /// Makes `clone(2)` and `clone3(2)` fail with `ENOSYS` in the calling
+    /// thread and what it starts (seccomp filters): no process or thread can
+    /// be started from it. Cannot be undone: call it in a thread of its own.
+    pub fn deny_clone() -> std::io::Result<()> {
+        crate::sys::seccomp::deny_with_enosys(libc::SYS_clone)?;
+        crate::sys::seccomp::deny_with_enosys(libc::SYS_clone3)
+    }
+
     /// Makes `seccomp(2)` fail with `ENOSYS` in the calling thread and in
     /// whatever it starts from now on (a seccomp filter, installed with
     /// `prctl`), as on a kernel without `CONFIG_SECCOMP_FILTER`: a sealed

@@ -1052,3 +1052,35 @@ async fn a_gateways_subscriber_gets_an_event_per_spawn_and_session_end() {
     .await;
     env.finish().await;
 }
+
+/// A supervisor that is asked for a guardian and cannot start one fails to
+/// start, with the reason, and leaves no instance behind. The control: the
+/// same thread starts a supervisor without a guardian.
+#[tokio::test]
+async fn start_fails_when_the_guardian_cannot_start() {
+    let env = TestEnv::new();
+    let path = env.path();
+    let (failed, control) = std::thread::scope(|s| {
+        s.spawn(|| {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            procscope::testing::deny_clone().expect("install the seccomp filters");
+            let failed = rt.block_on(Supervisor::builder().root(&path).recover(false).guardian(true).start()).err();
+            let listed = env.root.children().unwrap();
+            let control = rt.block_on(async {
+                let sup = Supervisor::builder().root(&path).recover(false).start().await?;
+                let made = env.root.children()?.len();
+                sup.shutdown().await?;
+                Ok::<_, procscope::Error>(made)
+            });
+            (failed.map(|e| (e.to_string(), listed)), control)
+        })
+        .join()
+        .unwrap()
+    });
+    let (error, listed) = failed.expect("start() must fail without its guardian");
+    assert!(error.contains("guardian"), "the error names the guardian: {error}");
+    assert!(listed.is_empty(), "no instance is left: {listed:?}");
+    assert_eq!(control.expect("the control starts without a guardian"), 1, "the control made its instance");
+    env.wait_root_empty().await;
+    env.finish().await;
+}
