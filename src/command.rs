@@ -15,7 +15,7 @@ use crate::child::ContainedChild;
 use crate::error::{Error, Result};
 use crate::identity::TransientUser;
 use crate::seal::Sealing;
-use crate::sys::spawn::{self, ChildPlan, ChildStage, Placement, SpawnFailure};
+use crate::sys::spawn::{self, ChildPlan, ChildStage, Lifetime, Placement, SpawnFailure};
 
 /// How a child gets into its cgroup.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -453,27 +453,29 @@ impl Command {
         });
         let forced = self.mechanism.is_some();
         self.launch(self.sealing, user, defaults, |plan, program| match wanted {
-            SpawnMechanism::Clone3IntoCgroup => match spawn::spawn(plan, Placement::IntoCgroup(cgroup.as_fd())) {
-                Ok(s) => Ok((s, SpawnMechanism::Clone3IntoCgroup)),
-                // A removed cgroup: ENODEV per the kernel's docs, ENOENT seen on 6.18.
-                // Fail closed: never fall back to a spawn in another cgroup.
-                Err(SpawnFailure::Clone(e)) if matches!(e.raw_os_error(), Some(libc::ENODEV | libc::ENOENT)) => {
-                    Err(Error::CgroupRemoved { path: cgroup.path().to_owned() })
-                }
-                // Only a kernel (or seccomp filter) without CLONE_INTO_CGROUP falls
-                // back. Any other failure is the cgroup's answer and must stand:
-                // EAGAIN from pids.max in particular, which a migration through
-                // cgroup.procs would get around.
-                Err(SpawnFailure::Clone(e))
-                    if !forced && matches!(e.raw_os_error(), Some(libc::E2BIG | libc::EINVAL | libc::ENOSYS)) =>
-                {
-                    NO_CLONE_INTO_CGROUP.store(true, Ordering::Relaxed);
-                    tracing::warn!(error = %e, "clone3(CLONE_INTO_CGROUP) is not available; \
+            SpawnMechanism::Clone3IntoCgroup => {
+                match spawn::spawn(plan, Placement::IntoCgroup(cgroup.as_fd()), Lifetime::Own) {
+                    Ok(s) => Ok((s, SpawnMechanism::Clone3IntoCgroup)),
+                    // A removed cgroup: ENODEV per the kernel's docs, ENOENT seen on 6.18.
+                    // Fail closed: never fall back to a spawn in another cgroup.
+                    Err(SpawnFailure::Clone(e)) if matches!(e.raw_os_error(), Some(libc::ENODEV | libc::ENOENT)) => {
+                        Err(Error::CgroupRemoved { path: cgroup.path().to_owned() })
+                    }
+                    // Only a kernel (or seccomp filter) without CLONE_INTO_CGROUP falls
+                    // back. Any other failure is the cgroup's answer and must stand:
+                    // EAGAIN from pids.max in particular, which a migration through
+                    // cgroup.procs would get around.
+                    Err(SpawnFailure::Clone(e))
+                        if !forced && matches!(e.raw_os_error(), Some(libc::E2BIG | libc::EINVAL | libc::ENOSYS)) =>
+                    {
+                        NO_CLONE_INTO_CGROUP.store(true, Ordering::Relaxed);
+                        tracing::warn!(error = %e, "clone3(CLONE_INTO_CGROUP) is not available; \
                         spawning with a join through cgroup.procs from now on (slower)");
-                    Ok((spawn_joining(plan, cgroup, program)?, SpawnMechanism::ForkJoinProcs))
+                        Ok((spawn_joining(plan, cgroup, program)?, SpawnMechanism::ForkJoinProcs))
+                    }
+                    Err(failure) => Err(spawn_error(failure, program, cgroup)),
                 }
-                Err(failure) => Err(spawn_error(failure, program, cgroup)),
-            },
+            }
             SpawnMechanism::ForkJoinProcs => Ok((spawn_joining(plan, cgroup, program)?, SpawnMechanism::ForkJoinProcs)),
         })
     }
@@ -608,7 +610,7 @@ impl Command {
     pub(crate) fn spawn_guardian(&mut self) -> Result<ContainedChild> {
         self.keep_caps = true;
         self.launch(Sealing::Off, None, &SPAWN_STDIO, |plan, program| {
-            let spawned = spawn::spawn(plan, Placement::Inherit).map_err(|f| match f {
+            let spawned = spawn::spawn(plan, Placement::Inherit, Lifetime::Own).map_err(|f| match f {
                 SpawnFailure::Clone(e) => Error::io("clone3", program, e),
                 SpawnFailure::Child { stage, errno } => {
                     Error::Spawn { program: program.to_owned(), stage, source: errno }
@@ -793,7 +795,7 @@ fn spawn_joining(plan: &ChildPlan<'_>, cgroup: &Cgroup, program: &str) -> Result
         rustix::io::Errno::NOENT | rustix::io::Errno::NODEV => Error::CgroupRemoved { path: cgroup.path().to_owned() },
         e => Error::io("open", cgroup.path().join(files::PROCS), e),
     })?;
-    spawn::spawn(plan, Placement::JoinProcs(procs.as_fd())).map_err(|f| spawn_error(f, program, cgroup))
+    spawn::spawn(plan, Placement::JoinProcs(procs.as_fd()), Lifetime::Own).map_err(|f| spawn_error(f, program, cgroup))
 }
 
 fn spawn_error(failure: SpawnFailure, program: &str, cgroup: &Cgroup) -> Error {
