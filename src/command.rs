@@ -10,6 +10,7 @@ use std::sync::{Arc, OnceLock};
 
 use rustix::fs::OFlags;
 
+use crate::autokill::spawn_tied;
 use crate::cgroup::{Cgroup, files};
 use crate::child::ContainedChild;
 use crate::error::{Error, Result};
@@ -174,6 +175,10 @@ struct Env {
 ///   gateway without it where unprivileged user namespaces are allowed. A
 ///   sealed child sees `/proc/self/cgroup` as `0::/` and cannot create
 ///   cgroups of its own.
+/// - Where the gateway holds `CAP_SYS_ADMIN`, on Linux ≥ 7.1, the child
+///   also dies with the last handle of it: when the whole gateway process is
+///   gone, the kernel SIGKILLs it (`CLONE_PIDFD_AUTOKILL`; see
+///   [`ContainedChild`]'s caveats and [`AutoKill`](crate::AutoKill)).
 ///
 /// # Signals
 /// The child starts with no signal blocked and every signal at its default
@@ -335,6 +340,11 @@ impl Command {
     /// session guard when the session is dropped), which is the stronger
     /// guarantee this crate is built on: prefer a session per job over
     /// `kill_on_drop`.
+    ///
+    /// Off, dropping the handle kills nothing while the gateway runs, on
+    /// every kernel: procscope keeps a reference to the child. On Linux ≥ 7.1
+    /// in a gateway with `CAP_SYS_ADMIN`, the child dies with the whole
+    /// gateway process, whatever this says ([`ContainedChild::auto_kill`]).
     pub fn kill_on_drop(&mut self, on: bool) -> &mut Self {
         self.kill_on_drop = on;
         self
@@ -453,29 +463,27 @@ impl Command {
         });
         let forced = self.mechanism.is_some();
         self.launch(self.sealing, user, defaults, |plan, program| match wanted {
-            SpawnMechanism::Clone3IntoCgroup => {
-                match spawn::spawn(plan, Placement::IntoCgroup(cgroup.as_fd()), Lifetime::Own) {
-                    Ok(s) => Ok((s, SpawnMechanism::Clone3IntoCgroup)),
-                    // A removed cgroup: ENODEV per the kernel's docs, ENOENT seen on 6.18.
-                    // Fail closed: never fall back to a spawn in another cgroup.
-                    Err(SpawnFailure::Clone(e)) if matches!(e.raw_os_error(), Some(libc::ENODEV | libc::ENOENT)) => {
-                        Err(Error::CgroupRemoved { path: cgroup.path().to_owned() })
-                    }
-                    // Only a kernel (or seccomp filter) without CLONE_INTO_CGROUP falls
-                    // back. Any other failure is the cgroup's answer and must stand:
-                    // EAGAIN from pids.max in particular, which a migration through
-                    // cgroup.procs would get around.
-                    Err(SpawnFailure::Clone(e))
-                        if !forced && matches!(e.raw_os_error(), Some(libc::E2BIG | libc::EINVAL | libc::ENOSYS)) =>
-                    {
-                        NO_CLONE_INTO_CGROUP.store(true, Ordering::Relaxed);
-                        tracing::warn!(error = %e, "clone3(CLONE_INTO_CGROUP) is not available; \
-                        spawning with a join through cgroup.procs from now on (slower)");
-                        Ok((spawn_joining(plan, cgroup, program)?, SpawnMechanism::ForkJoinProcs))
-                    }
-                    Err(failure) => Err(spawn_error(failure, program, cgroup)),
+            SpawnMechanism::Clone3IntoCgroup => match spawn_tied(plan, Placement::IntoCgroup(cgroup.as_fd())) {
+                Ok(s) => Ok((s, SpawnMechanism::Clone3IntoCgroup)),
+                // A removed cgroup: ENODEV per the kernel's docs, ENOENT seen on 6.18.
+                // Fail closed: never fall back to a spawn in another cgroup.
+                Err(SpawnFailure::Clone(e)) if matches!(e.raw_os_error(), Some(libc::ENODEV | libc::ENOENT)) => {
+                    Err(Error::CgroupRemoved { path: cgroup.path().to_owned() })
                 }
-            }
+                // Only a kernel (or seccomp filter) without CLONE_INTO_CGROUP falls
+                // back. Any other failure is the cgroup's answer and must stand:
+                // EAGAIN from pids.max in particular, which a migration through
+                // cgroup.procs would get around.
+                Err(SpawnFailure::Clone(e))
+                    if !forced && matches!(e.raw_os_error(), Some(libc::E2BIG | libc::EINVAL | libc::ENOSYS)) =>
+                {
+                    NO_CLONE_INTO_CGROUP.store(true, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "clone3(CLONE_INTO_CGROUP) is not available; \
+                        spawning with a join through cgroup.procs from now on (slower)");
+                    Ok((spawn_joining(plan, cgroup, program)?, SpawnMechanism::ForkJoinProcs))
+                }
+                Err(failure) => Err(spawn_error(failure, program, cgroup)),
+            },
             SpawnMechanism::ForkJoinProcs => Ok((spawn_joining(plan, cgroup, program)?, SpawnMechanism::ForkJoinProcs)),
         })
     }
@@ -610,6 +618,7 @@ impl Command {
     pub(crate) fn spawn_guardian(&mut self) -> Result<ContainedChild> {
         self.keep_caps = true;
         self.launch(Sealing::Off, None, &SPAWN_STDIO, |plan, program| {
+            // Never tied to its pidfd: the guardian must outlive this process.
             let spawned = spawn::spawn(plan, Placement::Inherit, Lifetime::Own).map_err(|f| match f {
                 SpawnFailure::Clone(e) => Error::io("clone3", program, e),
                 SpawnFailure::Child { stage, errno } => {
@@ -795,7 +804,7 @@ fn spawn_joining(plan: &ChildPlan<'_>, cgroup: &Cgroup, program: &str) -> Result
         rustix::io::Errno::NOENT | rustix::io::Errno::NODEV => Error::CgroupRemoved { path: cgroup.path().to_owned() },
         e => Error::io("open", cgroup.path().join(files::PROCS), e),
     })?;
-    spawn::spawn(plan, Placement::JoinProcs(procs.as_fd()), Lifetime::Own).map_err(|f| spawn_error(f, program, cgroup))
+    spawn_tied(plan, Placement::JoinProcs(procs.as_fd())).map_err(|f| spawn_error(f, program, cgroup))
 }
 
 fn spawn_error(failure: SpawnFailure, program: &str, cgroup: &Cgroup) -> Error {

@@ -418,6 +418,11 @@ static CLONE3_UNUSABLE: AtomicBool = AtomicBool::new(false);
 /// Tests force the `clone(2)` path with this.
 pub(crate) static FORCE_LEGACY_CLONE: AtomicBool = AtomicBool::new(false);
 
+/// Whether spawns use `clone3` (not the `clone(2)` path) as far as is known.
+pub(crate) fn clone3_in_use() -> bool {
+    !FORCE_LEGACY_CLONE.load(Ordering::Relaxed) && !CLONE3_UNUSABLE.load(Ordering::Relaxed)
+}
+
 /// Starts a child as `plan` says, placed as `placement` says.
 ///
 /// Returns once the child has called `execve`. A failure in the child is reported
