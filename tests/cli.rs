@@ -484,6 +484,9 @@ async fn doctor_reports_this_host() {
         assert_eq!(v["membership_check"], membership, "Linux {release}: {v}");
         let exit_status = if at_least(6, 15) { "pidfd_info_exit" } else { "children_only" };
         assert_eq!(v["exit_status"], exit_status, "Linux {release}: {v}");
+        // The tests run as root: CAP_SYS_ADMIN.
+        let auto_kill = if at_least(7, 1) { "pidfd_autokill" } else { "off" };
+        assert_eq!(v["auto_kill"], auto_kill, "Linux {release}: {v}");
         // Sealing's read-only view: mount_setattr from 5.12, a remount per mount before.
         let read_only_by = if at_least(5, 12) { "mount_setattr" } else { "remount" };
         assert_eq!(v["sealing"]["read_only_by"], read_only_by, "Linux {release}: {v}");
@@ -493,8 +496,12 @@ async fn doctor_reports_this_host() {
         let text = run(&env, &["doctor"]);
         let text = String::from_utf8_lossy(&text.stdout);
         assert!(text.contains("spawn mechanism") && text.contains("clone3_into_cgroup"), "{text}");
-        for (line, value) in [("kill mechanism", kill), ("membership check", membership), ("exit status", exit_status)]
-        {
+        for (line, value) in [
+            ("kill mechanism", kill),
+            ("membership check", membership),
+            ("exit status", exit_status),
+            ("auto kill", auto_kill),
+        ] {
             assert!(text.lines().any(|l| l.starts_with(line) && l.contains(value)), "{line}: {value}?\n{text}");
         }
         assert!(env.root.children().unwrap().is_empty(), "the probe cgroup was removed");
