@@ -161,9 +161,12 @@ async fn a_gateway_killed_without_a_guardian_takes_its_direct_child_along_where_
         // Not our child: watched through a pidfd of our own, which does not
         // keep it alive.
         let child = PidFd::open(field(&lines, "child").parse().unwrap()).unwrap();
-        let session = procscope::Cgroup::open(std::path::Path::new(field(&lines, "instance")).join("s-g0")).unwrap();
-        let members = session.procs().unwrap();
-        assert!(members.contains(&child.pid()) && members.len() == 2, "the child and its helper: {members:?}");
+        let instance = procscope::Cgroup::open(field(&lines, "instance")).unwrap();
+        let session = procscope::Cgroup::open(instance.path().join("s-g0")).unwrap();
+        // The child has daemonized its helper: the two of them, nothing else.
+        let pair = settled_daemons(&instance, 1).await;
+        assert!(pair.iter().any(|p| p.pid() == child.pid()), "the child is one of {pair:?}");
+        drop(pair);
 
         rustix::process::kill_process(
             rustix::process::Pid::from_raw(gateway.id() as i32).unwrap(),
