@@ -35,7 +35,7 @@
 //! | `try-rmxattr PATH NAME` | removes an xattr; prints `try-rmxattr PATH NAME=…` |
 //! | `try-kill PID SIG` | `kill(PID, SIG)` with SIG one of KILL, STOP, TERM; prints `try-kill PID SIG=…` |
 //! | `try-sigio PID SIG` | signals PID through a pipe's SIGIO: `F_SETOWN` PID (a negative PID is a process group), `F_SETSIG` SIG (a number; 0 keeps the default, SIGIO), `O_ASYNC`, then a write that makes the pipe readable; prints `try-sigio PID SIG=…` with the errno of the first step that failed |
-//! | `gateway ROOT N GUARDIAN` | a gateway: a supervisor under ROOT (with a guardian if GUARDIAN is 1) with N sessions each running a child that daemonizes a helper (or, unsealed and without nesting caps, runs the actions in `PROCSCOPE_FIXTURE_CHILD` up to `ready`); prints `instance=`, `guardian=`, `refused=` per session it could not start, `sessions=N`, `ready`; then takes orders from stdin: `sweep` (orphans every session and sweeps, prints `report=` and `error=` lines), `shutdown` (prints `report=`, exits); at EOF it runs on |
+//! | `gateway ROOT N GUARDIAN` | a gateway: a supervisor under ROOT (with a guardian if GUARDIAN is 1) with N sessions each running a child that daemonizes a helper (or, unsealed and without nesting caps, runs the actions in `PROCSCOPE_FIXTURE_CHILD` up to `ready`); prints `instance=`, `guardian=`, `child=PID` and `auto_kill=` (see `AutoKill::as_str`) per session's child, `refused=` per session it could not start, `sessions=N`, `ready`; then takes orders from stdin: `sweep` (orphans every session and sweeps, prints `report=` and `error=` lines), `shutdown` (prints `report=`, exits); at EOF it runs on |
 //!
 //! After the last action it exits 0.
 
@@ -440,6 +440,8 @@ fn gateway(root: &str, sessions: usize, guardian: bool) -> ! {
                     }
                 };
                 let mut child = session.spawn(&mut cmd)?;
+                say(&format!("child={}", child.id()));
+                say(&format!("auto_kill={}", child.auto_kill().as_str()));
                 let out = child.stdout.take().map(|o| tokio::io::BufReader::new(o).lines());
                 let out = match out {
                     Some(mut lines) => {

@@ -10,6 +10,7 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::unix::pipe;
 
+use crate::autokill::AutoKill;
 use crate::command::SpawnMechanism;
 use crate::error::{Error, Result};
 use crate::identity::TransientUser;
@@ -19,11 +20,16 @@ use crate::sys::spawn::Spawned;
 
 /// A child process of ours, shared between its [`ContainedChild`] handle and the
 /// session that tracks it. Whoever drops the last reference to a child that has
-/// not been reaped hands it to the reaper, so no zombie is left behind.
+/// not been reaped hands it to the reaper, so no zombie is left behind, and a
+/// child tied to its pidfd is not killed by the drop.
 #[derive(Debug)]
 pub(crate) struct ChildCell {
     pidfd: PidFd,
     status: Mutex<Option<ExitStatus>>,
+    /// Made with `CLONE_PIDFD_AUTOKILL | CLONE_AUTOREAP`: the kernel reaps
+    /// it (its status comes from `PIDFD_GET_INFO`), and closing the last
+    /// reference to `pidfd` kills it.
+    autokill: bool,
 }
 
 impl ChildCell {
@@ -40,11 +46,12 @@ impl ChildCell {
         self.status.lock().unwrap_or_else(|p| p.into_inner()).is_none() && self.pidfd.is_alive()
     }
 
-    /// The exit status if the child has been reaped, else reaps it if it has exited.
+    /// The exit status if the child has been reaped, else reaps it if it has
+    /// exited (or, for a child the kernel reaps, reads its status once it has).
     pub(crate) fn try_wait(&self) -> io::Result<Option<ExitStatus>> {
         let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
         if status.is_none() {
-            *status = self.pidfd.try_wait()?;
+            *status = if self.autokill { self.pidfd.try_released_status()? } else { self.pidfd.try_wait()? };
         }
         Ok(*status)
     }
@@ -55,8 +62,17 @@ impl ChildCell {
             if let Some(s) = self.try_wait()? {
                 return Ok(s);
             }
-            self.pidfd.exited().await?;
+            if self.autokill {
+                self.pidfd.released().await?;
+            } else {
+                self.pidfd.exited().await?;
+            }
         }
+    }
+
+    /// Whether the kernel kills the child with the last reference to its pidfd.
+    pub(crate) fn auto_kill(&self) -> AutoKill {
+        if self.autokill { AutoKill::Pidfd } else { AutoKill::Off }
     }
 
     /// Signals the child unless it has been reaped (then its pid may be reused,
@@ -78,16 +94,18 @@ impl Drop for ChildCell {
         if reaped {
             return;
         }
-        match self.pidfd.try_wait() {
-            Ok(Some(_)) | Err(_) => {}
-            Ok(None) => {
-                // Still running: never block in drop; the reaper waits for it.
-                match rustix::io::fcntl_dupfd_cloexec(&self.pidfd, 3) {
-                    Ok(fd) => crate::reaper::adopt(PidFd::from_owned(fd, self.pidfd.rustix_pid())),
-                    Err(e) => tracing::error!(pid = self.pidfd.raw_pid(), error = %e,
-                        "cannot hand a running child to the reaper; it will stay a zombie after exit"),
-                }
-            }
+        let running = if self.autokill { self.pidfd.is_alive() } else { matches!(self.pidfd.try_wait(), Ok(None)) };
+        if !running {
+            return;
+        }
+        // Still running: never block in drop; the reaper waits for it (and
+        // holds the pidfd of a child tied to it, which closing would kill).
+        match rustix::io::fcntl_dupfd_cloexec(&self.pidfd, 3) {
+            Ok(fd) => crate::reaper::adopt(PidFd::from_owned(fd, self.pidfd.rustix_pid()), self.autokill),
+            Err(e) if self.autokill => tracing::error!(pid = self.pidfd.raw_pid(), error = %e,
+                "cannot hand a running child to the reaper; the kernel kills it now (CLONE_PIDFD_AUTOKILL)"),
+            Err(e) => tracing::error!(pid = self.pidfd.raw_pid(), error = %e,
+                "cannot hand a running child to the reaper; it will stay a zombie after exit"),
         }
     }
 }
@@ -152,6 +170,21 @@ impl ParentPipes {
 /// - [`signal`](Self::signal) and [`kill`](Self::kill) reach the child only,
 ///   as in tokio; its descendants are ended with the session
 ///   ([`Session::close`](crate::Session::close)).
+/// - On Linux ≥ 7.1, in a gateway that holds `CAP_SYS_ADMIN`, the child dies
+///   with the last handle of it ([`auto_kill`](Self::auto_kill)): procscope
+///   holds its pidfd for as long as the child is meant to run (this handle,
+///   its session, the orphan pool until it is swept, the reaper after a drop),
+///   so while the gateway runs nothing changes. When the whole gateway process
+///   is gone — it exits, crashes or is SIGKILLed, guardian or not — or calls
+///   `execve` (pidfds are close-on-exec), the kernel SIGKILLs the child. A
+///   `fork`ed copy of the gateway keeps it alive until the copy calls
+///   `execve` or exits. The child's own descendants are not reached: its
+///   session ends them (the guardian, a sweep, a recovery).
+/// - Such a child is reaped by the kernel (`CLONE_AUTOREAP`): it never becomes
+///   a zombie, sends no `SIGCHLD`, and `waitpid` on its pid fails with
+///   `ECHILD`. [`wait`](Self::wait) and [`try_wait`](Self::try_wait) read its
+///   status from the kernel (`PIDFD_INFO_EXIT`) instead: the same
+///   [`ExitStatus`] (code, signal, core dump) as `waitid` gives.
 #[derive(Debug)]
 pub struct ContainedChild {
     handle: Handle,
@@ -182,6 +215,7 @@ impl ContainedChild {
                 cell: Arc::new(ChildCell {
                     pidfd: PidFd::from_owned(spawned.pidfd, spawned.pid),
                     status: Mutex::new(None),
+                    autokill: spawned.autokill,
                 }),
                 kill_on_drop,
             },
@@ -203,7 +237,10 @@ impl ContainedChild {
         self.handle.cell.pidfd.raw_pid() as u32
     }
 
-    /// The child's pidfd.
+    /// The child's pidfd. For a child tied to it ([`auto_kill`](Self::auto_kill)),
+    /// a duplicate of this fd (`dup`, or one passed to another process)
+    /// keeps the child alive too; a pidfd opened anew with
+    /// [`PidFd::open`] does not.
     pub fn pidfd(&self) -> &PidFd {
         &self.handle.cell.pidfd
     }
@@ -211,6 +248,14 @@ impl ContainedChild {
     /// How the child was placed in its cgroup.
     pub fn spawn_mechanism(&self) -> SpawnMechanism {
         self.mechanism
+    }
+
+    /// Whether the kernel kills the child when the last handle of it closes
+    /// (`CLONE_PIDFD_AUTOKILL`, Linux ≥ 7.1, a gateway with `CAP_SYS_ADMIN`):
+    /// see the caveats above.
+    #[doc(alias = "CLONE_PIDFD_AUTOKILL")]
+    pub fn auto_kill(&self) -> AutoKill {
+        self.handle.cell.auto_kill()
     }
 
     /// The uid (and gid) of the transient user the child runs as, if it was
@@ -230,17 +275,19 @@ impl ContainedChild {
     /// the future completes, and it can be awaited again.
     ///
     /// # Errors
-    /// [`Error::Os`] if `waitid` or the pidfd's registration with tokio fails
-    /// (no tokio runtime with IO enabled).
+    /// [`Error::Os`] if `waitid` (or, for a child the kernel reaps,
+    /// `PIDFD_GET_INFO`) or the pidfd's registration with tokio fails (no
+    /// tokio runtime with IO enabled).
     pub async fn wait(&mut self) -> Result<ExitStatus> {
         drop(self.stdin.take());
         self.handle.cell.wait().await.map_err(|e| Error::os("wait for the child", self.id(), e))
     }
 
-    /// Reaps the child if it has exited; `None` while it runs.
+    /// Reaps the child if it has exited; `None` while it runs (and, for a
+    /// child the kernel reaps, until the kernel has).
     ///
     /// # Errors
-    /// [`Error::Os`] if `waitid` fails.
+    /// [`Error::Os`] if `waitid` (or `PIDFD_GET_INFO`) fails.
     pub fn try_wait(&mut self) -> Result<Option<ExitStatus>> {
         self.handle.cell.try_wait().map_err(|e| Error::os("reap the child", self.id(), e))
     }

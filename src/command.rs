@@ -10,12 +10,13 @@ use std::sync::{Arc, OnceLock};
 
 use rustix::fs::OFlags;
 
+use crate::autokill::spawn_tied;
 use crate::cgroup::{Cgroup, files};
 use crate::child::ContainedChild;
 use crate::error::{Error, Result};
 use crate::identity::TransientUser;
 use crate::seal::Sealing;
-use crate::sys::spawn::{self, ChildPlan, ChildStage, Placement, SpawnFailure};
+use crate::sys::spawn::{self, ChildPlan, ChildStage, Lifetime, Placement, SpawnFailure};
 
 /// How a child gets into its cgroup.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -174,6 +175,10 @@ struct Env {
 ///   gateway without it where unprivileged user namespaces are allowed. A
 ///   sealed child sees `/proc/self/cgroup` as `0::/` and cannot create
 ///   cgroups of its own.
+/// - Where the gateway holds `CAP_SYS_ADMIN`, on Linux ≥ 7.1, the child
+///   also dies with the last handle of it: when the whole gateway process is
+///   gone, the kernel SIGKILLs it (`CLONE_PIDFD_AUTOKILL`; see
+///   [`ContainedChild`]'s caveats and [`AutoKill`](crate::AutoKill)).
 ///
 /// # Signals
 /// The child starts with no signal blocked and every signal at its default
@@ -335,6 +340,11 @@ impl Command {
     /// session guard when the session is dropped), which is the stronger
     /// guarantee this crate is built on: prefer a session per job over
     /// `kill_on_drop`.
+    ///
+    /// Off, dropping the handle kills nothing while the gateway runs, on
+    /// every kernel: procscope keeps a reference to the child. On Linux ≥ 7.1
+    /// in a gateway with `CAP_SYS_ADMIN`, the child dies with the whole
+    /// gateway process, whatever this says ([`ContainedChild::auto_kill`]).
     pub fn kill_on_drop(&mut self, on: bool) -> &mut Self {
         self.kill_on_drop = on;
         self
@@ -453,7 +463,7 @@ impl Command {
         });
         let forced = self.mechanism.is_some();
         self.launch(self.sealing, user, defaults, |plan, program| match wanted {
-            SpawnMechanism::Clone3IntoCgroup => match spawn::spawn(plan, Placement::IntoCgroup(cgroup.as_fd())) {
+            SpawnMechanism::Clone3IntoCgroup => match spawn_tied(plan, Placement::IntoCgroup(cgroup.as_fd())) {
                 Ok(s) => Ok((s, SpawnMechanism::Clone3IntoCgroup)),
                 // A removed cgroup: ENODEV per the kernel's docs, ENOENT seen on 6.18.
                 // Fail closed: never fall back to a spawn in another cgroup.
@@ -608,7 +618,8 @@ impl Command {
     pub(crate) fn spawn_guardian(&mut self) -> Result<ContainedChild> {
         self.keep_caps = true;
         self.launch(Sealing::Off, None, &SPAWN_STDIO, |plan, program| {
-            let spawned = spawn::spawn(plan, Placement::Inherit).map_err(|f| match f {
+            // Never tied to its pidfd: the guardian must outlive this process.
+            let spawned = spawn::spawn(plan, Placement::Inherit, Lifetime::Own).map_err(|f| match f {
                 SpawnFailure::Clone(e) => Error::io("clone3", program, e),
                 SpawnFailure::Child { stage, errno } => {
                     Error::Spawn { program: program.to_owned(), stage, source: errno }
@@ -793,7 +804,7 @@ fn spawn_joining(plan: &ChildPlan<'_>, cgroup: &Cgroup, program: &str) -> Result
         rustix::io::Errno::NOENT | rustix::io::Errno::NODEV => Error::CgroupRemoved { path: cgroup.path().to_owned() },
         e => Error::io("open", cgroup.path().join(files::PROCS), e),
     })?;
-    spawn::spawn(plan, Placement::JoinProcs(procs.as_fd())).map_err(|f| spawn_error(f, program, cgroup))
+    spawn_tied(plan, Placement::JoinProcs(procs.as_fd())).map_err(|f| spawn_error(f, program, cgroup))
 }
 
 fn spawn_error(failure: SpawnFailure, program: &str, cgroup: &Cgroup) -> Error {

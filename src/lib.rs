@@ -92,7 +92,7 @@
 //! | `Stdio::piped()` / `null()` / `inherit()` | [`Stdio::piped`] / [`null`](Stdio::null) / [`inherit`](Stdio::inherit) | a type of its own: `std::process::Stdio` is opaque and cannot give its fd back. `File`, `OwnedFd`, `std::io::pipe` ends and `std::process` child pipes convert into it |
 //! | `uid`, `gid`, `current_dir`, `env*` | the same names | — |
 //! | `pre_exec` | none | the child runs only async-signal-safe steps of procscope's own (see [`Command`]); arbitrary code there could undo the sealing |
-//! | a `SIGCHLD` driver | none | each child is waited for through its pidfd; children dropped while running are reaped by a thread of procscope's own |
+//! | a `SIGCHLD` driver | none | each child is waited for through its pidfd; children dropped while running are reaped by a thread of procscope's own (on Linux ≥ 7.1, as root, the kernel reaps them: [`AutoKill`]) |
 //!
 //! Errors are one type, [`Error`]: every variant says what failed, on which
 //! path or process, and how to fix it. `From<io::Error> for Error` and
@@ -124,6 +124,7 @@
 #![warn(missing_docs)]
 #![doc(test(attr(deny(warnings), allow(dead_code))))]
 
+mod autokill;
 pub mod cgroup;
 mod child;
 mod command;
@@ -153,6 +154,7 @@ mod tick;
 mod totals;
 pub mod tree;
 
+pub use autokill::AutoKill;
 pub use cgroup::limits::{CpuMax, Limits, MemoryEvents, Stats};
 pub use cgroup::{Cgroup, Events, KillMechanism};
 pub use child::{ChildStderr, ChildStdin, ChildStdout, ContainedChild};
@@ -246,6 +248,15 @@ pub mod testing {
     /// with `false`. Other threads are not touched.
     pub fn force_no_cgroup_namespace(on: bool) {
         crate::seal::FORCE_NO_CGROUP_NAMESPACE.set(on);
+    }
+
+    /// Makes the calling thread spawn children without
+    /// `CLONE_PIDFD_AUTOKILL` (as on kernels before 7.1, or without
+    /// `CAP_SYS_ADMIN`), until called again with `false`: the kernel does not
+    /// reap them, and their status comes from `waitid`. Other threads are not
+    /// touched.
+    pub fn force_no_autokill(on: bool) {
+        crate::autokill::FORCE_OFF.set(on);
     }
 
     /// Forces the `clone(2)` spawn path (as on hosts where `clone3` is missing

@@ -119,6 +119,7 @@
 //! | `WARN` | ending or removing a session failed; it stays for the next sweep | `session`, `error` |
 //! | `WARN` | a fallback was taken: `clone3(CLONE_INTO_CGROUP)` missing, no fd left to end a session, thawing after a freeze failed | `error`, `cgroup` |
 //! | `DEBUG` | no shared sealed mount namespace: each sealed child makes its own | `error` |
+//! | `DEBUG` | `clone3` refused `CLONE_PIDFD_AUTOKILL` (a kernel before 7.1): children are spawned without it from now on ([`AutoKill`](crate::AutoKill)) | `error` |
 //! | `WARN` | a supervisor was dropped without [`shutdown`](crate::Supervisor::shutdown): its sessions are killed | `instance` |
 //! | `WARN` | the instance cgroup was removed by someone else and made again; processes were left in it after the final sweep | `instance` |
 //! | `WARN` | a child moved a protected process (the gateway, an ancestor, the guardian) into a cgroup being ended, and it was moved back out | `pid`, `cgroup` |

@@ -133,6 +133,55 @@ impl PidFd {
         Ok(())
     }
 
+    /// Whether the process has been reaped (by anyone, the kernel included):
+    /// the pidfd polls `POLLHUP`.
+    pub(crate) fn is_released(&self) -> bool {
+        // Asked for no event, poll reports POLLHUP (and errors) only.
+        let mut fds = [PollFd::new(&self.fd, PollFlags::empty())];
+        match rustix::event::poll(&mut fds, Some(&rustix::time::Timespec { tv_sec: 0, tv_nsec: 0 })) {
+            Ok(n) => n > 0 && fds[0].revents().contains(PollFlags::HUP),
+            Err(_) => false,
+        }
+    }
+
+    /// Waits until the process has been reaped (`POLLHUP`), which for a
+    /// process the kernel reaps itself (`CLONE_AUTOREAP`) follows its exit at
+    /// once. Needs a tokio runtime with IO enabled. Cancel-safe.
+    pub(crate) async fn released(&self) -> io::Result<()> {
+        if self.is_released() {
+            return Ok(());
+        }
+        let dup = rustix::io::fcntl_dupfd_cloexec(&self.fd, 3)?;
+        let afd = crate::sys::async_fd::register(dup, Interest::READABLE)?;
+        loop {
+            // Readable at the exit, again (with POLLHUP) at the reap: the
+            // readiness is cleared before the check, so that a reap between
+            // the two is not missed.
+            let mut ready = afd.readable().await?;
+            ready.clear_ready();
+            if self.is_released() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// The exit status of a child the kernel reaps (`CLONE_AUTOREAP`), from
+    /// `PIDFD_GET_INFO` with `PIDFD_INFO_EXIT` once it has been reaped; `None`
+    /// until then. The kernel records it before the pidfd polls `POLLHUP`.
+    ///
+    /// # Errors
+    /// From the ioctl; [`io::ErrorKind::Other`] if the kernel kept no status.
+    pub(crate) fn try_released_status(&self) -> io::Result<Option<ExitStatus>> {
+        if !self.is_released() {
+            return Ok(None);
+        }
+        let info = pidfd_info::get_info(self.fd.as_fd(), PIDFD_INFO_EXIT)?;
+        if info.mask & PIDFD_INFO_EXIT == 0 {
+            return Err(io::Error::other("the kernel kept no exit status (PIDFD_INFO_EXIT)"));
+        }
+        Ok(Some(ExitStatus::from_raw(info.exit_code)))
+    }
+
     /// `waitid(P_PIDFD, fd, WEXITED | WNOHANG)`: reaps the process if it has
     /// exited. Only for children of the calling process.
     ///

@@ -3,6 +3,10 @@
 //! One thread per process, started on first use, waits on the pidfds of such
 //! children with `epoll` and reaps each one as it exits. It needs no tokio
 //! runtime, and handing a child over never blocks, so `Drop` can use it.
+//!
+//! A child the kernel reaps itself (`CLONE_AUTOREAP`) is held instead: its
+//! pidfd is the last reference that keeps it alive (`CLONE_PIDFD_AUTOKILL`),
+//! and is closed once the child has exited.
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
@@ -14,7 +18,20 @@ use crate::pidfd::PidFd;
 
 struct Reaper {
     epoll: OwnedFd,
-    children: Mutex<HashMap<RawFd, PidFd>>,
+    children: Mutex<HashMap<RawFd, Adopted>>,
+}
+
+/// A child handed over, and whether the kernel reaps it (then it is only held).
+struct Adopted {
+    pidfd: PidFd,
+    autokill: bool,
+}
+
+impl Adopted {
+    /// Whether it has exited; reaps it unless the kernel does.
+    fn exited(&self) -> bool {
+        if self.autokill { !self.pidfd.is_alive() } else { !matches!(self.pidfd.try_wait(), Ok(None)) }
+    }
 }
 
 fn reaper() -> Option<&'static Reaper> {
@@ -37,16 +54,19 @@ fn reaper() -> Option<&'static Reaper> {
     Some(r)
 }
 
-/// Takes over a child that is still running and reaps it once it exits.
-pub(crate) fn adopt(child: PidFd) {
-    if let Ok(Some(_)) | Err(_) = child.try_wait() {
+/// Takes over a child that is still running and reaps it once it exits; with
+/// `autokill` (a child the kernel reaps and kills with its last pidfd), holds
+/// its pidfd until it exits.
+pub(crate) fn adopt(pidfd: PidFd, autokill: bool) {
+    let child = Adopted { pidfd, autokill };
+    if child.exited() {
         return;
     }
     let Some(r) = reaper() else { return };
-    let raw = child.as_raw_fd();
+    let raw = child.pidfd.as_raw_fd();
     let mut children = r.children.lock().unwrap_or_else(|p| p.into_inner());
     let data = epoll::EventData::new_u64(raw as u64);
-    if epoll::add(&r.epoll, child.as_fd(), data, epoll::EventFlags::IN).is_ok() {
+    if epoll::add(&r.epoll, child.pidfd.as_fd(), data, epoll::EventFlags::IN).is_ok() {
         children.insert(raw, child);
     }
 }
@@ -72,11 +92,11 @@ fn run(r: &Reaper) {
         for ev in &events {
             let raw = ev.data.u64() as RawFd;
             if let Some(child) = children.remove(&raw) {
-                let _ = epoll::delete(&r.epoll, child.as_fd());
-                if let Ok(None) = child.try_wait() {
+                let _ = epoll::delete(&r.epoll, child.pidfd.as_fd());
+                if !child.exited() {
                     // Spurious: keep waiting.
                     let data = epoll::EventData::new_u64(raw as u64);
-                    if epoll::add(&r.epoll, child.as_fd(), data, epoll::EventFlags::IN).is_ok() {
+                    if epoll::add(&r.epoll, child.pidfd.as_fd(), data, epoll::EventFlags::IN).is_ok() {
                         children.insert(raw, child);
                     }
                 }

@@ -175,7 +175,7 @@ fn id_maps() -> (CString, CString) {
 /// map its ids in it: one child that goes as far as that and then fails its
 /// `execve` on purpose (no program is run).
 fn probe_user_namespace() -> std::result::Result<(), String> {
-    use crate::sys::spawn::{ChildPlan, Placement, SpawnFailure};
+    use crate::sys::spawn::{ChildPlan, Lifetime, Placement, SpawnFailure};
     let null = crate::command::dev_null().map_err(|e| e.to_string())?;
     let (uid_map, gid_map) = id_maps();
     let nothing = [std::ptr::null()];
@@ -193,7 +193,7 @@ fn probe_user_namespace() -> std::result::Result<(), String> {
         keep_caps: true,
         seal: Some(ChildSeal::UserNs { mounts: &[], uid_map: &uid_map, gid_map: &gid_map }),
     };
-    match crate::sys::spawn::spawn(&plan, Placement::Inherit) {
+    match crate::sys::spawn::spawn(&plan, Placement::Inherit, Lifetime::Own) {
         Err(SpawnFailure::Child { stage: crate::ChildStage::Exec, .. }) => Ok(()),
         Err(SpawnFailure::Child { errno, .. }) => Err(match errno.raw_os_error() {
             Some(libc::ENOSPC) => "user.max_user_namespaces is 0 or reached".into(),

@@ -331,9 +331,17 @@ async fn ps_and_sweep_report_and_end_by_scope() {
         );
         let mut gw_out = BufReader::new(gw.stdout.take().unwrap());
         let mut line = String::new();
+        let mut instance = String::new();
         while gw_out.read_line(&mut line).unwrap() > 0 && line.trim() != "ready" {
+            if let Some(i) = line.trim().strip_prefix("instance=") {
+                instance = i.to_owned();
+            }
             line.clear();
         }
+        // Its helper daemonized first: on Linux 7.1 and later the kernel
+        // kills the gateway's direct children with it (CLONE_PIDFD_AUTOKILL),
+        // and the helper is what still runs.
+        drop(settled_daemons(&procscope::Cgroup::open(&instance).unwrap(), 1).await);
         signal(&gw, rustix::process::Signal::KILL);
         gw.wait().unwrap();
 
@@ -484,6 +492,9 @@ async fn doctor_reports_this_host() {
         assert_eq!(v["membership_check"], membership, "Linux {release}: {v}");
         let exit_status = if at_least(6, 15) { "pidfd_info_exit" } else { "children_only" };
         assert_eq!(v["exit_status"], exit_status, "Linux {release}: {v}");
+        // The tests run as root: CAP_SYS_ADMIN.
+        let auto_kill = if at_least(7, 1) { "pidfd_autokill" } else { "off" };
+        assert_eq!(v["auto_kill"], auto_kill, "Linux {release}: {v}");
         // Sealing's read-only view: mount_setattr from 5.12, a remount per mount before.
         let read_only_by = if at_least(5, 12) { "mount_setattr" } else { "remount" };
         assert_eq!(v["sealing"]["read_only_by"], read_only_by, "Linux {release}: {v}");
@@ -493,8 +504,12 @@ async fn doctor_reports_this_host() {
         let text = run(&env, &["doctor"]);
         let text = String::from_utf8_lossy(&text.stdout);
         assert!(text.contains("spawn mechanism") && text.contains("clone3_into_cgroup"), "{text}");
-        for (line, value) in [("kill mechanism", kill), ("membership check", membership), ("exit status", exit_status)]
-        {
+        for (line, value) in [
+            ("kill mechanism", kill),
+            ("membership check", membership),
+            ("exit status", exit_status),
+            ("auto kill", auto_kill),
+        ] {
             assert!(text.lines().any(|l| l.starts_with(line) && l.contains(value)), "{line}: {value}?\n{text}");
         }
         assert!(env.root.children().unwrap().is_empty(), "the probe cgroup was removed");
@@ -580,9 +595,12 @@ fn assert_event_fields(env: &TestEnv, v: &Value) {
     }
 }
 
-/// A gateway (the fixture, one session, no guardian) SIGKILLed and reaped:
-/// its instance is stale. Returns the instance's path and the gateway's pid.
-fn stale_gateway(env: &TestEnv) -> (String, u32) {
+/// A gateway (the fixture, one session, no guardian) SIGKILLed and reaped
+/// once its child has daemonized its helper: its instance is stale, and
+/// the helper still runs (on Linux 7.1 and later the kernel kills the
+/// gateway's direct children with it, CLONE_PIDFD_AUTOKILL). Returns the
+/// instance's path and the gateway's pid.
+async fn stale_gateway(env: &TestEnv) -> (String, u32) {
     let mut gw = Gateway(
         std::process::Command::new(FIXTURE)
             .args(["gateway", env.path().to_str().unwrap(), "1", "0"])
@@ -601,6 +619,7 @@ fn stale_gateway(env: &TestEnv) -> (String, u32) {
             break;
         }
     }
+    drop(settled_daemons(&procscope::Cgroup::open(field(&lines, "instance")).unwrap(), 1).await);
     let pid = gw.id();
     signal(&gw, rustix::process::Signal::KILL);
     gw.wait().unwrap();
@@ -630,7 +649,7 @@ async fn exec_and_sweep_log_json_events() {
             line.clear();
             assert!(out.read_line(&mut line).unwrap() > 0, "exec ended before ready");
         }
-        let (stale, gw_pid) = stale_gateway(&env);
+        let (stale, gw_pid) = stale_gateway(&env).await;
 
         let out = run(&env, &["sweep", "-v", "--log-format", "json", "--all", "--force", "--grace", "100ms"]);
         assert!(out.status.success(), "{out:?}");
@@ -774,12 +793,12 @@ async fn events_show_with_v_in_text_and_only_then() {
         }
 
         // A sweep with work to do: silent without -v, in either format.
-        stale_gateway(&env);
+        stale_gateway(&env).await;
         let out = run(&env, &["sweep", "--log-format", "json", "--json", "--grace", "100ms"]);
         assert_eq!(json(&out)["sessions"], 1, "{out:?}");
         assert_eq!(String::from_utf8_lossy(&out.stderr), "", "nothing logged by default");
         // -v, text.
-        stale_gateway(&env);
+        stale_gateway(&env).await;
         let out = run(&env, &["sweep", "-v", "--grace", "100ms"]);
         assert!(out.status.success(), "{out:?}");
         let err = String::from_utf8_lossy(&out.stderr);
@@ -791,7 +810,7 @@ async fn events_show_with_v_in_text_and_only_then() {
             );
         }
         // RUST_LOG: the events and nothing else.
-        stale_gateway(&env);
+        stale_gateway(&env).await;
         let out = procscope(&env, &["sweep", "--log-format", "json", "--grace", "100ms"])
             .env("RUST_LOG", "procscope::event=info")
             .stdin(Stdio::null())

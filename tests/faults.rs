@@ -832,6 +832,9 @@ async fn a_zombie_gateway_is_gone() {
     let env = TestEnv::new();
     {
         let (mut gateway, lines) = Gateway::start(FIXTURE, &env.path(), 1, false);
+        // The helper daemonized first: on Linux 7.1 and later the kernel
+        // kills the gateway's direct child with it (CLONE_PIDFD_AUTOKILL).
+        drop(settled_daemons(&Cgroup::open(field(&lines, "instance")).unwrap(), 1).await);
         rustix::process::kill_process(
             rustix::process::Pid::from_raw(gateway.id() as i32).unwrap(),
             rustix::process::Signal::KILL,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use procscope::cgroup::hierarchy::{Delegation, Features, Hierarchy};
 use procscope::{
-    Cgroup, Command, ExitStatusSource, KillMechanism, MembershipCheck, Root, RootKind, SpawnMechanism, Stdio,
+    AutoKill, Cgroup, Command, ExitStatusSource, KillMechanism, MembershipCheck, Root, RootKind, SpawnMechanism, Stdio,
 };
 use serde_json::json;
 
@@ -120,10 +120,12 @@ pub async fn run(root: Option<PathBuf>, json: bool) -> i32 {
         }
     }
 
-    let (spawn, kill) = match &probe_parent {
+    let (spawn, kill, probed_auto_kill) = match &probe_parent {
         Some(parent) => probe(parent, &mut problems).await,
-        None => ("none", "none"),
+        None => ("none", "none", None),
     };
+    // What the probe child got, or else what a spawn would ask for.
+    let auto_kill = probed_auto_kill.unwrap_or_else(AutoKill::current);
     let features = probe_parent.as_ref().map(Features::detect);
     let membership = MembershipCheck::current();
     let exit_status = ExitStatusSource::current();
@@ -189,6 +191,7 @@ pub async fn run(root: Option<PathBuf>, json: bool) -> i32 {
             "kill_mechanism": kill,
             "membership_check": membership.as_str(),
             "exit_status": exit_status.as_str(),
+            "auto_kill": auto_kill.as_str(),
             "features": features.as_ref().map(|f| json!({
                 "pidfd": f.pidfd, "clone_into_cgroup": f.clone_into_cgroup,
                 "cgroup_kill": f.cgroup_kill, "cgroup_freeze": f.cgroup_freeze,
@@ -247,6 +250,23 @@ pub async fn run(root: Option<PathBuf>, json: bool) -> i32 {
                 match exit_status {
                     ExitStatusSource::PidfdInfoExit => "of any process once reaped, PIDFD_INFO_EXIT, Linux 6.15",
                     _ => "of children only (waitid); PIDFD_INFO_EXIT needs Linux 6.15",
+                }
+            ),
+        );
+        show(
+            "auto kill",
+            &format!(
+                "{} ({})",
+                auto_kill.as_str(),
+                match auto_kill {
+                    AutoKill::Pidfd => {
+                        "a direct child dies with the last handle of it, so with the whole gateway process, \
+                         CLONE_PIDFD_AUTOKILL, Linux 7.1"
+                    }
+                    _ => {
+                        "CLONE_PIDFD_AUTOKILL needs Linux 7.1 and CAP_SYS_ADMIN; the guardian and the sweeps \
+                         end what a killed gateway leaves"
+                    }
                 }
             ),
         );
@@ -314,8 +334,9 @@ fn or_none(v: &[String]) -> String {
 }
 
 /// Spawns a probe into a temporary cgroup with the best mechanism, then kills it
-/// with the best mechanism, and reports what worked.
-async fn probe(parent: &Cgroup, problems: &mut Vec<Problem>) -> (&'static str, &'static str) {
+/// with the best mechanism, and reports what worked (and whether the probe
+/// was tied to its pidfd).
+async fn probe(parent: &Cgroup, problems: &mut Vec<Problem>) -> (&'static str, &'static str, Option<AutoKill>) {
     let name = format!("doctor-{}", std::process::id());
     let cg = match parent.create_child(&name) {
         Ok(c) => c,
@@ -325,7 +346,7 @@ async fn probe(parent: &Cgroup, problems: &mut Vec<Problem>) -> (&'static str, &
                 fix: format!("run as root or with a delegated cgroup:\n{UNIT_SNIPPET}"),
                 degrades: true,
             });
-            return ("none", "none");
+            return ("none", "none", None);
         }
     };
     let exe = std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into());
@@ -363,8 +384,9 @@ async fn probe(parent: &Cgroup, problems: &mut Vec<Problem>) -> (&'static str, &
             fix: "see the errors above".into(),
             degrades: true,
         });
-        return ("none", "none");
+        return ("none", "none", None);
     };
+    let auto_kill = child.auto_kill();
     let kill = match cg.kill().await {
         Ok(k) => {
             let gone = cg.wait_empty(Some(tokio::time::Instant::now() + Duration::from_secs(3))).await.unwrap_or(false);
@@ -398,5 +420,5 @@ async fn probe(parent: &Cgroup, problems: &mut Vec<Problem>) -> (&'static str, &
     };
     let _ = child.wait().await;
     let _ = parent.remove_child_tree(&cg).await;
-    (mechanism.as_str(), kill)
+    (mechanism.as_str(), kill, Some(auto_kill))
 }

@@ -19,7 +19,14 @@
 //! A step that fails records which step and its errno in a page shared with the
 //! parent (`MAP_SHARED`, so this works for a copied address space too) and exits
 //! with 127. The parent reads the record when `clone3` returns, reaps the child
-//! and reports a typed error instead of a child that exits 127.
+//! (or, for a child the kernel reaps, waits until it has) and reports a typed
+//! error instead of a child that exits 127.
+//!
+//! With [`Lifetime::TiedToPidfd`] the child is also made with
+//! `CLONE_PIDFD_AUTOKILL | CLONE_AUTOREAP` (Linux 7.1): the kernel SIGKILLs it
+//! when the last reference to its pidfd closes, and reaps it itself when it
+//! exits (no zombie, no `SIGCHLD`; `waitid` gives `ECHILD`, and the exit status
+//! comes from `PIDFD_GET_INFO`).
 //!
 //! # Async-signal safety
 //!
@@ -44,6 +51,19 @@ const CLONE_VFORK: u64 = 0x4000;
 // libc's constants for these two are `c_int` on glibc and overflow.
 const CLONE_CLEAR_SIGHAND: u64 = 0x1_0000_0000;
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+// Linux 7.1, from `include/uapi/linux/sched.h` as released (checked against
+// Linux 7.2's, Debian's linux-libc-dev 7.2.13-1): CLONE_AUTOREAP (1 << 34),
+// CLONE_NNP (1 << 35), CLONE_PIDFD_AUTOKILL (1 << 36). The patch series
+// (v5, 2026-02) had the last two the other way round. CLONE_NNP is never set
+// here: it would set `no_new_privs` in children that the caller did not ask
+// to run with it (a setuid program would lose its privileges).
+/// `CLONE_AUTOREAP`: the kernel reaps the child when it exits; `exit_signal`
+/// must be 0.
+const CLONE_AUTOREAP: u64 = 1 << 34;
+/// `CLONE_PIDFD_AUTOKILL`: SIGKILL to the child when the last reference to
+/// the pidfd `clone3` returned closes. Needs `CLONE_PIDFD | CLONE_AUTOREAP`,
+/// and `CAP_SYS_ADMIN` (in the caller's user namespace) without `CLONE_NNP`.
+const CLONE_PIDFD_AUTOKILL: u64 = 1 << 36;
 /// `CLONE_ARGS_SIZE_VER0`: Linux 5.3, up to `tls`.
 const CLONE_ARGS_SIZE_VER0: usize = 64;
 /// `CLONE_ARGS_SIZE_VER2`: Linux 5.7, up to `cgroup`.
@@ -216,10 +236,26 @@ pub(crate) struct ChildPlan<'a> {
     pub seal: Option<super::seal::ChildSeal<'a>>,
 }
 
+/// What ends a child besides its own exit and the signals it is sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Lifetime {
+    /// Nothing: it outlives its pidfd and the gateway. Reaped with `waitid`.
+    Own,
+    /// `CLONE_PIDFD_AUTOKILL | CLONE_AUTOREAP`: killed by the kernel when the
+    /// last reference to its pidfd closes, reaped by the kernel. Where `clone3`
+    /// cannot be used (the `clone(2)` path) the child is spawned as
+    /// [`Lifetime::Own`]; a `clone3` that refuses the flags fails the spawn
+    /// with the error, for the caller to spawn again without them.
+    TiedToPidfd,
+}
+
 /// A child that has called `execve` (or died before).
 pub(crate) struct Spawned {
     pub pidfd: OwnedFd,
     pub pid: Pid,
+    /// Made with `CLONE_PIDFD_AUTOKILL | CLONE_AUTOREAP`: the kernel reaps it,
+    /// and closing the last reference to `pidfd` kills it.
+    pub autokill: bool,
 }
 
 #[derive(Debug)]
@@ -382,6 +418,11 @@ static CLONE3_UNUSABLE: AtomicBool = AtomicBool::new(false);
 /// Tests force the `clone(2)` path with this.
 pub(crate) static FORCE_LEGACY_CLONE: AtomicBool = AtomicBool::new(false);
 
+/// Whether spawns use `clone3` (not the `clone(2)` path) as far as is known.
+pub(crate) fn clone3_in_use() -> bool {
+    !FORCE_LEGACY_CLONE.load(Ordering::Relaxed) && !CLONE3_UNUSABLE.load(Ordering::Relaxed)
+}
+
 /// Starts a child as `plan` says, placed as `placement` says.
 ///
 /// Returns once the child has called `execve`. A failure in the child is reported
@@ -389,10 +430,17 @@ pub(crate) static FORCE_LEGACY_CLONE: AtomicBool = AtomicBool::new(false);
 /// `clone(2)` where `clone3` cannot be used; `clone(2)` cannot place a child
 /// into a cgroup, so [`Placement::IntoCgroup`] then fails with ENOSYS and the
 /// caller falls back to [`Placement::JoinProcs`].
-pub(crate) fn spawn(plan: &ChildPlan<'_>, placement: Placement<'_>) -> Result<Spawned, SpawnFailure> {
+pub(crate) fn spawn(
+    plan: &ChildPlan<'_>,
+    placement: Placement<'_>,
+    lifetime: Lifetime,
+) -> Result<Spawned, SpawnFailure> {
     let legacy = FORCE_LEGACY_CLONE.load(Ordering::Relaxed) || CLONE3_UNUSABLE.load(Ordering::Relaxed);
     if !legacy {
-        match spawn_clone3(plan, placement) {
+        match spawn_clone3(plan, placement, lifetime) {
+            // With the Linux 7.1 flags, a refusal says nothing yet about
+            // clone3 itself: the caller tries again without them.
+            Err(failure @ SpawnFailure::Clone(_)) if lifetime == Lifetime::TiedToPidfd => return Err(failure),
             Err(SpawnFailure::Clone(e)) if e.raw_os_error() == Some(libc::ENOSYS) => {
                 CLONE3_UNUSABLE.store(true, Ordering::Relaxed);
             }
@@ -464,14 +512,15 @@ pub(crate) fn become_in_place(
 }
 
 /// The `clone3` path.
-fn spawn_clone3(plan: &ChildPlan<'_>, placement: Placement<'_>) -> Result<Spawned, SpawnFailure> {
+fn spawn_clone3(plan: &ChildPlan<'_>, placement: Placement<'_>, lifetime: Lifetime) -> Result<Spawned, SpawnFailure> {
     let reset = signal_reset();
-    with_mapping(|mapping| clone3_with(plan, placement, mapping, reset)).map_err(SpawnFailure::Clone)?
+    with_mapping(|mapping| clone3_with(plan, placement, lifetime, mapping, reset)).map_err(SpawnFailure::Clone)?
 }
 
 fn clone3_with(
     plan: &ChildPlan<'_>,
     placement: Placement<'_>,
+    lifetime: Lifetime,
     mapping: &ChildMapping,
     reset: SignalReset,
 ) -> Result<Spawned, SpawnFailure> {
@@ -492,6 +541,12 @@ fn clone3_with(
         exit_signal: libc::SIGCHLD as u64,
         ..CloneArgs::default()
     };
+    let autokill = lifetime == Lifetime::TiedToPidfd;
+    if autokill {
+        // No exit signal: the kernel reaps the child, nobody waits for it.
+        args.flags |= CLONE_AUTOREAP | CLONE_PIDFD_AUTOKILL;
+        args.exit_signal = 0;
+    }
     let mut size = CLONE_ARGS_SIZE_VER0;
     if let Placement::IntoCgroup(fd) = placement {
         args.flags |= CLONE_INTO_CGROUP;
@@ -519,7 +574,7 @@ fn clone3_with(
         }
         if r < 0 { -(io::Error::last_os_error().raw_os_error().unwrap_or(libc::EINVAL) as c_long) } else { r }
     };
-    finish(ret, pidfd, mapping)
+    finish(ret, pidfd, mapping, autokill)
 }
 
 /// The `clone(2)` path (glibc's wrapper, which runs `fn(arg)` on the given stack
@@ -568,7 +623,7 @@ fn legacy_with(
     // SAFETY: restores this thread's previous mask.
     unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, ptr::null_mut()) };
     let ret: c_long = if ret < 0 { -(err.raw_os_error().unwrap_or(libc::EINVAL) as c_long) } else { ret as c_long };
-    finish(ret, pidfd, mapping)
+    finish(ret, pidfd, mapping, false)
 }
 
 /// The child side of `clone(2)`: glibc calls it on the new stack.
@@ -578,8 +633,9 @@ extern "C" fn legacy_entry(arg: *mut c_void) -> libc::c_int {
 }
 
 /// The parent's side after either clone: adopt the pidfd, read the child's
-/// report, reap a child that failed.
-fn finish(ret: c_long, pidfd: RawFd, mapping: &ChildMapping) -> Result<Spawned, SpawnFailure> {
+/// report, reap a child that failed (or, with `autokill`, wait until the
+/// kernel has).
+fn finish(ret: c_long, pidfd: RawFd, mapping: &ChildMapping, autokill: bool) -> Result<Spawned, SpawnFailure> {
     if ret < 0 {
         return Err(SpawnFailure::Clone(io::Error::from_raw_os_error(-ret as i32)));
     }
@@ -592,10 +648,14 @@ fn finish(ret: c_long, pidfd: RawFd, mapping: &ChildMapping) -> Result<Spawned, 
     let stage = report.stage.load(Ordering::SeqCst);
     if let Some(stage) = ChildStage::from_code(stage) {
         let errno = io::Error::from_raw_os_error(report.errno.load(Ordering::SeqCst));
-        reap_blocking(&pidfd);
+        if autokill {
+            wait_released(&pidfd);
+        } else {
+            reap_blocking(&pidfd);
+        }
         return Err(SpawnFailure::Child { stage, errno });
     }
-    Ok(Spawned { pidfd, pid })
+    Ok(Spawned { pidfd, pid, autokill })
 }
 
 /// Reaps a child that is known to be exiting.
@@ -603,6 +663,23 @@ fn reap_blocking(pidfd: &OwnedFd) {
     use std::os::fd::AsFd;
     loop {
         match rustix::process::waitid(WaitId::PidFd(pidfd.as_fd()), WaitIdOptions::EXITED) {
+            Err(rustix::io::Errno::INTR) => continue,
+            _ => return,
+        }
+    }
+}
+
+/// Waits until a child the kernel reaps (`CLONE_AUTOREAP`) and that is known
+/// to be exiting has been reaped: its pidfd polls `POLLHUP` (asked for no
+/// event, `poll` waits for that alone). `waitid` would fail at once with
+/// `ECHILD`. Bounded, although the child has called `_exit` already: no
+/// zombie can be left either way, and a spawn must not hang.
+fn wait_released(pidfd: &OwnedFd) {
+    use rustix::event::{PollFd, PollFlags, poll};
+    let timeout = rustix::time::Timespec { tv_sec: 5, tv_nsec: 0 };
+    loop {
+        let mut fds = [PollFd::new(pidfd, PollFlags::empty())];
+        match poll(&mut fds, Some(&timeout)) {
             Err(rustix::io::Errno::INTR) => continue,
             _ => return,
         }
