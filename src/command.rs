@@ -605,6 +605,8 @@ impl Command {
                 last_cap: last_cap(),
                 keep_caps: false,
                 seal: seal.as_ref().map(crate::seal::SealPlan::child),
+                // This process becomes the command: it attaches the filter itself.
+                signal_filter_inherited: false,
             };
             let (stage, source) = spawn::become_in_place(&plan, join.as_fd(), owner.map(|o| o.as_fd()));
             Ok(Error::Spawn { program: self.program.to_string_lossy().into_owned(), stage, source })
@@ -656,6 +658,7 @@ impl Command {
             last_cap: last_cap(),
             keep_caps: self.keep_caps,
             seal: seal.as_ref().map(crate::seal::SealPlan::child),
+            signal_filter_inherited: seal.is_some() && crate::sys::seccomp::filter_spawning_thread(),
         };
         let (spawned, mechanism) = place(&plan, &self.program.to_string_lossy())?;
         Ok(ContainedChild::new(spawned, pipes.into_parent_ends(), mechanism, seal.is_some(), self.kill_on_drop, user))

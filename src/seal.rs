@@ -89,6 +89,11 @@ pub enum Sealing {
     /// Never seal. This gives up containment against hostile children: a child
     /// running as uid 0 can then move itself out of its session, write any
     /// cgroup file and forge `user.*` xattrs.
+    ///
+    /// One part of sealing is inherited all the same: a gateway thread that
+    /// has spawned a sealed child (with `CAP_SYS_ADMIN`) carries the seccomp
+    /// filter that refuses `fcntl(F_SETSIG)` with SIGKILL or SIGSTOP, and so
+    /// does everything it starts afterwards, unsealed children included.
     Off,
 }
 
@@ -192,6 +197,7 @@ fn probe_user_namespace() -> std::result::Result<(), String> {
         last_cap: 0,
         keep_caps: true,
         seal: Some(ChildSeal::UserNs { mounts: &[], uid_map: &uid_map, gid_map: &gid_map }),
+        signal_filter_inherited: false,
     };
     match crate::sys::spawn::spawn(&plan, Placement::Inherit, Lifetime::Own) {
         Err(SpawnFailure::Child { stage: crate::ChildStage::Exec, .. }) => Ok(()),

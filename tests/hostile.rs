@@ -903,6 +903,19 @@ async fn survives(fd: &procscope::PidFd) -> bool {
 #[tokio::test]
 async fn a_uid0_child_cannot_signal_the_guardian_through_sigio() {
     let env = TestEnv::new();
+    // The control's attacker comes from a thread made before this test spawns
+    // a sealed child: a thread that has carries the sealing's filter, and so
+    // does everything it starts afterwards, threads included (see
+    // `Sealing::Off`).
+    let (ask, asked) = std::sync::mpsc::channel::<(String, i32)>();
+    let (tell, told) = std::sync::mpsc::channel::<String>();
+    let unfiltered = std::thread::spawn(move || {
+        for (target, sig) in asked {
+            let out =
+                std::process::Command::new(FIXTURE).args(["try-sigio", &target, &sig.to_string()]).output().unwrap();
+            tell.send(String::from_utf8_lossy(&out.stdout).into_owned()).unwrap();
+        }
+    });
     within(60, async {
         let (mut gateway, lines) = Gateway::start(FIXTURE, &env.path(), 1, true);
         let guardian: i32 = field(&lines, "guardian").parse().unwrap();
@@ -951,19 +964,24 @@ async fn a_uid0_child_cannot_signal_the_guardian_through_sigio() {
         // The guardian of the exec's instance removes its session.
         wait_gone(&sup.instance().path().join("s-x")).await;
 
-        // The control: the attack is real. Unsealed, SIGKILL and SIGIO through
-        // SIGIO end a plain uid-0 process; sealed, SIGIO still does.
-        for (sealing, sig, dies_of) in [
-            (Sealing::Off, libc::SIGKILL, libc::SIGKILL),
-            (Sealing::Off, 0, libc::SIGIO),
-            (Sealing::Auto, 0, libc::SIGIO),
-        ] {
+        // The control: the attack is real. A uid-0 process started from a
+        // thread that never spawned a sealed child (such a thread carries the
+        // filter, and so does all it starts: see `Sealing::Off`) ends a plain
+        // uid-0 process with SIGKILL or SIGIO through SIGIO; sealed, SIGIO
+        // still does.
+        for (sig, dies_of) in [(libc::SIGKILL, libc::SIGKILL), (0, libc::SIGIO)] {
             let mut plain = std::process::Command::new("sleep").arg("60").spawn().unwrap();
-            let result = run_attack(&attacker, &sigio(plain.id().to_string(), sig), sealing).await;
-            assert_eq!(result, "ok", "{sealing:?}: signal {sig} through SIGIO to a plain uid-0 process");
+            ask.send((plain.id().to_string(), sig)).unwrap();
+            let out = told.recv().unwrap();
+            assert!(out.contains("=ok"), "unsealed: signal {sig} through SIGIO to a plain uid-0 process: {out}");
             let status = plain.wait().unwrap();
-            assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(dies_of), "{sealing:?}");
+            assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(dies_of), "unsealed, {sig}");
         }
+        let mut plain = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+        let result = run_attack(&attacker, &sigio(plain.id().to_string(), 0), Sealing::Auto).await;
+        assert_eq!(result, "ok", "sealed: plain SIGIO through SIGIO to a plain uid-0 process");
+        let status = plain.wait().unwrap();
+        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(libc::SIGIO), "sealed, SIGIO");
         let mut plain = std::process::Command::new("sleep").arg("60").spawn().unwrap();
         let result = run_attack(&attacker, &sigio(plain.id().to_string(), libc::SIGKILL), Sealing::Auto).await;
         assert_eq!(result, "E1", "sealed: F_SETSIG SIGKILL is refused whoever the target");
@@ -980,6 +998,8 @@ async fn a_uid0_child_cannot_signal_the_guardian_through_sigio() {
         sup.shutdown().await.unwrap();
     })
     .await;
+    drop(ask);
+    unfiltered.join().unwrap();
     env.finish().await;
 }
 

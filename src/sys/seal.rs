@@ -88,8 +88,15 @@ pub(crate) enum ChildSeal<'a> {
 /// is installed last, still with `CAP_SYS_ADMIN` (in the host's user
 /// namespace or the child's own), so `no_new_privs` is not needed for it.
 /// Async-signal-safe.
-pub(super) fn seal(how: ChildSeal<'_>) -> Result<(), (ChildStage, i32)> {
+///
+/// `filter_inherited`: the parent thread carries the filter already (see
+/// [`super::seccomp::filter_spawning_thread`]), and the child has it from
+/// `clone`.
+pub(super) fn seal(how: ChildSeal<'_>, filter_inherited: bool) -> Result<(), (ChildStage, i32)> {
     namespaces(how)?;
+    if filter_inherited {
+        return Ok(());
+    }
     super::seccomp::install_signal_filter().map_err(|e| (ChildStage::SealSignalFilter, e))
 }
 

@@ -124,6 +124,37 @@ pub(super) fn install_signal_filter() -> Result<(), i32> {
     Ok(())
 }
 
+thread_local! {
+    /// Whether this (gateway) thread carries [`SIGNAL_FILTER`] itself.
+    static THREAD_FILTERED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Puts [`SIGNAL_FILTER`] on the calling gateway thread, once, where that
+/// thread holds `CAP_SYS_ADMIN` (so `no_new_privs` is not needed): children
+/// cloned from it inherit the filter, and a sealed child need not attach one
+/// of its own, which costs tens of microseconds per spawn (the kernel checks
+/// the program and prepares its per-syscall cache each time). The filter
+/// refuses nothing the gateway does: only `fcntl(F_SETSIG)` with SIGKILL or
+/// SIGSTOP. Returns whether the thread carries it.
+///
+/// Everything started from such a thread inherits it, unsealed children and
+/// other programs included.
+pub(crate) fn filter_spawning_thread() -> bool {
+    THREAD_FILTERED.with(|done| {
+        if done.get() {
+            return true;
+        }
+        if SIGNAL_FILTER.is_empty() {
+            return false;
+        }
+        let admin = rustix::thread::capabilities(None)
+            .is_ok_and(|c| c.effective.contains(rustix::thread::CapabilitySet::SYS_ADMIN));
+        let filtered = admin && install_signal_filter().is_ok();
+        done.set(filtered);
+        filtered
+    })
+}
+
 /// Installs, for the calling thread and everything it starts or executes
 /// from now on, a filter under which system call `nr` fails with `ENOSYS`.
 /// Sets `no_new_privs` first (required without `CAP_SYS_ADMIN`). Cannot be

@@ -234,6 +234,9 @@ pub(crate) struct ChildPlan<'a> {
     pub keep_caps: bool,
     /// Seal the child (see [`super::seal`]). `None`: unsealed.
     pub seal: Option<super::seal::ChildSeal<'a>>,
+    /// The calling thread carries the sealing's seccomp filter, so the child
+    /// inherits it and does not attach its own.
+    pub signal_filter_inherited: bool,
 }
 
 /// What ends a child besides its own exit and the signals it is sent.
@@ -490,7 +493,7 @@ pub(crate) fn become_in_place(
             }
         }
         if let Some(how) = plan.seal {
-            super::seal::seal(how)?;
+            super::seal::seal(how, plan.signal_filter_inherited)?;
         }
         // Signals stay as the caller set them, as with a shell's `exec`: the
         // one disposition Rust's runtime changed (SIGPIPE, ignored before
@@ -808,7 +811,7 @@ fn child_steps(ctx: &ChildCtx<'_>) -> Step {
     // Sealing first, while the child still holds CAP_SYS_ADMIN, and after it is
     // in its cgroup: the cgroup namespace is rooted where the child is now.
     if let Some(how) = plan.seal {
-        super::seal::seal(how)?;
+        super::seal::seal(how, plan.signal_filter_inherited)?;
     }
 
     reset_signals(ctx.reset);
