@@ -1586,6 +1586,18 @@ async fn forged_user_xattrs_are_never_acted_on() {
         set(instance.path(), "user.procscope.owner_start", "1");
         set(instance.path(), "user.procscope.kind", "garbage");
 
+        // After each step: the live server and its helper run on.
+        let alive = |after: &str| {
+            for m in &members {
+                assert!(
+                    m.is_alive(),
+                    "after {after}: pid {} ({}) died",
+                    m.pid(),
+                    cgroup_of(m.pid()).unwrap_or_default()
+                );
+            }
+        };
+        alive("forging");
         let ps = cli_json(&env.path(), &["ps"]);
         let text = ps.to_string();
         assert!(text.contains("\"g0\"") && !text.contains("forged"), "ps reads the real session: {ps}");
@@ -1593,6 +1605,7 @@ async fn forged_user_xattrs_are_never_acted_on() {
         for args in [&["sweep"][..], &["sweep", "--orphans"]] {
             let report = cli_json(&env.path(), args);
             assert_eq!(report["sessions"], 0, "{args:?} acted on forged state: {report}");
+            alive(&format!("{args:?}"));
         }
         let end = std::process::Command::new(PROCSCOPE)
             .args(["end", "forged", "--owner", &gateway.id().to_string(), "--root"])
@@ -1600,10 +1613,12 @@ async fn forged_user_xattrs_are_never_acted_on() {
             .output()
             .unwrap();
         assert_eq!(end.status.code(), Some(1), "end finds no session by a forged id: {end:?}");
+        alive("end");
         let sup = Supervisor::builder().root(env.path()).start().await.unwrap();
         assert_eq!(sup.recovery().sessions, 0, "recovery acted on a forged owner: {}", sup.recovery());
+        alive("recovery");
         sup.shutdown().await.unwrap();
-        assert!(members.iter().all(|m| m.is_alive()), "the live server and its helper run on");
+        alive("shutdown");
 
         // The control: the same state where procscope keeps it.
         set(&session, "trusted.procscope.state", "orphaned");

@@ -348,10 +348,16 @@ pub async fn settled_daemons(instance: &Cgroup, sessions: usize) -> Vec<procscop
     let settled = |session: &Cgroup| {
         let procs = session.procs().unwrap_or_default();
         let cmds: Vec<Vec<u8>> = procs.iter().map(|&p| cmdline(p)).collect();
-        let child = cmds.iter().filter(|c| c.ends_with(b"\0daemon\0sleep\x003600\0")).count();
-        let helper =
-            cmds.iter().filter(|c| !c.windows(7).any(|w| w == b"\0daemon") && c.ends_with(b"\0sleep\x003600\0"));
-        procs.len() == 2 && child == 1 && helper.count() == 1
+        let argv0 = |c: &[u8]| c.split(|&b| b == 0).next().unwrap_or_default().to_vec();
+        let child: Vec<&Vec<u8>> = cmds.iter().filter(|c| c.ends_with(b"\0daemon\0sleep\x003600\0")).collect();
+        // The helper once exec'd: the fixture's own program, not `setsid`
+        // (whose command line ends the same way while it forks).
+        let helper = cmds.iter().filter(|c| {
+            child.first().is_some_and(|ch| argv0(ch) == argv0(c))
+                && !c.windows(7).any(|w| w == b"\0daemon")
+                && c.ends_with(b"\0sleep\x003600\0")
+        });
+        procs.len() == 2 && child.len() == 1 && helper.count() == 1
     };
     let mut last = Vec::new();
     for _ in 0..2000 {
