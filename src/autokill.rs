@@ -75,10 +75,7 @@ impl AutoKill {
 /// off by a test, and `CAP_SYS_ADMIN` in this thread's effective set
 /// (checked at every spawn: a gateway may drop it).
 fn wanted() -> bool {
-    !REFUSED.load(Ordering::Relaxed)
-        && !FORCE_OFF.get()
-        && rustix::thread::capabilities(None)
-            .is_ok_and(|c| c.effective.contains(rustix::thread::CapabilitySet::SYS_ADMIN))
+    !REFUSED.load(Ordering::Relaxed) && !FORCE_OFF.get() && crate::sys::has_sys_admin()
 }
 
 /// Spawns a child that the library holds a handle of for as long as it is

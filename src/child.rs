@@ -94,8 +94,7 @@ impl Drop for ChildCell {
         if reaped {
             return;
         }
-        let running = if self.autokill { self.pidfd.is_alive() } else { matches!(self.pidfd.try_wait(), Ok(None)) };
-        if !running {
+        if self.pidfd.exited_now(self.autokill) {
             return;
         }
         // Still running: never block in drop; the reaper waits for it (and

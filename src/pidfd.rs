@@ -144,6 +144,13 @@ impl PidFd {
         }
     }
 
+    /// Whether the process has exited, reaping it unless the kernel does
+    /// (`autokill`: a child made with `CLONE_AUTOREAP`). An error reaping
+    /// counts as exited: nothing more can be done for it.
+    pub(crate) fn exited_now(&self, autokill: bool) -> bool {
+        if autokill { !self.is_alive() } else { !matches!(self.try_wait(), Ok(None)) }
+    }
+
     /// Waits until the process has been reaped (`POLLHUP`), which for a
     /// process the kernel reaps itself (`CLONE_AUTOREAP`) follows its exit at
     /// once. Needs a tokio runtime with IO enabled. Cancel-safe.

@@ -30,7 +30,7 @@ struct Adopted {
 impl Adopted {
     /// Whether it has exited; reaps it unless the kernel does.
     fn exited(&self) -> bool {
-        if self.autokill { !self.pidfd.is_alive() } else { !matches!(self.pidfd.try_wait(), Ok(None)) }
+        self.pidfd.exited_now(self.autokill)
     }
 }
 

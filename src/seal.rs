@@ -135,9 +135,7 @@ thread_local! {
 /// (checked at every call: a gateway may drop it) or else unprivileged user
 /// namespaces (probed once).
 pub(crate) fn capability() -> Capability {
-    let admin = rustix::thread::capabilities(None)
-        .map(|c| c.effective.contains(rustix::thread::CapabilitySet::SYS_ADMIN))
-        .unwrap_or(false);
+    let admin = crate::sys::has_sys_admin();
     static CGROUP_NS: OnceLock<bool> = OnceLock::new();
     let cgroup_ns = *CGROUP_NS.get_or_init(|| std::path::Path::new("/proc/self/ns/cgroup").exists());
     if !cgroup_ns || FORCE_NO_CGROUP_NAMESPACE.get() {

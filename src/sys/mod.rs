@@ -27,3 +27,9 @@ pub(crate) mod seal;
 pub(crate) mod seccomp;
 pub(crate) mod signal;
 pub(crate) mod spawn;
+
+/// Whether the calling thread holds `CAP_SYS_ADMIN` in its effective set
+/// (asked each time: a gateway may drop it).
+pub(crate) fn has_sys_admin() -> bool {
+    rustix::thread::capabilities(None).is_ok_and(|c| c.effective.contains(rustix::thread::CapabilitySet::SYS_ADMIN))
+}

@@ -147,9 +147,7 @@ pub(crate) fn filter_spawning_thread() -> bool {
         if SIGNAL_FILTER.is_empty() {
             return false;
         }
-        let admin = rustix::thread::capabilities(None)
-            .is_ok_and(|c| c.effective.contains(rustix::thread::CapabilitySet::SYS_ADMIN));
-        let filtered = admin && install_signal_filter().is_ok();
+        let filtered = super::has_sys_admin() && install_signal_filter().is_ok();
         done.set(filtered);
         filtered
     })
