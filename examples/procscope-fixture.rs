@@ -408,7 +408,11 @@ fn gateway(root: &str, sessions: usize, guardian: bool) -> ! {
     let rt =
         tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap_or_else(|e| fail(&e.to_string()));
     rt.block_on(async {
-        let mut builder = procscope::Supervisor::builder().root(root).grace(Duration::from_millis(500));
+        // `discover`: the root a gateway finds on its own (`Root::discover`).
+        let mut builder = procscope::Supervisor::builder().grace(Duration::from_millis(500));
+        if root != "discover" {
+            builder = builder.root(root);
+        }
         if guardian {
             builder = builder.guardian(true);
         }

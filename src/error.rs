@@ -79,6 +79,20 @@ pub enum Error {
         reason: String,
     },
 
+    /// The cgroup2 filesystem is mounted read-only, as in a default Docker
+    /// container or Kubernetes pod: no session can be created.
+    #[error(
+        "the cgroup2 filesystem at {} is mounted read-only, as in a default Docker container or \
+         Kubernetes pod, so no session can be created in it. Give the gateway a cgroup namespace with \
+         cgroup2 writable: `docker run --privileged`, Kubernetes `securityContext.privileged: true`, or \
+         systemd-nspawn (README, \"Containers\")",
+        mount.display()
+    )]
+    CgroupReadOnly {
+        /// The read-only cgroup2 mount point.
+        mount: PathBuf,
+    },
+
     /// A session id, instance name or other name is not acceptable.
     #[error("invalid {kind} {name:?}: {reason}; {fix}")]
     InvalidName {
@@ -274,6 +288,7 @@ impl Error {
             Error::NotDelegated { .. } | Error::ContainsSelf { .. } | Error::ContainsProtected { .. } => {
                 K::PermissionDenied
             }
+            Error::CgroupReadOnly { .. } => K::ReadOnlyFilesystem,
             Error::InvalidName { .. } | Error::InvalidLimit { .. } | Error::InvalidInput { .. } => K::InvalidInput,
             Error::NotCgroup2 { .. } => K::InvalidInput,
             Error::SessionExists { .. } => K::AlreadyExists,
@@ -336,7 +351,11 @@ impl<T, E: Into<io::Error>> Context<T> for std::result::Result<T, E> {
 /// A hint for common errnos, appended to [`Error::Io`] messages.
 fn io_fix(e: &io::Error, path: &Path) -> impl fmt::Display {
     match e.raw_os_error() {
-        Some(libc::EACCES | libc::EPERM | libc::EROFS) => {
+        Some(libc::EROFS) => {
+            " (the cgroup filesystem is mounted read-only here, as in a default container: see \
+             the README's \"Containers\" section; `procscope doctor` checks this)"
+        }
+        Some(libc::EACCES | libc::EPERM) => {
             " (procscope needs root or a delegated cgroup: run as root, or in a systemd unit \
              with Delegate=yes; `procscope doctor` checks this)"
         }

@@ -59,12 +59,16 @@ impl Root {
     /// first, with its ancestors.
     ///
     /// # Errors
-    /// [`Error::NotCgroup2`], [`Error::NotDelegated`], [`Error::ContainsSelf`].
+    /// [`Error::NotCgroup2`], [`Error::NotDelegated`] ([`Error::CgroupReadOnly`]
+    /// on a read-only mount), [`Error::ContainsSelf`].
     pub fn open(path: impl AsRef<Path>) -> Result<Root> {
         let path = path.as_ref();
         let cgroup = Cgroup::open(path)?;
         let delegation = Delegation::of(&cgroup)?;
         if !delegation.writable() {
+            if read_only(path) {
+                return Err(Error::CgroupReadOnly { mount: path.to_owned() });
+            }
             return Err(Error::NotDelegated { path: path.to_owned(), reason: not_writable_reason(&delegation) });
         }
         let mut h = Hierarchy::discover()?;
@@ -95,8 +99,9 @@ impl Root {
     /// 3. we are root → `<cgroup2 mount>/procscope`, created if missing.
     ///
     /// # Errors
-    /// [`Error::NoCgroup2`]; [`Error::NotDelegated`] with how to get a delegated
-    /// cgroup when none of the above applies.
+    /// [`Error::NoCgroup2`]; [`Error::CgroupReadOnly`] where cgroup2 is
+    /// mounted read-only (a default container); [`Error::NotDelegated`] with
+    /// how to get a delegated cgroup when none of the above applies.
     pub fn discover() -> Result<Root> {
         Root::find(true)
     }
@@ -110,6 +115,10 @@ impl Root {
 
     fn find(prepare: bool) -> Result<Root> {
         let h = Hierarchy::discover()?;
+        // A default container: said as such, before any write fails with EROFS.
+        if prepare && read_only(&h.mount_point) {
+            return Err(Error::CgroupReadOnly { mount: h.mount_point });
+        }
         if let Some(own_dir) = h.own_dir.as_deref().filter(|d| *d != h.mount_point) {
             let own = Cgroup::open(own_dir)?;
             if own.name() == SUPERVISOR_CGROUP
@@ -172,6 +181,11 @@ impl Root {
     pub fn default_path() -> Option<PathBuf> {
         Root::locate().ok().map(|r| r.path().to_owned())
     }
+}
+
+/// Whether the filesystem at `path` is mounted read-only (`ST_RDONLY`).
+fn read_only(path: &Path) -> bool {
+    rustix::fs::statvfs(path).is_ok_and(|v| v.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY))
 }
 
 fn not_writable_reason(d: &Delegation) -> String {

@@ -16,6 +16,11 @@ use super::FAILED;
 const UNIT_SNIPPET: &str =
     "[Service]\nDelegate=yes\n# or run it with: systemd-run -p Delegate=yes --unit=gateway <command>";
 
+/// How a gateway in a container gets a writable cgroup namespace.
+const CONTAINER_FIX: &str = "cgroup2 is read-only here, as in a default container: give the container a cgroup \
+namespace with cgroup2 writable (docker run --privileged; Kubernetes securityContext.privileged: true; \
+systemd-nspawn), see the README's \"Containers\" section";
+
 struct Problem {
     problem: String,
     fix: String,
@@ -81,6 +86,7 @@ pub async fn run(root: Option<PathBuf>, json: bool) -> i32 {
                     procscope::Error::ContainsSelf { .. } => {
                         "give --root a cgroup that does not hold this process".to_owned()
                     }
+                    procscope::Error::CgroupReadOnly { .. } => CONTAINER_FIX.to_owned(),
                     _ if rustix::process::geteuid().is_root() => {
                         "check that the cgroup2 mount is writable here (not read-only, as in a container)".to_owned()
                     }
@@ -341,9 +347,14 @@ async fn probe(parent: &Cgroup, problems: &mut Vec<Problem>) -> (&'static str, &
     let cg = match parent.create_child(&name) {
         Ok(c) => c,
         Err(e) => {
+            let fix = if e.raw_os_error() == Some(libc::EROFS) {
+                CONTAINER_FIX.to_owned()
+            } else {
+                format!("run as root or with a delegated cgroup:\n{UNIT_SNIPPET}")
+            };
             problems.push(Problem {
                 problem: format!("cannot create a cgroup under {}: {e}", parent.path().display()),
-                fix: format!("run as root or with a delegated cgroup:\n{UNIT_SNIPPET}"),
+                fix,
                 degrades: true,
             });
             return ("none", "none", None);

@@ -58,6 +58,7 @@ pub fn exit_code(e: &Error) -> i32 {
         | Error::NotCgroup2 { .. }
         | Error::NoCgroup2 { .. }
         | Error::NotDelegated { .. }
+        | Error::CgroupReadOnly { .. }
         | Error::ControllerUnavailable { .. }
         | Error::ContainsSelf { .. } => USAGE,
         Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => USAGE,

@@ -2,6 +2,8 @@
 //! left nothing behind (cgroups, processes, zombies, fds).
 #![allow(dead_code)]
 
+pub mod container;
+
 use std::path::PathBuf;
 use std::time::Duration;
 

@@ -1,0 +1,181 @@
+//! Gateways inside containers, made with `unshare` as Docker and Kubernetes
+//! make them (tests/common/container.rs): a private cgroup namespace and a
+//! PID namespace with an init that reaps.
+//!
+//! - Where cgroup2 is writable in the container's namespace (a privileged
+//!   container, systemd-nspawn) the full mode runs, sealing included, and
+//!   the guardian ends what a SIGKILLed gateway leaves.
+//! - Where it is read-only and `CAP_SYS_ADMIN` is gone (a default
+//!   container), every entry point refuses with the typed error that says
+//!   how to get the full mode, and creates nothing.
+
+mod common;
+
+use common::container::{Container, Kind};
+use common::{FIXTURE, TestEnv, field, settled_daemons, wait_gone_within, within};
+use procscope::Cgroup;
+
+const PROCSCOPE: &str = env!("CARGO_BIN_EXE_procscope");
+
+/// Whether doctor's `capabilities` (CapEff in hex) holds CAP_SYS_ADMIN.
+fn has_sys_admin(doc: &serde_json::Value) -> bool {
+    let caps = u64::from_str_radix(doc["capabilities"].as_str().unwrap(), 16).unwrap();
+    const CAP_SYS_ADMIN: u32 = 21;
+    caps & (1 << CAP_SYS_ADMIN) != 0
+}
+
+fn doctor_json(ctr: &Container) -> (i32, serde_json::Value) {
+    let out = ctr.command(PROCSCOPE).args(["doctor", "--json"]).output().unwrap();
+    let v = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("doctor --json: {e}: {}", String::from_utf8_lossy(&out.stderr)));
+    (out.status.code().unwrap_or(-1), v)
+}
+
+/// Runs a shell command line inside the container (so that `procscope exec`
+/// has a parent inside the PID namespace, as under a gateway there).
+fn sh(ctr: &Container, line: &str) -> std::process::Output {
+    ctr.command("sh").args(["-c", line]).output().unwrap()
+}
+
+#[tokio::test]
+async fn a_privileged_container_gets_the_full_mode_with_sealing_and_the_guardian() {
+    within(120, async {
+        let env = TestEnv::new();
+        let ctr = Container::start(&env, "ctr", Kind::Privileged);
+
+        // doctor sees the container's own cgroup namespace and every
+        // mechanism of the full mode.
+        let (code, doc) = doctor_json(&ctr);
+        assert_eq!(code, 0, "doctor in a privileged container: {doc:#}");
+        assert_eq!(doc["ok"], true, "{doc:#}");
+        assert!(has_sys_admin(&doc), "{doc:#}");
+        assert_eq!(doc["cgroup2_mount"], "/sys/fs/cgroup", "{doc:#}");
+        assert_eq!(doc["own_cgroup"], "/", "the container's cgroup namespace is rooted at its cgroup: {doc:#}");
+        assert_ne!(doc["spawn_mechanism"], "none", "{doc:#}");
+        assert_ne!(doc["kill_mechanism"], "none", "{doc:#}");
+        assert_eq!(doc["sealing"]["cgroup_namespace"], true, "{doc:#}");
+        assert_eq!(doc["sealing"]["sealed_by_default"], true, "{doc:#}");
+        assert!(ctr.tree().is_empty(), "doctor left cgroups: {:?}", ctr.tree());
+
+        // Sealed by default: a child of `exec` cannot write its way out of
+        // its session. The control, unsealed, can: the write is a real
+        // escape in this container.
+        let escape =
+            format!("{PROCSCOPE} exec --session seal -- {FIXTURE} try-write /sys/fs/cgroup/cgroup.procs 0 self");
+        let out = sh(&ctr, &escape);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{text} {}", String::from_utf8_lossy(&out.stderr));
+        assert!(text.contains("try-write /sys/fs/cgroup/cgroup.procs=E"), "sealed: the write must fail: {text}");
+        assert!(text.lines().any(|l| l == "cgroup=/"), "sealed: its session is its cgroup root: {text}");
+        let control = sh(&ctr, &escape.replace("exec --session seal", "exec --session unsealed --no-seal"));
+        let text = String::from_utf8_lossy(&control.stdout);
+        assert!(
+            text.contains("try-write /sys/fs/cgroup/cgroup.procs=ok"),
+            "control: unsealed, the same write moves it out: {text}"
+        );
+
+        // The commands' guardians remove their instances and exit.
+        assert_eq!(ctr.settle(5).await, Vec::<u32>::new(), "processes left after the exec commands");
+        assert_eq!(ctr.tree(), vec![std::path::PathBuf::from("procscope")], "left by the exec commands");
+
+        // A gateway (not the container's PID 1: an init reaps, as with
+        // `docker run --init`) with a guardian; each session's child
+        // daemonizes a helper with `setsid --fork`.
+        let mut gw = ctr
+            .command(FIXTURE)
+            .args(["gateway", "discover", "2", "1"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = {
+            use std::io::BufRead;
+            let mut out = std::io::BufReader::new(gw.stdout.take().unwrap());
+            let mut lines: Vec<String> = Vec::new();
+            while lines.last().map(String::as_str) != Some("ready") {
+                let mut line = String::new();
+                assert!(out.read_line(&mut line).unwrap() > 0, "gateway exited early: {lines:?}");
+                lines.push(line.trim().to_owned());
+            }
+            lines
+        };
+        assert_eq!(field(&lines, "sessions"), "2", "{lines:?}");
+        let inside = field(&lines, "instance");
+        assert!(inside.starts_with("/sys/fs/cgroup/procscope/i-"), "the root a gateway finds in a container: {inside}");
+        let instance = Cgroup::open(ctr.host_path(inside)).unwrap();
+        let members = settled_daemons(&instance, 2).await;
+        assert_eq!(members.len(), 4);
+
+        // The gateway is SIGKILLed: its guardian, re-parented to the
+        // container's init, ends both sessions and removes the instance.
+        let gateway = ctr.inner_pid(&gw);
+        assert!(std::fs::read(format!("/proc/{gateway}/cmdline")).unwrap().ends_with(b"gateway\0discover\x002\x001\0"));
+        rustix::process::kill_process(rustix::process::Pid::from_raw(gateway).unwrap(), rustix::process::Signal::KILL)
+            .unwrap();
+        let _ = gw.wait();
+        wait_gone_within(instance.path(), 3).await;
+        let alive: Vec<u32> = members.iter().filter(|m| m.is_alive()).map(|m| m.pid()).collect();
+        assert!(alive.is_empty(), "sessions' processes survived: {alive:?}");
+        assert_eq!(ctr.settle(5).await, Vec::<u32>::new(), "processes left in the container");
+        drop((members, instance));
+        let tree = ctr.tree();
+        assert_eq!(tree, vec![std::path::PathBuf::from("procscope")], "only the root is left: {tree:?}");
+        drop(ctr);
+        env.finish().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_default_container_is_refused_with_the_way_to_the_full_mode_and_nothing_is_created() {
+    within(60, async {
+        let env = TestEnv::new();
+        let ctr = Container::start(&env, "ctr", Kind::Default);
+        let before = ctr.tree();
+        assert!(before.is_empty());
+
+        let (code, doc) = doctor_json(&ctr);
+        assert_ne!(code, 0, "doctor must fail in a default container: {doc:#}");
+        assert_eq!(doc["ok"], false, "{doc:#}");
+        assert!(!has_sys_admin(&doc), "a default container has no CAP_SYS_ADMIN: {doc:#}");
+        let problems = doc["problems"].as_array().unwrap();
+        let ro = problems
+            .iter()
+            .find(|p| p["problem"].as_str().unwrap().contains("Read-only file system"))
+            .unwrap_or_else(|| panic!("no read-only problem: {doc:#}"));
+        assert!(ro["fix"].as_str().unwrap().contains("docker run --privileged"), "{ro:#}");
+        assert_eq!(ro["degrades"], true);
+
+        // A library gateway: `Supervisor::start` fails with the typed error.
+        let out = ctr.command(FIXTURE).args(["gateway", "discover", "1", "1"]).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(
+            err.contains("the cgroup2 filesystem at /sys/fs/cgroup is mounted read-only")
+                && err.contains("docker run --privileged")
+                && err.contains("Containers"),
+            "{err}"
+        );
+
+        // `exec`: refused before anything is placed, with the same words.
+        let out = sh(&ctr, &format!("{PROCSCOPE} exec --session j -- {FIXTURE} ready"));
+        let err = String::from_utf8_lossy(&out.stderr);
+        // Exit 2, as for a root that is not delegated: the environment, not
+        // the command, is what must change.
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains("mounted read-only") && err.contains("docker run --privileged"), "{err}");
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("ready"), "the command must not run");
+
+        // An explicit root on the read-only mount: the same refusal.
+        let out = sh(&ctr, &format!("{PROCSCOPE} exec --root /sys/fs/cgroup --session j -- {FIXTURE} ready"));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains("mounted read-only") && err.contains("docker run --privileged"), "{err}");
+
+        assert_eq!(ctr.tree(), before, "nothing may be created");
+        assert_eq!(ctr.settle(5).await, Vec::<u32>::new());
+        drop(ctr);
+        env.finish().await;
+    })
+    .await;
+}
