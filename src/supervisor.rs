@@ -100,7 +100,8 @@ impl Builder {
     /// [`Error::Unsupported`] below the kernel floor (no `pidfd_open`: Linux
     /// < 5.3, see [`check_kernel_floor`](crate::check_kernel_floor)), before
     /// anything is created; root errors ([`Error::NoCgroup2`],
-    /// [`Error::NotDelegated`], …); I/O errors creating the instance; a
+    /// [`Error::NotDelegated`], [`Error::CgroupReadOnly`] in a default
+    /// container, …); I/O errors creating the instance; a
     /// guardian that was asked for by path and failed.
     pub async fn start(self) -> Result<Supervisor> {
         // Below the kernel floor: refused before anything is created.
@@ -628,7 +629,8 @@ impl Drop for Inner {
 ///
 /// # Errors
 /// [`start`](Self::start) fails when there is no cgroup2 to manage
-/// ([`Error::NoCgroup2`], [`Error::NotDelegated`]) or the guardian cannot
+/// ([`Error::NoCgroup2`], [`Error::NotDelegated`], [`Error::CgroupReadOnly`])
+/// or the guardian cannot
 /// start; [`session`](Self::session) when the id is invalid or taken.
 /// Sweeps never fail as a whole: what could not be ended is listed in the
 /// [`SweepReport`]'s `errors` and stays for the next sweep.
