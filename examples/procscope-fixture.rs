@@ -153,6 +153,29 @@ fn main() {
             "self" => print_self(),
             "ready" => say("ready"),
             "ignore-term" => signal::ignore(libc::SIGTERM).unwrap_or_else(|e| fail(&e.to_string())),
+            // N commands (`daemon sleep 3600`) each from a holder of its
+            // own; prints `holder=PID` and `child=PID` for each, then
+            // `ready`, and keeps them until killed.
+            "held-daemons" => {
+                let n: usize = arg().parse().unwrap_or_else(|_| fail("held-daemons N"));
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap_or_else(|e| fail(&e.to_string()));
+                let _enter = rt.enter();
+                let mut keep = Vec::new();
+                for _ in 0..n {
+                    let mut cmd = procscope::Command::new(self_exe());
+                    cmd.args(["daemon", "sleep", "3600"]).stdin(procscope::Stdio::Null).stdout(procscope::Stdio::Null);
+                    let (child, holder) =
+                        procscope::testing::spawn_held(&mut cmd).unwrap_or_else(|e| fail(&e.to_string()));
+                    say(&format!("holder={}", holder.pid()));
+                    say(&format!("child={}", child.id()));
+                    keep.push((child, holder));
+                }
+                say("ready");
+                std::thread::sleep(Duration::from_secs(3600));
+            }
             "daemon" => {
                 let child = std::process::Command::new("setsid")
                     .arg("--fork")

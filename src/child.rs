@@ -30,6 +30,9 @@ pub(crate) struct ChildCell {
     /// it (its status comes from `PIDFD_GET_INFO`), and closing the last
     /// reference to `pidfd` kills it.
     autokill: bool,
+    /// Started from a holder (`crate::holder`), which reaps it and reports
+    /// its status on this pipe: not our child.
+    held: Option<OwnedFd>,
 }
 
 impl ChildCell {
@@ -51,7 +54,11 @@ impl ChildCell {
     pub(crate) fn try_wait(&self) -> io::Result<Option<ExitStatus>> {
         let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
         if status.is_none() {
-            *status = if self.autokill { self.pidfd.try_released_status()? } else { self.pidfd.try_wait()? };
+            *status = match &self.held {
+                Some(pipe) => crate::holder::read_status(pipe)?,
+                None if self.autokill => self.pidfd.try_released_status()?,
+                None => self.pidfd.try_wait()?,
+            };
         }
         Ok(*status)
     }
@@ -62,7 +69,9 @@ impl ChildCell {
             if let Some(s) = self.try_wait()? {
                 return Ok(s);
             }
-            if self.autokill {
+            if let Some(pipe) = &self.held {
+                crate::holder::status_ready(pipe).await?;
+            } else if self.autokill {
                 self.pidfd.released().await?;
             } else {
                 self.pidfd.exited().await?;
@@ -91,7 +100,8 @@ impl ChildCell {
 impl Drop for ChildCell {
     fn drop(&mut self) {
         let reaped = self.status.get_mut().map(|s| s.is_some()).unwrap_or(true);
-        if reaped {
+        // A held child is its holder's to reap.
+        if reaped || self.held.is_some() {
             return;
         }
         if self.pidfd.exited_now(self.autokill) {
@@ -215,6 +225,7 @@ impl ContainedChild {
                     pidfd: PidFd::from_owned(spawned.pidfd, spawned.pid),
                     status: Mutex::new(None),
                     autokill: spawned.autokill,
+                    held: spawned.held,
                 }),
                 kill_on_drop,
             },

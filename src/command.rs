@@ -9,12 +9,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use rustix::fs::OFlags;
+use rustix::io::Errno;
 
 use crate::autokill::spawn_tied;
 use crate::cgroup::{Cgroup, files};
 use crate::child::ContainedChild;
 use crate::error::{Error, Result};
 use crate::identity::TransientUser;
+use crate::pidfd::PidFd;
 use crate::seal::Sealing;
 use crate::sys::spawn::{self, ChildPlan, ChildStage, Lifetime, Placement, SpawnFailure};
 
@@ -27,6 +29,9 @@ pub enum SpawnMechanism {
     /// `clone3` without it; the child writes `0` to `cgroup.procs` before anything
     /// else. Slower: migrating a live process waits for an RCU grace period.
     ForkJoinProcs,
+    /// No cgroup: the child is started from a holder of its own, a subreaper
+    /// that keeps what it leaves (where cgroups cannot be written).
+    Holder,
 }
 
 impl SpawnMechanism {
@@ -35,6 +40,7 @@ impl SpawnMechanism {
         match self {
             SpawnMechanism::Clone3IntoCgroup => "clone3_into_cgroup",
             SpawnMechanism::ForkJoinProcs => "fork_join_procs",
+            SpawnMechanism::Holder => "holder",
         }
     }
 }
@@ -485,6 +491,13 @@ impl Command {
                 Err(failure) => Err(spawn_error(failure, program, cgroup)),
             },
             SpawnMechanism::ForkJoinProcs => Ok((spawn_joining(plan, cgroup, program)?, SpawnMechanism::ForkJoinProcs)),
+            SpawnMechanism::Holder => Err(Error::InvalidInput {
+                what: "spawn mechanism",
+                value: "holder".into(),
+                fix: "a holder is for where no cgroup can be written; a spawn into a cgroup uses \
+                      clone3_into_cgroup or fork_join_procs"
+                    .into(),
+            }),
         })
     }
 
@@ -612,6 +625,70 @@ impl Command {
             Ok(Error::Spawn { program: self.program.to_string_lossy().into_owned(), stage, source })
         };
         run().unwrap_or_else(|e| e)
+    }
+
+    /// Spawns the command from a holder of its own, where no cgroup can be
+    /// written (see `crate::holder`): the child, whose status the holder
+    /// reports, and the holder. Never sealed: sealing needs a cgroup to be
+    /// rooted in.
+    pub(crate) fn spawn_held(&mut self) -> Result<(ContainedChild, crate::holder::Holder)> {
+        use rustix::pipe::{PipeFlags, pipe_with};
+        let pipe = |op| pipe_with(PipeFlags::CLOEXEC).map_err(|e| Error::io(op, Path::new("pipe"), e));
+        let (status_read, status_write) = pipe("create the holder's status pipe")?;
+        let (control_read, control_write) = pipe("create the holder's control pipe")?;
+        rustix::fs::fcntl_setfl(&status_read, rustix::fs::OFlags::NONBLOCK)
+            .map_err(|e| Error::io("set O_NONBLOCK on", Path::new("pipe"), e))?;
+        let exe = c"/proc/self/exe";
+        let argv0 = CString::new(crate::holder::HOLDER_ARGV0).expect("no NUL");
+        let env = CString::new(format!("{}=1", crate::holder::HOLDER_ENV)).expect("no NUL");
+        let argv = [argv0.as_ptr(), std::ptr::null()];
+        let envp = [env.as_ptr(), std::ptr::null()];
+        let mut holder = None;
+        let mut status = Some(status_read);
+        let child = self.launch(Sealing::Off, self.user_for(None)?, &SPAWN_STDIO, |plan, program| {
+            let exec = spawn::HolderExec {
+                exe,
+                argv: &argv,
+                envp: &envp,
+                status: status_write.as_fd(),
+                control: control_read.as_fd(),
+            };
+            let held = spawn::spawn_held(plan, &exec).map_err(|f| match f {
+                SpawnFailure::Clone(e) => Error::io("clone3 (the holder)", Path::new(program), e),
+                SpawnFailure::Child { stage, errno } => {
+                    Error::Spawn { program: program.to_owned(), stage, source: errno }
+                }
+            })?;
+            let holder_pidfd = PidFd::from_owned(held.holder, held.holder_pid);
+            // The holder reaps nothing until it is told the pid: the pid is
+            // the command's until then.
+            let pidfd = rustix::process::pidfd_open(held.pid, rustix::process::PidfdFlags::empty());
+            let told = pidfd
+                .as_ref()
+                .ok()
+                .map(|_| rustix::io::write(&control_write, &held.pid.as_raw_nonzero().get().to_le_bytes()));
+            let dup = rustix::io::fcntl_dupfd_cloexec(&holder_pidfd, 3);
+            let (pidfd, dup) = match (pidfd, told, dup) {
+                (Ok(p), Some(Ok(4)), Ok(d)) => (p, d),
+                (p, told, d) => {
+                    // The holder SIGKILLs the command at the end of its
+                    // control pipe; the reaper reaps the holder.
+                    let e = p.err().or(told.and_then(Result::err)).or(d.err()).unwrap_or(Errno::IO);
+                    drop(control_write);
+                    crate::reaper::adopt(holder_pidfd, false);
+                    return Err(Error::io("hand the command to its holder", Path::new(program), e));
+                }
+            };
+            crate::reaper::adopt(holder_pidfd, false);
+            holder = Some(crate::holder::Holder::new(
+                held.holder_pid,
+                PidFd::from_owned(dup, held.holder_pid),
+                control_write,
+            ));
+            let spawned = spawn::Spawned { pidfd, pid: held.pid, autokill: false, held: status.take() };
+            Ok((spawned, SpawnMechanism::Holder))
+        })?;
+        Ok((child, holder.expect("set by a spawn that succeeded")))
     }
 
     /// Spawns the command in the caller's own cgroup, unsealed and with the

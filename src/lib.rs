@@ -132,6 +132,7 @@ mod ending;
 mod error;
 mod events;
 mod guardian;
+mod holder;
 pub mod identity;
 mod instance;
 pub mod logging;
@@ -193,6 +194,18 @@ pub struct ReadmeDoctests;
 #[cfg(feature = "test-hooks")]
 #[doc(hidden)]
 pub mod testing {
+    pub use crate::holder::Holder;
+
+    /// Starts `cmd` from a holder of its own, as sessions are kept where no
+    /// cgroup can be written (see the `holder` module): the child and its
+    /// holder. The command is never sealed.
+    ///
+    /// # Errors
+    /// As [`Command::spawn_in`](crate::Command::spawn_in).
+    pub fn spawn_held(cmd: &mut crate::Command) -> crate::Result<(crate::ContainedChild, Holder)> {
+        cmd.spawn_held()
+    }
+
     /// Children handed to the reaper thread and not reaped yet.
     pub fn reaper_pending() -> usize {
         crate::reaper::pending()

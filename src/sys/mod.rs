@@ -1,12 +1,14 @@
 //! The only module with `unsafe` code.
 //!
 //! - [`spawn`]: `clone3` and the child's steps between clone and `execve`, all of
-//!   them async-signal-safe.
+//!   them async-signal-safe; the holder's steps between its clone and its own
+//!   `execve` (see `crate::holder`), async-signal-safe as well.
 //! - [`seal`]: the child's sealing steps (cgroup and mount namespaces, read-only
 //!   cgroup mounts), async-signal-safe as well.
 //! - [`hook`]: the constructor that turns a re-executed program into the
 //!   guardian before its `main`, and the guardian's `fork`.
-//! - [`signal`]: signal dispositions, used by the guardian.
+//! - [`signal`]: signal dispositions and the SIGCHLD signalfd, used by the
+//!   guardian and the holder.
 //! - [`fsuid`]: the guardian's filesystem uid, for writing into its spool.
 //! - [`pidfd_info`]: `ioctl(PIDFD_GET_INFO)` (Linux 6.13): a process's cgroup
 //!   id and, from 6.15, the exit status of any reaped process.
@@ -27,6 +29,38 @@ pub(crate) mod seal;
 pub(crate) mod seccomp;
 pub(crate) mod signal;
 pub(crate) mod spawn;
+
+/// The fds a holder starts with (see `crate::holder`): its status pipe's
+/// write end and its control pipe's read end, after every other fd but
+/// stdio is closed. For the holder's own process only, before it starts
+/// anything: nothing else refers to those fds.
+pub(crate) fn holder_fds() -> std::io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    use spawn::{HOLDER_CONTROL_FD, HOLDER_STATUS_FD};
+    use std::os::fd::FromRawFd;
+    for fd in [HOLDER_STATUS_FD, HOLDER_CONTROL_FD] {
+        // SAFETY: a borrow for one fstat; a number that is not open fails
+        // with EBADF, and nothing closes these fds meanwhile.
+        let st = rustix::fs::fstat(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) })?;
+        if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::Fifo {
+            return Err(std::io::Error::other(format!("fd {fd} is not a pipe")));
+        }
+    }
+    // SAFETY: closes fds of this process above the holder's two; the
+    // process has no other owner of them (it has just exec'd).
+    let r = unsafe { libc::syscall(libc::SYS_close_range, (HOLDER_CONTROL_FD + 1) as u32, u32::MAX, 0u32) };
+    if r < 0 {
+        let max = rustix::process::getrlimit(rustix::process::Resource::Nofile).current.unwrap_or(65536).min(1 << 20);
+        for fd in HOLDER_CONTROL_FD + 1..max as i32 {
+            // SAFETY: as above; EBADF for unused numbers is harmless.
+            unsafe { libc::close(fd) };
+        }
+    }
+    // SAFETY: the two fds were checked open above and are owned by nothing
+    // else in this process.
+    Ok(unsafe {
+        (std::os::fd::OwnedFd::from_raw_fd(HOLDER_STATUS_FD), std::os::fd::OwnedFd::from_raw_fd(HOLDER_CONTROL_FD))
+    })
+}
 
 /// Whether the calling thread holds `CAP_SYS_ADMIN` in its effective set
 /// (asked each time: a gateway may drop it).

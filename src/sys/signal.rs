@@ -34,3 +34,24 @@ pub(crate) fn block_all() -> io::Result<()> {
     };
     if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
+
+/// A signalfd (non-blocking, close-on-exec) for SIGCHLD, which the caller
+/// has blocked ([`block_all`]): readable when a child has changed state.
+pub(crate) fn sigchld_fd() -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: sigset_t is plain data; all zeros is the empty set, which
+    // sigaddset fills in.
+    let mut set = unsafe { std::mem::zeroed::<libc::sigset_t>() };
+    // SAFETY: a valid set of our own and a valid signal number.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGCHLD);
+    }
+    // SAFETY: a new signalfd for a valid set; the returned fd is ours alone.
+    let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new fd that nothing else owns.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}

@@ -95,6 +95,10 @@ struct CloneArgs {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ChildStage {
+    /// Starting the command's holder, where cgroups cannot be written: a
+    /// subreaper (`PR_SET_CHILD_SUBREAPER`) that the command is started
+    /// from, which every orphan of the command's tree is re-parented to.
+    Holder,
     /// Writing `0` into the session's `cgroup.procs` (the fork-and-join path).
     JoinCgroup,
     /// Sealing: joining the sealed mount namespace (or copying one) and
@@ -139,7 +143,7 @@ pub enum ChildStage {
 }
 
 impl ChildStage {
-    const ALL: [ChildStage; 19] = [
+    const ALL: [ChildStage; 20] = [
         ChildStage::JoinCgroup,
         ChildStage::SealNamespaces,
         ChildStage::SealMounts,
@@ -159,6 +163,8 @@ impl ChildStage {
         ChildStage::NoNewPrivs,
         ChildStage::Rlimit,
         ChildStage::Exec,
+        // Last: the codes of the others stay as they were.
+        ChildStage::Holder,
     ];
 
     fn code(self) -> u32 {
@@ -195,6 +201,7 @@ impl ChildStage {
             ChildStage::NoNewPrivs => "setting no_new_privs",
             ChildStage::Rlimit => "restoring the soft RLIMIT_NOFILE",
             ChildStage::Exec => "execve",
+            ChildStage::Holder => "starting the holder (a subreaper the command is started from)",
         }
     }
 }
@@ -259,6 +266,9 @@ pub(crate) struct Spawned {
     /// Made with `CLONE_PIDFD_AUTOKILL | CLONE_AUTOREAP`: the kernel reaps it,
     /// and closing the last reference to `pidfd` kills it.
     pub autokill: bool,
+    /// Started from a holder (see [`spawn_held`]), which reaps it and reports
+    /// its exit on this pipe (the read end, non-blocking).
+    pub held: Option<OwnedFd>,
 }
 
 #[derive(Debug)]
@@ -274,6 +284,8 @@ pub(crate) enum SpawnFailure {
 struct Report {
     stage: AtomicU32,
     errno: AtomicI32,
+    /// The pid of a held command, written by its holder (see [`spawn_held`]).
+    held_pid: AtomicI32,
 }
 
 /// What the child reads: the plan, its placement and where to report.
@@ -358,6 +370,7 @@ fn with_mapping<R>(f: impl FnOnce(&ChildMapping) -> R) -> io::Result<R> {
         let report = unsafe { &*mapping.report() };
         report.stage.store(0, Ordering::SeqCst);
         report.errno.store(0, Ordering::SeqCst);
+        report.held_pid.store(0, Ordering::SeqCst);
         Ok(f(mapping))
     })
 }
@@ -514,6 +527,116 @@ pub(crate) fn become_in_place(
     (stage, io::Error::from_raw_os_error(errno))
 }
 
+/// How a holder becomes its own program once the command has exec'd: the
+/// program that links procscope again (`/proc/self/exe`), whose constructor
+/// turns it into the holder (`crate::holder`). Prepared by the parent.
+pub(crate) struct HolderExec<'a> {
+    pub exe: &'a CStr,
+    /// NULL-terminated.
+    pub argv: &'a [*const c_char],
+    /// NULL-terminated.
+    pub envp: &'a [*const c_char],
+    /// The write end of the pipe the holder reports the command's exit on;
+    /// it becomes the holder's fd [`HOLDER_STATUS_FD`].
+    pub status: BorrowedFd<'a>,
+    /// The read end of the pipe the gateway controls the holder with; it
+    /// becomes the holder's fd [`HOLDER_CONTROL_FD`].
+    pub control: BorrowedFd<'a>,
+}
+
+/// The holder's fd for its status pipe.
+pub(crate) const HOLDER_STATUS_FD: RawFd = 3;
+/// The holder's fd for its control pipe.
+pub(crate) const HOLDER_CONTROL_FD: RawFd = 4;
+
+/// A command started under a holder: the holder (our child) has become its
+/// own program, the command (the holder's child) has called `execve`.
+pub(crate) struct HeldSpawn {
+    /// The holder's pidfd.
+    pub holder: OwnedFd,
+    pub holder_pid: Pid,
+    /// The command's pid. It stays valid (the holder does not reap the
+    /// command) until the holder has been told to go on.
+    pub pid: Pid,
+}
+
+thread_local! {
+    /// The command's stack when it is started by a holder, which runs on
+    /// [`MAPPING`]'s stack meanwhile.
+    static HELD_MAPPING: std::cell::RefCell<Option<ChildMapping>> = const { std::cell::RefCell::new(None) };
+}
+
+/// What the holder reads between its clone and its `execve`.
+struct HolderCtx<'a> {
+    /// The command's context (its report is the holder's too).
+    child: ChildCtx<'a>,
+    exec: &'a HolderExec<'a>,
+    /// The command's stack: lowest address and size.
+    stack: (u64, u64),
+}
+
+/// Starts the command of `plan` under a holder, where no cgroup can be
+/// written: this thread clones the holder (`CLONE_VM | CLONE_VFORK`, so it
+/// waits), the holder makes itself a subreaper and clones the command the
+/// same way, the command goes through its usual steps to `execve`, and the
+/// holder, once the command has exec'd, calls `execve` of `holder.exe`.
+/// Every orphan of the command's tree is re-parented to the holder, which
+/// keeps the tree together. A failure of the command's steps is reported
+/// as for [`spawn`] (the holder reaps the command and exits); one of the
+/// holder's own steps as [`ChildStage::Holder`].
+///
+/// Needs `clone3` (Linux 5.3, the kernel floor).
+pub(crate) fn spawn_held(plan: &ChildPlan<'_>, holder: &HolderExec<'_>) -> Result<HeldSpawn, SpawnFailure> {
+    let reset = signal_reset();
+    let inner = HELD_MAPPING.with(|cell| -> io::Result<(u64, u64)> {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(ChildMapping::new()?);
+        }
+        Ok(slot.as_ref().expect("just set").stack())
+    });
+    let stack = inner.map_err(SpawnFailure::Clone)?;
+    with_mapping(|mapping| {
+        let ctx = HolderCtx {
+            child: ChildCtx { plan, join_procs: -1, report: mapping.report(), reset },
+            exec: holder,
+            stack,
+        };
+        let mut pidfd: RawFd = -1;
+        let (low, size) = mapping.stack();
+        let args = CloneArgs {
+            flags: CLONE_PIDFD | CLONE_VFORK | CLONE_CLEAR_SIGHAND | CLONE_VM,
+            pidfd: ptr::addr_of_mut!(pidfd) as u64,
+            exit_signal: libc::SIGCHLD as u64,
+            stack: low,
+            stack_size: size,
+            ..CloneArgs::default()
+        };
+        // SAFETY: `args` is a valid clone_args with a stack inside our
+        // mapping; the holder runs `holder_entry`, which reads only `ctx`
+        // (alive: this thread is suspended until the holder execs or exits)
+        // and never returns.
+        let ret = unsafe { clone3_vm(&args, CLONE_ARGS_SIZE_VER0, ptr::addr_of!(ctx) as *mut c_void, holder_entry) };
+        if ret < 0 {
+            return Err(SpawnFailure::Clone(io::Error::from_raw_os_error(-ret as i32)));
+        }
+        // SAFETY: on success the kernel stored a new pidfd that nothing else owns.
+        let holder_fd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+        let holder_pid = Pid::from_raw(ret as i32).expect("clone returned a positive pid");
+        // SAFETY: the report lies inside `mapping`, alive for this closure.
+        let report = unsafe { &*mapping.report() };
+        if let Some(stage) = ChildStage::from_code(report.stage.load(Ordering::SeqCst)) {
+            let errno = io::Error::from_raw_os_error(report.errno.load(Ordering::SeqCst));
+            reap_blocking(&holder_fd);
+            return Err(SpawnFailure::Child { stage, errno });
+        }
+        let pid = Pid::from_raw(report.held_pid.load(Ordering::SeqCst))
+            .ok_or_else(|| SpawnFailure::Clone(io::Error::other("the holder exec'd without naming its command")))?;
+        Ok(HeldSpawn { holder: holder_fd, holder_pid, pid })
+    })
+    .map_err(SpawnFailure::Clone)?
+}
+
 /// The `clone3` path.
 fn spawn_clone3(plan: &ChildPlan<'_>, placement: Placement<'_>, lifetime: Lifetime) -> Result<Spawned, SpawnFailure> {
     let reset = signal_reset();
@@ -658,7 +781,7 @@ fn finish(ret: c_long, pidfd: RawFd, mapping: &ChildMapping, autokill: bool) -> 
         }
         return Err(SpawnFailure::Child { stage, errno });
     }
-    Ok(Spawned { pidfd, pid, autokill })
+    Ok(Spawned { pidfd, pid, autokill, held: None })
 }
 
 /// Reaps a child that is known to be exiting.
@@ -695,8 +818,22 @@ fn wait_released(pidfd: &OwnedFd) {
 /// # Safety
 /// `args` must describe a valid stack for the child, and `arg` must stay valid
 /// until the child has exec'd or exited (`CLONE_VFORK` guarantees this).
-#[cfg(target_arch = "x86_64")]
 unsafe fn clone3_shared_vm(args: &CloneArgs, size: usize, arg: *mut c_void) -> c_long {
+    // SAFETY: as the caller promises.
+    unsafe { clone3_vm(args, size, arg, child_entry) }
+}
+
+/// [`clone3_shared_vm`] with the entry point given.
+///
+/// # Safety
+/// As for [`clone3_shared_vm`]; `entry` never returns.
+#[cfg(target_arch = "x86_64")]
+unsafe fn clone3_vm(
+    args: &CloneArgs,
+    size: usize,
+    arg: *mut c_void,
+    entry: unsafe extern "C" fn(*mut c_void) -> !,
+) -> c_long {
     let ret: c_long;
     // SAFETY: the syscall instruction clobbers rcx and r11. In the child (rax ==
     // 0) the kernel has switched rsp to the top of the new, 16-aligned stack; we
@@ -715,7 +852,7 @@ unsafe fn clone3_shared_vm(args: &CloneArgs, size: usize, arg: *mut c_void) -> c
             in("rdi") args as *const CloneArgs,
             in("rsi") size,
             in("r12") arg,
-            in("r13") child_entry as unsafe extern "C" fn(*mut c_void) -> ! as usize,
+            in("r13") entry as usize,
             lateout("rcx") _,
             lateout("r11") _,
             options(nostack),
@@ -729,7 +866,12 @@ unsafe fn clone3_shared_vm(args: &CloneArgs, size: usize, arg: *mut c_void) -> c
 /// # Safety
 /// As for the x86_64 version.
 #[cfg(target_arch = "aarch64")]
-unsafe fn clone3_shared_vm(args: &CloneArgs, size: usize, arg: *mut c_void) -> c_long {
+unsafe fn clone3_vm(
+    args: &CloneArgs,
+    size: usize,
+    arg: *mut c_void,
+    entry: unsafe extern "C" fn(*mut c_void) -> !,
+) -> c_long {
     let ret: c_long;
     // SAFETY: `svc 0` returns in x0. In the child (x0 == 0) sp is the top of the
     // new 16-aligned stack; we call the entry with `arg`, and it never returns.
@@ -745,7 +887,7 @@ unsafe fn clone3_shared_vm(args: &CloneArgs, size: usize, arg: *mut c_void) -> c
             in("x1") size,
             in("x8") libc::SYS_clone3,
             in("x20") arg,
-            in("x21") child_entry as unsafe extern "C" fn(*mut c_void) -> ! as usize,
+            in("x21") entry as usize,
             options(nostack),
         );
     }
@@ -753,7 +895,7 @@ unsafe fn clone3_shared_vm(args: &CloneArgs, size: usize, arg: *mut c_void) -> c
 }
 
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-unsafe fn clone3_shared_vm(_: &CloneArgs, _: usize, _: *mut c_void) -> c_long {
+unsafe fn clone3_vm(_: &CloneArgs, _: usize, _: *mut c_void, _: unsafe extern "C" fn(*mut c_void) -> !) -> c_long {
     -(libc::ENOSYS as c_long)
 }
 
@@ -779,6 +921,88 @@ unsafe extern "C" fn child_entry(arg: *mut c_void) -> ! {
     report.stage.store(stage.code(), Ordering::SeqCst);
     // SAFETY: _exit is async-signal-safe and ends this process only.
     unsafe { libc::_exit(127) }
+}
+
+/// The holder's entry point (see [`spawn_held`]). Async-signal-safe; never
+/// returns.
+///
+/// # Safety
+/// `arg` points to a live `HolderCtx`.
+unsafe extern "C" fn holder_entry(arg: *mut c_void) -> ! {
+    // SAFETY: the parent keeps the context alive (CLONE_VFORK).
+    let h = unsafe { &*(arg as *const HolderCtx<'_>) };
+    // SAFETY: the report lies in the shared mapping, as for `child_entry`.
+    let report = unsafe { &*h.child.report };
+    let fail = |stage: ChildStage, errno: i32| -> ! {
+        report.errno.store(errno, Ordering::SeqCst);
+        report.stage.store(stage.code(), Ordering::SeqCst);
+        // SAFETY: _exit is async-signal-safe and ends this process only.
+        unsafe { libc::_exit(127) }
+    };
+    // SAFETY: prctl(2) with integer arguments.
+    let r = unsafe { libc::syscall(libc::SYS_prctl, libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    if let Err((stage, errno)) = check(ChildStage::Holder, r) {
+        fail(stage, errno);
+    }
+    let args = CloneArgs {
+        flags: CLONE_VFORK | CLONE_CLEAR_SIGHAND | CLONE_VM,
+        exit_signal: libc::SIGCHLD as u64,
+        stack: h.stack.0,
+        stack_size: h.stack.1,
+        ..CloneArgs::default()
+    };
+    // SAFETY: the command runs `child_entry` on its own stack (the second
+    // mapping) and reads only `h.child`, alive while this holder waits
+    // (CLONE_VFORK) and the gateway's thread waits for the holder.
+    let pid = unsafe { clone3_vm(&args, CLONE_ARGS_SIZE_VER0, ptr::addr_of!(h.child) as *mut c_void, child_entry) };
+    if pid < 0 {
+        fail(ChildStage::Holder, -pid as i32);
+    }
+    // The command reaps if it failed: its report stands, and we leave.
+    let reap = || {
+        let mut info = std::mem::MaybeUninit::<libc::siginfo_t>::zeroed();
+        // SAFETY: waits for our own child into a valid siginfo buffer.
+        unsafe { libc::syscall(libc::SYS_waitid, libc::P_PID, pid, info.as_mut_ptr(), libc::WEXITED, 0) };
+    };
+    if report.stage.load(Ordering::SeqCst) != 0 {
+        reap();
+        // SAFETY: as above.
+        unsafe { libc::_exit(127) }
+    }
+    let kill_and_fail = |stage: ChildStage, errno: i32| -> ! {
+        // SAFETY: SIGKILL to our own child, which we then reap.
+        unsafe { libc::syscall(libc::SYS_kill, pid, libc::SIGKILL) };
+        reap();
+        fail(stage, errno)
+    };
+    // The holder's fds: its two pipe ends on 3 and 4, without FD_CLOEXEC.
+    // Moved above 9 first, so that placing one cannot clobber the other.
+    let e = h.exec;
+    // SAFETY (the fcntl and dup3 calls): on fds of this process's own table
+    // (no CLONE_FILES: a copy of the gateway's).
+    let status = unsafe { libc::syscall(libc::SYS_fcntl, e.status.as_raw_fd(), libc::F_DUPFD, 10) };
+    let control = unsafe { libc::syscall(libc::SYS_fcntl, e.control.as_raw_fd(), libc::F_DUPFD, 10) };
+    for r in [status, control] {
+        if let Err((stage, errno)) = check(ChildStage::Holder, r) {
+            kill_and_fail(stage, errno);
+        }
+    }
+    let r1 = unsafe { libc::syscall(libc::SYS_dup3, status, HOLDER_STATUS_FD, 0) };
+    let r2 = unsafe { libc::syscall(libc::SYS_dup3, control, HOLDER_CONTROL_FD, 0) };
+    for r in [r1, r2] {
+        if let Err((stage, errno)) = check(ChildStage::Holder, r) {
+            kill_and_fail(stage, errno);
+        }
+    }
+    report.held_pid.store(pid as i32, Ordering::SeqCst);
+    // SAFETY: execve with NULL-terminated arrays the parent prepared.
+    let r = unsafe { libc::syscall(libc::SYS_execve, e.exe.as_ptr(), e.argv.as_ptr(), e.envp.as_ptr()) };
+    let errno = match check(ChildStage::Holder, r) {
+        Err((_, errno)) => errno,
+        Ok(()) => libc::EINVAL,
+    };
+    report.held_pid.store(0, Ordering::SeqCst);
+    kill_and_fail(ChildStage::Holder, errno)
 }
 
 type Step = Result<(), (ChildStage, i32)>;

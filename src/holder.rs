@@ -1,0 +1,332 @@
+//! Holders: containment of a command's tree where no cgroup can be written
+//! (a default container: cgroup2 read-only, no `CAP_SYS_ADMIN`).
+//!
+//! # The holder
+//! A command is started from a small process of its own, its holder: the
+//! gateway's thread clones the holder, the holder makes itself a subreaper
+//! (`PR_SET_CHILD_SUBREAPER`) and clones the command, which goes through
+//! the usual steps to `execve` (`sys::spawn::spawn_held`). Every orphan of
+//! the command's tree — a `setsid` helper, a double-forked daemon — is then
+//! re-parented to the holder rather than to init, so the tree stays
+//! together below the holder, whatever its processes do to their sessions
+//! and process groups. Once the command has exec'd, the holder calls
+//! `execve` of the program that links procscope (`/proc/self/exe`, the
+//! gateway's own program for a library user) as `procscope-holder`; a
+//! constructor turns it into the holder's loop before `main` (`sys::hook`).
+//!
+//! # What the holder does
+//! One `poll` loop over two fds, never a fixed sleep: a signalfd for
+//! SIGCHLD and the read end of a control pipe whose write end only the
+//! gateway holds.
+//! - It reaps every child it has, and reports the command's raw wait status
+//!   on its status pipe when the command exits: the gateway is not the
+//!   command's parent, so this is how it learns the status (as `waitid`
+//!   gives it: code, signal, core dump).
+//! - The command's pid stays valid until the gateway has opened its pidfd:
+//!   the holder reaps nothing before the gateway's first message.
+//! - When it has no child left, it exits.
+//! - When the control pipe reaches its end — the gateway ended the tree, or
+//!   the gateway died, even by SIGKILL — it SIGKILLs every process below
+//!   it, walking the tree again until nothing new appears, reaps them and
+//!   exits.
+//!
+//! It blocks every signal that can be blocked, so only SIGKILL ends it.
+//!
+//! # Walking the tree
+//! A holder's tree is read from `/proc/<pid>/task/<tid>/children`,
+//! breadth first. Every process found is opened as a pidfd and then
+//! checked to still have the parent it was found under (or the holder, if
+//! that parent has died meanwhile): a pid that was reused between the read
+//! and the open names another process, which fails the check, and a pidfd
+//! never reaches another process once opened.
+//!
+//! # What it does not guarantee, compared with a cgroup
+//! - No atomic kill: a process may fork between a walk and its SIGKILL; the
+//!   walk is repeated until nothing new appears, and a SIGKILLed process
+//!   cannot fork again.
+//! - A process of the tree that kills the holder (a child with the same
+//!   uid can) sends the tree's orphans to the next subreaper up.
+//! - No limits, no membership that a process can be asked about: the tree
+//!   is what the holder's descendants are.
+
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::process::ExitStatusExt;
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use rustix::event::{PollFd, PollFlags};
+use rustix::io::Errno;
+use rustix::process::{Pid, WaitOptions};
+
+use crate::pidfd::PidFd;
+
+/// The `argv[0]` a holder is started with; the constructor acts on nothing
+/// else.
+pub(crate) const HOLDER_ARGV0: &str = "procscope-holder";
+/// The variable that must be set (to `1`) in a holder's environment.
+pub(crate) const HOLDER_ENV: &str = "PROCSCOPE_HOLDER";
+
+// ---------------------------------------------------------------------------
+// The holder's own process.
+// ---------------------------------------------------------------------------
+
+/// The holder's program, entered from the constructor: never returns.
+pub(crate) fn main() -> ! {
+    let code = match run() {
+        Ok(()) => 0,
+        Err(_) => 1,
+    };
+    std::process::exit(code)
+}
+
+fn run() -> io::Result<()> {
+    let (status, control) = crate::sys::holder_fds()?;
+    // The gateway's stdio is not the holder's: a reader of the gateway's
+    // output must not wait for the holder to close it.
+    let null = rustix::fs::open(
+        "/dev/null",
+        rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?;
+    rustix::stdio::dup2_stdin(&null)?;
+    rustix::stdio::dup2_stdout(&null)?;
+    rustix::stdio::dup2_stderr(&null)?;
+    drop(null);
+    crate::sys::signal::block_all()?;
+    let sigchld = crate::sys::signal::sigchld_fd()?;
+    let mut holder = Loop { status, command: None, reported: false, sigchld };
+    // The gateway's first message: the command's pid, once it holds the
+    // command's pidfd. Nothing is reaped before it.
+    let mut pid = [0u8; 4];
+    if read_exact(&control, &mut pid).is_err() {
+        holder.end_tree();
+        return Ok(());
+    }
+    holder.command = Some(i32::from_le_bytes(pid));
+    loop {
+        if !holder.reap()? {
+            return Ok(());
+        }
+        let mut fds = [PollFd::new(&control, PollFlags::IN), PollFd::new(&holder.sigchld, PollFlags::IN)];
+        match rustix::event::poll(&mut fds, None) {
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+            Ok(_) => {}
+        }
+        if !fds[0].revents().is_empty() {
+            // Any byte or the end: the gateway is done with this tree.
+            holder.end_tree();
+            return Ok(());
+        }
+        holder.drain();
+    }
+}
+
+struct Loop {
+    status: OwnedFd,
+    command: Option<i32>,
+    reported: bool,
+    sigchld: OwnedFd,
+}
+
+impl Loop {
+    /// Reaps every child that has exited, reporting the command's status.
+    /// Returns false once the holder has no child left.
+    fn reap(&mut self) -> io::Result<bool> {
+        loop {
+            match rustix::process::wait(WaitOptions::NOHANG) {
+                Ok(Some((pid, st))) => {
+                    if Some(pid.as_raw_nonzero().get()) == self.command && !self.reported {
+                        self.reported = true;
+                        let _ = write_all(&self.status, &st.as_raw().to_le_bytes());
+                    }
+                }
+                Ok(None) => return Ok(true),
+                Err(Errno::INTR) => continue,
+                Err(Errno::CHILD) => return Ok(false),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Empties the signalfd (its records say nothing `wait` does not).
+    fn drain(&self) {
+        let mut buf = [0u8; 128 * 8];
+        while rustix::io::read(&self.sigchld, &mut buf).is_ok_and(|n| n > 0) {}
+    }
+
+    /// SIGKILLs everything below the holder, walking again until nothing is
+    /// left, and reaps it.
+    fn end_tree(&mut self) {
+        let me = rustix::process::getpid();
+        loop {
+            for m in members_of(me) {
+                let _ = m.send_signal(crate::Signal::KILL);
+            }
+            match self.reap() {
+                Ok(true) => {}
+                _ => return,
+            }
+            // Bounded: the next death (or orphan re-parented) wakes it.
+            let mut fds = [PollFd::new(&self.sigchld, PollFlags::IN)];
+            let step = rustix::time::Timespec { tv_sec: 0, tv_nsec: 50_000_000 };
+            let _ = rustix::event::poll(&mut fds, Some(&step));
+            self.drain();
+        }
+    }
+}
+
+fn read_exact(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<()> {
+    let mut got = 0;
+    while got < buf.len() {
+        match rustix::io::read(fd, &mut buf[got..]) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => got += n,
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+fn write_all(fd: &OwnedFd, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        match rustix::io::write(fd, buf) {
+            Ok(n) => buf = &buf[n..],
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// The tree, as anyone may read it.
+// ---------------------------------------------------------------------------
+
+/// The children of `pid`, of every thread, from `/proc`.
+fn children_of(pid: i32) -> Vec<i32> {
+    let mut kids = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return kids };
+    for t in tasks.flatten() {
+        let text = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+        kids.extend(text.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
+    }
+    kids
+}
+
+/// The parent pid of `pid` (field 4 of `/proc/<pid>/stat`).
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Every live process below `root` (not `root` itself), as verified pidfds:
+/// each was opened, then found to still have the parent it was listed under
+/// or `root` (see the module's docs).
+pub(crate) fn members_of(root: Pid) -> Vec<PidFd> {
+    let root = root.as_raw_nonzero().get();
+    let mut found = Vec::new();
+    let mut queue = vec![root];
+    while let Some(parent) = queue.pop() {
+        for pid in children_of(parent) {
+            let Ok(fd) = PidFd::open(pid as u32) else { continue };
+            if parent_of(pid).is_some_and(|p| p == parent || p == root) {
+                queue.push(pid);
+                found.push(fd);
+            }
+        }
+    }
+    found
+}
+
+// ---------------------------------------------------------------------------
+// The gateway's side.
+// ---------------------------------------------------------------------------
+
+/// A command's holder, seen from the gateway that started it (see the
+/// module's docs). Dropping it tells the holder to SIGKILL its whole tree.
+#[derive(Debug)]
+pub struct Holder {
+    pid: Pid,
+    /// A duplicate of the holder's pidfd (the reaper holds the other).
+    pidfd: PidFd,
+    control: Option<OwnedFd>,
+}
+
+impl Holder {
+    pub(crate) fn new(pid: Pid, pidfd: PidFd, control: OwnedFd) -> Holder {
+        Holder { pid, pidfd, control: Some(control) }
+    }
+
+    /// The holder's pid.
+    pub fn pid(&self) -> u32 {
+        self.pid.as_raw_nonzero().get() as u32
+    }
+
+    /// Every live process the holder keeps: the command while it runs and
+    /// everything it left, as verified pidfds.
+    pub fn members(&self) -> Vec<PidFd> {
+        members_of(self.pid)
+    }
+
+    /// Whether the holder is still running (its tree not yet empty).
+    pub fn is_alive(&self) -> bool {
+        self.pidfd.is_alive()
+    }
+
+    /// Ends the tree: SIGTERM and SIGCONT to every member, up to `grace` for
+    /// the tree to empty (then the holder exits by itself), then the holder
+    /// SIGKILLs what is left. Returns how many processes were signalled.
+    ///
+    /// # Errors
+    /// Waiting for the holder needs a tokio runtime.
+    pub async fn end(mut self, grace: Duration) -> crate::Result<usize> {
+        let members = self.members();
+        for m in &members {
+            let _ = m.send_signal(crate::Signal::TERM);
+            let _ = m.send_signal(crate::Signal::CONT);
+        }
+        let _ = tokio::time::timeout(grace, self.pidfd.exited()).await;
+        drop(self.control.take());
+        self.pidfd.exited().await?;
+        Ok(members.len())
+    }
+
+    /// Waits until the holder has exited: its tree is empty.
+    ///
+    /// # Errors
+    /// Waiting needs a tokio runtime.
+    pub async fn wait_gone(&self) -> crate::Result<()> {
+        Ok(self.pidfd.exited().await?)
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        // The end of the control pipe: the holder SIGKILLs its tree.
+        drop(self.control.take());
+    }
+}
+
+/// The command's exit status as its holder reports it: one raw wait status
+/// on the status pipe (non-blocking). `Ok(None)`: not yet.
+pub(crate) fn read_status(pipe: &OwnedFd) -> io::Result<Option<ExitStatus>> {
+    let mut buf = [0u8; 4];
+    match rustix::io::read(pipe, &mut buf) {
+        Ok(4) => Ok(Some(ExitStatus::from_raw(i32::from_le_bytes(buf)))),
+        Ok(0) => Err(io::Error::other("the command's holder exited without reporting the command's exit")),
+        Ok(_) => Err(io::Error::other("a short report from the command's holder")),
+        Err(Errno::AGAIN) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Waits (async) until the holder's status pipe has something to read.
+pub(crate) async fn status_ready(pipe: &OwnedFd) -> io::Result<()> {
+    let dup = rustix::io::fcntl_dupfd_cloexec(pipe.as_fd(), 3)?;
+    let afd = crate::sys::async_fd::register(dup, tokio::io::Interest::READABLE)?;
+    let _ready = afd.readable().await?;
+    Ok(())
+}
