@@ -8,7 +8,7 @@
 //!
 //! `procscope-bench [--quick] [--out FILE] [--only GROUP,…]`; groups: spawn,
 //! join, spawn_2gib, cycle, sweep_graceful, sweep_stubborn, sweep_all, killpg,
-//! liveness, memory.
+//! liveness, memory, exec, trees, holder.
 
 mod support;
 
@@ -133,6 +133,7 @@ fn main() -> ExitCode {
         group!("memory", memory);
         group!("exec", exec_as_the_command);
         group!("trees", hostile_trees);
+        group!("holder", holder_cost);
         leftovers(&cfg, &mut r).await;
     });
     drop(rt);
@@ -985,6 +986,120 @@ async fn exec_as_the_command(cfg: &Cfg, r: &mut Results) -> anyhow::Result<()> {
 }
 
 // ---------------------------------------------------------------- trees
+
+/// `holder_spawn_p50_us`, `holder_spawn_ratio_vs_cgroup`,
+/// `holder_end_ratio_vs_cgroup`, `holder_pss_kib`: containment without
+/// cgroup writes (a command started from a holder of its own, a subreaper)
+/// against a spawn into a session cgroup, unsealed both (a holder never
+/// seals), interleaved; the end of a tree of two (a command and the helper
+/// it daemonized) by its holder against a session's `close`; and one
+/// holder's memory.
+async fn holder_cost(cfg: &Cfg, r: &mut Results) -> anyhow::Result<()> {
+    let n = cfg.n(300, 1000);
+    let sup = supervisor(cfg, Duration::from_millis(200)).await?;
+    let session = sup.session("holder")?;
+    let (mut held, mut placed) = (Samples::with_capacity(n), Samples::with_capacity(n));
+    let mut pss = Samples::with_capacity(n);
+    for i in 0..n + WARMUP {
+        for step in 0..2 {
+            let mut cmd = ps_true();
+            cmd.sealing(procscope::Sealing::Off);
+            if (step == 0) == (i % 2 == 0) {
+                let t = Instant::now();
+                let (mut c, holder) = procscope::testing::spawn_held(&mut cmd)?;
+                let d = t.elapsed();
+                if i >= WARMUP && i % 10 == 0 {
+                    let rollup = std::fs::read_to_string(format!("/proc/{}/smaps_rollup", holder.pid()));
+                    if let Some(kib) = rollup.ok().and_then(|t| support::kib_field(&t, "Pss:")) {
+                        pss.push(kib as f64);
+                    }
+                }
+                ensure!(c.wait().await?.success(), "/bin/true failed (held)");
+                holder.wait_gone().await?;
+                if i >= WARMUP {
+                    held.push_us(d);
+                }
+            } else {
+                let t = Instant::now();
+                let mut c = session.spawn(&mut cmd)?;
+                let d = t.elapsed();
+                ensure!(c.wait().await?.success(), "/bin/true failed (cgroup)");
+                if i >= WARMUP {
+                    placed.push_us(d);
+                }
+            }
+        }
+    }
+    drop(session);
+    r.add("holder_spawn_p50_us", held.median(), "us", Target::None);
+    r.add_note(
+        "holder_spawn_ratio_vs_cgroup",
+        held.median() / placed.median(),
+        "x",
+        Target::None,
+        &format!("held/cgroup spawn p50 ({:.0} vs {:.0} us), {n} interleaved pairs", held.median(), placed.median()),
+    );
+    r.add("holder_pss_kib", pss.median(), "KiB", Target::None);
+
+    // Ending a tree of two: the holder's end against a session's close.
+    let m = cfg.n(30, 100);
+    let (mut held_end, mut cgroup_end) = (Samples::with_capacity(m), Samples::with_capacity(m));
+    for i in 0..m {
+        for step in 0..2 {
+            let mut cmd = ps_fixture(&["daemon", "sleep", "3600"]);
+            cmd.sealing(procscope::Sealing::Off);
+            if (step == 0) == (i % 2 == 0) {
+                let (_c, holder) = procscope::testing::spawn_held(&mut cmd)?;
+                wait_members(&holder, 2).await?;
+                let t = Instant::now();
+                let signalled = holder.end(Duration::from_millis(200)).await?;
+                held_end.push_us(t.elapsed());
+                ensure!(signalled == 2, "the holder ended {signalled} processes, not 2");
+            } else {
+                let s = sup.session(&format!("end-{i}"))?;
+                let _c = s.spawn(&mut cmd)?;
+                let dir = s.cgroup().path().to_owned();
+                wait_for_procs(&dir, 2, Duration::from_secs(5)).await;
+                let t = Instant::now();
+                let ended = s.close().await?;
+                cgroup_end.push_us(t.elapsed());
+                ensure!(ended.signalled == 2, "close ended {} processes, not 2", ended.signalled);
+            }
+        }
+    }
+    r.add_note(
+        "holder_end_ratio_vs_cgroup",
+        held_end.median() / cgroup_end.median(),
+        "x",
+        Target::None,
+        &format!(
+            "a holder's end of a command and its daemon against a session's close, p50 ({:.1} vs {:.1} ms), {m} pairs",
+            held_end.median() / 1000.0,
+            cgroup_end.median() / 1000.0
+        ),
+    );
+    sup.shutdown().await?;
+    Ok(())
+}
+
+/// Waits (at most 5 s) until `holder` keeps `want` processes, none of them
+/// `setsid` on its way out (each command line ends in `sleep 3600`).
+async fn wait_members(holder: &procscope::testing::Holder, want: usize) -> anyhow::Result<()> {
+    let start = Instant::now();
+    let settled = || {
+        let m = holder.members();
+        m.len() == want
+            && m.iter().all(|p| {
+                std::fs::read(format!("/proc/{}/cmdline", p.pid())).is_ok_and(|c| c.ends_with(b"sleep\x003600\0"))
+                    && !std::fs::read(format!("/proc/{}/cmdline", p.pid())).is_ok_and(|c| c.starts_with(b"setsid"))
+            })
+    };
+    while !settled() {
+        ensure!(start.elapsed() < Duration::from_secs(5), "the holder never kept {want} settled processes");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    Ok(())
+}
 
 /// Builds `width` empty cgroups and a chain `depth` deep below `top`.
 fn build_tree(top: &procscope::Cgroup, depth: usize, width: usize) -> anyhow::Result<()> {

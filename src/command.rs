@@ -633,6 +633,15 @@ impl Command {
     /// rooted in.
     pub(crate) fn spawn_held(&mut self) -> Result<(ContainedChild, crate::holder::Holder)> {
         use rustix::pipe::{PipeFlags, pipe_with};
+        // The holder is this program again, turned into the holder by the
+        // constructor before its `main`.
+        if !crate::sys::hook::ran() {
+            return Err(Error::io(
+                "start the holder",
+                "/proc/self/exe",
+                std::io::Error::other("procscope's start-up hook did not run in this program"),
+            ));
+        }
         let pipe = |op| pipe_with(PipeFlags::CLOEXEC).map_err(|e| Error::io(op, Path::new("pipe"), e));
         let (status_read, status_write) = pipe("create the holder's status pipe")?;
         let (control_read, control_write) = pipe("create the holder's control pipe")?;
