@@ -150,6 +150,24 @@ pub enum Error {
         source: io::Error,
     },
 
+    /// The program is an executable file in a format the kernel does not run:
+    /// neither an ELF binary nor a script starting with `#!` (and no
+    /// binfmt_misc entry that could run it). Nothing was started.
+    #[error(
+        "cannot execute {program:?} ({}): {what}. The kernel runs ELF binaries and scripts whose first line \
+         is `#!INTERPRETER`: add such a line, or run the file through its interpreter (`sh FILE`, \
+         `python3 FILE`)",
+        path.display()
+    )]
+    NotExecutableFormat {
+        /// The program as given.
+        program: String,
+        /// The file it resolved to.
+        path: PathBuf,
+        /// What its first bytes are.
+        what: String,
+    },
+
     /// The session cgroup no longer exists: spawning into it is refused.
     #[error(
         "cgroup {} has been removed, so nothing can be started in it (the session has \
@@ -211,6 +229,20 @@ pub enum Error {
         pid: i32,
         /// What is wrong.
         why: String,
+    },
+
+    /// `PROCSCOPE_OWNER` is set but is not a pid: nothing was placed.
+    #[error(
+        "PROCSCOPE_OWNER={value:?} is not a pid: {reason}. Set it to the pid of the gateway that owns \
+         the sessions below it (`PROCSCOPE_OWNER=$$` in the shell that execs the gateway, or the gateway's \
+         own pid in a server's env: `String(process.pid)`, `str(os.getpid())`), or unset it to make \
+         the parent process the owner"
+    )]
+    OwnerMalformed {
+        /// The variable's value as found.
+        value: String,
+        /// What is wrong with it.
+        reason: &'static str,
     },
 
     /// The operation would act on the calling process or one of its ancestors.
@@ -282,7 +314,8 @@ impl Error {
             | Error::SealingUnavailable { .. }
             | Error::TransientUserUnavailable { .. } => K::Unsupported,
             Error::CgroupRemoved { .. } => K::NotFound,
-            Error::OwnerUnusable { .. } => K::InvalidInput,
+            Error::OwnerUnusable { .. } | Error::OwnerMalformed { .. } => K::InvalidInput,
+            Error::NotExecutableFormat { .. } => K::InvalidData,
         }
     }
 }

@@ -123,15 +123,72 @@ async fn exec_is_the_command_itself() {
         let out = run(&env, &["exec", "--", plain.to_str().unwrap()]);
         assert_eq!(out.status.code(), Some(126), "{out:?}");
         assert!(env.root.children().unwrap().is_empty(), "{:?}", env.root.children());
-        // Executable but no format the kernel runs: found only by execve, after
-        // placing; still 126, and the guardian removes what was placed.
-        std::fs::write(&plain, "no format at all").unwrap();
-        std::fs::set_permissions(&plain, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-        let out = run(&env, &["exec", "--", plain.to_str().unwrap()]);
-        assert_eq!(out.status.code(), Some(126), "{out:?}");
         std::fs::remove_file(&plain).unwrap();
-        env.wait_root_empty().await;
+        // Executable but in no format the kernel runs: see
+        // exec_refuses_a_file_the_kernel_cannot_run_before_placing.
     }
+    env.finish().await;
+}
+
+/// Every directory under `cg`, as paths relative to it, sorted.
+fn tree_snapshot(cg: &procscope::Cgroup) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![cg.path().to_owned()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap().flatten() {
+            if e.file_type().unwrap().is_dir() {
+                out.push(e.path().strip_prefix(cg.path()).unwrap().display().to_string());
+                stack.push(e.path());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A file with the execute bit in no format the kernel runs (neither ELF
+/// nor `#!`; binfmt_misc is not in use on the test hosts) is refused with
+/// 126 before anything is placed, the message naming the file and what is
+/// wrong with it: the tree is the same before and after, also when the
+/// `exec` would have joined a session that exists. The control: a `#!`
+/// script of the same mode runs, in that session.
+#[tokio::test]
+async fn exec_refuses_a_file_the_kernel_cannot_run_before_placing() {
+    let env = TestEnv::new();
+    within(30, async {
+        let (mut held, _out) = exec_ready(&env, &["--session", "held"], &["ready", "sleep", "3600"]);
+        let before = tree_snapshot(&env.root);
+        assert_eq!(before.len(), 3, "an instance, the session, its command: {before:?}");
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+        let file = dir.join(format!("no-format-{}", nanos()));
+        let cases: [(&[u8], &str); 3] = [
+            (b"no format at all", "it starts with the bytes 6e 6f 20 66 (\"no f\"), neither an ELF header"),
+            (b"", "it is empty"),
+            (b"\x7fEL", "neither an ELF header (7f 45 4c 46) nor `#!`"),
+        ];
+        for (content, needle) in cases {
+            std::fs::write(&file, content).unwrap();
+            std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+            let t = Instant::now();
+            let out = run(&env, &["exec", "--session", "held", "--", file.to_str().unwrap()]);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(126), "{content:?}: {err}");
+            assert!(err.contains(&file.display().to_string()), "the message names the file: {err}");
+            assert!(err.contains(needle), "{content:?}: the message lacks {needle:?}: {err}");
+            assert!(err.contains("add such a line"), "the message says how to fix it: {err}");
+            assert_eq!(tree_snapshot(&env.root), before, "{content:?}: nothing was placed");
+            eprintln!("{:?} refused in {:?}", String::from_utf8_lossy(content), t.elapsed());
+        }
+        // The control: a script with `#!` runs.
+        std::fs::write(&file, "#!/bin/sh\nexit 7\n").unwrap();
+        let out = run(&env, &["exec", "--session", "held", "--", file.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(7), "the script ran: {out:?}");
+        std::fs::remove_file(&file).unwrap();
+        signal(&held, rustix::process::Signal::TERM);
+        assert_eq!(held.wait().unwrap().signal(), Some(libc::SIGTERM));
+        env.wait_root_empty().await;
+    })
+    .await;
     env.finish().await;
 }
 
@@ -991,8 +1048,11 @@ async fn the_next_exec_starts_a_dead_guardian_again() {
 }
 
 /// Owners. `PROCSCOPE_OWNER` makes the gateway the owner through an
-/// intermediary (`sh -c`); an owner that is not an ancestor, or is gone, is
-/// refused with 125 before anything is placed, a malformed one with 2.
+/// intermediary (`sh -c`); an owner that is not an ancestor, or is gone, and
+/// a `PROCSCOPE_OWNER` that is not a pid (empty, a word, 0, negative, too
+/// large) are refused with 125 before anything is placed, each saying what
+/// is wrong and how to fix it. `end` refuses a malformed one too (2), rather
+/// than ending its parent's sessions.
 #[tokio::test]
 async fn owners_must_be_ancestors() {
     let env = TestEnv::new();
@@ -1002,10 +1062,19 @@ async fn owners_must_be_ancestors() {
         let dead_pid = dead.id().to_string();
         dead.wait().unwrap();
         let stranger_pid = stranger.id().to_string();
-        let cases: [(&[&str], Option<&str>, i32, &str); 5] = [
+        let malformed = "is not a pid";
+        let cases: [(&[&str], Option<&str>, i32, &str); 11] = [
             (&[], Some(stranger_pid.as_str()), 125, "not an ancestor"),
             (&[], Some(dead_pid.as_str()), 125, "no such process"),
-            (&[], Some("gateway"), 2, "PROCSCOPE_OWNER"),
+            (&[], Some("gateway"), 125, "PROCSCOPE_OWNER=\"gateway\" is not a pid: it is not a decimal number"),
+            (&[], Some(""), 125, "PROCSCOPE_OWNER=\"\" is not a pid: it is empty"),
+            (&[], Some("0"), 125, "a pid is a number from 1 to 2147483647"),
+            (&[], Some("-3"), 125, malformed),
+            (&[], Some("4294967297"), 125, malformed),
+            (&[], Some("12 34"), 125, malformed),
+            // The variable is checked under --owner too: it would mislead the
+            // other commands below the gateway.
+            (&["--owner", "1"], Some("x"), 125, malformed),
             (&["--owner", stranger_pid.as_str()], None, 125, "not an ancestor"),
             (&["--owner", "999999999"], None, 125, "999999999"),
         ];
@@ -1021,8 +1090,24 @@ async fn owners_must_be_ancestors() {
             let err = String::from_utf8_lossy(&out.stderr);
             assert_eq!(out.status.code(), Some(code), "{opts:?} {var:?}: {err}");
             assert!(err.contains(needle), "{opts:?} {var:?}: message lacks {needle:?}: {err}");
+            if needle.contains(malformed) || needle.contains("a pid is") {
+                assert!(err.contains("unset it"), "the message says how to fix it: {err}");
+            }
             assert!(env.root.children().unwrap().is_empty(), "{opts:?} {var:?} placed something");
         }
+        // `end` with a malformed variable: refused, nothing ended (a session
+        // of this process, made below, is still there).
+        let (mut held, _out) = exec_ready(&env, &["--session", "kept"], &["ready", "sleep", "3600"]);
+        let before = sessions(&env).len();
+        let out = procscope(&env, &["end", "kept"]).env("PROCSCOPE_OWNER", "gateway").output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains(malformed), "{err}");
+        assert_eq!(sessions(&env).len(), before, "end with a malformed owner ended nothing");
+        assert!(held.try_wait().unwrap().is_none(), "the session's command still runs");
+        assert!(run(&env, &["end", "kept"]).status.success());
+        assert_eq!(held.wait().unwrap().signal(), Some(libc::SIGTERM));
+        env.wait_root_empty().await;
         stranger.kill().unwrap();
         stranger.wait().unwrap();
 
