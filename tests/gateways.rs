@@ -68,6 +68,12 @@ impl NodeGateway {
         NodeGateway { child, report }
     }
 
+    /// SIGKILLs the gateway mid-run, and reaps it.
+    fn sigkill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
     fn job(&self, id: &str) -> &Value {
         self.report["results"].as_array().unwrap().iter().find(|r| r["id"] == id).unwrap()
     }
@@ -194,6 +200,109 @@ async fn the_sdks_escalation_reaches_the_server_itself() {
         assert_eq!(stubborn["exit"], json!({"code": null, "signal": "SIGKILL"}), "{stubborn}");
         assert!(stubborn["ms"].as_u64().unwrap() >= 3900, "SIGKILL came after 2 s + 2 s: {stubborn}");
         gw.exit_leaving_nothing(&env, &tag).await;
+    })
+    .await;
+    env.finish().await;
+}
+
+/// The same escalation with `exec`'s default grace (no `--grace`): the
+/// grace starts only once the server's main process is gone, so the SDK's
+/// SIGKILL after 4 s is never raced, and the client sees SIGTERM and SIGKILL.
+/// The stubborn server's helper ignores SIGTERM too (inherited): it is
+/// ended by `cgroup.kill` about 2 s after its server died, not sooner, which
+/// shows the default at work. 0 processes and 0 cgroups are left.
+#[tokio::test]
+async fn the_default_grace_does_not_race_the_sdks_escalation() {
+    let env = TestEnv::new();
+    within(60, async {
+        let tag = format!("ts-default-grace-{}", nanos());
+        let jobs = json!([
+            {"id": "linger", "kind": "daemonizer,linger", "behavior": "close"},
+            {"id": "stubborn", "kind": "daemonizer,stubborn", "behavior": "close"},
+        ]);
+        let t = std::time::Instant::now();
+        let gw = NodeGateway::tick(&env, &tag, jobs, json!({"shutdown": "none", "grace": null}));
+        let reported = std::time::Instant::now();
+        let (linger, stubborn) = (gw.job("linger"), gw.job("stubborn"));
+        assert_eq!(linger["exit"], json!({"code": null, "signal": "SIGTERM"}), "{linger}");
+        assert_eq!(stubborn["exit"], json!({"code": null, "signal": "SIGKILL"}), "{stubborn}");
+        assert!(stubborn["ms"].as_u64().unwrap() >= 3900, "SIGKILL came after 2 s + 2 s: {stubborn}");
+        // What is left now is the stubborn server's helper, in its grace.
+        let left = tagged(&tag);
+        assert_eq!(left.len(), 1, "the stubborn server's helper, still in its grace: {left:?}");
+        let gone = settle(&tag, 5).await;
+        assert!(gone.is_empty(), "the helper was ended: {gone:?}");
+        let grace = reported.elapsed();
+        assert!(grace >= std::time::Duration::from_millis(1500), "ended {grace:?} after its server: the 2 s grace");
+        eprintln!("helper ended {grace:?} after the report ({:?} in all)", t.elapsed());
+        gw.exit_leaving_nothing(&env, &tag).await;
+    })
+    .await;
+    env.finish().await;
+}
+
+/// A gateway SIGKILLed mid-run, its servers behind a watchdog (`sh -c`,
+/// which outlives it): with `PROCSCOPE_OWNER`, the gateway's guardian ends
+/// every server — one mid-call, one that stays after EOF — their helpers
+/// and watchdogs, and every cgroup, within 3 s. Without the variable each
+/// watchdog owns its server: idle servers exit at EOF, each guardian ends
+/// its server's helper, and the watchdogs exit and their instances go,
+/// within 3 s as well. (A server stuck in a call, without the variable,
+/// lives as long as its watchdog waits for it: the variable is what ties
+/// it to the gateway.) The control for "gone": everything ran, with one
+/// instance per owner, right before the SIGKILL.
+#[tokio::test]
+async fn an_sdk_gateway_sigkilled_behind_a_watchdog_leaves_nothing() {
+    let env = TestEnv::new();
+    within(60, async {
+        for owner_env in [true, false] {
+            let tag = format!("ts-gateway-killed-{owner_env}-{}", nanos());
+            let jobs = if owner_env {
+                json!([
+                    {"id": "busy", "kind": "daemonizer", "behavior": "abandon"},
+                    {"id": "linger", "kind": "daemonizer,linger", "behavior": "idle"},
+                    {"id": "idle", "kind": "daemonizer", "behavior": "idle"},
+                ])
+            } else {
+                json!([
+                    {"id": "idle1", "kind": "daemonizer", "behavior": "idle"},
+                    {"id": "idle2", "kind": "daemonizer", "behavior": "idle"},
+                ])
+            };
+            let n = jobs.as_array().unwrap().len();
+            let gw = NodeGateway::tick(
+                &env,
+                &tag,
+                jobs,
+                json!({"watchdog": true, "owner_env": owner_env, "shutdown": "none"}),
+            );
+            // Each job: its watchdog, its server and the server's helper.
+            let mut running = Vec::new();
+            for _ in 0..500 {
+                running = tagged(&tag);
+                if running.len() == 3 * n {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            assert_eq!(running.len(), 3 * n, "{owner_env}: watchdog, server and helper per job: {running:?}");
+            let instances = env.root.children().unwrap();
+            assert_eq!(instances.len(), if owner_env { 1 } else { n }, "{owner_env}: one per owner: {instances:?}");
+            let t = std::time::Instant::now();
+            gw.sigkill();
+            let left = settle(&tag, 3).await;
+            assert!(left.is_empty(), "{owner_env}: processes left 3 s after the gateway's SIGKILL: {left:?}");
+            for _ in 0..300 {
+                if env.root.children().unwrap().is_empty() {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            let took = t.elapsed();
+            assert!(env.root.children().unwrap().is_empty(), "{owner_env}: cgroups left: {:?}", env.root.children());
+            assert!(took < std::time::Duration::from_secs(3), "{owner_env}: took {took:?}");
+            eprintln!("PROCSCOPE_OWNER {owner_env}: {} processes gone {took:?} after the gateway's SIGKILL", 3 * n);
+        }
     })
     .await;
     env.finish().await;
