@@ -181,6 +181,107 @@ async fn servers_behind_a_watchdog_are_found_and_ended() {
     env.finish().await;
 }
 
+/// A launcher between the gateway and `procscope exec`, as a server started
+/// by `npx <pkg>` or `uvx <pkg>` has: the argv prefix that runs the rest
+/// through it, and the environment it needs. Local packages only, no
+/// download: npx gets `tests/node/launcher` (`--package=DIR --offline`),
+/// uvx a wheel of `tests/python/procscope_launcher.py` (`--from WHEEL
+/// --offline`), each with a cache of its own under the test's temporary
+/// directory, warmed by one run before the tick so that the jobs' launchers
+/// do not install it concurrently. `scripts/install-mcp-servers` installs
+/// uv into `.deps/venv`.
+fn launcher(kind: &str) -> (Value, Value) {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR")).join("launchers");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    let (prefix, env): (Vec<String>, Value) = match kind {
+        "npx" => {
+            let pkg = manifest.join("tests/node/launcher");
+            let env =
+                json!({"HOME": home, "npm_config_cache": tmp.join("npm-cache"), "npm_config_update_notifier": "false"});
+            let prefix = ["npx", "--yes", "--offline", &format!("--package={}", pkg.display()), "procscope-launcher"];
+            (prefix.map(str::to_owned).to_vec(), env)
+        }
+        "uvx" => {
+            let uvx = manifest.join(".deps/venv/bin/uvx");
+            assert!(uvx.exists(), "{} is missing: run scripts/install-mcp-servers (scripts/test does)", uvx.display());
+            let out = std::process::Command::new("python3")
+                .arg(manifest.join("tests/python/launcher_wheel.py"))
+                .arg(&tmp)
+                .output()
+                .expect("python3");
+            assert!(out.status.success(), "building the launcher's wheel: {out:?}");
+            let wheel = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+            let env = json!({
+                "HOME": home,
+                "UV_CACHE_DIR": tmp.join("uv-cache"),
+                "UV_PYTHON": manifest.join(".deps/venv/bin/python"),
+                "UV_NO_PROGRESS": "1",
+            });
+            let prefix = [uvx.to_str().unwrap(), "--offline", "--from", &wheel, "procscope-launcher"];
+            (prefix.map(str::to_owned).to_vec(), env)
+        }
+        other => panic!("no launcher {other}"),
+    };
+    let mut warm = std::process::Command::new(&prefix[0]);
+    warm.args(&prefix[1..]).arg("true").env_clear().env("PATH", std::env::var("PATH").unwrap());
+    for (k, v) in env.as_object().unwrap() {
+        warm.env(k, v.as_str().map_or_else(|| v.to_string(), str::to_owned));
+    }
+    let out = warm.output().unwrap_or_else(|e| panic!("{kind}: {e}"));
+    assert!(out.status.success(), "{kind} runs the local launcher offline: {out:?}");
+    (json!(prefix), env)
+}
+
+/// Servers started through `npx` and `uvx` launchers, with no help from the
+/// gateway (no `PROCSCOPE_OWNER`): npx, the shell npm runs the bin through
+/// and the launcher (or uv and the launcher) stand between the gateway and
+/// `procscope exec`, and the innermost of them owns each session. The SDK
+/// holds the launcher's pid, not the server's. `procscope end` run by the
+/// gateway still finds the abandoned job's session through the lineage its
+/// instance records, and ends it; 0 processes and 0 cgroups are left, while
+/// the gateway runs and after.
+#[tokio::test]
+async fn servers_behind_npx_and_uvx_launchers_are_found_and_ended() {
+    let env = TestEnv::new();
+    within(120, async {
+        for kind in ["npx", "uvx"] {
+            let (prefix, server_env) = launcher(kind);
+            let tag = format!("ts-{kind}-{}", nanos());
+            let t = std::time::Instant::now();
+            let gw = NodeGateway::tick(&env, &tag, tick_jobs(), json!({"launcher": prefix, "env": server_env}));
+            for id in ["ok", "cancel", "abandon", "kill"] {
+                let job = gw.job(id);
+                assert_ne!(job["pid"], job["server_pid"], "{kind} {id}: the launcher stands in between: {job}");
+            }
+            assert_eq!(gw.job("ok")["exit"], json!({"code": 0, "signal": null}), "{kind}");
+            // Owned by the launchers: the gateway has no instance of its own.
+            let gateway = procscope::Owner::of(gw.report["gateway"].as_i64().unwrap() as i32).unwrap();
+            let instances = gw.report["instances"].as_array().unwrap();
+            assert!(!instances.is_empty(), "{kind}: {}", gw.report);
+            assert!(
+                !instances.iter().any(|i| i == gateway.instance_name().as_str()),
+                "{kind}: no session is the gateway's own: {instances:?}"
+            );
+            let report = &gw.report["end"];
+            assert_eq!(report["status"], 0, "{kind}: {report}");
+            // The abandoned job's server was still running. The one whose
+            // launcher was SIGKILLed saw EOF once the SDK closed its stdin on
+            // the launcher's exit, and may be gone by now (its helper ended
+            // by the guardian): `end` finds it or not, both are right.
+            let not_found = report["report"]["not_found"].as_array().unwrap();
+            assert!(!not_found.iter().any(|x| x == "abandon"), "{kind}: end found the abandoned job: {report}");
+            assert!(not_found.iter().any(|x| x == "ok"), "{kind}: the finished job was gone: {report}");
+            assert!(report["report"]["sessions"].as_u64().unwrap() >= 1, "{kind}: {report}");
+            gw.exit_leaving_nothing(&env, &tag).await;
+            eprintln!("{kind}: the tick and its end took {:?}", t.elapsed());
+        }
+    })
+    .await;
+    env.finish().await;
+}
+
 /// The SDK's own escalation (close stdin, 2 s, SIGTERM, 2 s, SIGKILL) against
 /// a server that stays after EOF, and one that also ignores SIGTERM: the
 /// client sees SIGTERM and SIGKILL themselves (not an exit code), and the

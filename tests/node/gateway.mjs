@@ -23,6 +23,7 @@
 // line, then waits for a line on stdin before it exits, so that the test can
 // look while the gateway is still alive.
 import { spawnSync } from "node:child_process";
+import { readdirSync } from "node:fs";
 import { createInterface } from "node:readline";
 
 const cfg = JSON.parse(process.argv[2]);
@@ -88,6 +89,8 @@ async function run(job) {
 }
 
 const results = await Promise.all(cfg.jobs.map(run));
+// The instances under the root once the tick is done, before any ending.
+const instances = readdirSync(cfg.root).filter((n) => n.startsWith("i-"));
 let end = null;
 if (cfg.shutdown === "end") {
   const out = spawnSync(
@@ -105,7 +108,7 @@ if (cfg.shutdown === "end") {
     }
   }
 }
-console.log(JSON.stringify({ gateway: process.pid, results, end }));
+console.log(JSON.stringify({ gateway: process.pid, results, instances, end }));
 const lines = createInterface({ input: process.stdin });
 for await (const _ of lines) break;
 process.exit(0);
