@@ -130,6 +130,67 @@ async fn exec_is_the_command_itself() {
     env.finish().await;
 }
 
+/// A gateway on a terminal (`tests/python/tty_gateway.py`: `pty.fork()`,
+/// so it leads a session whose controlling terminal is the pty) `exec`s a
+/// program that reports its `/proc/self/stat` fields and every fd it holds.
+/// The server's controlling terminal, session and process group are the
+/// gateway's, its parent is the gateway, and it holds exactly the fds the
+/// gateway gave it (the terminal as stdin and stderr, the gateway's pipe as
+/// stdout) — nothing of procscope's (no pidfd, no cgroup directory, no pipe
+/// to the guardian, no namespace). The control: a gateway that hands over one
+/// more fd without `FD_CLOEXEC` sees it listed, so a leaked fd would be seen.
+#[tokio::test]
+async fn an_execd_server_has_the_gateways_terminal_and_only_its_fds() {
+    let env = TestEnv::new();
+    within(30, async {
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/tty_gateway.py");
+        for extra_fd in [false, true] {
+            let config = serde_json::json!({
+                "procscope": PROCSCOPE, "root": env.path(), "fixture": FIXTURE, "extra_fd": extra_fd,
+            });
+            let t = Instant::now();
+            let out = std::process::Command::new("python3")
+                .arg(&script)
+                .arg(config.to_string())
+                .stdin(Stdio::null())
+                .output()
+                .expect("python3");
+            assert!(out.status.success(), "{out:?}");
+            let r = json(&out);
+            assert_eq!(r["status"], 0, "{r}");
+            assert_eq!(r["terminal"], "", "nothing on the terminal, no warning: {r}");
+            let gw = &r["gateway"];
+            let lines: Vec<String> =
+                r["server"].as_array().unwrap().iter().map(|l| l.as_str().unwrap().into()).collect();
+            let stat: Vec<i64> = field(&lines, "stat").split(' ').map(|f| f.parse().unwrap()).collect();
+            let [ppid, pgrp, sid, tty_nr] = stat[..] else { panic!("{lines:?}") };
+            assert_ne!(gw["tty_nr"], 0, "the gateway has a controlling terminal: {r}");
+            assert_eq!(tty_nr, gw["tty_nr"].as_i64().unwrap(), "the server's terminal is the gateway's: {r}");
+            assert_eq!(sid, gw["sid"].as_i64().unwrap(), "the gateway's session: {r}");
+            assert_eq!(sid, gw["pid"].as_i64().unwrap(), "which the gateway leads: {r}");
+            assert_eq!(pgrp, gw["pgrp"].as_i64().unwrap(), "the gateway's process group: {r}");
+            assert_eq!(ppid, gw["pid"].as_i64().unwrap(), "its parent is the gateway: {r}");
+            let held: std::collections::BTreeMap<String, String> = lines
+                .iter()
+                .filter_map(|l| l.strip_prefix("fd="))
+                .map(|l| l.split_once(' ').map(|(n, t)| (n.to_owned(), t.to_owned())).unwrap())
+                .collect();
+            let given: std::collections::BTreeMap<String, String> = serde_json::from_value(r["given"].clone()).unwrap();
+            assert_eq!(held, given, "the server holds exactly what the gateway gave it: {r}");
+            assert!(given["0"].starts_with("/dev/pts/"), "{r}");
+            if extra_fd {
+                assert_eq!(given.len(), 4, "the control: the extra fd is seen: {r}");
+            } else {
+                assert_eq!(held.keys().collect::<Vec<_>>(), ["0", "1", "2"], "{r}");
+            }
+            eprintln!("extra fd {extra_fd}: {held:?} in {:?}", t.elapsed());
+        }
+        env.wait_root_empty().await;
+    })
+    .await;
+    env.finish().await;
+}
+
 /// Every directory under `cg`, as paths relative to it, sorted.
 fn tree_snapshot(cg: &procscope::Cgroup) -> Vec<String> {
     let mut out = Vec::new();
