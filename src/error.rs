@@ -168,6 +168,23 @@ pub enum Error {
         what: String,
     },
 
+    /// The program is a `#!` script whose interpreter does not exist.
+    /// Nothing was started.
+    #[error(
+        "cannot execute {program:?} ({}): its `#!` line names the interpreter {}, which does not exist; \
+         install it, or fix the line (`#!/usr/bin/env NAME` finds NAME on PATH)",
+        path.display(),
+        interpreter.display()
+    )]
+    InterpreterNotFound {
+        /// The program as given.
+        program: String,
+        /// The file it resolved to.
+        path: PathBuf,
+        /// The interpreter its `#!` line names.
+        interpreter: PathBuf,
+    },
+
     /// The session cgroup no longer exists: spawning into it is refused.
     #[error(
         "cgroup {} has been removed, so nothing can be started in it (the session has \
@@ -302,7 +319,7 @@ impl Error {
         // Every variant by name: a new one must choose its kind.
         match self {
             Error::Io { source, .. } | Error::Os { source, .. } | Error::Spawn { source, .. } => source.kind(),
-            Error::ProgramNotFound { .. } | Error::NoCgroup2 { .. } => K::NotFound,
+            Error::ProgramNotFound { .. } | Error::InterpreterNotFound { .. } | Error::NoCgroup2 { .. } => K::NotFound,
             Error::NotDelegated { .. } | Error::ContainsSelf { .. } | Error::ContainsProtected { .. } => {
                 K::PermissionDenied
             }

@@ -208,11 +208,13 @@ fn tree_snapshot(cg: &procscope::Cgroup) -> Vec<String> {
 }
 
 /// A file with the execute bit in no format the kernel runs (neither ELF
-/// nor `#!`; binfmt_misc is not in use on the test hosts) is refused with
-/// 126 before anything is placed, the message naming the file and what is
-/// wrong with it: the tree is the same before and after, also when the
-/// `exec` would have joined a session that exists. The control: a `#!`
-/// script of the same mode runs, in that session.
+/// nor `#!`, or a `#!` line without an interpreter; binfmt_misc is not in
+/// use on the test hosts) is refused with 126, a script whose interpreter
+/// does not exist with 127 (as shells and `execve` have it), before
+/// anything is placed, the message naming the file and what is wrong with
+/// it: the tree is the same before and after, also when the `exec` would
+/// have joined a session that exists. The control: a `#!` script of the
+/// same mode runs.
 #[tokio::test]
 async fn exec_refuses_a_file_the_kernel_cannot_run_before_placing() {
     let env = TestEnv::new();
@@ -222,21 +224,29 @@ async fn exec_refuses_a_file_the_kernel_cannot_run_before_placing() {
         assert_eq!(before.len(), 3, "an instance, the session, its command: {before:?}");
         let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
         let file = dir.join(format!("no-format-{}", nanos()));
-        let cases: [(&[u8], &str); 3] = [
-            (b"no format at all", "it starts with the bytes 6e 6f 20 66 (\"no f\"), neither an ELF header"),
-            (b"", "it is empty"),
-            (b"\x7fEL", "neither an ELF header (7f 45 4c 46) nor `#!`"),
+        let fix = "add such a line";
+        let cases: [(&[u8], i32, &str, &str); 5] = [
+            (b"no format at all", 126, "it starts with the bytes 6e 6f 20 66 (\"no f\"), neither an ELF header", fix),
+            (b"", 126, "it is empty", fix),
+            (b"\x7fEL", 126, "neither an ELF header (7f 45 4c 46) nor `#!`", fix),
+            (b"#! \necho hi\n", 126, "its `#!` line names no interpreter", fix),
+            (
+                b"#!/nonexistent/interpreter -x\necho hi\n",
+                127,
+                "names the interpreter /nonexistent/interpreter, which does not exist",
+                "install it, or fix the line",
+            ),
         ];
-        for (content, needle) in cases {
+        for (content, code, needle, fix) in cases {
             std::fs::write(&file, content).unwrap();
             std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
             let t = Instant::now();
             let out = run(&env, &["exec", "--session", "held", "--", file.to_str().unwrap()]);
             let err = String::from_utf8_lossy(&out.stderr);
-            assert_eq!(out.status.code(), Some(126), "{content:?}: {err}");
+            assert_eq!(out.status.code(), Some(code), "{content:?}: {err}");
             assert!(err.contains(&file.display().to_string()), "the message names the file: {err}");
             assert!(err.contains(needle), "{content:?}: the message lacks {needle:?}: {err}");
-            assert!(err.contains("add such a line"), "the message says how to fix it: {err}");
+            assert!(err.contains(fix), "the message says how to fix it: {err}");
             assert_eq!(tree_snapshot(&env.root), before, "{content:?}: nothing was placed");
             eprintln!("{:?} refused in {:?}", String::from_utf8_lossy(content), t.elapsed());
         }

@@ -155,12 +155,12 @@ pub fn run(a: ExecArgs) -> i32 {
     exec_failure_code(&e)
 }
 
-/// 127 for a command not found, 126 for one that cannot be executed (not
-/// executable, or in no format the kernel runs), 125 for any other failure
-/// before the command ran.
+/// 127 for a command (or its script's interpreter) not found, 126 for one
+/// that cannot be executed (not executable, or in no format the kernel
+/// runs), 125 for any other failure before the command ran.
 fn exec_failure_code(e: &Error) -> i32 {
     let code = match e {
-        Error::ProgramNotFound { .. } => NOT_FOUND,
+        Error::ProgramNotFound { .. } | Error::InterpreterNotFound { .. } => NOT_FOUND,
         Error::NotExecutableFormat { .. } => CANNOT_EXECUTE,
         Error::Spawn { stage: ChildStage::Exec, source, .. } => match source.raw_os_error() {
             Some(libc::ENOENT) => NOT_FOUND,
