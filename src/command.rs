@@ -889,6 +889,12 @@ fn check_format(program: &OsStr, path: &Path) -> Result<()> {
         path: path.to_owned(),
         what,
     };
+    // binfmt_misc's entries are tried before the kernel's own script and
+    // ELF handlers, and may claim any bytes: with one registered, the kernel
+    // decides at `execve` (an ELF header is runnable either way).
+    if head.starts_with(ELF) || binfmt_misc_in_use() {
+        return Ok(());
+    }
     if let Some(after) = head.strip_prefix(b"#!") {
         let newline = after.iter().position(|&b| b == b'\n');
         let line = &after[..newline.unwrap_or(after.len())];
@@ -909,9 +915,6 @@ fn check_format(program: &OsStr, path: &Path) -> Result<()> {
                 interpreter: interpreter.to_owned(),
             });
         }
-        return Ok(());
-    }
-    if head.starts_with(ELF) || binfmt_misc_in_use() {
         return Ok(());
     }
     let shown = &head[..head.len().min(4)];
