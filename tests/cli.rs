@@ -213,8 +213,10 @@ fn tree_snapshot(cg: &procscope::Cgroup) -> Vec<String> {
 /// does not exist with 127 (as shells and `execve` have it), before
 /// anything is placed, the message naming the file and what is wrong with
 /// it: the tree is the same before and after, also when the `exec` would
-/// have joined a session that exists. The control: a `#!` script of the
-/// same mode runs.
+/// have joined a session that exists. With binfmt_misc in use (a stand-in
+/// in a mount namespace of the test's own) the kernel decides: placed, then
+/// 126 from `execve`, and the guardian removes it. The control: a `#!`
+/// script of the same mode runs.
 #[tokio::test]
 async fn exec_refuses_a_file_the_kernel_cannot_run_before_placing() {
     let env = TestEnv::new();
@@ -250,6 +252,34 @@ async fn exec_refuses_a_file_the_kernel_cannot_run_before_placing() {
             assert_eq!(tree_snapshot(&env.root), before, "{content:?}: nothing was placed");
             eprintln!("{:?} refused in {:?}", String::from_utf8_lossy(content), t.elapsed());
         }
+        // With binfmt_misc in use, the format is the kernel's to judge: in a
+        // mount namespace of its own, where a stand-in for binfmt_misc says
+        // "enabled" and lists an entry, the same file is placed, `execve`
+        // refuses it (126 all the same), and the guardian removes what was
+        // placed.
+        std::fs::write(&file, b"no format at all").unwrap();
+        let script = "mount -t tmpfs binfmt-standin /proc/sys/fs/binfmt_misc && \
+                      echo enabled > /proc/sys/fs/binfmt_misc/status && \
+                      touch /proc/sys/fs/binfmt_misc/an-entry && \
+                      exec \"$0\" -v exec --root \"$1\" -- \"$2\"";
+        let out = std::process::Command::new("unshare")
+            .args(["-m", "sh", "-c", script, PROCSCOPE])
+            .arg(env.path())
+            .arg(&file)
+            .stdin(Stdio::null())
+            .output()
+            .expect("unshare (util-linux)");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(126), "{err}");
+        assert!(err.contains("action=\"exec.place\""), "placed, the kernel deciding: {err}");
+        assert!(err.contains("Exec format error"), "refused by execve: {err}");
+        for _ in 0..500 {
+            if tree_snapshot(&env.root) == before {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(tree_snapshot(&env.root), before, "the guardian removed what was placed");
         // The control: a script with `#!` runs.
         std::fs::write(&file, "#!/bin/sh\nexit 7\n").unwrap();
         let out = run(&env, &["exec", "--session", "held", "--", file.to_str().unwrap()]);
