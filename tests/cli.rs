@@ -1,6 +1,8 @@
 //! The `procscope` binary, driven for real: exec's status and signals, parent
-//! death, grandchildren, shared sessions and `end`, stdio pass-through, ps and
-//! sweep JSON, doctor, the demo, and bad arguments.
+//! death, grandchildren, shared sessions and `end`, stdio pass-through, the
+//! terminal and fds an exec'd server holds, bad input refused before
+//! anything is placed, ps and sweep JSON, doctor, the demo, and bad
+//! arguments.
 
 mod common;
 

@@ -6,11 +6,13 @@
 //! normally, are cancelled mid-call, are abandoned with no teardown, and whose
 //! server the gateway SIGKILLs. The gateways differ in how they end: with
 //! `procscope end`, with SIGKILL of every process they started (as mcpo's
-//! shutdown does), through a watchdog intermediary, with `PROCSCOPE_OWNER`.
-//! Every scenario must leave 0 processes and 0 cgroups, while the gateway
-//! still runs and after it exits.
+//! shutdown does), through a watchdog intermediary or `npx` / `uvx`
+//! launchers, with `PROCSCOPE_OWNER`, SIGKILLed themselves mid-run, with
+//! the SDK's own escalation under `exec`'s default grace. Every scenario
+//! must leave 0 processes and 0 cgroups, while the gateway still runs and
+//! after it exits.
 //!
-//! `scripts/install-mcp-servers` installs the SDK into `.deps/`.
+//! `scripts/install-mcp-servers` installs the SDK and uv into `.deps/`.
 
 mod common;
 
