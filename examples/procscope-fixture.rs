@@ -10,6 +10,7 @@
 //! | action | what it does |
 //! |---|---|
 //! | `self` | prints `pid=`, `cgroup=`, `fds=`, `nofile=` (soft and hard `RLIMIT_NOFILE`), `caps=`, `nnp=`, `sig=` (blocked, ignored, caught), `sid=`, `uid=`, `gid=`, `groups=` lines |
+//! | `tty` | prints `stat=PPID PGRP SESSION TTY_NR` (fields 4–7 of `/proc/self/stat`) and one `fd=N TARGET` line per open fd, as `ls -l /proc/self/fd` shows them |
 //! | `ready` | prints `ready` |
 //! | `ignore-term` | sets SIGTERM to ignored |
 //! | `daemon` | starts a helper with `setsid --fork` (setsid + double fork), prints `daemon=PID` |
@@ -151,6 +152,7 @@ fn main() {
         let mut arg = || it.next().unwrap_or_else(|| fail(&format!("{action} needs an argument")));
         match action.as_str() {
             "self" => print_self(),
+            "tty" => print_tty(),
             "ready" => say("ready"),
             "ignore-term" => signal::ignore(libc::SIGTERM).unwrap_or_else(|e| fail(&e.to_string())),
             // N commands (`daemon sleep 3600`) each from a holder of its
@@ -363,6 +365,23 @@ fn fail(msg: &str) -> ! {
 
 fn self_exe() -> std::path::PathBuf {
     std::env::current_exe().unwrap_or_else(|e| fail(&e.to_string()))
+}
+
+/// Its terminal, session and parent, and every fd it holds with its target.
+fn print_tty() {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+    say(&format!("stat={}", fields.get(1..5).map(|f| f.join(" ")).unwrap_or_default()));
+    let mut fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect())
+        .unwrap_or_default();
+    fds.sort_unstable();
+    // The listing's own fd is closed by now: its link no longer reads.
+    for fd in fds {
+        if let Ok(target) = std::fs::read_link(format!("/proc/self/fd/{fd}")) {
+            say(&format!("fd={fd} {}", target.display()));
+        }
+    }
 }
 
 fn print_self() {

@@ -530,15 +530,20 @@ impl Command {
 
     /// Checks, before anything is placed, what a spawn or
     /// [`exec_in`](Self::exec_in) would otherwise find only later: the
-    /// program resolves to an executable file ([`resolve`](Self::resolve)),
-    /// sealing can be done if it is required, and the identity settings agree.
+    /// program resolves to an executable file ([`resolve`](Self::resolve))
+    /// in a format the kernel runs (an ELF binary, or a `#!` script whose
+    /// interpreter exists), sealing can be done if it is required, and the
+    /// identity settings agree.
     ///
     /// # Errors
-    /// As [`resolve`](Self::resolve); [`Error::SealingUnavailable`];
-    /// [`Error::InvalidInput`] for a fixed uid/gid with a transient user, or
-    /// [`setsid`](Self::setsid) with a [`process_group`](Self::process_group).
+    /// As [`resolve`](Self::resolve); [`Error::NotExecutableFormat`];
+    /// [`Error::InterpreterNotFound`];
+    /// [`Error::SealingUnavailable`]; [`Error::InvalidInput`] for a fixed
+    /// uid/gid with a transient user, or [`setsid`](Self::setsid) with a
+    /// [`process_group`](Self::process_group).
     pub fn check(&self) -> Result<()> {
-        self.resolve()?;
+        let path = self.resolve()?;
+        check_format(&self.program, &path)?;
         crate::seal::plan_in_place(self.sealing)?;
         self.check_settings()
     }
@@ -933,6 +938,92 @@ fn last_cap() -> u32 {
     *LAST.get_or_init(|| {
         std::fs::read_to_string("/proc/sys/kernel/cap_last_cap").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(63)
     })
+}
+
+/// Whether the kernel can run the file at `path`: an ELF binary, or a `#!`
+/// script whose interpreter exists, which is what `execve` runs without
+/// binfmt_misc. Found before anything is placed, rather than as `ENOEXEC`
+/// or `ENOENT` from `execve` once the process is in its session.
+///
+/// With binfmt_misc mounted, enabled and holding any entry, any other format
+/// may be runnable too (a registered interpreter, say qemu or a JAR
+/// launcher): the decision is then the kernel's, at `execve`. A file this
+/// process may execute but not read is left to the kernel as well, and so is
+/// what the interpreter itself is.
+fn check_format(program: &OsStr, path: &Path) -> Result<()> {
+    const ELF: &[u8] = b"\x7fELF";
+    // The kernel reads this much of a script for its `#!` line
+    // (BINPRM_BUF_SIZE).
+    const HEAD: usize = 256;
+    let Ok(file) = rustix::fs::open(path, OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY, rustix::fs::Mode::empty())
+    else {
+        return Ok(());
+    };
+    let mut head = [0u8; HEAD];
+    let mut len = 0;
+    while len < head.len() {
+        match rustix::io::read(&file, &mut head[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(_) => return Ok(()),
+        }
+    }
+    let head = &head[..len];
+    let not_runnable = |what: String| Error::NotExecutableFormat {
+        program: program.to_string_lossy().into_owned(),
+        path: path.to_owned(),
+        what,
+    };
+    // binfmt_misc's entries are tried before the kernel's own script and
+    // ELF handlers, and may claim any bytes: with one registered, the kernel
+    // decides at `execve` (an ELF header is runnable either way).
+    if head.starts_with(ELF) || binfmt_misc_in_use() {
+        return Ok(());
+    }
+    if let Some(after) = head.strip_prefix(b"#!") {
+        let newline = after.iter().position(|&b| b == b'\n');
+        let line = &after[..newline.unwrap_or(after.len())];
+        let start = line.iter().position(|&b| b != b' ' && b != b'\t').unwrap_or(line.len());
+        let rest = &line[start..];
+        let interpreter = rest.split(|&b| matches!(b, b' ' | b'\t' | 0)).next().unwrap_or_default();
+        // A name that may run on past what the kernel reads is the kernel's
+        // to judge.
+        let whole = interpreter.len() < rest.len() || newline.is_some() || head.len() < HEAD;
+        if interpreter.is_empty() && whole {
+            return Err(not_runnable("its `#!` line names no interpreter".to_owned()));
+        }
+        let interpreter = Path::new(OsStr::from_bytes(interpreter));
+        if whole && let Err(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR) = rustix::fs::stat(interpreter) {
+            return Err(Error::InterpreterNotFound {
+                program: program.to_string_lossy().into_owned(),
+                path: path.to_owned(),
+                interpreter: interpreter.to_owned(),
+            });
+        }
+        return Ok(());
+    }
+    let shown = &head[..head.len().min(4)];
+    Err(not_runnable(if head.is_empty() {
+        "it is empty".to_owned()
+    } else {
+        let hex: Vec<String> = shown.iter().map(|b| format!("{b:02x}")).collect();
+        format!(
+            "it starts with the bytes {} ({:?}), neither an ELF header (7f 45 4c 46) nor `#!`",
+            hex.join(" "),
+            String::from_utf8_lossy(shown)
+        )
+    }))
+}
+
+/// Whether binfmt_misc is mounted, enabled and has an entry registered: its
+/// directory then holds more than `register` and `status`.
+fn binfmt_misc_in_use() -> bool {
+    const DIR: &str = "/proc/sys/fs/binfmt_misc";
+    let enabled = std::fs::read_to_string(format!("{DIR}/status")).is_ok_and(|s| s.trim() == "enabled");
+    enabled
+        && std::fs::read_dir(DIR)
+            .is_ok_and(|d| d.flatten().any(|e| !matches!(e.file_name().to_str(), Some("register" | "status"))))
 }
 
 /// Finds `program` in `path` (or the default search path) unless it contains a

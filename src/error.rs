@@ -164,6 +164,41 @@ pub enum Error {
         source: io::Error,
     },
 
+    /// The program is an executable file in a format the kernel does not run:
+    /// neither an ELF binary nor a script starting with `#!` (and no
+    /// binfmt_misc entry that could run it). Nothing was started.
+    #[error(
+        "cannot execute {program:?} ({}): {what}. The kernel runs ELF binaries and scripts whose first line \
+         is `#!INTERPRETER`: add such a line, or run the file through its interpreter (`sh FILE`, \
+         `python3 FILE`)",
+        path.display()
+    )]
+    NotExecutableFormat {
+        /// The program as given.
+        program: String,
+        /// The file it resolved to.
+        path: PathBuf,
+        /// What its first bytes are.
+        what: String,
+    },
+
+    /// The program is a `#!` script whose interpreter does not exist.
+    /// Nothing was started.
+    #[error(
+        "cannot execute {program:?} ({}): its `#!` line names the interpreter {}, which does not exist; \
+         install it, or fix the line (`#!/usr/bin/env NAME` finds NAME on PATH)",
+        path.display(),
+        interpreter.display()
+    )]
+    InterpreterNotFound {
+        /// The program as given.
+        program: String,
+        /// The file it resolved to.
+        path: PathBuf,
+        /// The interpreter its `#!` line names.
+        interpreter: PathBuf,
+    },
+
     /// The session cgroup no longer exists: spawning into it is refused.
     #[error(
         "cgroup {} has been removed, so nothing can be started in it (the session has \
@@ -227,6 +262,20 @@ pub enum Error {
         why: String,
     },
 
+    /// `PROCSCOPE_OWNER` is set but is not a pid: nothing was placed.
+    #[error(
+        "PROCSCOPE_OWNER={value:?} is not a pid: {reason}. Set it to the pid of the gateway that owns \
+         the sessions below it (`PROCSCOPE_OWNER=$$` in the shell that execs the gateway, or the gateway's \
+         own pid in a server's env: `String(process.pid)`, `str(os.getpid())`), or unset it to make \
+         the parent process the owner"
+    )]
+    OwnerMalformed {
+        /// The variable's value as found.
+        value: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+
     /// The operation would act on the calling process or one of its ancestors.
     #[error("refusing to {op} {}: it contains this process", path.display())]
     ContainsSelf {
@@ -284,7 +333,7 @@ impl Error {
         // Every variant by name: a new one must choose its kind.
         match self {
             Error::Io { source, .. } | Error::Os { source, .. } | Error::Spawn { source, .. } => source.kind(),
-            Error::ProgramNotFound { .. } | Error::NoCgroup2 { .. } => K::NotFound,
+            Error::ProgramNotFound { .. } | Error::InterpreterNotFound { .. } | Error::NoCgroup2 { .. } => K::NotFound,
             Error::NotDelegated { .. } | Error::ContainsSelf { .. } | Error::ContainsProtected { .. } => {
                 K::PermissionDenied
             }
@@ -297,7 +346,8 @@ impl Error {
             | Error::SealingUnavailable { .. }
             | Error::TransientUserUnavailable { .. } => K::Unsupported,
             Error::CgroupRemoved { .. } => K::NotFound,
-            Error::OwnerUnusable { .. } => K::InvalidInput,
+            Error::OwnerUnusable { .. } | Error::OwnerMalformed { .. } => K::InvalidInput,
+            Error::NotExecutableFormat { .. } => K::InvalidData,
         }
     }
 }

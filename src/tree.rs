@@ -369,6 +369,30 @@ fn count_exec(root: &Root, instance: &Cgroup, session_created: bool) {
 /// (watchdogs, `sh -c`, `npx`) stand between: `PROCSCOPE_OWNER=<its pid>`.
 pub const OWNER_ENV: &str = "PROCSCOPE_OWNER";
 
+/// The owner named by [`OWNER_ENV`], if it is set: a positive pid
+/// (surrounding whitespace ignored).
+///
+/// # Errors
+/// [`Error::OwnerMalformed`] when it is set but empty, not a number, or not
+/// positive.
+pub fn owner_from_env() -> Result<Option<i32>> {
+    let Some(raw) = std::env::var_os(OWNER_ENV) else { return Ok(None) };
+    let value = raw.to_string_lossy().into_owned();
+    let malformed = |reason| Error::OwnerMalformed { value: value.clone(), reason };
+    let text = raw.to_str().ok_or_else(|| malformed("it is not UTF-8"))?.trim();
+    if text.is_empty() {
+        return Err(malformed(
+            "it is empty (a config that passes `${PROCSCOPE_OWNER}` on from a gateway that does not set it \
+             gives an empty value)",
+        ));
+    }
+    match text.parse::<i64>() {
+        Ok(p) if p > 0 && p <= i64::from(i32::MAX) => Ok(Some(p as i32)),
+        Ok(_) => Err(malformed("a pid is a number from 1 to 2147483647")),
+        Err(_) => Err(malformed("it is not a decimal number")),
+    }
+}
+
 /// Metadata on an instance made by `exec`: its owner's ancestors, as
 /// `pid:start` separated by spaces, nearest first.
 pub(crate) const XATTR_LINEAGE: &str = "lineage";

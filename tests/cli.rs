@@ -1,6 +1,8 @@
 //! The `procscope` binary, driven for real: exec's status and signals, parent
-//! death, grandchildren, shared sessions and `end`, stdio pass-through, ps and
-//! sweep JSON, doctor, the demo, and bad arguments.
+//! death, grandchildren, shared sessions and `end`, stdio pass-through, the
+//! terminal and fds an exec'd server holds, bad input refused before
+//! anything is placed, ps and sweep JSON, doctor, the demo, and bad
+//! arguments.
 
 mod common;
 
@@ -123,15 +125,173 @@ async fn exec_is_the_command_itself() {
         let out = run(&env, &["exec", "--", plain.to_str().unwrap()]);
         assert_eq!(out.status.code(), Some(126), "{out:?}");
         assert!(env.root.children().unwrap().is_empty(), "{:?}", env.root.children());
-        // Executable but no format the kernel runs: found only by execve, after
-        // placing; still 126, and the guardian removes what was placed.
-        std::fs::write(&plain, "no format at all").unwrap();
-        std::fs::set_permissions(&plain, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-        let out = run(&env, &["exec", "--", plain.to_str().unwrap()]);
-        assert_eq!(out.status.code(), Some(126), "{out:?}");
         std::fs::remove_file(&plain).unwrap();
-        env.wait_root_empty().await;
+        // Executable but in no format the kernel runs: see
+        // exec_refuses_a_file_the_kernel_cannot_run_before_placing.
     }
+    env.finish().await;
+}
+
+/// A gateway on a terminal (`tests/python/tty_gateway.py`: `pty.fork()`,
+/// so it leads a session whose controlling terminal is the pty) `exec`s a
+/// program that reports its `/proc/self/stat` fields and every fd it holds.
+/// The server's controlling terminal, session and process group are the
+/// gateway's, its parent is the gateway, and it holds exactly the fds the
+/// gateway gave it (the terminal as stdin and stderr, the gateway's pipe as
+/// stdout) — nothing of procscope's (no pidfd, no cgroup directory, no pipe
+/// to the guardian, no namespace). The control: a gateway that hands over one
+/// more fd without `FD_CLOEXEC` sees it listed, so a leaked fd would be seen.
+#[tokio::test]
+async fn an_execd_server_has_the_gateways_terminal_and_only_its_fds() {
+    let env = TestEnv::new();
+    within(30, async {
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/tty_gateway.py");
+        for extra_fd in [false, true] {
+            let config = serde_json::json!({
+                "procscope": PROCSCOPE, "root": env.path(), "fixture": FIXTURE, "extra_fd": extra_fd,
+            });
+            let t = Instant::now();
+            let out = std::process::Command::new("python3")
+                .arg(&script)
+                .arg(config.to_string())
+                .stdin(Stdio::null())
+                .output()
+                .expect("python3");
+            assert!(out.status.success(), "{out:?}");
+            let r = json(&out);
+            assert_eq!(r["status"], 0, "{r}");
+            assert_eq!(r["terminal"], "", "nothing on the terminal, no warning: {r}");
+            let gw = &r["gateway"];
+            let lines: Vec<String> =
+                r["server"].as_array().unwrap().iter().map(|l| l.as_str().unwrap().into()).collect();
+            let stat: Vec<i64> = field(&lines, "stat").split(' ').map(|f| f.parse().unwrap()).collect();
+            let [ppid, pgrp, sid, tty_nr] = stat[..] else { panic!("{lines:?}") };
+            assert_ne!(gw["tty_nr"], 0, "the gateway has a controlling terminal: {r}");
+            assert_eq!(tty_nr, gw["tty_nr"].as_i64().unwrap(), "the server's terminal is the gateway's: {r}");
+            assert_eq!(sid, gw["sid"].as_i64().unwrap(), "the gateway's session: {r}");
+            assert_eq!(sid, gw["pid"].as_i64().unwrap(), "which the gateway leads: {r}");
+            assert_eq!(pgrp, gw["pgrp"].as_i64().unwrap(), "the gateway's process group: {r}");
+            assert_eq!(ppid, gw["pid"].as_i64().unwrap(), "its parent is the gateway: {r}");
+            let held: std::collections::BTreeMap<String, String> = lines
+                .iter()
+                .filter_map(|l| l.strip_prefix("fd="))
+                .map(|l| l.split_once(' ').map(|(n, t)| (n.to_owned(), t.to_owned())).unwrap())
+                .collect();
+            let given: std::collections::BTreeMap<String, String> = serde_json::from_value(r["given"].clone()).unwrap();
+            assert_eq!(held, given, "the server holds exactly what the gateway gave it: {r}");
+            assert!(given["0"].starts_with("/dev/pts/"), "{r}");
+            if extra_fd {
+                assert_eq!(given.len(), 4, "the control: the extra fd is seen: {r}");
+            } else {
+                assert_eq!(held.keys().collect::<Vec<_>>(), ["0", "1", "2"], "{r}");
+            }
+            eprintln!("extra fd {extra_fd}: {held:?} in {:?}", t.elapsed());
+        }
+        env.wait_root_empty().await;
+    })
+    .await;
+    env.finish().await;
+}
+
+/// Every directory under `cg`, as paths relative to it, sorted.
+fn tree_snapshot(cg: &procscope::Cgroup) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![cg.path().to_owned()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap().flatten() {
+            if e.file_type().unwrap().is_dir() {
+                out.push(e.path().strip_prefix(cg.path()).unwrap().display().to_string());
+                stack.push(e.path());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A file with the execute bit in no format the kernel runs (neither ELF
+/// nor `#!`, or a `#!` line without an interpreter; binfmt_misc is not in
+/// use on the test hosts) is refused with 126, a script whose interpreter
+/// does not exist with 127 (as shells and `execve` have it), before
+/// anything is placed, the message naming the file and what is wrong with
+/// it: the tree is the same before and after, also when the `exec` would
+/// have joined a session that exists. With binfmt_misc in use (a stand-in
+/// in a mount namespace of the test's own) the kernel decides: placed, then
+/// 126 from `execve`, and the guardian removes it. The control: a `#!`
+/// script of the same mode runs.
+#[tokio::test]
+async fn exec_refuses_a_file_the_kernel_cannot_run_before_placing() {
+    let env = TestEnv::new();
+    within(30, async {
+        let (mut held, _out) = exec_ready(&env, &["--session", "held"], &["ready", "sleep", "3600"]);
+        let before = tree_snapshot(&env.root);
+        assert_eq!(before.len(), 3, "an instance, the session, its command: {before:?}");
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+        let file = dir.join(format!("no-format-{}", nanos()));
+        let fix = "add such a line";
+        let cases: [(&[u8], i32, &str, &str); 5] = [
+            (b"no format at all", 126, "it starts with the bytes 6e 6f 20 66 (\"no f\"), neither an ELF header", fix),
+            (b"", 126, "it is empty", fix),
+            (b"\x7fEL", 126, "neither an ELF header (7f 45 4c 46) nor `#!`", fix),
+            (b"#! \necho hi\n", 126, "its `#!` line names no interpreter", fix),
+            (
+                b"#!/nonexistent/interpreter -x\necho hi\n",
+                127,
+                "names the interpreter /nonexistent/interpreter, which does not exist",
+                "install it, or fix the line",
+            ),
+        ];
+        for (content, code, needle, fix) in cases {
+            std::fs::write(&file, content).unwrap();
+            std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+            let t = Instant::now();
+            let out = run(&env, &["exec", "--session", "held", "--", file.to_str().unwrap()]);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(code), "{content:?}: {err}");
+            assert!(err.contains(&file.display().to_string()), "the message names the file: {err}");
+            assert!(err.contains(needle), "{content:?}: the message lacks {needle:?}: {err}");
+            assert!(err.contains(fix), "the message says how to fix it: {err}");
+            assert_eq!(tree_snapshot(&env.root), before, "{content:?}: nothing was placed");
+            eprintln!("{:?} refused in {:?}", String::from_utf8_lossy(content), t.elapsed());
+        }
+        // With binfmt_misc in use, the format is the kernel's to judge: in a
+        // mount namespace of its own, where a stand-in for binfmt_misc says
+        // "enabled" and lists an entry, the same file is placed, `execve`
+        // refuses it (126 all the same), and the guardian removes what was
+        // placed.
+        std::fs::write(&file, b"no format at all").unwrap();
+        let script = "mount -t tmpfs binfmt-standin /proc/sys/fs/binfmt_misc && \
+                      echo enabled > /proc/sys/fs/binfmt_misc/status && \
+                      touch /proc/sys/fs/binfmt_misc/an-entry && \
+                      exec \"$0\" -v exec --root \"$1\" -- \"$2\"";
+        let out = std::process::Command::new("unshare")
+            .args(["-m", "sh", "-c", script, PROCSCOPE])
+            .arg(env.path())
+            .arg(&file)
+            .stdin(Stdio::null())
+            .output()
+            .expect("unshare (util-linux)");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(126), "{err}");
+        assert!(err.contains("action=\"exec.place\""), "placed, the kernel deciding: {err}");
+        assert!(err.contains("Exec format error"), "refused by execve: {err}");
+        for _ in 0..500 {
+            if tree_snapshot(&env.root) == before {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(tree_snapshot(&env.root), before, "the guardian removed what was placed");
+        // The control: a script with `#!` runs.
+        std::fs::write(&file, "#!/bin/sh\nexit 7\n").unwrap();
+        let out = run(&env, &["exec", "--session", "held", "--", file.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(7), "the script ran: {out:?}");
+        std::fs::remove_file(&file).unwrap();
+        signal(&held, rustix::process::Signal::TERM);
+        assert_eq!(held.wait().unwrap().signal(), Some(libc::SIGTERM));
+        env.wait_root_empty().await;
+    })
+    .await;
     env.finish().await;
 }
 
@@ -991,8 +1151,11 @@ async fn the_next_exec_starts_a_dead_guardian_again() {
 }
 
 /// Owners. `PROCSCOPE_OWNER` makes the gateway the owner through an
-/// intermediary (`sh -c`); an owner that is not an ancestor, or is gone, is
-/// refused with 125 before anything is placed, a malformed one with 2.
+/// intermediary (`sh -c`); an owner that is not an ancestor, or is gone, and
+/// a `PROCSCOPE_OWNER` that is not a pid (empty, a word, 0, negative, too
+/// large) are refused with 125 before anything is placed, each saying what
+/// is wrong and how to fix it. `end` refuses a malformed one too (2), rather
+/// than ending its parent's sessions.
 #[tokio::test]
 async fn owners_must_be_ancestors() {
     let env = TestEnv::new();
@@ -1002,10 +1165,19 @@ async fn owners_must_be_ancestors() {
         let dead_pid = dead.id().to_string();
         dead.wait().unwrap();
         let stranger_pid = stranger.id().to_string();
-        let cases: [(&[&str], Option<&str>, i32, &str); 5] = [
+        let malformed = "is not a pid";
+        let cases: [(&[&str], Option<&str>, i32, &str); 11] = [
             (&[], Some(stranger_pid.as_str()), 125, "not an ancestor"),
             (&[], Some(dead_pid.as_str()), 125, "no such process"),
-            (&[], Some("gateway"), 2, "PROCSCOPE_OWNER"),
+            (&[], Some("gateway"), 125, "PROCSCOPE_OWNER=\"gateway\" is not a pid: it is not a decimal number"),
+            (&[], Some(""), 125, "PROCSCOPE_OWNER=\"\" is not a pid: it is empty"),
+            (&[], Some("0"), 125, "a pid is a number from 1 to 2147483647"),
+            (&[], Some("-3"), 125, malformed),
+            (&[], Some("4294967297"), 125, malformed),
+            (&[], Some("12 34"), 125, malformed),
+            // The variable is checked under --owner too: it would mislead the
+            // other commands below the gateway.
+            (&["--owner", "1"], Some("x"), 125, malformed),
             (&["--owner", stranger_pid.as_str()], None, 125, "not an ancestor"),
             (&["--owner", "999999999"], None, 125, "999999999"),
         ];
@@ -1021,8 +1193,24 @@ async fn owners_must_be_ancestors() {
             let err = String::from_utf8_lossy(&out.stderr);
             assert_eq!(out.status.code(), Some(code), "{opts:?} {var:?}: {err}");
             assert!(err.contains(needle), "{opts:?} {var:?}: message lacks {needle:?}: {err}");
+            if needle.contains(malformed) || needle.contains("a pid is") {
+                assert!(err.contains("unset it"), "the message says how to fix it: {err}");
+            }
             assert!(env.root.children().unwrap().is_empty(), "{opts:?} {var:?} placed something");
         }
+        // `end` with a malformed variable: refused, nothing ended (a session
+        // of this process, made below, is still there).
+        let (mut held, _out) = exec_ready(&env, &["--session", "kept"], &["ready", "sleep", "3600"]);
+        let before = sessions(&env).len();
+        let out = procscope(&env, &["end", "kept"]).env("PROCSCOPE_OWNER", "gateway").output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains(malformed), "{err}");
+        assert_eq!(sessions(&env).len(), before, "end with a malformed owner ended nothing");
+        assert!(held.try_wait().unwrap().is_none(), "the session's command still runs");
+        assert!(run(&env, &["end", "kept"]).status.success());
+        assert_eq!(held.wait().unwrap().signal(), Some(libc::SIGTERM));
+        env.wait_root_empty().await;
         stranger.kill().unwrap();
         stranger.wait().unwrap();
 

@@ -6,11 +6,13 @@
 //! normally, are cancelled mid-call, are abandoned with no teardown, and whose
 //! server the gateway SIGKILLs. The gateways differ in how they end: with
 //! `procscope end`, with SIGKILL of every process they started (as mcpo's
-//! shutdown does), through a watchdog intermediary, with `PROCSCOPE_OWNER`.
-//! Every scenario must leave 0 processes and 0 cgroups, while the gateway
-//! still runs and after it exits.
+//! shutdown does), through a watchdog intermediary or `npx` / `uvx`
+//! launchers, with `PROCSCOPE_OWNER`, SIGKILLed themselves mid-run, with
+//! the SDK's own escalation under `exec`'s default grace. Every scenario
+//! must leave 0 processes and 0 cgroups, while the gateway still runs and
+//! after it exits.
 //!
-//! `scripts/install-mcp-servers` installs the SDK into `.deps/`.
+//! `scripts/install-mcp-servers` installs the SDK and uv into `.deps/`.
 
 mod common;
 
@@ -66,6 +68,12 @@ impl NodeGateway {
         BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
         let report: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
         NodeGateway { child, report }
+    }
+
+    /// SIGKILLs the gateway mid-run, and reaps it.
+    fn sigkill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
     }
 
     fn job(&self, id: &str) -> &Value {
@@ -175,6 +183,107 @@ async fn servers_behind_a_watchdog_are_found_and_ended() {
     env.finish().await;
 }
 
+/// A launcher between the gateway and `procscope exec`, as a server started
+/// by `npx <pkg>` or `uvx <pkg>` has: the argv prefix that runs the rest
+/// through it, and the environment it needs. Local packages only, no
+/// download: npx gets `tests/node/launcher` (`--package=DIR --offline`),
+/// uvx a wheel of `tests/python/procscope_launcher.py` (`--from WHEEL
+/// --offline`), each with a cache of its own under the test's temporary
+/// directory, warmed by one run before the tick so that the jobs' launchers
+/// do not install it concurrently. `scripts/install-mcp-servers` installs
+/// uv into `.deps/venv`.
+fn launcher(kind: &str) -> (Value, Value) {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR")).join("launchers");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    let (prefix, env): (Vec<String>, Value) = match kind {
+        "npx" => {
+            let pkg = manifest.join("tests/node/launcher");
+            let env =
+                json!({"HOME": home, "npm_config_cache": tmp.join("npm-cache"), "npm_config_update_notifier": "false"});
+            let prefix = ["npx", "--yes", "--offline", &format!("--package={}", pkg.display()), "procscope-launcher"];
+            (prefix.map(str::to_owned).to_vec(), env)
+        }
+        "uvx" => {
+            let uvx = manifest.join(".deps/venv/bin/uvx");
+            assert!(uvx.exists(), "{} is missing: run scripts/install-mcp-servers (scripts/test does)", uvx.display());
+            let out = std::process::Command::new("python3")
+                .arg(manifest.join("tests/python/launcher_wheel.py"))
+                .arg(&tmp)
+                .output()
+                .expect("python3");
+            assert!(out.status.success(), "building the launcher's wheel: {out:?}");
+            let wheel = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+            let env = json!({
+                "HOME": home,
+                "UV_CACHE_DIR": tmp.join("uv-cache"),
+                "UV_PYTHON": manifest.join(".deps/venv/bin/python"),
+                "UV_NO_PROGRESS": "1",
+            });
+            let prefix = [uvx.to_str().unwrap(), "--offline", "--from", &wheel, "procscope-launcher"];
+            (prefix.map(str::to_owned).to_vec(), env)
+        }
+        other => panic!("no launcher {other}"),
+    };
+    let mut warm = std::process::Command::new(&prefix[0]);
+    warm.args(&prefix[1..]).arg("true").env_clear().env("PATH", std::env::var("PATH").unwrap());
+    for (k, v) in env.as_object().unwrap() {
+        warm.env(k, v.as_str().map_or_else(|| v.to_string(), str::to_owned));
+    }
+    let out = warm.output().unwrap_or_else(|e| panic!("{kind}: {e}"));
+    assert!(out.status.success(), "{kind} runs the local launcher offline: {out:?}");
+    (json!(prefix), env)
+}
+
+/// Servers started through `npx` and `uvx` launchers, with no help from the
+/// gateway (no `PROCSCOPE_OWNER`): npx, the shell npm runs the bin through
+/// and the launcher (or uv and the launcher) stand between the gateway and
+/// `procscope exec`, and the innermost of them owns each session. The SDK
+/// holds the launcher's pid, not the server's. `procscope end` run by the
+/// gateway still finds the abandoned job's session through the lineage its
+/// instance records, and ends it; 0 processes and 0 cgroups are left, while
+/// the gateway runs and after.
+#[tokio::test]
+async fn servers_behind_npx_and_uvx_launchers_are_found_and_ended() {
+    let env = TestEnv::new();
+    within(120, async {
+        for kind in ["npx", "uvx"] {
+            let (prefix, server_env) = launcher(kind);
+            let tag = format!("ts-{kind}-{}", nanos());
+            let t = std::time::Instant::now();
+            let gw = NodeGateway::tick(&env, &tag, tick_jobs(), json!({"launcher": prefix, "env": server_env}));
+            for id in ["ok", "cancel", "abandon", "kill"] {
+                let job = gw.job(id);
+                assert_ne!(job["pid"], job["server_pid"], "{kind} {id}: the launcher stands in between: {job}");
+            }
+            assert_eq!(gw.job("ok")["exit"], json!({"code": 0, "signal": null}), "{kind}");
+            // Owned by the launchers: the gateway has no instance of its own.
+            let gateway = procscope::Owner::of(gw.report["gateway"].as_i64().unwrap() as i32).unwrap();
+            let instances = gw.report["instances"].as_array().unwrap();
+            assert!(!instances.is_empty(), "{kind}: {}", gw.report);
+            assert!(
+                !instances.iter().any(|i| i == gateway.instance_name().as_str()),
+                "{kind}: no session is the gateway's own: {instances:?}"
+            );
+            let report = &gw.report["end"];
+            assert_eq!(report["status"], 0, "{kind}: {report}");
+            // The abandoned job's server was still running. The one whose
+            // launcher was SIGKILLed saw EOF once the SDK closed its stdin on
+            // the launcher's exit, and may be gone by now (its helper ended
+            // by the guardian): `end` finds it or not, both are right.
+            let not_found = report["report"]["not_found"].as_array().unwrap();
+            assert!(!not_found.iter().any(|x| x == "abandon"), "{kind}: end found the abandoned job: {report}");
+            assert!(not_found.iter().any(|x| x == "ok"), "{kind}: the finished job was gone: {report}");
+            assert!(report["report"]["sessions"].as_u64().unwrap() >= 1, "{kind}: {report}");
+            gw.exit_leaving_nothing(&env, &tag).await;
+            eprintln!("{kind}: the tick and its end took {:?}", t.elapsed());
+        }
+    })
+    .await;
+    env.finish().await;
+}
+
 /// The SDK's own escalation (close stdin, 2 s, SIGTERM, 2 s, SIGKILL) against
 /// a server that stays after EOF, and one that also ignores SIGTERM: the
 /// client sees SIGTERM and SIGKILL themselves (not an exit code), and the
@@ -194,6 +303,109 @@ async fn the_sdks_escalation_reaches_the_server_itself() {
         assert_eq!(stubborn["exit"], json!({"code": null, "signal": "SIGKILL"}), "{stubborn}");
         assert!(stubborn["ms"].as_u64().unwrap() >= 3900, "SIGKILL came after 2 s + 2 s: {stubborn}");
         gw.exit_leaving_nothing(&env, &tag).await;
+    })
+    .await;
+    env.finish().await;
+}
+
+/// The same escalation with `exec`'s default grace (no `--grace`): the
+/// grace starts only once the server's main process is gone, so the SDK's
+/// SIGKILL after 4 s is never raced, and the client sees SIGTERM and SIGKILL.
+/// The stubborn server's helper ignores SIGTERM too (inherited): it is
+/// ended by `cgroup.kill` about 2 s after its server died, not sooner, which
+/// shows the default at work. 0 processes and 0 cgroups are left.
+#[tokio::test]
+async fn the_default_grace_does_not_race_the_sdks_escalation() {
+    let env = TestEnv::new();
+    within(60, async {
+        let tag = format!("ts-default-grace-{}", nanos());
+        let jobs = json!([
+            {"id": "linger", "kind": "daemonizer,linger", "behavior": "close"},
+            {"id": "stubborn", "kind": "daemonizer,stubborn", "behavior": "close"},
+        ]);
+        let t = std::time::Instant::now();
+        let gw = NodeGateway::tick(&env, &tag, jobs, json!({"shutdown": "none", "grace": null}));
+        let reported = std::time::Instant::now();
+        let (linger, stubborn) = (gw.job("linger"), gw.job("stubborn"));
+        assert_eq!(linger["exit"], json!({"code": null, "signal": "SIGTERM"}), "{linger}");
+        assert_eq!(stubborn["exit"], json!({"code": null, "signal": "SIGKILL"}), "{stubborn}");
+        assert!(stubborn["ms"].as_u64().unwrap() >= 3900, "SIGKILL came after 2 s + 2 s: {stubborn}");
+        // What is left now is the stubborn server's helper, in its grace.
+        let left = tagged(&tag);
+        assert_eq!(left.len(), 1, "the stubborn server's helper, still in its grace: {left:?}");
+        let gone = settle(&tag, 5).await;
+        assert!(gone.is_empty(), "the helper was ended: {gone:?}");
+        let grace = reported.elapsed();
+        assert!(grace >= std::time::Duration::from_millis(1500), "ended {grace:?} after its server: the 2 s grace");
+        eprintln!("helper ended {grace:?} after the report ({:?} in all)", t.elapsed());
+        gw.exit_leaving_nothing(&env, &tag).await;
+    })
+    .await;
+    env.finish().await;
+}
+
+/// A gateway SIGKILLed mid-run, its servers behind a watchdog (`sh -c`,
+/// which outlives it): with `PROCSCOPE_OWNER`, the gateway's guardian ends
+/// every server — one mid-call, one that stays after EOF — their helpers
+/// and watchdogs, and every cgroup, within 3 s. Without the variable each
+/// watchdog owns its server: idle servers exit at EOF, each guardian ends
+/// its server's helper, and the watchdogs exit and their instances go,
+/// within 3 s as well. (A server stuck in a call, without the variable,
+/// lives as long as its watchdog waits for it: the variable is what ties
+/// it to the gateway.) The control for "gone": everything ran, with one
+/// instance per owner, right before the SIGKILL.
+#[tokio::test]
+async fn an_sdk_gateway_sigkilled_behind_a_watchdog_leaves_nothing() {
+    let env = TestEnv::new();
+    within(60, async {
+        for owner_env in [true, false] {
+            let tag = format!("ts-gateway-killed-{owner_env}-{}", nanos());
+            let jobs = if owner_env {
+                json!([
+                    {"id": "busy", "kind": "daemonizer", "behavior": "abandon"},
+                    {"id": "linger", "kind": "daemonizer,linger", "behavior": "idle"},
+                    {"id": "idle", "kind": "daemonizer", "behavior": "idle"},
+                ])
+            } else {
+                json!([
+                    {"id": "idle1", "kind": "daemonizer", "behavior": "idle"},
+                    {"id": "idle2", "kind": "daemonizer", "behavior": "idle"},
+                ])
+            };
+            let n = jobs.as_array().unwrap().len();
+            let gw = NodeGateway::tick(
+                &env,
+                &tag,
+                jobs,
+                json!({"watchdog": true, "owner_env": owner_env, "shutdown": "none"}),
+            );
+            // Each job: its watchdog, its server and the server's helper.
+            let mut running = Vec::new();
+            for _ in 0..500 {
+                running = tagged(&tag);
+                if running.len() == 3 * n {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            assert_eq!(running.len(), 3 * n, "{owner_env}: watchdog, server and helper per job: {running:?}");
+            let instances = env.root.children().unwrap();
+            assert_eq!(instances.len(), if owner_env { 1 } else { n }, "{owner_env}: one per owner: {instances:?}");
+            let t = std::time::Instant::now();
+            gw.sigkill();
+            let left = settle(&tag, 3).await;
+            assert!(left.is_empty(), "{owner_env}: processes left 3 s after the gateway's SIGKILL: {left:?}");
+            for _ in 0..300 {
+                if env.root.children().unwrap().is_empty() {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            let took = t.elapsed();
+            assert!(env.root.children().unwrap().is_empty(), "{owner_env}: cgroups left: {:?}", env.root.children());
+            assert!(took < std::time::Duration::from_secs(3), "{owner_env}: took {took:?}");
+            eprintln!("PROCSCOPE_OWNER {owner_env}: {} processes gone {took:?} after the gateway's SIGKILL", 3 * n);
+        }
     })
     .await;
     env.finish().await;

@@ -13,7 +13,7 @@ use super::{FAILED, fail, locate_root, report_json};
 /// `$PROCSCOPE_OWNER`, else our parent process (the gateway that runs
 /// `procscope end`).
 fn owner_of(pid: Option<i32>) -> Result<Owner, Error> {
-    let env = std::env::var(tree::OWNER_ENV).ok().and_then(|v| v.trim().parse::<i32>().ok());
+    let env = tree::owner_from_env()?;
     let pid = match pid.or(env) {
         Some(p) => p,
         None => rustix::process::getppid().map(|p| p.as_raw_nonzero().get()).unwrap_or(1),
@@ -51,12 +51,12 @@ pub async fn end(
             return fail("end", &e);
         }
     }
-    let root = match locate_root(root) {
-        Ok(r) => r,
-        Err(e) => return fail("end", &e),
-    };
     let owner = match owner_of(owner) {
         Ok(o) => o,
+        Err(e) => return fail("end", &e),
+    };
+    let root = match locate_root(root) {
+        Ok(r) => r,
         Err(e) => return fail("end", &e),
     };
     let mut not_found = Vec::new();

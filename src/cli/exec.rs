@@ -127,7 +127,6 @@ pub fn run(a: ExecArgs) -> i32 {
     });
     // Before anything is placed: a command that cannot run keeps 127 / 126.
     if let Err(e) = cmd.check() {
-        eprintln!("procscope exec: {e}");
         return exec_failure_code(&e);
     }
     let (owner, owner_fd) = match owner(a.owner) {
@@ -153,45 +152,48 @@ pub fn run(a: ExecArgs) -> i32 {
     };
     // Returns only on failure; the guardian removes the cgroup once we exit.
     let e = cmd.exec_in(&cgroup, Some(&owner_fd));
-    eprintln!("procscope exec: {e}");
     exec_failure_code(&e)
 }
 
-/// 127 for a command not found, 126 for one that cannot be executed, 125 for
-/// any other failure before the command ran.
+/// 127 for a command (or its script's interpreter) not found, 126 for one
+/// that cannot be executed (not executable, or in no format the kernel
+/// runs), 125 for any other failure before the command ran.
 fn exec_failure_code(e: &Error) -> i32 {
-    match e {
-        Error::ProgramNotFound { .. } => NOT_FOUND,
+    let code = match e {
+        Error::ProgramNotFound { .. } | Error::InterpreterNotFound { .. } => NOT_FOUND,
+        Error::NotExecutableFormat { .. } => CANNOT_EXECUTE,
         Error::Spawn { stage: ChildStage::Exec, source, .. } => match source.raw_os_error() {
             Some(libc::ENOENT) => NOT_FOUND,
             _ => CANNOT_EXECUTE,
         },
-        e => fail(e),
-    }
+        e => return fail(e),
+    };
+    eprintln!("procscope exec: {e}");
+    code
 }
 
+/// 2 for invalid arguments on the command line; 125 for any other failure,
+/// a malformed `PROCSCOPE_OWNER` (from the environment, not the arguments)
+/// included.
 fn fail(e: &Error) -> i32 {
     eprintln!("procscope exec: {e}");
-    if super::exit_code(e) == USAGE { USAGE } else { WRAPPER_FAILED }
+    match e {
+        Error::OwnerMalformed { .. } => WRAPPER_FAILED,
+        e if super::exit_code(e) == USAGE => USAGE,
+        _ => WRAPPER_FAILED,
+    }
 }
 
 /// The owner of the session: `--owner`, else `$PROCSCOPE_OWNER`, else the
 /// parent process. It must be alive and an ancestor of this process, so that
 /// its death is the gateway's.
 fn owner(flag: Option<i32>) -> Result<(Owner, PidFd), Error> {
-    let env = std::env::var(tree::OWNER_ENV).ok();
-    let (pid, what) = match (flag, &env) {
+    // A malformed variable fails even under --owner: it would mislead every
+    // other `exec` and `end` below the same gateway.
+    let env = tree::owner_from_env()?;
+    let (pid, what) = match (flag, env) {
         (Some(p), _) => (p, "--owner".to_owned()),
-        (None, Some(v)) => match v.trim().parse::<i32>() {
-            Ok(p) => (p, format!("{}={v}", tree::OWNER_ENV)),
-            Err(_) => {
-                return Err(Error::InvalidInput {
-                    what: "owner",
-                    value: v.clone(),
-                    fix: format!("{} must be the pid of the gateway (a positive number)", tree::OWNER_ENV),
-                });
-            }
-        },
+        (None, Some(p)) => (p, format!("{}={p}", tree::OWNER_ENV)),
         (None, None) => (rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get()), "parent".to_owned()),
     };
     let gone = |why: &str| Error::OwnerUnusable { owner: what.clone(), pid, why: why.to_owned() };

@@ -55,6 +55,7 @@ pub fn exit_code(e: &Error) -> i32 {
         Error::InvalidName { .. }
         | Error::InvalidLimit { .. }
         | Error::InvalidInput { .. }
+        | Error::OwnerMalformed { .. }
         | Error::NotCgroup2 { .. }
         | Error::NoCgroup2 { .. }
         | Error::NotDelegated { .. }

@@ -3,12 +3,17 @@
 //
 // Usage: node gateway.mjs CONFIG_JSON   (fields: see tests/gateways.rs)
 //
-// Every server command is `procscope exec --session <job> -- <server>` (or the
-// server alone, with "exec": false, the control), or that behind a watchdog (`sh -c '"$@"; exit $?'`, which stays in between).
+// Every server command is `procscope exec --session <job> --grace <grace> --
+// <server>` (or the server alone, with "exec": false, the control; no --grace
+// with "grace": null), optionally behind a launcher ("launcher": an argv
+// prefix such as `npx --package=DIR procscope-launcher`, which runs the rest)
+// and a watchdog (`sh -c '"$@"; exit $?'`, which stays in between). "env"
+// adds to the servers' environment.
 // Jobs end in one of these ways:
 //   ok       call a tool, then client.close() (stdin closes; the server exits)
 //   cancel   a long call aborted by an AbortSignal, then client.close()
 //   abandon  a long call left running: no teardown at all
+//   idle     connected, no call pending, no teardown
 //   kill     the gateway SIGKILLs the process it started
 //   close    client.close() alone: the SDK's own escalation (stdin, 2 s,
 //            SIGTERM, 2 s, SIGKILL) against the server as it is
@@ -18,6 +23,7 @@
 // line, then waits for a line on stdin before it exits, so that the test can
 // look while the gateway is still alive.
 import { spawnSync } from "node:child_process";
+import { readdirSync } from "node:fs";
 import { createInterface } from "node:readline";
 
 const cfg = JSON.parse(process.argv[2]);
@@ -25,9 +31,10 @@ const { Client } = await import(`${cfg.sdk}/dist/esm/client/index.js`);
 const { StdioClientTransport } = await import(`${cfg.sdk}/dist/esm/client/stdio.js`);
 
 function command(job) {
-  const exec = [cfg.procscope, "exec", "--root", cfg.root, "--session", job.id, "--grace", "500ms", "--"];
+  const grace = cfg.grace === null ? [] : ["--grace", cfg.grace ?? "500ms"];
+  const exec = [cfg.procscope, "exec", "--root", cfg.root, "--session", job.id, ...grace, "--"];
   const server = [...cfg.server, "--kind", job.kind];
-  const contained = cfg.exec === false ? server : [...exec, ...server];
+  const contained = cfg.exec === false ? server : [...(cfg.launcher ?? []), ...exec, ...server];
   const full = cfg.watchdog ? ["sh", "-c", '"$@"; exit $?', "sh", ...contained] : contained;
   return { command: full[0], args: full.slice(1) };
 }
@@ -35,7 +42,7 @@ function command(job) {
 const started = [];
 
 async function run(job) {
-  const env = { PATH: process.env.PATH, PSTAG: cfg.tag };
+  const env = { PATH: process.env.PATH, PSTAG: cfg.tag, ...(cfg.env ?? {}) };
   if (cfg.owner_env) env.PROCSCOPE_OWNER = String(process.pid);
   const transport = new StdioClientTransport({ ...command(job), env, stderr: "ignore" });
   const client = new Client({ name: "procscope-test-gateway", version: "1.0.0" });
@@ -67,6 +74,8 @@ async function run(job) {
       client.callTool({ name: "slow", arguments: { ms: 120000 } }).catch(() => {});
       result.abandoned = true;
       return result;
+    case "idle":
+      return result;
     case "kill":
       process.kill(transport.pid, "SIGKILL");
       break;
@@ -80,6 +89,8 @@ async function run(job) {
 }
 
 const results = await Promise.all(cfg.jobs.map(run));
+// The instances under the root once the tick is done, before any ending.
+const instances = readdirSync(cfg.root).filter((n) => n.startsWith("i-"));
 let end = null;
 if (cfg.shutdown === "end") {
   const out = spawnSync(
@@ -97,7 +108,7 @@ if (cfg.shutdown === "end") {
     }
   }
 }
-console.log(JSON.stringify({ gateway: process.pid, results, end }));
+console.log(JSON.stringify({ gateway: process.pid, results, instances, end }));
 const lines = createInterface({ input: process.stdin });
 for await (const _ of lines) break;
 process.exit(0);
