@@ -74,6 +74,20 @@ async fn a_privileged_container_gets_the_full_mode_with_sealing_and_the_guardian
             "control: unsealed, the same write moves it out: {text}"
         );
 
+        // `exec` whose parent is outside the container's PID namespace (a
+        // container's PID 1, or `docker exec`): the command is its own
+        // owner. Its `setsid` helper outlives it, and the guardian ends the
+        // helper once the command has exited.
+        let out = ctr
+            .command(PROCSCOPE)
+            .args(["exec", "--session", "entry", "--", FIXTURE, "daemon", "self"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{text} {}", String::from_utf8_lossy(&out.stderr));
+        assert!(text.contains("daemon=started"), "{text}");
+        assert!(text.lines().any(|l| l == "cgroup=/"), "placed and sealed in a session: {text}");
+
         // The commands' guardians remove their instances and exit.
         assert_eq!(ctr.settle(5).await, Vec::<u32>::new(), "processes left after the exec commands");
         assert_eq!(ctr.tree(), vec![std::path::PathBuf::from("procscope")], "left by the exec commands");

@@ -86,7 +86,8 @@ pub struct ExecArgs {
     #[arg(long)]
     seal: bool,
     /// The process that owns the session: it must be an ancestor of this one
-    /// [default: $PROCSCOPE_OWNER, else the parent process]
+    /// [default: $PROCSCOPE_OWNER, else the parent process; the command itself
+    /// when its parent is outside its PID namespace, as for a container's PID 1]
     #[arg(long, value_name = "PID")]
     owner: Option<i32>,
     /// The command and its arguments, after `--`
@@ -184,8 +185,18 @@ fn fail(e: &Error) -> i32 {
     }
 }
 
+/// This process as the owner of its own session (see [`owner`]).
+fn own_owner() -> Result<(Owner, PidFd), Error> {
+    let me = rustix::process::getpid().as_raw_nonzero().get();
+    let gone = |why: String| Error::OwnerUnusable { owner: "this process".into(), pid: me, why };
+    let owner = Owner::of(me).ok_or_else(|| gone("its start time cannot be read".into()))?;
+    let fd = PidFd::this_process().map_err(|e| gone(e.to_string()))?;
+    Ok((owner, fd))
+}
+
 /// The owner of the session: `--owner`, else `$PROCSCOPE_OWNER`, else the
-/// parent process. It must be alive and an ancestor of this process, so that
+/// parent process (this process itself when its parent is outside its PID
+/// namespace). It must be alive and an ancestor of this process, so that
 /// its death is the gateway's.
 fn owner(flag: Option<i32>) -> Result<(Owner, PidFd), Error> {
     // A malformed variable fails even under --owner: it would mislead every
@@ -194,7 +205,13 @@ fn owner(flag: Option<i32>) -> Result<(Owner, PidFd), Error> {
     let (pid, what) = match (flag, env) {
         (Some(p), _) => (p, "--owner".to_owned()),
         (None, Some(p)) => (p, format!("{}={p}", tree::OWNER_ENV)),
-        (None, None) => (rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get()), "parent".to_owned()),
+        (None, None) => match rustix::process::getppid() {
+            Some(p) => (p.as_raw_nonzero().get(), "parent".to_owned()),
+            // No parent in our PID namespace: we are a container's PID 1 (or
+            // started from outside it, as by `docker exec`). The command is
+            // its own owner: its death ends its instance.
+            None => return own_owner(),
+        },
     };
     let gone = |why: &str| Error::OwnerUnusable { owner: what.clone(), pid, why: why.to_owned() };
     let owner = Owner::of(pid).ok_or_else(|| gone("no such process"))?;
