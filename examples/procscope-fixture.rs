@@ -178,6 +178,31 @@ fn main() {
                 say("ready");
                 std::thread::sleep(Duration::from_secs(3600));
             }
+            // Ignores SIGCHLD (as some gateways do), runs `sh -c CMD` from a
+            // holder and prints `status=CODE` or `signal=N`.
+            "held-status" => {
+                let line = arg();
+                signal::ignore(libc::SIGCHLD).unwrap_or_else(|e| fail(&e.to_string()));
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap_or_else(|e| fail(&e.to_string()));
+                rt.block_on(async {
+                    use std::os::unix::process::ExitStatusExt;
+                    let mut cmd = procscope::Command::new("sh");
+                    cmd.args(["-c", &line]);
+                    let (mut child, holder) =
+                        procscope::testing::spawn_held(&mut cmd).unwrap_or_else(|e| fail(&e.to_string()));
+                    let status = child.wait().await.unwrap_or_else(|e| fail(&e.to_string()));
+                    match (status.code(), status.signal()) {
+                        (Some(c), _) => say(&format!("status={c}")),
+                        (_, Some(s)) => say(&format!("signal={s}")),
+                        _ => say("status=?"),
+                    }
+                    holder.wait_gone().await.unwrap_or_else(|e| fail(&e.to_string()));
+                    say("holder=gone");
+                });
+            }
             "daemon" => {
                 let child = std::process::Command::new("setsid")
                     .arg("--fork")

@@ -639,7 +639,16 @@ impl Command {
     pub(crate) fn spawn_held(&mut self) -> Result<(ContainedChild, crate::holder::Holder)> {
         use rustix::pipe::{PipeFlags, pipe_with};
         // The holder is this program again, turned into the holder by the
-        // constructor before its `main`.
+        // constructor before its `main`; never for a program that gained
+        // privileges at its execve (setuid, file capabilities), where the
+        // constructor does not trust its environment.
+        if crate::sys::hook::secure() {
+            return Err(Error::io(
+                "start the holder",
+                "/proc/self/exe",
+                std::io::Error::other("this program gained privileges at its execve (setuid or file capabilities)"),
+            ));
+        }
         if !crate::sys::hook::ran() {
             return Err(Error::io(
                 "start the holder",
@@ -668,11 +677,15 @@ impl Command {
                 control: control_read.as_fd(),
             };
             let held = spawn::spawn_held(plan, &exec).map_err(|f| match f {
-                SpawnFailure::Clone(e) => Error::io("clone3 (the holder)", Path::new(program), e),
+                SpawnFailure::Clone(e) => Error::io("start the holder of", Path::new(program), e),
                 SpawnFailure::Child { stage, errno } => {
                     Error::Spawn { program: program.to_owned(), stage, source: errno }
                 }
             })?;
+            // The holder's ends are the holder's alone from now on: the
+            // status pipe ends when the holder does, and a holder that died
+            // leaves no reader of the control pipe.
+            drop((status_write, control_read));
             let holder_pidfd = PidFd::from_owned(held.holder, held.holder_pid);
             // The holder reaps nothing until it is told the pid: the pid is
             // the command's until then.

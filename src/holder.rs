@@ -75,15 +75,25 @@ pub(crate) const HOLDER_ENV: &str = "PROCSCOPE_HOLDER";
 pub(crate) fn main() -> ! {
     let code = match run() {
         Ok(()) => 0,
-        Err(_) => 1,
+        Err(_) => {
+            // Whatever failed, the tree must not outlive its holder.
+            kill_all_blocking();
+            1
+        }
     };
     std::process::exit(code)
 }
 
 fn run() -> io::Result<()> {
+    // SIGCHLD at its default (not ignored, so the kernel leaves the reaping
+    // to us) and then blocked, read through the signalfd; every other
+    // signal blocked too: only SIGKILL ends a holder.
+    crate::sys::signal::set_ignored(libc::SIGCHLD, false)?;
+    crate::sys::signal::block_all()?;
     let (status, control) = crate::sys::holder_fds()?;
-    // The gateway's stdio is not the holder's: a reader of the gateway's
-    // output must not wait for the holder to close it.
+    // The gateway's stdio and working directory are not the holder's: a
+    // reader of the gateway's output must not wait for the holder to close
+    // it, and the holder must not keep a directory busy.
     let null = rustix::fs::open(
         "/dev/null",
         rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
@@ -92,8 +102,11 @@ fn run() -> io::Result<()> {
     rustix::stdio::dup2_stdin(&null)?;
     rustix::stdio::dup2_stdout(&null)?;
     rustix::stdio::dup2_stderr(&null)?;
-    drop(null);
-    crate::sys::signal::block_all()?;
+    if std::os::fd::AsRawFd::as_raw_fd(&null) <= 2 {
+        // It took one of the closed stdio numbers, which it now is.
+        std::mem::forget(null);
+    }
+    rustix::process::chdir("/")?;
     let sigchld = crate::sys::signal::sigchld_fd()?;
     let mut holder = Loop { status, command: None, reported: false, sigchld };
     // The gateway's first message: the command's pid, once it holds the
@@ -177,6 +190,22 @@ impl Loop {
     }
 }
 
+/// SIGKILLs and reaps everything below this process, with no signalfd:
+/// for a holder that failed, which must not leave its tree behind.
+fn kill_all_blocking() {
+    let me = rustix::process::getpid();
+    loop {
+        for m in members_of(me) {
+            let _ = m.send_signal(crate::Signal::KILL);
+        }
+        match rustix::process::wait(WaitOptions::empty()) {
+            Err(Errno::CHILD) => return,
+            Err(Errno::INTR) | Ok(_) => {}
+            Err(_) => return,
+        }
+    }
+}
+
 fn read_exact(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<()> {
     let mut got = 0;
     while got < buf.len() {
@@ -222,18 +251,29 @@ fn parent_of(pid: i32) -> Option<i32> {
     stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// Every live process below `root` (not `root` itself), as verified pidfds:
-/// each was opened, then found to still have the parent it was listed under
-/// or `root` (see the module's docs).
+/// Every live process below `root` (not `root` itself), as verified pidfds
+/// (see the module's docs): a parent's list of children counts only if the
+/// parent, held by its pidfd, is still alive after the list was read (its
+/// pid was its own throughout); each child is opened, then found to still
+/// have the parent it was listed under, or `root` if that parent has died
+/// since. `root` must be alive and stay so (a holder walking its own tree),
+/// or be checked by the caller after the walk.
 pub(crate) fn members_of(root: Pid) -> Vec<PidFd> {
     let root = root.as_raw_nonzero().get();
-    let mut found = Vec::new();
-    let mut queue = vec![root];
-    while let Some(parent) = queue.pop() {
-        for pid in children_of(parent) {
+    let Ok(root_fd) = PidFd::open(root as u32) else { return Vec::new() };
+    let mut found: Vec<PidFd> = Vec::new();
+    // (pid, its index in `found`, or None for the root)
+    let mut queue: Vec<(i32, Option<usize>)> = vec![(root, None)];
+    while let Some((parent, at)) = queue.pop() {
+        let kids = children_of(parent);
+        let parent_fd = at.map_or(&root_fd, |i| &found[i]);
+        if !parent_fd.is_alive() {
+            continue;
+        }
+        for pid in kids {
             let Ok(fd) = PidFd::open(pid as u32) else { continue };
             if parent_of(pid).is_some_and(|p| p == parent || p == root) {
-                queue.push(pid);
+                queue.push((pid, Some(found.len())));
                 found.push(fd);
             }
         }
@@ -268,7 +308,13 @@ impl Holder {
     /// Every live process the holder keeps: the command while it runs and
     /// everything it left, as verified pidfds.
     pub fn members(&self) -> Vec<PidFd> {
-        members_of(self.pid)
+        // The holder's pid is only its own while it runs: checked before and
+        // after the walk, which then cannot have started from a stranger.
+        if !self.pidfd.is_alive() {
+            return Vec::new();
+        }
+        let members = members_of(self.pid);
+        if self.pidfd.is_alive() { members } else { Vec::new() }
     }
 
     /// Whether the holder is still running (its tree not yet empty).

@@ -247,6 +247,14 @@ pub mod testing {
         crate::sys::seccomp::deny_with_enosys(libc::SYS_clone3)
     }
 
+    /// Makes `clone3(2)` alone fail with `ENOSYS` in the calling thread and
+    /// what it starts, as a container's default seccomp profile does without
+    /// `CAP_SYS_ADMIN`: spawns go through `clone(2)`. Cannot be undone: call
+    /// it in a thread of its own.
+    pub fn deny_clone3() -> std::io::Result<()> {
+        crate::sys::seccomp::deny_with_enosys(libc::SYS_clone3)
+    }
+
     /// Makes `seccomp(2)` fail with `ENOSYS` in the calling thread and in
     /// whatever it starts from now on (a seccomp filter, installed with
     /// `prctl`), as on a kernel without `CONFIG_SECCOMP_FILTER`: a sealed

@@ -259,3 +259,61 @@ fn procscope_members(holder: rustix::process::Pid) -> Vec<PidFd> {
     }
     out
 }
+
+/// A gateway that ignores SIGCHLD (its children are reaped by the kernel
+/// then): the holder puts SIGCHLD back to its default, or it would never
+/// learn the command's status and the wait would hang.
+#[tokio::test]
+async fn a_gateway_that_ignores_sigchld_still_gets_the_status() {
+    within(60, async {
+        let env = TestEnv::new();
+        let out = tokio::process::Command::new(FIXTURE)
+            .args(["held-status", "sleep 0.2; exit 3"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{text} {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(text.lines().collect::<Vec<_>>(), ["status=3", "holder=gone"], "{text}");
+        env.finish().await;
+    })
+    .await;
+}
+
+/// Where `clone3` is refused with ENOSYS (a container's default seccomp
+/// profile without CAP_SYS_ADMIN), the holder and its command are started
+/// with `clone(2)`: the escapee is still the holder's, and the status the
+/// command's.
+#[tokio::test]
+async fn a_held_command_starts_through_clone_where_clone3_is_refused() {
+    within(60, async {
+        let env = TestEnv::new();
+        let (tx, rx) = std::sync::mpsc::channel();
+        // A thread of its own: the filter stays with it.
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let result = rt.block_on(async {
+                procscope::testing::deny_clone3().map_err(|e| format!("deny clone3: {e}"))?;
+                let mut cmd = Command::new(FIXTURE);
+                cmd.args(["daemon", "sleep", "3600"]).stdin(Stdio::Null).stdout(Stdio::Null);
+                let (mut child, holder) = procscope::testing::spawn_held(&mut cmd).map_err(|e| e.to_string())?;
+                let helper = settled(|| holder.members(), child.id()).await;
+                let parent = (parent_of(helper), holder.pid());
+                let signalled = holder.end(Duration::from_secs(2)).await.map_err(|e| e.to_string())?;
+                use std::os::unix::process::ExitStatusExt;
+                let status = child.wait().await.map_err(|e| e.to_string())?;
+                Ok::<_, String>((parent, signalled, status.signal()))
+            });
+            let _ = tx.send(result);
+        })
+        .join()
+        .unwrap();
+        let (parent, signalled, signal) = rx.recv().unwrap().unwrap();
+        assert_eq!(parent.0, Some(parent.1), "the escapee is the holder's");
+        assert_eq!(signalled, 2);
+        assert_eq!(signal, Some(libc::SIGTERM));
+        env.finish().await;
+    })
+    .await;
+}

@@ -35,21 +35,29 @@ extern "C" fn at_start(argc: libc::c_int, argv: *const *const libc::c_char, _env
     if unsafe { libc::sigaction(libc::SIGPIPE, std::ptr::null(), &mut old) } == 0 {
         SIGPIPE_IGNORED.store(old.sa_sigaction == libc::SIG_IGN, Ordering::Relaxed);
     }
-    // Guardian mode needs all of: argv[0] "procscope-guardian", the variable,
-    // fd 1 a pipe (the ready report), and no privilege gained at execve (a
-    // setuid or file-capability program never trusts its environment).
-    // SAFETY: getauxval has no preconditions.
-    if unsafe { libc::getauxval(libc::AT_SECURE) } != 0 || argc < 1 || argv.is_null() {
+    if argc < 1 || argv.is_null() {
         return;
     }
     // SAFETY: the start code passes argc valid, NUL-terminated strings.
     let argv0 = unsafe { std::ffi::CStr::from_ptr(*argv) };
     // A holder: the variable set, and fds 3 and 4 pipes (checked by the
-    // holder itself, which exits if they are not).
+    // holder itself, which exits if they are not). A program that gained
+    // privileges at its execve never becomes one, and never runs its
+    // `main` under a holder's name either.
     if argv0.to_bytes() == crate::holder::HOLDER_ARGV0.as_bytes()
         && std::env::var_os(crate::holder::HOLDER_ENV).is_some_and(|v| v == "1")
     {
+        if secure() {
+            // SAFETY: _exit ends the process without running anything of ours.
+            unsafe { libc::_exit(127) }
+        }
         crate::holder::main();
+    }
+    // Guardian mode needs all of: argv[0] "procscope-guardian", the variable,
+    // fd 1 a pipe (the ready report), and no privilege gained at execve (a
+    // setuid or file-capability program never trusts its environment).
+    if secure() {
+        return;
     }
     if argv0.to_bytes() != GUARDIAN_ARGV0.as_bytes() {
         return;
@@ -62,6 +70,13 @@ extern "C" fn at_start(argc: libc::c_int, argv: *const *const libc::c_char, _env
     if let Some(spec) = std::env::var_os(crate::guardian::GUARDIAN_ENV) {
         crate::guardian::main(&spec);
     }
+}
+
+/// Whether this program gained privileges at its execve (`AT_SECURE`: setuid,
+/// setgid or file capabilities).
+pub(crate) fn secure() -> bool {
+    // SAFETY: getauxval has no preconditions.
+    unsafe { libc::getauxval(libc::AT_SECURE) != 0 }
 }
 
 /// Whether SIGPIPE was ignored when this process started (before Rust's

@@ -573,6 +573,8 @@ struct HolderCtx<'a> {
     exec: &'a HolderExec<'a>,
     /// The command's stack: lowest address and size.
     stack: (u64, u64),
+    /// Started with `clone(2)`: the holder starts the command the same way.
+    legacy: bool,
 }
 
 /// Starts the command of `plan` under a holder, where no cgroup can be
@@ -585,9 +587,9 @@ struct HolderCtx<'a> {
 /// as for [`spawn`] (the holder reaps the command and exits); one of the
 /// holder's own steps as [`ChildStage::Holder`].
 ///
-/// Needs `clone3` (Linux 5.3, the kernel floor).
+/// Uses `clone3`, or `clone(2)` where `clone3` is refused with `ENOSYS` (a
+/// container's default seccomp profile does that without `CAP_SYS_ADMIN`).
 pub(crate) fn spawn_held(plan: &ChildPlan<'_>, holder: &HolderExec<'_>) -> Result<HeldSpawn, SpawnFailure> {
-    let reset = signal_reset();
     let inner = HELD_MAPPING.with(|cell| -> io::Result<(u64, u64)> {
         let mut slot = cell.borrow_mut();
         if slot.is_none() {
@@ -596,14 +598,58 @@ pub(crate) fn spawn_held(plan: &ChildPlan<'_>, holder: &HolderExec<'_>) -> Resul
         Ok(slot.as_ref().expect("just set").stack())
     });
     let stack = inner.map_err(SpawnFailure::Clone)?;
-    with_mapping(|mapping| {
-        let ctx = HolderCtx {
-            child: ChildCtx { plan, join_procs: -1, report: mapping.report(), reset },
-            exec: holder,
-            stack,
-        };
+    if clone3_in_use() {
+        let reset = signal_reset();
+        match with_mapping(|mapping| held_with(plan, holder, mapping, stack, reset, false)) {
+            Ok(Err(SpawnFailure::Clone(e))) if e.raw_os_error() == Some(libc::ENOSYS) => {}
+            other => return other.map_err(SpawnFailure::Clone)?,
+        }
+    }
+    with_mapping(|mapping| held_with(plan, holder, mapping, stack, SignalReset::All, true))
+        .map_err(SpawnFailure::Clone)?
+}
+
+fn held_with(
+    plan: &ChildPlan<'_>,
+    holder: &HolderExec<'_>,
+    mapping: &ChildMapping,
+    stack: (u64, u64),
+    reset: SignalReset,
+    legacy: bool,
+) -> Result<HeldSpawn, SpawnFailure> {
+    let ctx = HolderCtx {
+        child: ChildCtx { plan, join_procs: -1, report: mapping.report(), reset },
+        exec: holder,
+        stack,
+        legacy,
+    };
+    let ctx_ptr = ptr::addr_of!(ctx) as *mut c_void;
+    let (low, size) = mapping.stack();
+    let (ret, pidfd): (c_long, RawFd) = if legacy {
+        let top = (low + size) as *mut c_void;
+        let mut pidfd: libc::c_int = -1;
+        let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | libc::SIGCHLD;
+        // As in `legacy_with`: every signal blocked around the clone, so that
+        // no handler of ours runs in the holder (which keeps them blocked).
+        // SAFETY: sigset_t is plain data; all zeros is a valid (empty) set.
+        let mut old = unsafe { std::mem::zeroed::<libc::sigset_t>() };
+        // SAFETY: as above.
+        let mut all = unsafe { std::mem::zeroed::<libc::sigset_t>() };
+        // SAFETY: initialises and applies signal sets owned by this frame.
+        unsafe {
+            libc::sigfillset(&mut all);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        }
+        // SAFETY: `top` is the 16-aligned top of a stack the holder owns until
+        // it execs or exits (CLONE_VFORK suspends this thread until then);
+        // `ctx` lives in this frame, alive for the same reason.
+        let r = unsafe { libc::clone(holder_legacy_entry, top, flags, ctx_ptr, ptr::addr_of_mut!(pidfd)) };
+        let err = io::Error::last_os_error();
+        // SAFETY: restores this thread's previous mask.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, ptr::null_mut()) };
+        (if r < 0 { -(err.raw_os_error().unwrap_or(libc::EINVAL) as c_long) } else { r as c_long }, pidfd)
+    } else {
         let mut pidfd: RawFd = -1;
-        let (low, size) = mapping.stack();
         let args = CloneArgs {
             flags: CLONE_PIDFD | CLONE_VFORK | CLONE_CLEAR_SIGHAND | CLONE_VM,
             pidfd: ptr::addr_of_mut!(pidfd) as u64,
@@ -616,25 +662,34 @@ pub(crate) fn spawn_held(plan: &ChildPlan<'_>, holder: &HolderExec<'_>) -> Resul
         // mapping; the holder runs `holder_entry`, which reads only `ctx`
         // (alive: this thread is suspended until the holder execs or exits)
         // and never returns.
-        let ret = unsafe { clone3_vm(&args, CLONE_ARGS_SIZE_VER0, ptr::addr_of!(ctx) as *mut c_void, holder_entry) };
-        if ret < 0 {
-            return Err(SpawnFailure::Clone(io::Error::from_raw_os_error(-ret as i32)));
-        }
-        // SAFETY: on success the kernel stored a new pidfd that nothing else owns.
-        let holder_fd = unsafe { OwnedFd::from_raw_fd(pidfd) };
-        let holder_pid = Pid::from_raw(ret as i32).expect("clone returned a positive pid");
-        // SAFETY: the report lies inside `mapping`, alive for this closure.
-        let report = unsafe { &*mapping.report() };
-        if let Some(stage) = ChildStage::from_code(report.stage.load(Ordering::SeqCst)) {
-            let errno = io::Error::from_raw_os_error(report.errno.load(Ordering::SeqCst));
-            reap_blocking(&holder_fd);
-            return Err(SpawnFailure::Child { stage, errno });
-        }
-        let pid = Pid::from_raw(report.held_pid.load(Ordering::SeqCst))
-            .ok_or_else(|| SpawnFailure::Clone(io::Error::other("the holder exec'd without naming its command")))?;
-        Ok(HeldSpawn { holder: holder_fd, holder_pid, pid })
-    })
-    .map_err(SpawnFailure::Clone)?
+        (unsafe { clone3_vm(&args, CLONE_ARGS_SIZE_VER0, ctx_ptr, holder_entry) }, pidfd)
+    };
+    if ret < 0 {
+        return Err(SpawnFailure::Clone(io::Error::from_raw_os_error(-ret as i32)));
+    }
+    // SAFETY: on success the kernel stored a new pidfd that nothing else owns.
+    let holder_fd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    let holder_pid = Pid::from_raw(ret as i32).expect("clone returned a positive pid");
+    // SAFETY: the report lies inside `mapping`, alive for this call.
+    let report = unsafe { &*mapping.report() };
+    if let Some(stage) = ChildStage::from_code(report.stage.load(Ordering::SeqCst)) {
+        let errno = io::Error::from_raw_os_error(report.errno.load(Ordering::SeqCst));
+        reap_blocking(&holder_fd);
+        return Err(SpawnFailure::Child { stage, errno });
+    }
+    let Some(pid) = Pid::from_raw(report.held_pid.load(Ordering::SeqCst)) else {
+        // Only SIGKILL ends the holder between its clone and its execve (it
+        // blocks every other signal): reaped, and reported.
+        reap_blocking(&holder_fd);
+        return Err(SpawnFailure::Clone(io::Error::other("the holder was killed before it named its command")));
+    };
+    Ok(HeldSpawn { holder: holder_fd, holder_pid, pid })
+}
+
+/// The holder's side of `clone(2)`: glibc calls it on the new stack.
+extern "C" fn holder_legacy_entry(arg: *mut c_void) -> libc::c_int {
+    // SAFETY: `arg` is the `HolderCtx` passed to clone, alive as explained there.
+    unsafe { holder_entry(arg) }
 }
 
 /// The `clone3` path.
@@ -939,22 +994,50 @@ unsafe extern "C" fn holder_entry(arg: *mut c_void) -> ! {
         // SAFETY: _exit is async-signal-safe and ends this process only.
         unsafe { libc::_exit(127) }
     };
+    // Only SIGKILL may end the holder from here on: a signal sent to the
+    // gateway's process group must not leave the command without it. The
+    // command sets its own mask. SIGCHLD back to its default action: with
+    // SIGCHLD ignored (a gateway may ignore it), the kernel would reap the
+    // command itself, and the holder would never learn its status.
+    let all: u64 = !0;
+    let dfl = [0u64; 4];
+    // SAFETY: a valid 8-byte kernel signal set and a valid kernel sigaction
+    // (all zeros: SIG_DFL, no flags); no handler of ours is involved.
+    unsafe {
+        libc::syscall(libc::SYS_rt_sigprocmask, libc::SIG_SETMASK, ptr::addr_of!(all), ptr::null_mut::<u64>(), 8usize);
+        libc::syscall(libc::SYS_rt_sigaction, libc::SIGCHLD, dfl.as_ptr(), ptr::null_mut::<u64>(), 8usize);
+    }
     // SAFETY: prctl(2) with integer arguments.
     let r = unsafe { libc::syscall(libc::SYS_prctl, libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
     if let Err((stage, errno)) = check(ChildStage::Holder, r) {
         fail(stage, errno);
     }
-    let args = CloneArgs {
-        flags: CLONE_VFORK | CLONE_CLEAR_SIGHAND | CLONE_VM,
-        exit_signal: libc::SIGCHLD as u64,
-        stack: h.stack.0,
-        stack_size: h.stack.1,
-        ..CloneArgs::default()
+    let child_ctx = ptr::addr_of!(h.child) as *mut c_void;
+    let pid = if h.legacy {
+        let top = (h.stack.0 + h.stack.1) as *mut c_void;
+        let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD;
+        // SAFETY: the command runs `legacy_entry` on its own stack (the
+        // second mapping) and reads only `h.child`, alive while this holder
+        // waits (CLONE_VFORK) and the gateway's thread waits for the holder.
+        // Every signal is blocked here; the command resets them all.
+        let r = unsafe { libc::clone(legacy_entry, top, flags, child_ctx) };
+        if r < 0 {
+            // SAFETY: errno of this thread, as in `check`.
+            -(unsafe { *libc::__errno_location() } as c_long)
+        } else {
+            r as c_long
+        }
+    } else {
+        let args = CloneArgs {
+            flags: CLONE_VFORK | CLONE_CLEAR_SIGHAND | CLONE_VM,
+            exit_signal: libc::SIGCHLD as u64,
+            stack: h.stack.0,
+            stack_size: h.stack.1,
+            ..CloneArgs::default()
+        };
+        // SAFETY: as above, with `child_entry` on the second mapping.
+        unsafe { clone3_vm(&args, CLONE_ARGS_SIZE_VER0, child_ctx, child_entry) }
     };
-    // SAFETY: the command runs `child_entry` on its own stack (the second
-    // mapping) and reads only `h.child`, alive while this holder waits
-    // (CLONE_VFORK) and the gateway's thread waits for the holder.
-    let pid = unsafe { clone3_vm(&args, CLONE_ARGS_SIZE_VER0, ptr::addr_of!(h.child) as *mut c_void, child_entry) };
     if pid < 0 {
         fail(ChildStage::Holder, -pid as i32);
     }
