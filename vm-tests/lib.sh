@@ -9,6 +9,9 @@
 #   $VM_DIR/cache/*.deb               downloaded kernel packages
 #   $VM_DIR/kernels/<package>/        the unpacked packages (dpkg -x)
 #   $VM_DIR/initramfs-<package>.img   busybox initramfs for that kernel
+#   $VM_DIR/tests.tar.zst, tests/     the nextest archive, and as extracted
+#                                     for the guests (vm-tests/run)
+#   $VM_DIR/zsh-functions.tar         /usr/share/zsh, for the guests' tmpfs
 #   $VM_DIR/scripts/<name>.sh         the guest script of one boot
 #   $VM_DIR/logs/<name>.log           full console log of one boot
 #   $VM_DIR/logs/<name>.out           the guest script's output only
@@ -42,6 +45,8 @@ vm_install_host_packages() {
     dpkg-query -W -f '${Status}' busybox-static 2>/dev/null | grep -q 'ok installed' ||
         missing+=(busybox-static)
     command -v cpio >/dev/null || missing+=(cpio)
+    # tar --zstd extracts the nextest archive on the host (vm-tests/run).
+    command -v zstd >/dev/null || missing+=(zstd)
     if [ "${#missing[@]}" -gt 0 ]; then
         apt_update_once
         vm_log "installing ${missing[*]}"

@@ -1,15 +1,13 @@
 #!/bin/bash
 # Guest side: runs the project's tests from a nextest archive made on the host.
-# Usage (in the VM): nextest.sh CARGO_NEXTEST ARCHIVE WORKSPACE [nextest args...]
-# The host root is visible read-only under a tmpfs overlay, so the host's
-# cargo-nextest runs as is; the archive is extracted to the writable overlay.
+# Usage (in the VM): nextest.sh CARGO_NEXTEST EXTRACTED WORKSPACE [nextest args...]
+# EXTRACTED is the archive as the host extracted it (vm-tests/run), read
+# over 9p: the host root is visible read-only under a tmpfs overlay, so the
+# host's cargo-nextest runs as is.
 set -euo pipefail
-nextest=$1 archive=$2 workspace=$3
+nextest=$1 extracted=$2 workspace=$3
 shift 3
 
-extract=/var/tmp/nextest-extract
-rm -rf "$extract"
-mkdir -p "$extract"
 export HOME=/root CARGO_HOME=${CARGO_HOME:-/root/.cargo}
 export CARGO_TERM_COLOR=never NEXTEST_HIDE_PROGRESS_BAR=1
 
@@ -30,6 +28,15 @@ export PROCSCOPE_DEEP_TREE=${PROCSCOPE_DEEP_TREE:-2000}
 export PROCSCOPE_TREE_WIDTH=${PROCSCOPE_TREE_WIDTH:-2000}
 export PROCSCOPE_TREE_DEPTH=${PROCSCOPE_TREE_DEPTH:-200}
 
+# zsh's completion functions from a tmpfs: compinit opens every one of them,
+# and each open over 9p costs tens of milliseconds under TCG (a tar the host
+# made of /usr/share/zsh; the same files, read in one piece).
+zsh_tar=$(dirname "$extracted")/zsh-functions.tar
+if [ -f "$zsh_tar" ] && ! grep -q ' /usr/share/zsh tmpfs ' /proc/self/mounts; then
+    mount -t tmpfs -o mode=755 tmpfs /usr/share/zsh
+    tar -xf "$zsh_tar" -C /usr/share/zsh
+fi
+
 # Every test, including the ignored ones, unless the caller chose otherwise.
 ignored=(--run-ignored all)
 for arg in "$@"; do
@@ -39,8 +46,9 @@ done
 echo "== nextest on $(uname -r)"
 exec "$nextest" nextest run \
     --tool-config-file "vmtests:$(dirname "$(realpath "$0")")/../nextest.toml" \
-    --archive-file "$archive" --extract-to "$extract" \
-    --workspace-remap "$workspace" \
+    --binaries-metadata "$extracted/target/nextest/binaries-metadata.json" \
+    --cargo-metadata "$extracted/target/nextest/cargo-metadata.json" \
+    --target-dir-remap "$extracted/target" --workspace-remap "$workspace" \
     "${ignored[@]}" --no-fail-fast --color never \
     --status-level pass --failure-output final --final-status-level fail \
     "$@"
