@@ -10,7 +10,7 @@
 //! 10,000 levels on the development host), so the trees of each way of
 //! ending a session are 10,000 wide and 1,000 deep, and one test, run by
 //! `scripts/test`, ends a tree 10,000 deep on a small stack. The VMs use a
-//! fifth of each (`PROCSCOPE_TREE_WIDTH`, `PROCSCOPE_TREE_DEPTH`,
+//! tenth of each (`PROCSCOPE_TREE_WIDTH`, `PROCSCOPE_TREE_DEPTH`,
 //! `PROCSCOPE_DEEP_TREE`; see `vm-tests/guest/nextest.sh`).
 
 mod common;

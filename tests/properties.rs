@@ -15,8 +15,17 @@ fn lossy(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// Cases per property: 2,000, or `PROCSCOPE_PROPTEST_CASES` (the VMs run
+/// fewer: the parsers do not depend on the kernel, and the host runs all).
+fn cases() -> u32 {
+    match std::env::var("PROCSCOPE_PROPTEST_CASES") {
+        Ok(v) => v.parse().unwrap_or_else(|_| panic!("PROCSCOPE_PROPTEST_CASES={v:?} is not a number")),
+        Err(_) => 2000,
+    }
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 2000, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(), failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
     fn parsers_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {

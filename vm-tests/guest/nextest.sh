@@ -22,11 +22,14 @@ fi
 export PROCSCOPE_STRESS_ITERATIONS=${PROCSCOPE_STRESS_ITERATIONS:-300}
 export PROCSCOPE_SIBLING_SECS=${PROCSCOPE_SIBLING_SECS:-10}
 # The host's 10,000-deep tree would take the kernel hours to build under TCG.
-export PROCSCOPE_DEEP_TREE=${PROCSCOPE_DEEP_TREE:-2000}
+export PROCSCOPE_DEEP_TREE=${PROCSCOPE_DEEP_TREE:-1000}
 # The faults suite's trees, 10,000 wide and 1,000 deep on the host, are a
-# fifth of that here: the same walks, a quarter of a VM's minutes less.
-export PROCSCOPE_TREE_WIDTH=${PROCSCOPE_TREE_WIDTH:-2000}
-export PROCSCOPE_TREE_DEPTH=${PROCSCOPE_TREE_DEPTH:-200}
+# tenth of that here: the same walks, in a fraction of a VM's minutes.
+export PROCSCOPE_TREE_WIDTH=${PROCSCOPE_TREE_WIDTH:-1000}
+export PROCSCOPE_TREE_DEPTH=${PROCSCOPE_TREE_DEPTH:-100}
+# The property tests check parsers, which do not depend on the kernel: the
+# host runs 2,000 cases of each, the VMs 200.
+export PROCSCOPE_PROPTEST_CASES=${PROCSCOPE_PROPTEST_CASES:-200}
 
 # zsh's completion functions from a tmpfs: compinit opens every one of them,
 # and each open over 9p costs tens of milliseconds under TCG (a tar the host
