@@ -102,17 +102,7 @@ async fn a_privileged_container_gets_the_full_mode_with_sealing_and_the_guardian
             .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        let lines = {
-            use std::io::BufRead;
-            let mut out = std::io::BufReader::new(gw.stdout.take().unwrap());
-            let mut lines: Vec<String> = Vec::new();
-            while lines.last().map(String::as_str) != Some("ready") {
-                let mut line = String::new();
-                assert!(out.read_line(&mut line).unwrap() > 0, "gateway exited early: {lines:?}");
-                lines.push(line.trim().to_owned());
-            }
-            lines
-        };
+        let lines = common::read_until_ready(&mut gw);
         assert_eq!(field(&lines, "sessions"), "2", "{lines:?}");
         let inside = field(&lines, "instance");
         assert!(inside.starts_with("/sys/fs/cgroup/procscope/i-"), "the root a gateway finds in a container: {inside}");

@@ -202,17 +202,7 @@ async fn the_holders_end_their_trees_when_the_gateway_dies() {
             .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        let lines = {
-            use std::io::BufRead;
-            let mut out = std::io::BufReader::new(gw.stdout.take().unwrap());
-            let mut lines: Vec<String> = Vec::new();
-            while lines.last().map(String::as_str) != Some("ready") {
-                let mut line = String::new();
-                assert!(out.read_line(&mut line).unwrap() > 0, "gateway exited early: {lines:?}");
-                lines.push(line.trim().to_owned());
-            }
-            lines
-        };
+        let lines = common::read_until_ready(&mut gw);
         let holders: Vec<u32> =
             lines.iter().filter_map(|l| l.strip_prefix("holder=")).map(|p| p.parse().unwrap()).collect();
         let children: Vec<u32> =

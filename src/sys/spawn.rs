@@ -626,28 +626,10 @@ fn held_with(
     let ctx_ptr = ptr::addr_of!(ctx) as *mut c_void;
     let (low, size) = mapping.stack();
     let (ret, pidfd): (c_long, RawFd) = if legacy {
-        let top = (low + size) as *mut c_void;
-        let mut pidfd: libc::c_int = -1;
-        let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | libc::SIGCHLD;
-        // As in `legacy_with`: every signal blocked around the clone, so that
-        // no handler of ours runs in the holder (which keeps them blocked).
-        // SAFETY: sigset_t is plain data; all zeros is a valid (empty) set.
-        let mut old = unsafe { std::mem::zeroed::<libc::sigset_t>() };
-        // SAFETY: as above.
-        let mut all = unsafe { std::mem::zeroed::<libc::sigset_t>() };
-        // SAFETY: initialises and applies signal sets owned by this frame.
-        unsafe {
-            libc::sigfillset(&mut all);
-            libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
-        }
-        // SAFETY: `top` is the 16-aligned top of a stack the holder owns until
+        // SAFETY: the holder runs on the mapping's stack, which it owns until
         // it execs or exits (CLONE_VFORK suspends this thread until then);
         // `ctx` lives in this frame, alive for the same reason.
-        let r = unsafe { libc::clone(holder_legacy_entry, top, flags, ctx_ptr, ptr::addr_of_mut!(pidfd)) };
-        let err = io::Error::last_os_error();
-        // SAFETY: restores this thread's previous mask.
-        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, ptr::null_mut()) };
-        (if r < 0 { -(err.raw_os_error().unwrap_or(libc::EINVAL) as c_long) } else { r as c_long }, pidfd)
+        unsafe { clone_legacy(holder_legacy_entry, (low + size) as *mut c_void, ctx_ptr) }
     } else {
         let mut pidfd: RawFd = -1;
         let args = CloneArgs {
@@ -782,7 +764,28 @@ fn legacy_with(
         reset: SignalReset::All,
     };
     let (low, size) = mapping.stack();
-    let top = (low + size) as *mut c_void;
+    // SAFETY: the child runs on the mapping's stack, which it owns until it
+    // execs or exits (CLONE_VFORK suspends this thread until then); `ctx`
+    // lives in this frame, which stays alive for the same reason;
+    // `legacy_entry` never returns into the parent's frames.
+    let (ret, pidfd) =
+        unsafe { clone_legacy(legacy_entry, (low + size) as *mut c_void, ptr::addr_of!(ctx) as *mut c_void) };
+    finish(ret, pidfd, mapping, false)
+}
+
+/// `clone(2)` with `CLONE_VM | CLONE_VFORK | CLONE_PIDFD`, every signal
+/// blocked around it (no handler of ours may run in the child, which has
+/// a copy of them): `entry(arg)` on the stack whose top is `top`. Returns
+/// the child's pid or `-errno`, and its pidfd.
+///
+/// # Safety
+/// `top` must be the 16-aligned top of a stack the child may use until it
+/// execs or exits, and `arg` valid for `entry` until then.
+unsafe fn clone_legacy(
+    entry: extern "C" fn(*mut c_void) -> libc::c_int,
+    top: *mut c_void,
+    arg: *mut c_void,
+) -> (c_long, RawFd) {
     let mut pidfd: libc::c_int = -1;
     let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | libc::SIGCHLD;
     // SAFETY: sigset_t is plain data; all zeros is a valid (empty) set.
@@ -794,17 +797,12 @@ fn legacy_with(
         libc::sigfillset(&mut all);
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
     }
-    // SAFETY: `top` is the 16-aligned top of a stack the child owns until it
-    // execs or exits (CLONE_VFORK suspends this thread until then); `ctx` lives
-    // in this frame, which stays alive for the same reason; `legacy_entry` never
-    // returns into the parent's frames.
-    let ret =
-        unsafe { libc::clone(legacy_entry, top, flags, ptr::addr_of!(ctx) as *mut c_void, ptr::addr_of_mut!(pidfd)) };
+    // SAFETY: as the caller promises; the pidfd goes into our local.
+    let r = unsafe { libc::clone(entry, top, flags, arg, ptr::addr_of_mut!(pidfd)) };
     let err = io::Error::last_os_error();
     // SAFETY: restores this thread's previous mask.
     unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, ptr::null_mut()) };
-    let ret: c_long = if ret < 0 { -(err.raw_os_error().unwrap_or(libc::EINVAL) as c_long) } else { ret as c_long };
-    finish(ret, pidfd, mapping, false)
+    (if r < 0 { -(err.raw_os_error().unwrap_or(libc::EINVAL) as c_long) } else { r as c_long }, pidfd)
 }
 
 /// The child side of `clone(2)`: glibc calls it on the new stack.

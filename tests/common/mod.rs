@@ -425,7 +425,6 @@ impl Gateway {
     /// with a guardian if asked) and reads its report up to `ready`:
     /// `instance=`, `guardian=` and the sessions' lines.
     pub fn start(program: &str, root: &std::path::Path, sessions: usize, guardian: bool) -> (Gateway, Vec<String>) {
-        use std::io::BufRead;
         let mut child = std::process::Command::new(program)
             .arg("gateway")
             .arg(root)
@@ -434,17 +433,25 @@ impl Gateway {
             .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        let mut lines = Vec::new();
-        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
-        while lines.last().map(String::as_str) != Some("ready") {
-            let mut line = String::new();
-            assert!(out.read_line(&mut line).unwrap() > 0, "gateway exited early: {lines:?}");
-            lines.push(line.trim().to_owned());
-        }
+        let lines = read_until_ready(&mut child);
         // Let the daemons finish forking before anyone counts or kills.
         std::thread::sleep(Duration::from_millis(100));
         (Gateway(child), lines)
     }
+}
+
+/// Reads a started process's stdout (piped) line by line up to `ready`,
+/// which ends the list; fails if it exits first.
+pub fn read_until_ready(child: &mut std::process::Child) -> Vec<String> {
+    use std::io::BufRead;
+    let mut lines: Vec<String> = Vec::new();
+    let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout piped"));
+    while lines.last().map(String::as_str) != Some("ready") {
+        let mut line = String::new();
+        assert!(out.read_line(&mut line).unwrap() > 0, "exited before `ready`: {lines:?}");
+        lines.push(line.trim().to_owned());
+    }
+    lines
 }
 
 /// Live processes whose environment carries `PSTAG=<tag>`.
