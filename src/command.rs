@@ -636,6 +636,7 @@ impl Command {
     /// written (see `crate::holder`): the child, whose status the holder
     /// reports, and the holder. Never sealed: sealing needs a cgroup to be
     /// rooted in.
+    #[cfg_attr(not(feature = "test-hooks"), allow(dead_code))]
     pub(crate) fn spawn_held(&mut self) -> Result<(ContainedChild, crate::holder::Holder)> {
         use rustix::pipe::{PipeFlags, pipe_with};
         // The holder is this program again, turned into the holder by the

@@ -132,6 +132,8 @@ mod ending;
 mod error;
 mod events;
 mod guardian;
+// Reached only through `testing::spawn_held` until sessions use holders.
+#[cfg_attr(not(feature = "test-hooks"), allow(dead_code))]
 mod holder;
 pub mod identity;
 mod instance;

@@ -530,6 +530,7 @@ pub(crate) fn become_in_place(
 /// How a holder becomes its own program once the command has exec'd: the
 /// program that links procscope again (`/proc/self/exe`), whose constructor
 /// turns it into the holder (`crate::holder`). Prepared by the parent.
+#[cfg_attr(not(feature = "test-hooks"), allow(dead_code))]
 pub(crate) struct HolderExec<'a> {
     pub exe: &'a CStr,
     /// NULL-terminated.
@@ -551,6 +552,7 @@ pub(crate) const HOLDER_CONTROL_FD: RawFd = 4;
 
 /// A command started under a holder: the holder (our child) has become its
 /// own program, the command (the holder's child) has called `execve`.
+#[cfg_attr(not(feature = "test-hooks"), allow(dead_code))]
 pub(crate) struct HeldSpawn {
     /// The holder's pidfd.
     pub holder: OwnedFd,
@@ -567,6 +569,7 @@ thread_local! {
 }
 
 /// What the holder reads between its clone and its `execve`.
+#[cfg_attr(not(feature = "test-hooks"), allow(dead_code))]
 struct HolderCtx<'a> {
     /// The command's context (its report is the holder's too).
     child: ChildCtx<'a>,
@@ -589,6 +592,7 @@ struct HolderCtx<'a> {
 ///
 /// Uses `clone3`, or `clone(2)` where `clone3` is refused with `ENOSYS` (a
 /// container's default seccomp profile does that without `CAP_SYS_ADMIN`).
+#[cfg_attr(not(feature = "test-hooks"), allow(dead_code))]
 pub(crate) fn spawn_held(plan: &ChildPlan<'_>, holder: &HolderExec<'_>) -> Result<HeldSpawn, SpawnFailure> {
     let inner = HELD_MAPPING.with(|cell| -> io::Result<(u64, u64)> {
         let mut slot = cell.borrow_mut();
@@ -609,6 +613,7 @@ pub(crate) fn spawn_held(plan: &ChildPlan<'_>, holder: &HolderExec<'_>) -> Resul
         .map_err(SpawnFailure::Clone)?
 }
 
+#[cfg_attr(not(feature = "test-hooks"), allow(dead_code))]
 fn held_with(
     plan: &ChildPlan<'_>,
     holder: &HolderExec<'_>,
@@ -669,6 +674,7 @@ fn held_with(
 }
 
 /// The holder's side of `clone(2)`: glibc calls it on the new stack.
+#[cfg_attr(not(feature = "test-hooks"), allow(dead_code))]
 extern "C" fn holder_legacy_entry(arg: *mut c_void) -> libc::c_int {
     // SAFETY: `arg` is the `HolderCtx` passed to clone, alive as explained there.
     unsafe { holder_entry(arg) }
@@ -981,6 +987,7 @@ unsafe extern "C" fn child_entry(arg: *mut c_void) -> ! {
 ///
 /// # Safety
 /// `arg` points to a live `HolderCtx`.
+#[cfg_attr(not(feature = "test-hooks"), allow(dead_code))]
 unsafe extern "C" fn holder_entry(arg: *mut c_void) -> ! {
     // SAFETY: the parent keeps the context alive (CLONE_VFORK).
     let h = unsafe { &*(arg as *const HolderCtx<'_>) };
