@@ -46,6 +46,16 @@ for arg in "$@"; do
     case "$arg" in --run-ignored* | --ignored | --include-ignored) ignored=() ;; esac
 done
 
+# One test runs on the host only: servers behind npx and uvx launchers.
+# Node's and uv's start-up read thousands of files, each over 9p under TCG,
+# so the test takes minutes per launcher in a guest (it timed out at 120 s
+# on 5.10), and what it proves (sessions found through launcher processes)
+# does not depend on the kernel. scripts/test runs it on the host.
+host_only=(-- --skip servers_behind_npx_and_uvx_launchers_are_found_and_ended)
+for arg in "$@"; do
+    [ "$arg" != "--" ] || host_only=()
+done
+
 echo "== nextest on $(uname -r)"
 exec "$nextest" nextest run \
     --tool-config-file "vmtests:$(dirname "$(realpath "$0")")/../nextest.toml" \
@@ -54,4 +64,4 @@ exec "$nextest" nextest run \
     --target-dir-remap "$extracted/target" --workspace-remap "$workspace" \
     "${ignored[@]}" --no-fail-fast --color never \
     --status-level pass --failure-output final --final-status-level fail \
-    "$@"
+    "$@" "${host_only[@]}"
