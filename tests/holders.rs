@@ -13,16 +13,20 @@ fn cmdline(pid: u32) -> String {
     String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default()).replace('\0', " ")
 }
 
-/// The command line of `pid` once its `execve` has put it in place (at most 5 s).
-async fn wait_cmdline(pid: u32) -> String {
+/// The command line of `pid` once it starts with `prefix` (at most 5 s): a
+/// vfork parent goes on once the child's `execve` has released the old
+/// memory, and for a moment the child's command line may still be read from
+/// that memory (the parent's, on 5.10) or be empty.
+async fn wait_cmdline(pid: u32, prefix: &str) -> String {
+    let mut c = String::new();
     for _ in 0..500 {
-        let c = cmdline(pid);
-        if !c.is_empty() {
+        c = cmdline(pid);
+        if c.starts_with(prefix) {
             return c;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    panic!("process {pid} never showed a command line");
+    panic!("process {pid} never showed a command line starting with {prefix:?}: {c:?}");
 }
 
 fn parent_of(pid: u32) -> Option<u32> {
@@ -63,10 +67,10 @@ async fn a_held_commands_escapee_stays_below_its_holder_and_ending_the_holder_le
         // The pid the gateway holds is the command's own, a child of the holder.
         // (A vfork parent goes on once the child's exec has released the
         // old memory, before its command line is in place.)
-        let command = wait_cmdline(child.id()).await;
+        let command = wait_cmdline(child.id(), FIXTURE).await;
         assert!(command.contains("daemon sleep 3600"), "{command}");
         assert_eq!(parent_of(child.id()), Some(holder.pid()));
-        let holder_command = wait_cmdline(holder.pid()).await;
+        let holder_command = wait_cmdline(holder.pid(), "procscope-holder").await;
         assert!(holder_command.starts_with("procscope-holder"), "{holder_command}");
 
         // `setsid --fork` left a helper in a session of its own, whose parent
