@@ -732,7 +732,7 @@ fn clone3_with(
         // `child_entry` on its own stack inside the mapping, reads only `ctx`
         // (alive: this thread is suspended until the child execs or exits) and
         // never returns.
-        unsafe { clone3_shared_vm(&args, size, ctx_ptr) }
+        unsafe { clone3_vm(&args, size, ctx_ptr, child_entry) }
     } else {
         // SAFETY: as for fork(2): the child has a copy of the address space and
         // calls only `child_entry`, which is async-signal-safe and never returns.
@@ -872,20 +872,12 @@ fn wait_released(pidfd: &OwnedFd) {
 }
 
 /// `clone3` with `CLONE_VM`: the child starts on the stack in `args` and calls
-/// `child_entry(arg)`. Returns the child's pid or `-errno` in the parent.
+/// `entry(arg)`. Returns the child's pid or `-errno` in the parent.
 ///
 /// # Safety
 /// `args` must describe a valid stack for the child, and `arg` must stay valid
-/// until the child has exec'd or exited (`CLONE_VFORK` guarantees this).
-unsafe fn clone3_shared_vm(args: &CloneArgs, size: usize, arg: *mut c_void) -> c_long {
-    // SAFETY: as the caller promises.
-    unsafe { clone3_vm(args, size, arg, child_entry) }
-}
-
-/// [`clone3_shared_vm`] with the entry point given.
-///
-/// # Safety
-/// As for [`clone3_shared_vm`]; `entry` never returns.
+/// until the child has exec'd or exited (`CLONE_VFORK` guarantees this);
+/// `entry` never returns.
 #[cfg(target_arch = "x86_64")]
 unsafe fn clone3_vm(
     args: &CloneArgs,
