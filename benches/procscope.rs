@@ -339,7 +339,7 @@ async fn join_fallback(cfg: &Cfg, r: &mut Results) -> anyhow::Result<()> {
     let n = cfg.n(200, 1000);
     let sup = supervisor(cfg, procscope::DEFAULT_GRACE).await?;
     let session = sup.session("join")?;
-    let procs = std::fs::OpenOptions::new().write(true).open(session.cgroup().path().join("cgroup.procs"))?;
+    let procs = std::fs::OpenOptions::new().write(true).open(session.cgroup().unwrap().path().join("cgroup.procs"))?;
     let (mut clone3, mut join, mut std_join) = (Samples::default(), Samples::default(), Samples::default());
     for i in 0..n + WARMUP / 5 {
         let record = i >= WARMUP / 5;
@@ -463,7 +463,7 @@ async fn spawn_2gib(cfg: &Cfg, r: &mut Results) -> anyhow::Result<()> {
         ),
     );
     // A fork copies the page tables: a handful of iterations shows it.
-    let procs = std::fs::OpenOptions::new().write(true).open(session.cgroup().path().join("cgroup.procs"))?;
+    let procs = std::fs::OpenOptions::new().write(true).open(session.cgroup().unwrap().path().join("cgroup.procs"))?;
     let (mut fork, mut ours) = (Samples::default(), Samples::default());
     for i in 0..n_fork {
         for step in 0..2 {
@@ -666,7 +666,7 @@ async fn sweep_stubborn(cfg: &Cfg, r: &mut Results) -> anyhow::Result<()> {
 async fn sweep_all(cfg: &Cfg, r: &mut Results) -> anyhow::Result<()> {
     let (n, reps) = (cfg.n(200, 1000), cfg.n(1, 3));
     let sup = supervisor(cfg, Duration::ZERO).await?;
-    let instance = sup.instance().path().to_owned();
+    let instance = sup.instance().unwrap().path().to_owned();
     let (mut took, mut left_max, mut found) = (Samples::default(), 0, 0);
     for rep in 0..reps {
         let t = Instant::now();
@@ -677,7 +677,7 @@ async fn sweep_all(cfg: &Cfg, r: &mut Results) -> anyhow::Result<()> {
             keep.push((session, child));
         }
         found = wait_for_procs(&instance, 3 * n, Duration::from_secs(180)).await;
-        let exact = keep.iter().filter(|(s, _)| s.cgroup().procs().map_or(0, |p| p.len()) == 3).count();
+        let exact = keep.iter().filter(|(s, _)| s.cgroup().unwrap().procs().map_or(0, |p| p.len()) == 3).count();
         println!(
             "   {n} sessions, {found} processes ({exact} sessions with exactly 3) in {:.1} s",
             t.elapsed().as_secs_f64()
@@ -715,7 +715,7 @@ async fn killpg_baseline(cfg: &Cfg, r: &mut Results) -> anyhow::Result<()> {
         let child = session.spawn(ps_fixture(&["daemon", "spawn", "1", "sleep", "3600"]).setsid(true))?;
         keep.push((session, child));
     }
-    let instance = sup.instance().path().to_owned();
+    let instance = sup.instance().unwrap().path().to_owned();
     let found = wait_for_procs(&instance, 3 * n, Duration::from_secs(60)).await;
     ensure!(found == 3 * n, "{found} processes for {n} sessions, want 3 each");
     let t = Instant::now();
@@ -1058,7 +1058,7 @@ async fn holder_cost(cfg: &Cfg, r: &mut Results) -> anyhow::Result<()> {
             } else {
                 let s = sup.session(&format!("end-{i}"))?;
                 let _c = s.spawn(&mut cmd)?;
-                let dir = s.cgroup().path().to_owned();
+                let dir = s.cgroup().unwrap().path().to_owned();
                 wait_for_procs(&dir, 2, Duration::from_secs(5)).await;
                 let t = Instant::now();
                 let ended = s.close().await?;
@@ -1152,7 +1152,7 @@ async fn hostile_trees(cfg: &Cfg, r: &mut Results) -> anyhow::Result<()> {
     let base = procscope::Cgroup::open(&cfg.root)?.create_child("baseline")?;
     for (shape, depth, width) in [("wide", 1, 10_000), ("deep", cfg.n(1_000, 3_000), 0)] {
         let session = sup.session_with_limits(shape, &uncapped)?;
-        build_tree(session.cgroup(), depth, width)?;
+        build_tree(session.cgroup().unwrap(), depth, width)?;
         let mut child = session.spawn(&mut ps_sleep())?;
         let t = Instant::now();
         let ended = session.close().await?;

@@ -150,14 +150,18 @@ async fn main() -> Result<()> {
         builder = builder.root(root);
     }
     let sup = builder.start().await?;
-    println!(
-        "gateway {}: root {}, instance {}, guardian {:?}; recovered: {}",
-        std::process::id(),
-        sup.root().path().display(),
-        sup.instance().path().display(),
-        sup.guardian_pid(),
-        sup.recovery()
-    );
+    match (sup.root(), sup.instance()) {
+        (Some(root), Some(instance)) => println!(
+            "gateway {}: root {}, instance {}, guardian {:?}; recovered: {}",
+            std::process::id(),
+            root.path().display(),
+            instance.path().display(),
+            sup.guardian_pid(),
+            sup.recovery()
+        ),
+        // A default container: no cgroup2 can be written.
+        _ => println!("gateway {}: contained with {}", std::process::id(), sup.containment().as_str()),
+    }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut tick = 0u64;
     loop {

@@ -53,7 +53,7 @@ async fn main() -> io::Result<()> {
     // machine may take a moment).
     for session in &sessions {
         for _ in 0..1000 {
-            if session.cgroup().procs()?.len() >= 2 {
+            if session.cgroup().unwrap().procs()?.len() >= 2 {
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;

@@ -475,16 +475,23 @@ fn gateway(root: &str, sessions: usize, guardian: bool) -> ! {
     let rt =
         tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap_or_else(|e| fail(&e.to_string()));
     rt.block_on(async {
-        // `discover`: the root a gateway finds on its own (`Root::discover`).
+        // `discover`: the root a gateway finds on its own (`Root::discover`),
+        // or holders where no cgroup2 can be written; `holders`: holders.
         let mut builder = procscope::Supervisor::builder().grace(Duration::from_millis(500));
-        if root != "discover" {
-            builder = builder.root(root);
+        match root {
+            "discover" => {}
+            "holders" => builder = builder.containment(procscope::Containment::Holders),
+            _ => builder = builder.root(root),
         }
         if guardian {
             builder = builder.guardian(true);
         }
         let sup = builder.start().await.unwrap_or_else(|e| fail(&e.to_string()));
-        say(&format!("instance={}", sup.instance().path().display()));
+        say(&format!("containment={}", sup.containment().as_str()));
+        match sup.instance() {
+            Some(instance) => say(&format!("instance={}", instance.path().display())),
+            None => say("instance=none"),
+        }
         say(&format!("guardian={}", sup.guardian_pid().unwrap_or(0)));
         // The children's actions: a helper daemonized, or (unsealed, waited
         // for until they print `ready`) the ones given.
@@ -494,6 +501,7 @@ fn gateway(root: &str, sessions: usize, guardian: bool) -> ! {
             let started = async {
                 // Children given actions may build cgroup trees: no nesting caps.
                 let limits = match &actions {
+                    _ if sup.containment() == procscope::Containment::Holders => procscope::Limits::default(),
                     None => procscope::Limits::default(),
                     Some(_) => procscope::Limits {
                         max_depth: Some(u32::MAX),

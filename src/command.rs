@@ -635,10 +635,46 @@ impl Command {
     /// Spawns the command from a holder of its own, where no cgroup can be
     /// written (see `crate::holder`): the child, whose status the holder
     /// reports, and the holder. Never sealed: sealing needs a cgroup to be
-    /// rooted in.
+    /// rooted in, and [`Sealing::Required`] is refused.
     #[cfg_attr(not(feature = "test-hooks"), allow(dead_code))]
     pub(crate) fn spawn_held(&mut self) -> Result<(ContainedChild, crate::holder::Holder)> {
+        self.spawn_held_as(Path::new("holders"), None, &SPAWN_STDIO)
+    }
+
+    /// [`spawn_held`](Self::spawn_held) for a session of holders (`place`,
+    /// for the event), with the session's transient user.
+    pub(crate) fn spawn_held_as(
+        &mut self,
+        place: &Path,
+        session_user: Option<&Arc<TransientUser>>,
+        defaults: &'static [Stdio; 3],
+    ) -> Result<(ContainedChild, crate::holder::Holder)> {
+        let spawned = self.spawn_holding(session_user, defaults);
+        crate::events::spawn(place, &self.program, spawned.as_ref().map(|(c, _)| c.id()));
+        spawned
+    }
+
+    fn spawn_holding(
+        &mut self,
+        session_user: Option<&Arc<TransientUser>>,
+        defaults: &'static [Stdio; 3],
+    ) -> Result<(ContainedChild, crate::holder::Holder)> {
         use rustix::pipe::{PipeFlags, pipe_with};
+        if self.sealing == Sealing::Required {
+            return Err(Error::SealingUnavailable {
+                missing: "a cgroup to seal the child into (the session is contained with holders)".into(),
+                fix: "sealing needs cgroup containment: run where cgroup2 is writable (README, \"Containers\"), \
+                      or leave Sealing::Required out",
+            });
+        }
+        if let Some(m @ (SpawnMechanism::Clone3IntoCgroup | SpawnMechanism::ForkJoinProcs)) = self.mechanism {
+            return Err(Error::NeedsCgroup {
+                what: match m {
+                    SpawnMechanism::Clone3IntoCgroup => "spawns with clone3_into_cgroup",
+                    _ => "spawns with fork_join_procs",
+                },
+            });
+        }
         // The holder is this program again, turned into the holder by the
         // constructor before its `main`; never for a program that gained
         // privileges at its execve (setuid, file capabilities), where the
@@ -669,7 +705,7 @@ impl Command {
         let envp = [env.as_ptr(), std::ptr::null()];
         let mut holder = None;
         let mut status = Some(status_read);
-        let child = self.launch(Sealing::Off, self.user_for(None)?, &SPAWN_STDIO, |plan, program| {
+        let child = self.launch(Sealing::Off, self.user_for(session_user)?, defaults, |plan, program| {
             let exec = spawn::HolderExec {
                 exe,
                 argv: &argv,

@@ -93,6 +93,20 @@ pub enum Error {
         mount: PathBuf,
     },
 
+    /// The supervisor contains its sessions with holders (no cgroup2 can be
+    /// written here: [`Containment::Holders`](crate::Containment::Holders)),
+    /// and what was asked for needs a cgroup. Nothing was created.
+    #[error(
+        "{what} need a cgroup, and this supervisor contains its sessions with holders because no cgroup2 \
+         can be written here; leave {what} out, or run the gateway where cgroup2 is writable: \
+         `docker run --privileged`, Kubernetes `securityContext.privileged: true`, systemd-nspawn, or a \
+         systemd service with `Delegate=yes` (README, \"Containers\")"
+    )]
+    NeedsCgroup {
+        /// What needs one, e.g. `"limits"`.
+        what: &'static str,
+    },
+
     /// A session id, instance name or other name is not acceptable.
     #[error("invalid {kind} {name:?}: {reason}; {fix}")]
     InvalidName {
@@ -344,7 +358,8 @@ impl Error {
             Error::ControllerUnavailable { .. }
             | Error::Unsupported { .. }
             | Error::SealingUnavailable { .. }
-            | Error::TransientUserUnavailable { .. } => K::Unsupported,
+            | Error::TransientUserUnavailable { .. }
+            | Error::NeedsCgroup { .. } => K::Unsupported,
             Error::CgroupRemoved { .. } => K::NotFound,
             Error::OwnerUnusable { .. } | Error::OwnerMalformed { .. } => K::InvalidInput,
             Error::NotExecutableFormat { .. } => K::InvalidData,

@@ -135,6 +135,8 @@ pub(crate) fn kill(cg: &Cgroup, processes: Option<usize>, result: &Result<KillMe
     let action = match mechanism {
         KillMechanism::CgroupKill => "cgroup.kill",
         KillMechanism::FreezeKillThaw => "kill.fallback",
+        // Not a cgroup's: its signals are `signal` events of the session.
+        KillMechanism::Holder => "kill.holder",
     };
     let (session, instance) = labels(cg.path());
     tracing::info!(target: TARGET, action, session, instance, cgroup = %cg.path().display(), processes,

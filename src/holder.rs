@@ -292,12 +292,13 @@ pub struct Holder {
     pid: Pid,
     /// A duplicate of the holder's pidfd (the reaper holds the other).
     pidfd: PidFd,
-    control: Option<OwnedFd>,
+    /// The write end of the holder's control pipe; its end ends the tree.
+    control: std::sync::Mutex<Option<OwnedFd>>,
 }
 
 impl Holder {
     pub(crate) fn new(pid: Pid, pidfd: PidFd, control: OwnedFd) -> Holder {
-        Holder { pid, pidfd, control: Some(control) }
+        Holder { pid, pidfd, control: std::sync::Mutex::new(Some(control)) }
     }
 
     /// The holder's pid.
@@ -317,6 +318,13 @@ impl Holder {
         if self.pidfd.is_alive() { members } else { Vec::new() }
     }
 
+    /// Whether nothing of its tree runs any more: the holder has exited, or
+    /// is about to (it exits once it has no child left, and a tree without
+    /// a process cannot grow again).
+    pub fn is_empty(&self) -> bool {
+        !self.is_alive() || self.members().is_empty()
+    }
+
     /// Whether the holder is still running (its tree not yet empty).
     pub fn is_alive(&self) -> bool {
         self.pidfd.is_alive()
@@ -328,16 +336,23 @@ impl Holder {
     ///
     /// # Errors
     /// Waiting for the holder needs a tokio runtime.
-    pub async fn end(mut self, grace: Duration) -> crate::Result<usize> {
+    pub async fn end(self, grace: Duration) -> crate::Result<usize> {
         let members = self.members();
         for m in &members {
             let _ = m.send_signal(crate::Signal::TERM);
             let _ = m.send_signal(crate::Signal::CONT);
         }
         let _ = tokio::time::timeout(grace, self.pidfd.exited()).await;
-        drop(self.control.take());
+        self.kill()?;
         self.pidfd.exited().await?;
         Ok(members.len())
+    }
+
+    /// Tells the holder to SIGKILL its tree (the end of its control pipe);
+    /// [`wait_gone`](Self::wait_gone) then returns once the tree is gone.
+    pub(crate) fn kill(&self) -> io::Result<()> {
+        drop(self.control.lock().unwrap_or_else(|p| p.into_inner()).take());
+        Ok(())
     }
 
     /// Waits until the holder has exited: its tree is empty.
@@ -352,7 +367,7 @@ impl Holder {
 impl Drop for Holder {
     fn drop(&mut self) {
         // The end of the control pipe: the holder SIGKILLs its tree.
-        drop(self.control.take());
+        drop(self.control.get_mut().unwrap_or_else(|p| p.into_inner()).take());
     }
 }
 

@@ -171,7 +171,7 @@ pub use root::{Root, RootKind};
 pub use seal::{SealStatus, Sealing, status as seal_status};
 pub use session::Session;
 pub use signal::Signal;
-pub use supervisor::{Builder, Counters, DEFAULT_GRACE, Supervisor, SweepScope, recover};
+pub use supervisor::{Builder, Containment, Counters, DEFAULT_GRACE, Supervisor, SweepScope, recover};
 pub use sweep::{LimitHit, SweepError, SweepReport, Termination};
 pub use sys::spawn::ChildStage;
 pub use tick::{JobOutcome, TickReport};

@@ -525,12 +525,58 @@ impl Supervisor {
     /// # let _ = body;
     /// # }
     /// ```
+    ///
+    /// With [`Containment::Holders`](crate::Containment::Holders) there is
+    /// no tree to read: `root` is `holders`, the one instance is named
+    /// `holders` and its sessions are this supervisor's, with what their
+    /// holders' trees hold now (processes, their threads, RSS and peak RSS;
+    /// no CPU time or limits). The totals are this supervisor's counters.
     pub fn metrics(&self) -> Metrics {
-        let instance = self.instance();
+        let Some(instance) = self.instance() else {
+            let sessions = self.held_sessions().into_iter().map(held_session_metrics).collect();
+            let m = InstanceMetrics {
+                name: "holders".into(),
+                owner_pid: self.owner().pid,
+                state: InstanceState::Active,
+                kind: InstanceKind::Supervisor,
+                guardian: GuardianState::Absent,
+                counters: self.counters(),
+                sessions,
+            };
+            return Metrics { root: PathBuf::from("holders"), instances: vec![m], totals: self.totals_now() };
+        };
         let name = instance.name().to_owned();
         let m = instance_metrics(&instance, name, self.owner().pid, true, self.counters());
-        Metrics { root: self.root().path().to_owned(), instances: vec![m], totals: self.totals_now() }
+        let root = self.root().map(|r| r.path().to_owned()).unwrap_or_default();
+        Metrics { root, instances: vec![m], totals: self.totals_now() }
     }
+}
+
+/// A session of holders as the metrics show it: from the processes of its
+/// holders' trees.
+fn held_session_metrics(s: crate::supervisor::HeldSession) -> SessionMetrics {
+    let name = s.dir.strip_prefix("s-").unwrap_or(&s.dir).to_owned();
+    let threads = s.pids.iter().map(|p| threads_of(*p)).sum();
+    SessionMetrics {
+        id: s.id,
+        name,
+        state: if s.orphaned { SessionState::Orphaned } else { SessionState::Active },
+        processes: s.pids.len() as u64,
+        pids: Reading { value: threads, source: "proc_status_threads" },
+        memory: Reading { value: s.pids.iter().map(|p| rss_bytes(*p)).sum(), source: "rss" },
+        memory_peak: Reading { value: s.pids.iter().map(|p| hwm_bytes(*p)).sum(), source: "vmhwm" },
+        cpu_usage: None,
+        oom_kills: None,
+        pids_max_refusals: None,
+    }
+}
+
+/// Threads of `pid` (`Threads` of `/proc/PID/status`), 0 if it is gone.
+fn threads_of(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Threads:")).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0)
 }
 
 fn instance_metrics(cg: &Cgroup, name: String, owner_pid: i32, alive: bool, counters: Counters) -> InstanceMetrics {

@@ -184,7 +184,7 @@ impl Root {
 }
 
 /// Whether the filesystem at `path` is mounted read-only (`ST_RDONLY`).
-fn read_only(path: &Path) -> bool {
+pub(crate) fn read_only(path: &Path) -> bool {
     rustix::fs::statvfs(path).is_ok_and(|v| v.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY))
 }
 

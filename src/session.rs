@@ -2,6 +2,7 @@
 //! the guard that ends the session on every path.
 
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Output};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
@@ -12,9 +13,10 @@ use crate::child::{ChildCell, ContainedChild};
 use crate::command::Command;
 use crate::ending::EndingCell;
 use crate::error::{Error, Result};
+use crate::holder::Holder;
 use crate::identity::TransientUser;
 use crate::supervisor::Inner;
-use crate::sweep::Termination;
+use crate::sweep::{Place, Termination};
 
 /// State shared by a session's handle, the supervisor's registry and the orphan
 /// pool.
@@ -23,7 +25,10 @@ pub(crate) struct SessionShared {
     /// Directory name under the instance (`s-<id>`, or `s-<id>~N` while an orphan
     /// of the same id is still being swept).
     pub dir: String,
-    pub cgroup: Arc<Cgroup>,
+    /// `None` for a session contained with holders.
+    pub cgroup: Option<Arc<Cgroup>>,
+    /// The cgroup's path, or `holders/<dir>`: what its events carry.
+    path: PathBuf,
     pub created: SystemTime,
     pub span: tracing::Span,
     /// How the session ended, for the counters; and its tick job.
@@ -34,6 +39,8 @@ pub(crate) struct SessionShared {
 #[derive(Default)]
 struct SessionState {
     children: Vec<Arc<ChildCell>>,
+    /// The holders of its commands, with [`Containment::Holders`](crate::Containment::Holders).
+    holders: Vec<Holder>,
     /// The session's transient user, from its first child that wanted one
     /// until the session is gone (see [`Command::transient_user`]).
     user: Option<Arc<TransientUser>>,
@@ -43,11 +50,22 @@ struct SessionState {
 
 impl SessionShared {
     pub(crate) fn new(id: String, dir: String, cgroup: Cgroup) -> SessionShared {
+        SessionShared::with(id, dir, Some(Arc::new(cgroup)))
+    }
+
+    /// A session contained with holders.
+    pub(crate) fn held(id: String, dir: String) -> SessionShared {
+        SessionShared::with(id, dir, None)
+    }
+
+    fn with(id: String, dir: String, cgroup: Option<Arc<Cgroup>>) -> SessionShared {
         let span = tracing::info_span!("session", id = %id);
+        let path = cgroup.as_ref().map_or_else(|| Path::new("holders").join(&dir), |c| c.path().to_owned());
         SessionShared {
             id,
             dir,
-            cgroup: Arc::new(cgroup),
+            cgroup,
+            path,
             created: SystemTime::now(),
             span,
             ending: EndingCell::new(),
@@ -71,6 +89,36 @@ impl SessionShared {
     /// Whether a child spawned in the session is still alive (its pidfd says).
     pub(crate) fn children_alive(&self) -> bool {
         self.lock().children.iter().any(|c| c.is_alive())
+    }
+
+    /// The cgroup's path, or `holders/<dir>` for a session of holders.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether something of a holder's tree is alive.
+    pub(crate) fn holders_alive(&self) -> bool {
+        self.lock().holders.iter().any(|h| !h.is_empty())
+    }
+
+    /// The pids of the processes of its holders' trees now.
+    pub(crate) fn held_pids(&self) -> Vec<u32> {
+        let state = self.lock();
+        state.holders.iter().flat_map(Holder::members).map(|m| m.raw_pid() as u32).collect()
+    }
+
+    /// The session's holders, taken to end their trees.
+    pub(crate) fn take_holders(&self) -> Vec<Holder> {
+        std::mem::take(&mut self.lock().holders)
+    }
+
+    /// Where its processes are, to end them: the cgroup under `instance`,
+    /// or the holders (taken).
+    pub(crate) fn place(&self, instance: Option<Arc<Cgroup>>) -> Place {
+        match (&self.cgroup, instance) {
+            (Some(cgroup), Some(parent)) => Place::Cgroup { parent, cgroup: Arc::clone(cgroup) },
+            _ => Place::Holders { path: self.path.clone(), holders: self.take_holders() },
+        }
     }
 }
 
@@ -120,7 +168,7 @@ pub struct Session {
 
 impl fmt::Debug for Session {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Session").field("id", &self.shared.id).field("cgroup", &self.shared.cgroup.path()).finish()
+        f.debug_struct("Session").field("id", &self.shared.id).field("place", &self.shared.path).finish()
     }
 }
 
@@ -134,9 +182,10 @@ impl Session {
         &self.shared.id
     }
 
-    /// The session's cgroup.
-    pub fn cgroup(&self) -> &Cgroup {
-        &self.shared.cgroup
+    /// The session's cgroup (none with
+    /// [`Containment::Holders`](crate::Containment::Holders)).
+    pub fn cgroup(&self) -> Option<&Cgroup> {
+        self.shared.cgroup.as_deref()
     }
 
     /// Spawns `cmd` inside the session's cgroup and registers the child with the
@@ -205,11 +254,11 @@ impl Session {
         // Refusals before the spawn are `spawn` events too (`spawn_as` logs
         // the others).
         let refused = |e: Error| {
-            crate::events::spawn(self.shared.cgroup.path(), cmd.get_program(), Err(&e));
+            crate::events::spawn(&self.shared.path, cmd.get_program(), Err(&e));
             e
         };
         if state.ended {
-            return Err(refused(Error::CgroupRemoved { path: self.shared.cgroup.path().to_owned() }));
+            return Err(refused(Error::CgroupRemoved { path: self.shared.path.clone() }));
         }
         // Holding the lock across the spawn: a concurrent sweep cannot mark the
         // session ended between the spawn and the registration.
@@ -218,7 +267,15 @@ impl Session {
             cmd.check_settings().map_err(refused)?;
             state.user = Some(Arc::new(TransientUser::allocate().map_err(refused)?));
         }
-        let child = cmd.spawn_as(&self.shared.cgroup, state.user.as_ref(), defaults)?;
+        let child = match &self.shared.cgroup {
+            Some(cgroup) => cmd.spawn_as(cgroup, state.user.as_ref(), defaults)?,
+            None => {
+                let (child, holder) = cmd.spawn_held_as(&self.shared.path, state.user.as_ref(), defaults)?;
+                state.holders.push(holder);
+                state.holders.retain(Holder::is_alive);
+                child
+            }
+        };
         state.children.push(Arc::clone(child.cell()));
         state.children.retain(|c| Arc::strong_count(c) > 1 || c.is_alive());
         drop(state);
@@ -231,14 +288,27 @@ impl Session {
         self.shared.created
     }
 
-    /// Usage of the session's cgroup.
+    /// Usage of the session's cgroup. With
+    /// [`Containment::Holders`](crate::Containment::Holders), only
+    /// `pids_current`: the processes of its holders' trees now.
     pub fn stats(&self) -> Stats {
-        self.shared.cgroup.stats()
+        match &self.shared.cgroup {
+            Some(cgroup) => cgroup.stats(),
+            None => {
+                let pids = self.shared.held_pids().len() as u64;
+                Stats { pids_current: Some(pids), ..Stats::default() }
+            }
+        }
     }
 
-    /// The session cgroup's `cgroup.events`.
+    /// The session cgroup's `cgroup.events`. With
+    /// [`Containment::Holders`](crate::Containment::Holders), `populated`
+    /// is whether a holder still runs (something of its tree does).
     pub fn events(&self) -> Result<Events> {
-        self.shared.cgroup.events()
+        match &self.shared.cgroup {
+            Some(cgroup) => cgroup.events(),
+            None => Ok(Events { populated: self.shared.holders_alive(), frozen: false }),
+        }
     }
 
     /// Ends the session now: SIGTERM + SIGCONT to every process, up to the
@@ -258,21 +328,15 @@ impl Session {
         sup.closing.enter();
         let task = tokio::spawn(async move {
             let start = tokio::time::Instant::now();
-            let outcome = crate::sweep::end_cgroup_retrying(
-                &sup.instance(),
-                &shared.cgroup,
-                &shared.children(),
-                sup.config.grace,
-            )
-            .await;
-            crate::events::session_end(shared.cgroup.path(), "close", &outcome, Some(start.elapsed()));
+            let outcome = shared.place(sup.instance()).end(&shared.children(), sup.config.grace).await;
+            crate::events::session_end(shared.path(), "close", &outcome, Some(start.elapsed()));
             sup.finished(&shared, &outcome, false);
             sup.persist_counters().await;
             sup.closing.leave();
             outcome
         });
         task.await.unwrap_or_else(|e| {
-            Err(Error::io("close session", self.shared.cgroup.path(), std::io::Error::other(e.to_string())))
+            Err(Error::io("close session", self.shared.path(), std::io::Error::other(e.to_string())))
         })
     }
 }

@@ -17,7 +17,7 @@ use crate::instance::{self, Owner, XATTR_SESSION, XATTR_STATE};
 use crate::names::validate_session_id;
 use crate::root::{Root, RootKind};
 use crate::session::{Session, SessionShared};
-use crate::sweep::{Leak, SweepReport, Target, Termination};
+use crate::sweep::{Leak, Place, SweepReport, Target, Termination};
 use crate::totals::{self, XATTR_COUNTERS, XATTR_TOTALS};
 
 /// The default grace period between SIGTERM and `cgroup.kill`.
@@ -37,6 +37,56 @@ pub enum SweepScope {
     All,
 }
 
+/// How a [`Supervisor`] contains its sessions (see the README, "Containers").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Containment {
+    /// Each session is a cgroup of its own, under the supervisor's instance
+    /// cgroup: children are born in it (`CLONE_INTO_CGROUP`), sealed into it,
+    /// limited by it and ended with `cgroup.kill`. The full mode.
+    Cgroups,
+    /// No cgroup is written: each command starts from a holder of its own,
+    /// a small subreaper to which every orphan of the command's tree is
+    /// re-parented (`setsid` helpers, double forks), and which SIGKILLs the
+    /// tree when the gateway lets it go or dies, even by SIGKILL (see
+    /// [`testing::Holder`](crate::testing::Holder)'s module, `holder`).
+    /// Signals go through pidfds verified against the tree. Chosen where
+    /// cgroup2 is mounted read-only (a default container) or not at all.
+    ///
+    /// Compared with [`Cgroups`](Self::Cgroups) it gives up: limits (refused
+    /// with [`Error::NeedsCgroup`]), sealing, the atomic `cgroup.kill` (the
+    /// walk is repeated until nothing new appears, and a SIGKILLed process
+    /// cannot fork), the tree on disk (`procscope ps`, `end`, `sweep` and
+    /// the metrics of other processes do not see these sessions; the
+    /// supervisor's own [`metrics`](Supervisor::metrics) and counters do),
+    /// and containment against a child of the gateway's uid that kills its
+    /// holder (the orphans then go to the next subreaper up, usually the
+    /// container's init).
+    Holders,
+}
+
+impl Containment {
+    /// What [`Builder::start`] chooses here by default, without creating
+    /// anything: holders where no cgroup2 is mounted or the cgroup2 mount
+    /// is read-only, cgroups otherwise (which may still fail to start, for
+    /// want of delegation).
+    pub fn detect() -> Containment {
+        match crate::cgroup::hierarchy::Hierarchy::discover() {
+            Ok(h) if !crate::root::read_only(&h.mount_point) => Containment::Cgroups,
+            Ok(_) | Err(Error::NoCgroup2 { .. }) => Containment::Holders,
+            Err(_) => Containment::Cgroups,
+        }
+    }
+
+    /// The name used by `procscope doctor` and in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Containment::Cgroups => "cgroups",
+            Containment::Holders => "holders",
+        }
+    }
+}
+
 /// Settings of a [`Supervisor`].
 #[derive(Clone, Debug)]
 pub(crate) struct Config {
@@ -51,6 +101,7 @@ pub struct Builder {
     grace: Duration,
     recover: bool,
     guardian: bool,
+    containment: Option<Containment>,
 }
 
 impl Builder {
@@ -86,6 +137,21 @@ impl Builder {
         self
     }
 
+    /// How sessions are contained. By default
+    /// ([`start`](Self::start) decides): with cgroups where cgroup2 can be
+    /// written, and with holders ([`Containment::Holders`], with a warning
+    /// logged) where the discovered cgroup2 is mounted read-only, as in a
+    /// default container, or where no cgroup2 is mounted. A cgroup2 that
+    /// is writable but not delegated to this process stays an error
+    /// ([`Error::NotDelegated`]): that is a setting to fix (`Delegate=yes`),
+    /// and silently giving up the cgroups would hide it. Ask for
+    /// [`Containment::Holders`] to use holders anywhere; asked for
+    /// [`Containment::Cgroups`], a read-only cgroup2 fails the start.
+    pub fn containment(mut self, containment: Containment) -> Self {
+        self.containment = Some(containment);
+        self
+    }
+
     /// Opens the root, recovers stale instances, creates this instance's cgroup
     /// and starts the guardian. Also reads which signals the gateway ignores,
     /// for its children to reset (see [`Command`](crate::Command)'s section on
@@ -106,11 +172,22 @@ impl Builder {
     pub async fn start(self) -> Result<Supervisor> {
         // Below the kernel floor: refused before anything is created.
         crate::pidfd::check_kernel_floor()?;
-        let root = match &self.root {
-            Some(p) => Root::open(p)?,
-            None => Root::discover()?,
+        let root = match (&self.root, self.containment) {
+            (_, Some(Containment::Holders)) => None,
+            (Some(p), _) => Some(Root::open(p)?),
+            (None, Some(Containment::Cgroups)) => Some(Root::discover()?),
+            (None, None) => match Root::discover() {
+                Ok(root) => Some(root),
+                Err(e @ (Error::CgroupReadOnly { .. } | Error::NoCgroup2 { .. })) => {
+                    tracing::warn!(error = %e, "no cgroup can be written here: sessions are contained with holders \
+                        (no limits, no sealing; see the README, \"Containers\")");
+                    None
+                }
+                Err(e) => return Err(e),
+            },
         };
         let owner = Owner::this_process()?;
+        let Some(root) = root else { return Ok(self.start_holders(owner)) };
         // Where this process goes back to if a child pulls it into a session.
         crate::protect::remember_home();
         // Fds for many sessions (children get the original soft limit back),
@@ -145,9 +222,9 @@ impl Builder {
         tracing::info!(root = %root.path().display(), instance = %instance_name, "supervisor started");
         Ok(Supervisor {
             inner: Arc::new(Inner {
-                root,
+                root: Some(root),
                 mount,
-                instance: Mutex::new(instance),
+                instance: Mutex::new(Some(instance)),
                 owner,
                 config: Config { grace: self.grace },
                 state: Mutex::new(State::default()),
@@ -160,6 +237,34 @@ impl Builder {
                 closing: InFlight::default(),
             }),
         })
+    }
+}
+
+impl Builder {
+    /// A supervisor whose sessions are contained with holders: no root, no
+    /// instance cgroup, no recovery (nothing outlives a gateway: its holders
+    /// end their trees when it dies) and no guardian (the holders are one).
+    fn start_holders(self, owner: Owner) -> Supervisor {
+        crate::sys::spawn::raise_nofile();
+        crate::refresh_ignored_signals();
+        tracing::info!(containment = "holders", "supervisor started");
+        Supervisor {
+            inner: Arc::new(Inner {
+                root: None,
+                mount: None,
+                instance: Mutex::new(None),
+                owner,
+                config: Config { grace: self.grace },
+                state: Mutex::new(State::default()),
+                counters: CounterCells::default(),
+                persisted: Mutex::new(Counters::default()),
+                persisting: tokio::sync::Mutex::new(()),
+                guardian: Mutex::new(None),
+                recovery: SweepReport::default(),
+                shut_down: AtomicBool::new(false),
+                closing: InFlight::default(),
+            }),
+        }
     }
 }
 
@@ -366,12 +471,14 @@ pub struct Counters {
 
 /// The shared part of a supervisor; sessions hold it too.
 pub(crate) struct Inner {
-    root: Root,
+    /// `None` with [`Containment::Holders`].
+    root: Option<Root>,
     /// The cgroup2 mount root, when the root was created under it (controllers
     /// are enabled from there down).
     mount: Option<Cgroup>,
-    /// The instance cgroup; replaced when it was removed under us and made again.
-    instance: Mutex<Arc<Cgroup>>,
+    /// The instance cgroup; replaced when it was removed under us and made
+    /// again. `None` with [`Containment::Holders`].
+    instance: Mutex<Option<Arc<Cgroup>>>,
     owner: Owner,
     pub(crate) config: Config,
     state: Mutex<State>,
@@ -419,9 +526,18 @@ impl InFlight {
 }
 
 impl Inner {
-    /// The instance cgroup.
-    pub(crate) fn instance(&self) -> Arc<Cgroup> {
-        Arc::clone(&self.instance.lock().unwrap_or_else(|p| p.into_inner()))
+    /// The instance cgroup (none with [`Containment::Holders`]).
+    pub(crate) fn instance(&self) -> Option<Arc<Cgroup>> {
+        self.instance.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The instance's path, or `holders` without one: for events.
+    pub(crate) fn label(&self) -> PathBuf {
+        self.instance().map_or_else(|| PathBuf::from("holders"), |i| i.path().to_owned())
+    }
+
+    pub(crate) fn containment(&self) -> Containment {
+        if self.root.is_some() { Containment::Cgroups } else { Containment::Holders }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -437,6 +553,7 @@ impl Inner {
             return;
         }
         let _enter = shared.span.enter();
+        let Some(cgroup) = &shared.cgroup else { return self.release_held(shared) };
         // Only our children's pidfds are checked here; grandchildren and
         // daemons keep the cgroup busy, and rmdir says so (EBUSY) without a
         // read of cgroup.events.
@@ -445,6 +562,7 @@ impl Inner {
         if state.active.get(&shared.id).is_some_and(|s| Arc::ptr_eq(s, shared)) {
             state.active.remove(&shared.id);
         }
+        let instance = self.instance().expect("a supervisor with cgroups has an instance");
         if !alive {
             for c in shared.children() {
                 let _ = c.try_wait();
@@ -454,9 +572,9 @@ impl Inner {
             // sweep that ends it). Without the controllers the files are missing
             // and the counts 0; `procscope exec` wrappers of the same gateway may
             // have enabled them, so they are not skipped.
-            let oom = shared.cgroup.oom_kills();
-            let refused = shared.cgroup.pids_max_hits();
-            match self.instance().remove_child(&shared.dir) {
+            let oom = cgroup.oom_kills();
+            let refused = cgroup.pids_max_hits();
+            match instance.remove_child(&shared.dir) {
                 Ok(()) => {
                     state.dirs.remove(&shared.dir);
                     self.counters.sessions_removed.inc();
@@ -465,12 +583,12 @@ impl Inner {
                     if oom > 0 || refused > 0 {
                         tracing::warn!(oom_kills = oom, pids_max_hits = refused, "the session's limits struck");
                     }
-                    crate::events::session_end(shared.cgroup.path(), "guard", &Ok(Termination::default()), None);
+                    crate::events::session_end(cgroup.path(), "guard", &Ok(Termination::default()), None);
                     ending::settle(shared, &self.counters, Ending::Finished);
                     return;
                 }
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                    crate::events::session_end(shared.cgroup.path(), "guard", &Ok(Termination::default()), None);
+                    crate::events::session_end(cgroup.path(), "guard", &Ok(Termination::default()), None);
                     state.dirs.remove(&shared.dir);
                     ending::settle(shared, &self.counters, Ending::Finished);
                     return;
@@ -483,12 +601,38 @@ impl Inner {
                 }
             }
         }
-        let _ = shared.cgroup.set_meta(XATTR_STATE, "orphaned");
+        let _ = cgroup.set_meta(XATTR_STATE, "orphaned");
+        self.orphan(state, shared);
+    }
+
+    /// Puts a released session with something alive into the orphan pool.
+    fn orphan(self: &Arc<Self>, mut state: MutexGuard<'_, State>, shared: &Arc<SessionShared>) {
         state.orphans.push(Arc::clone(shared));
         self.counters.sessions_orphaned.inc();
         // Decided under the pool's lock: no sweep takes it undecided.
         ending::let_go(shared, self);
-        crate::events::session_orphan(shared.cgroup.path());
+        crate::events::session_orphan(shared.path());
+    }
+
+    /// [`release`](Self::release) of a session contained with holders:
+    /// empty when no holder's tree has a process left (daemons included);
+    /// a holder whose command has just exited is about to exit too.
+    fn release_held(self: &Arc<Self>, shared: &Arc<SessionShared>) {
+        let alive = shared.holders_alive();
+        let mut state = self.lock();
+        if state.active.get(&shared.id).is_some_and(|s| Arc::ptr_eq(s, shared)) {
+            state.active.remove(&shared.id);
+        }
+        if alive {
+            return self.orphan(state, shared);
+        }
+        for c in shared.children() {
+            let _ = c.try_wait();
+        }
+        drop(shared.take_holders());
+        state.dirs.remove(&shared.dir);
+        crate::events::session_end(shared.path(), "guard", &Ok(Termination::default()), None);
+        ending::settle(shared, &self.counters, Ending::Finished);
     }
 
     pub(crate) fn forget_active(&self, shared: &Arc<SessionShared>) {
@@ -507,6 +651,8 @@ impl Inner {
                 if t.removed {
                     state.dirs.remove(&shared.dir);
                     self.counters.sessions_removed.inc();
+                } else if shared.cgroup.is_none() {
+                    state.dirs.remove(&shared.dir);
                 }
                 if swept {
                     self.counters.sessions_swept.inc();
@@ -533,21 +679,25 @@ impl Inner {
     /// [`crate::totals`]). Does nothing when nothing changed; a failure is
     /// logged, and what could not be added is added next time.
     pub(crate) async fn persist_counters(&self) {
+        // Kept in memory only without a root.
+        let Some(root) = &self.root else { return };
         let _one = self.persisting.lock().await;
         let now = self.counters.snapshot();
         let last = *self.persisted.lock().unwrap_or_else(|p| p.into_inner());
         if now == last {
             // Nothing of its own; what guardians ended still goes in.
-            crate::spool::fold(self.root.cgroup(), totals::LOCK_WAIT).await;
+            crate::spool::fold(root.cgroup(), totals::LOCK_WAIT).await;
             return;
         }
-        match self.instance().set_meta(XATTR_COUNTERS, &now.encode()) {
-            Err(e) if !crate::cgroup::vanished(&e) => {
-                tracing::warn!(error = %e, "could not record the counters on the instance");
+        if let Some(instance) = self.instance() {
+            match instance.set_meta(XATTR_COUNTERS, &now.encode()) {
+                Err(e) if !crate::cgroup::vanished(&e) => {
+                    tracing::warn!(error = %e, "could not record the counters on the instance");
+                }
+                _ => {}
             }
-            _ => {}
         }
-        let root = self.root.cgroup();
+        let root = root.cgroup();
         let lock = match totals::lock(root, totals::LOCK_WAIT).await {
             Ok(lock) => lock,
             Err(e) => {
@@ -574,7 +724,7 @@ impl Inner {
     /// added to them yet.
     pub(crate) fn totals_now(&self) -> Counters {
         let persisted = self.persisted.lock().unwrap_or_else(|p| p.into_inner());
-        let mut t = totals::read(self.root.cgroup(), XATTR_TOTALS);
+        let mut t = self.root.as_ref().map(|r| totals::read(r.cgroup(), XATTR_TOTALS)).unwrap_or_default();
         t.add(&self.counters.snapshot().since(&persisted));
         t
     }
@@ -587,7 +737,9 @@ impl Drop for Inner {
         }
         // Dropped without shutdown(): kill what is left now (never wait here);
         // the empty instance cgroup is removed by the next recovery or sweep.
-        let instance = self.instance();
+        // Holders SIGKILL their trees as their sessions are dropped with the
+        // state.
+        let Some(instance) = self.instance() else { return };
         if instance.is_populated().unwrap_or(false) {
             tracing::warn!(instance = %instance.path().display(),
                 "supervisor dropped without shutdown(); killing its sessions");
@@ -654,7 +806,10 @@ pub struct Supervisor {
 
 impl fmt::Debug for Supervisor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Supervisor").field("instance", &self.inner.instance().path()).finish()
+        f.debug_struct("Supervisor")
+            .field("containment", &self.inner.containment())
+            .field("instance", &self.inner.instance().as_ref().map(|i| i.path().to_owned()))
+            .finish()
     }
 }
 
@@ -662,7 +817,7 @@ impl Supervisor {
     /// A builder with the defaults: discovered root, 2 s grace, recovery on,
     /// no guardian.
     pub fn builder() -> Builder {
-        Builder { root: None, grace: DEFAULT_GRACE, recover: true, guardian: false }
+        Builder { root: None, grace: DEFAULT_GRACE, recover: true, guardian: false, containment: None }
     }
 
     /// Starts a supervisor with the defaults ([`builder`](Self::builder)).
@@ -692,22 +847,33 @@ impl Supervisor {
         if inner.shut_down.load(Ordering::Acquire) {
             return Err(Error::InvalidInput {
                 what: "supervisor",
-                value: inner.instance().name().to_owned(),
+                value: inner.instance().map_or_else(|| "holders".to_owned(), |i| i.name().to_owned()),
                 fix: "it has been shut down; start a new one".into(),
             });
         }
         if state.active.contains_key(id) {
             return Err(Error::SessionExists { id: id.to_owned() });
         }
-        let instance = self.instance_for_session()?;
-        if !limits.controllers().is_empty() {
-            self.enable_controllers(&limits.controllers())?;
-        }
         let base = format!("s-{id}");
         let dir = (1..)
             .map(|n| if n == 1 { base.clone() } else { format!("{base}~{n}") })
             .find(|d| !state.dirs.contains(d))
             .expect("an unused name");
+        if inner.root.is_none() {
+            if !limits.is_empty() {
+                return Err(Error::NeedsCgroup { what: "limits" });
+            }
+            let shared = Arc::new(SessionShared::held(id.to_owned(), dir.clone()));
+            state.active.insert(id.to_owned(), Arc::clone(&shared));
+            state.dirs.insert(dir);
+            drop(state);
+            inner.counters.sessions_opened.inc();
+            return Ok(Session::new(shared, Arc::clone(&self.inner)));
+        }
+        let instance = self.instance_for_session()?;
+        if !limits.controllers().is_empty() {
+            self.enable_controllers(&limits.controllers())?;
+        }
         // A `procscope exec` of this process may have made the session in
         // this instance: the same id, taken.
         let cgroup = instance.create_child(&dir).map_err(|e| match e.raw_os_error() {
@@ -736,7 +902,9 @@ impl Supervisor {
     /// `procscope sweep --all --force`, or `rmdir` by hand.
     fn instance_for_session(&self) -> Result<Arc<Cgroup>> {
         let inner = &self.inner;
-        let current = inner.instance();
+        let (Some(root), Some(current)) = (&inner.root, inner.instance()) else {
+            unreachable!("sessions with cgroups only")
+        };
         // Through the fd: a directory made again under the same name (by an
         // `exec` of this process) is another one.
         match current.events() {
@@ -744,14 +912,16 @@ impl Supervisor {
             _ => return Ok(current),
         }
         let mut slot = inner.instance.lock().unwrap_or_else(|p| p.into_inner());
-        if !Arc::ptr_eq(&slot, &current) {
-            return Ok(Arc::clone(&slot));
+        if let Some(now) = slot.as_ref()
+            && !Arc::ptr_eq(now, &current)
+        {
+            return Ok(Arc::clone(now));
         }
         let name = current.name().to_owned();
-        let made = match inner.root.cgroup().create_child(&name) {
+        let made = match root.cgroup().create_child(&name) {
             Ok(made) => {
                 if let Err(e) = mark_supervisor_instance(&made, inner.owner) {
-                    let _ = inner.root.cgroup().remove_child(&name);
+                    let _ = root.cgroup().remove_child(&name);
                     return Err(e);
                 }
                 made
@@ -759,7 +929,7 @@ impl Supervisor {
             // Made again meanwhile by an `exec` of this process: ours too,
             // once its recorded kind and owner say so.
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
-                let found = inner.root.cgroup().open_child(&name)?;
+                let found = root.cgroup().open_child(&name)?;
                 if instance::kind_of(&found).as_deref() != Some("instance")
                     || Owner::of_instance(&found) != Some(inner.owner)
                 {
@@ -779,14 +949,14 @@ impl Supervisor {
                     *guardian = Some(g);
                 }
                 Err(e) => {
-                    let _ = inner.root.cgroup().remove_child(&name);
+                    let _ = root.cgroup().remove_child(&name);
                     return Err(e);
                 }
             }
         }
         tracing::warn!(instance = %made.path().display(),
             "this supervisor's instance cgroup was removed by someone else; made it again");
-        *slot = Arc::clone(&made);
+        *slot = Some(Arc::clone(&made));
         Ok(made)
     }
 
@@ -795,8 +965,10 @@ impl Supervisor {
     /// changes nothing).
     fn enable_controllers(&self, needed: &[&'static str]) -> Result<()> {
         let inner = &self.inner;
-        let instance = inner.instance();
-        let chain: Vec<&Cgroup> = inner.mount.iter().chain([inner.root.cgroup(), instance.as_ref()]).collect();
+        let (Some(root), Some(instance)) = (&inner.root, inner.instance()) else {
+            unreachable!("limits are refused without cgroups")
+        };
+        let chain: Vec<&Cgroup> = inner.mount.iter().chain([root.cgroup(), instance.as_ref()]).collect();
         crate::tree::enable_chain(&chain, needed)
     }
 
@@ -839,7 +1011,7 @@ impl Supervisor {
         };
         if taken.is_empty() {
             let report = SweepReport::default();
-            crate::events::sweep(scope_name, inner.instance().path(), Ok(&report));
+            crate::events::sweep(scope_name, &inner.label(), Ok(&report));
             // What the tick's jobs counted (sessions opened, closed,
             // finished) is persisted even when nothing is left to sweep.
             drop(enter);
@@ -853,8 +1025,7 @@ impl Supervisor {
                 let done_shared = Arc::clone(&shared);
                 Target {
                     id: shared.id.clone(),
-                    parent: inner.instance(),
-                    cgroup: Arc::clone(&shared.cgroup),
+                    place: shared.place(inner.instance()),
                     children: shared.children(),
                     leak,
                     on_done: Some(Box::new(move |outcome| {
@@ -875,7 +1046,7 @@ impl Supervisor {
             tracing::Instrument::instrument(crate::sweep::sweep_targets(targets, inner.config.grace), span.clone())
                 .await;
         inner.persist_counters().await;
-        span.in_scope(|| crate::events::sweep(scope_name, inner.instance().path(), Ok(&report)));
+        span.in_scope(|| crate::events::sweep(scope_name, &inner.label(), Ok(&report)));
         report
     }
 
@@ -895,7 +1066,10 @@ impl Supervisor {
         let inner = &self.inner;
         // Sessions being closed by `close()` calls whose callers went away.
         inner.closing.wait_idle().await;
-        let instance = inner.instance();
+        let (Some(root), Some(instance)) = (&inner.root, inner.instance()) else {
+            tracing::info!(%report, "supervisor shut down");
+            return Ok(report);
+        };
         // Sessions this supervisor does not track: those `procscope exec`
         // commands of this process made in its instance. Ended the same way,
         // and reported with the others.
@@ -919,7 +1093,7 @@ impl Supervisor {
         // The last counts (of `close` calls that were still running) go to
         // the root's totals before the instance and its metadata go.
         inner.persist_counters().await;
-        report.removed += inner.root.cgroup().remove_child_tree(&instance).await?;
+        report.removed += root.cgroup().remove_child_tree(&instance).await?;
         // The guardian exits once its instance is gone.
         let guardian = inner.guardian.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(g) = guardian {
@@ -927,6 +1101,18 @@ impl Supervisor {
         }
         tracing::info!(%report, "supervisor shut down");
         Ok(report)
+    }
+
+    /// The sessions of a supervisor with holders, with the pids of their
+    /// trees now (for its metrics).
+    pub(crate) fn held_sessions(&self) -> Vec<HeldSession> {
+        let state = self.inner.lock();
+        let active = state.active.values().map(|s| (s, false));
+        let orphans = state.orphans.iter().map(|s| (s, true));
+        active
+            .chain(orphans)
+            .map(|(s, orphaned)| HeldSession { id: s.id.clone(), dir: s.dir.clone(), orphaned, pids: s.held_pids() })
+            .collect()
     }
 
     /// Counters since start.
@@ -951,13 +1137,19 @@ impl Supervisor {
         self.inner.lock().orphans.iter().map(|s| s.id.clone()).collect()
     }
 
-    /// The root.
-    pub fn root(&self) -> &Root {
-        &self.inner.root
+    /// How this supervisor contains its sessions.
+    pub fn containment(&self) -> Containment {
+        self.inner.containment()
     }
 
-    /// This supervisor's instance cgroup.
-    pub fn instance(&self) -> Arc<Cgroup> {
+    /// The root (none with [`Containment::Holders`]).
+    pub fn root(&self) -> Option<&Root> {
+        self.inner.root.as_ref()
+    }
+
+    /// This supervisor's instance cgroup (none with
+    /// [`Containment::Holders`]).
+    pub fn instance(&self) -> Option<Arc<Cgroup>> {
         self.inner.instance()
     }
 
@@ -980,6 +1172,14 @@ impl Supervisor {
     pub fn grace(&self) -> Duration {
         self.inner.config.grace
     }
+}
+
+/// A session of holders, for the metrics.
+pub(crate) struct HeldSession {
+    pub id: String,
+    pub dir: String,
+    pub orphaned: bool,
+    pub pids: Vec<u32>,
 }
 
 /// Ends the instances under `root` whose owner process is gone, and removes
@@ -1035,8 +1235,7 @@ fn targets_in(instance: &Arc<Cgroup>, leak: Leak, mut keep: impl FnMut(&str, &Cg
         let id = cg.meta(XATTR_SESSION).ok().flatten().unwrap_or(name);
         targets.push(Target {
             id,
-            parent: Arc::clone(instance),
-            cgroup: Arc::new(cg),
+            place: Place::Cgroup { parent: Arc::clone(instance), cgroup: Arc::new(cg) },
             children: Vec::new(),
             leak,
             on_done: None,

@@ -4,6 +4,7 @@
 
 use std::collections::HashSet;
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use tokio::time::Instant;
 use crate::cgroup::{Cgroup, KillMechanism};
 use crate::child::ChildCell;
 use crate::error::{Error, Result};
+use crate::holder::Holder;
 
 /// How long processes get to die after `cgroup.kill` before the sweep reports
 /// an error. A SIGKILLed process dies as soon as it next runs; this covers a
@@ -457,11 +459,94 @@ impl fmt::Display for SweepReport {
 /// Called with the outcome of ending a session.
 pub(crate) type OnDone = Box<dyn FnOnce(&Result<Termination>) + Send>;
 
-/// One session to end: its cgroup, its parent, our children in it.
+/// Where a session's processes are: its cgroup, or its holders' trees.
+pub(crate) enum Place {
+    /// The session's cgroup and its parent (the instance).
+    Cgroup { parent: Arc<Cgroup>, cgroup: Arc<Cgroup> },
+    /// The holders of its commands ([`Containment::Holders`](crate::Containment::Holders)),
+    /// and the name its events carry.
+    Holders { path: PathBuf, holders: Vec<Holder> },
+}
+
+impl Place {
+    /// The cgroup's path, or the name of a session of holders.
+    pub(crate) fn path(&self) -> &Path {
+        match self {
+            Place::Cgroup { cgroup, .. } => cgroup.path(),
+            Place::Holders { path, .. } => path,
+        }
+    }
+
+    /// Ends everything in the place (see [`end_cgroup`] and [`end_held`]).
+    pub(crate) async fn end(self, children: &[Arc<ChildCell>], grace: Duration) -> Result<Termination> {
+        match self {
+            Place::Cgroup { parent, cgroup } => end_cgroup_retrying(&parent, &cgroup, children, grace).await,
+            Place::Holders { path, holders } => end_held(&path, holders, children, grace).await,
+        }
+    }
+}
+
+/// Ends the trees of `holders`: SIGTERM and SIGCONT through a verified
+/// pidfd to every process of each tree, up to `grace` for the trees to
+/// empty (each holder exits when its tree has), then the end of each
+/// remaining holder's control pipe, on which it SIGKILLs its tree, walking
+/// it again until nothing is left. Returns once every holder has exited:
+/// its tree is empty. One still running [`KILL_WAIT`] later is an error.
+pub(crate) async fn end_held(
+    path: &Path,
+    holders: Vec<Holder>,
+    children: &[Arc<ChildCell>],
+    grace: Duration,
+) -> Result<Termination> {
+    let mut t = Termination::default();
+    let members: Vec<_> = holders.iter().flat_map(Holder::members).collect();
+    let mut step = crate::events::SignalStep::new(path, Signal::TERM);
+    for m in &members {
+        step.sent(m.raw_pid(), m.send_signal(Signal::TERM));
+        let _ = m.send_signal(Signal::CONT);
+    }
+    step.done();
+    t.signalled = members.len();
+    async fn gone(hs: &[Holder]) {
+        for h in hs {
+            let _ = h.wait_gone().await;
+        }
+    }
+    if !grace.is_zero() {
+        let _ = tokio::time::timeout(grace, gone(&holders)).await;
+    }
+    let left: Vec<Holder> = holders.into_iter().filter(Holder::is_alive).collect();
+    if !left.is_empty() {
+        t.killed = left.iter().map(|h| h.members().len()).sum();
+        t.kill_mechanism = Some(KillMechanism::Holder);
+        let mut step = crate::events::SignalStep::new(path, Signal::KILL);
+        for h in &left {
+            step.sent(h.pid() as i32, h.kill());
+        }
+        step.done();
+        if tokio::time::timeout(KILL_WAIT, gone(&left)).await.is_err() {
+            let pids: Vec<String> = left.iter().filter(|h| h.is_alive()).map(|h| h.pid().to_string()).collect();
+            return Err(Error::io(
+                "kill",
+                path,
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("the tree of holder(s) {} survived SIGKILL", pids.join(", ")),
+                ),
+            ));
+        }
+    }
+    t.terminated = t.signalled.saturating_sub(t.killed);
+    for c in children {
+        let _ = tokio::time::timeout(REAP_WAIT, c.wait()).await;
+    }
+    Ok(t)
+}
+
+/// One session to end: where its processes are, our children in it.
 pub(crate) struct Target {
     pub id: String,
-    pub parent: Arc<Cgroup>,
-    pub cgroup: Arc<Cgroup>,
+    pub place: Place,
     pub children: Vec<Arc<ChildCell>>,
     /// What ending it prevents if something in it still runs.
     pub leak: Leak,
@@ -479,8 +564,9 @@ pub(crate) async fn sweep_targets(targets: Vec<Target>, grace: Duration) -> Swee
         .map(|mut t| {
             let task = async move {
                 let start = Instant::now();
-                let outcome = end_cgroup_retrying(&t.parent, &t.cgroup, &t.children, grace).await;
-                crate::events::session_end(t.cgroup.path(), "sweep", &outcome, Some(start.elapsed()));
+                let path = t.place.path().to_owned();
+                let outcome = t.place.end(&t.children, grace).await;
+                crate::events::session_end(&path, "sweep", &outcome, Some(start.elapsed()));
                 if let Some(done) = t.on_done.take() {
                     done(&outcome);
                 }

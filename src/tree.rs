@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::instance::{self, Owner, XATTR_CREATED, XATTR_SESSION, XATTR_STATE};
 use crate::names::validate_session_id;
 use crate::root::{Root, RootKind};
-use crate::sweep::{Leak, SweepReport, Target};
+use crate::sweep::{Leak, Place, SweepReport, Target};
 use crate::totals;
 
 /// The state of a session as seen from outside its supervisor.
@@ -504,13 +504,12 @@ async fn end_sessions_uncounted(instance: &Arc<Cgroup>, sessions: Vec<Cgroup>, g
         .into_iter()
         .map(|cg| Target {
             id: cg.meta(XATTR_SESSION).ok().flatten().unwrap_or_else(|| cg.name().to_owned()),
-            parent: Arc::clone(instance),
             leak: if cg.meta(XATTR_STATE).ok().flatten().as_deref() == Some("orphaned") {
                 Leak::Abandoned
             } else {
                 Leak::No
             },
-            cgroup: Arc::new(cg),
+            place: Place::Cgroup { parent: Arc::clone(instance), cgroup: Arc::new(cg) },
             children: Vec::new(),
             on_done: None,
         })

@@ -1264,16 +1264,16 @@ async fn a_session_id_taken_by_an_exec_of_this_process_is_session_exists() {
         let sup = procscope::Supervisor::builder().root(env.path()).start().await.unwrap();
         let (mut command, _out) = exec_ready(&env, &["--session", "shared"], &["ready", "sleep", "3600"]);
         let me = procscope::Owner::this_process().unwrap();
-        assert_eq!(sup.instance().name(), me.instance_name(), "the exec joined the supervisor's instance");
-        let before = sup.instance().children().unwrap();
+        assert_eq!(sup.instance().unwrap().name(), me.instance_name(), "the exec joined the supervisor's instance");
+        let before = sup.instance().unwrap().children().unwrap();
         let err = sup.session("shared").unwrap_err();
         assert!(matches!(&err, procscope::Error::SessionExists { id } if id == "shared"), "{err}");
-        assert_eq!(sup.instance().children().unwrap(), before, "nothing changed");
+        assert_eq!(sup.instance().unwrap().children().unwrap(), before, "nothing changed");
         let other = sup.session("other").unwrap();
         other.close().await.unwrap();
         signal(&command, rustix::process::Signal::TERM);
         assert_eq!(command.wait().unwrap().signal(), Some(libc::SIGTERM));
-        wait_gone(&sup.instance().path().join("s-shared")).await;
+        wait_gone(&sup.instance().unwrap().path().join("s-shared")).await;
         sup.shutdown().await.unwrap();
     })
     .await;

@@ -6,8 +6,10 @@
 //!   container, systemd-nspawn) the full mode runs, sealing included, and
 //!   the guardian ends what a SIGKILLed gateway leaves.
 //! - Where it is read-only and `CAP_SYS_ADMIN` is gone (a default
-//!   container), every entry point refuses with the typed error that says
-//!   how to get the full mode, and creates nothing.
+//!   container), a library gateway contains its sessions with holders,
+//!   chosen on its own, and `doctor` says so with how to get the full
+//!   mode; `exec` refuses with the typed error that says how, and nothing
+//!   is created in the cgroup tree.
 
 mod common;
 
@@ -130,38 +132,91 @@ async fn a_privileged_container_gets_the_full_mode_with_sealing_and_the_guardian
     .await;
 }
 
+fn cmdline(pid: u32) -> String {
+    String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default()).replace('\0', " ")
+}
+
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+}
+
 #[tokio::test]
-async fn a_default_container_is_refused_with_the_way_to_the_full_mode_and_nothing_is_created() {
+async fn a_default_container_contains_with_holders_and_exec_is_refused_with_the_way_to_the_full_mode() {
     within(60, async {
         let env = TestEnv::new();
         let ctr = Container::start(&env, "ctr", Kind::Default);
         let before = ctr.tree();
         assert!(before.is_empty());
 
+        // doctor: the mode with holders, probed for real, and the way to
+        // the full mode; a degraded mode, so it fails.
         let (code, doc) = doctor_json(&ctr);
         assert_ne!(code, 0, "doctor must fail in a default container: {doc:#}");
         assert_eq!(doc["ok"], false, "{doc:#}");
+        assert_eq!(doc["containment"], "holders", "{doc:#}");
+        assert_eq!(doc["spawn_mechanism"], "holder", "{doc:#}");
+        assert_eq!(doc["kill_mechanism"], "holder", "{doc:#}");
         assert!(!has_sys_admin(&doc), "a default container has no CAP_SYS_ADMIN: {doc:#}");
         let problems = doc["problems"].as_array().unwrap();
         let ro = problems
             .iter()
-            .find(|p| p["problem"].as_str().unwrap().contains("Read-only file system"))
+            .find(|p| p["problem"].as_str().unwrap().contains("mounted read-only"))
             .unwrap_or_else(|| panic!("no read-only problem: {doc:#}"));
+        assert!(ro["problem"].as_str().unwrap().contains("contained with holders"), "{ro:#}");
         assert!(ro["fix"].as_str().unwrap().contains("docker run --privileged"), "{ro:#}");
         assert_eq!(ro["degrades"], true);
 
-        // A library gateway: `Supervisor::start` fails with the typed error.
-        let out = ctr.command(FIXTURE).args(["gateway", "discover", "1", "1"]).output().unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success());
-        assert!(
-            err.contains("the cgroup2 filesystem at /sys/fs/cgroup is mounted read-only")
-                && err.contains("docker run --privileged")
-                && err.contains("Containers"),
-            "{err}"
-        );
+        // A library gateway with the defaults (and a guardian asked for,
+        // which holders make needless) chooses holders on its own. Each
+        // session's child daemonizes a helper with `setsid --fork`.
+        let mut gw = ctr
+            .command(FIXTURE)
+            .args(["gateway", "discover", "2", "1"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = common::read_until_ready(&mut gw);
+        assert_eq!(field(&lines, "containment"), "holders", "{lines:?}");
+        assert_eq!(field(&lines, "instance"), "none", "{lines:?}");
+        assert_eq!(field(&lines, "guardian"), "0", "{lines:?}");
+        assert_eq!(field(&lines, "sessions"), "2", "{lines:?}");
+        let gateway = ctr.inner_pid(&gw);
+        // The helpers' parents exited: they are the holders' now, not the
+        // container's init's.
+        let helpers = || -> Vec<u32> {
+            ctr.processes().into_iter().filter(|&p| cmdline(p) == format!("{FIXTURE} sleep 3600 ")).collect()
+        };
+        let mut settled = false;
+        for _ in 0..500 {
+            let h = helpers();
+            if h.len() == 2
+                && h.iter().all(|&p| parent_of(p).is_some_and(|pp| cmdline(pp).starts_with("procscope-holder")))
+            {
+                settled = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let seen: Vec<(u32, Option<u32>, String)> =
+            ctr.processes().into_iter().map(|p| (p, parent_of(p), cmdline(p))).collect();
+        assert!(settled, "the escapees must be their holders': {seen:#?}");
+        let holders =
+            seen.iter().filter(|(_, parent, c)| c.starts_with("procscope-holder") && *parent == Some(gateway as u32));
+        assert_eq!(holders.count(), 2, "a holder per command, children of the gateway: {seen:#?}");
+        assert_eq!(ctr.tree(), before, "holders write no cgroup");
 
-        // `exec`: refused before anything is placed, with the same words.
+        // The gateway is SIGKILLed: each holder sees its control pipe end
+        // and kills its tree. Nothing is left in the container.
+        assert!(std::fs::read(format!("/proc/{gateway}/cmdline")).unwrap().ends_with(b"gateway\0discover\x002\x001\0"));
+        rustix::process::kill_process(rustix::process::Pid::from_raw(gateway).unwrap(), rustix::process::Signal::KILL)
+            .unwrap();
+        let _ = gw.wait();
+        assert_eq!(ctr.settle(5).await, Vec::<u32>::new(), "processes left in the container");
+
+        // `exec`: refused before anything is placed, with how to get the
+        // full mode (`exec` needs a cgroup to place the command in).
         let out = sh(&ctr, &format!("{PROCSCOPE} exec --session j -- {FIXTURE} ready"));
         let err = String::from_utf8_lossy(&out.stderr);
         // Exit 2, as for a root that is not delegated: the environment, not

@@ -41,7 +41,7 @@ async fn memory_max_oom_kills_inside_the_session_only() {
         let mut calm = sibling.spawn(&mut fixture(&["sleep", "3600"])).unwrap();
         let limits = Limits { memory_max: Some(32 << 20), ..Limits::default() };
         let hog = sup.session_with_limits("hog", &limits).unwrap();
-        assert_eq!(hog.cgroup().read("memory.max").unwrap().trim(), (32u64 << 20).to_string());
+        assert_eq!(hog.cgroup().unwrap().read("memory.max").unwrap().trim(), (32u64 << 20).to_string());
         let mut eater = hog.spawn(&mut fixture(&["alloc", "256", "sleep", "3600"])).unwrap();
         let status = eater.wait().await.unwrap();
         assert_eq!(status.signal(), Some(libc::SIGKILL), "the OOM killer ends it: {status:?}");
@@ -67,9 +67,9 @@ async fn memory_max_oom_kills_inside_the_session_only() {
         let hog3 = sup.session_with_limits("hog3", &limits).unwrap();
         let mut eater = hog3.spawn(&mut fixture(&["alloc", "256", "sleep", "3600"])).unwrap();
         assert_eq!(eater.wait().await.unwrap().signal(), Some(libc::SIGKILL));
-        let kills = hog3.cgroup().oom_kills();
+        let kills = hog3.cgroup().unwrap().oom_kills();
         assert!(kills >= 1);
-        let dir = hog3.cgroup().path().to_owned();
+        let dir = hog3.cgroup().unwrap().path().to_owned();
         drop(hog3);
         assert!(!dir.exists(), "the guard removes an empty session at once");
         assert_eq!(sup.counters().oom_kills, before + kills, "{:?}", sup.counters());
@@ -80,7 +80,7 @@ async fn memory_max_oom_kills_inside_the_session_only() {
         assert!(hog4.spawn(&mut fixture(&["daemon"])).unwrap().wait().await.unwrap().success());
         let mut eater = hog4.spawn(&mut fixture(&["alloc", "256", "sleep", "3600"])).unwrap();
         assert_eq!(eater.wait().await.unwrap().signal(), Some(libc::SIGKILL));
-        let kills = hog4.cgroup().oom_kills();
+        let kills = hog4.cgroup().unwrap().oom_kills();
         assert!(kills >= 1);
         drop(hog4);
         assert_eq!(sup.counters().oom_kills, before, "the guard counted a session it could not remove");
@@ -110,13 +110,13 @@ async fn pids_max_stops_a_fork_bomb() {
         bomb.spawn(&mut fixture(&["forkbomb"])).unwrap();
         let cg = bomb.cgroup();
         for _ in 0..2000 {
-            if cg.pids_max_hits() > 0 {
+            if cg.unwrap().pids_max_hits() > 0 {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        assert!(cg.pids_max_hits() > 0, "the bomb never reached pids.max");
-        let current: u64 = cg.read("pids.current").unwrap().trim().parse().unwrap();
+        assert!(cg.unwrap().pids_max_hits() > 0, "the bomb never reached pids.max");
+        let current: u64 = cg.unwrap().read("pids.current").unwrap().trim().parse().unwrap();
         assert!(current <= 16, "pids.current {current}");
         // Spawning into the full session fails with the limit's EAGAIN.
         let mut refused = 0;
@@ -128,13 +128,13 @@ async fn pids_max_stops_a_fork_bomb() {
                 }
                 Ok(c) => {
                     // The bomb lost a process a moment ago; still inside the limit.
-                    assert!(cg.procs().unwrap().iter().any(|&p| p == c.id()));
+                    assert!(cg.unwrap().procs().unwrap().iter().any(|&p| p == c.id()));
                     let _ = c.start_kill();
                 }
             }
         }
         assert!(refused > 0, "no spawn was refused by pids.max");
-        let current: u64 = cg.read("pids.current").unwrap().trim().parse().unwrap();
+        let current: u64 = cg.unwrap().read("pids.current").unwrap().trim().parse().unwrap();
         assert!(current <= 16, "a spawn got around pids.max: {current}");
         let sibling = sup.session("sibling").unwrap();
         let mut ok = sibling.spawn(&mut fixture(&["exit", "0"])).unwrap();
@@ -144,13 +144,13 @@ async fn pids_max_stops_a_fork_bomb() {
         let report = sup.sweep_orphans().await;
         assert!(report.errors.is_empty(), "{report:?}");
         assert!(report.limits_hit.iter().any(|h| h.session == "bomb" && h.pids_max_hits > 0), "{report}");
-        assert!(!sup.instance().is_populated().unwrap());
+        assert!(!sup.instance().unwrap().is_populated().unwrap());
         // The guard of a session dropped with nothing alive counts its refusals.
         let before = sup.counters().pids_max_hits;
         let one = sup.session_with_limits("one", &Limits { pids_max: Some(1), ..Limits::default() }).unwrap();
         let status = one.spawn(&mut fixture(&["spawn", "1", "exit", "0"])).unwrap().wait().await.unwrap();
         assert!(!status.success(), "a second process in a session of pids.max 1");
-        let refused = one.cgroup().pids_max_hits();
+        let refused = one.cgroup().unwrap().pids_max_hits();
         assert!(refused >= 1);
         drop(one);
         assert_eq!(sup.counters().pids_max_hits, before + refused, "{:?}", sup.counters());
@@ -170,10 +170,10 @@ async fn cpu_max_throttles_and_shows_in_cpu_stat() {
         let limits =
             Limits { cpu_max: Some(procscope::CpuMax { quota_us: 10_000, period_us: 100_000 }), ..Limits::default() };
         let s = sup.session_with_limits("cpu", &limits).unwrap();
-        assert_eq!(s.cgroup().read("cpu.max").unwrap().trim(), "10000 100000");
+        assert_eq!(s.cgroup().unwrap().read("cpu.max").unwrap().trim(), "10000 100000");
         let mut spinner = s.spawn(&mut fixture(&["spin", "1.5"])).unwrap();
         assert!(spinner.wait().await.unwrap().success());
-        let stat = s.cgroup().read("cpu.stat").unwrap();
+        let stat = s.cgroup().unwrap().read("cpu.stat").unwrap();
         let field = |k: &str| -> u64 {
             stat.lines().find_map(|l| l.strip_prefix(k)).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
         };
@@ -195,13 +195,17 @@ async fn sessions_without_limits_enable_no_controllers() {
         let sup = supervisor(&env).await;
         let sessions: Vec<_> = (0..3).map(|i| sup.session(&format!("plain-{i}")).unwrap()).collect();
         assert!(env.root.subtree_control().unwrap().is_empty(), "{:?}", env.root.subtree_control());
-        assert!(sup.instance().subtree_control().unwrap().is_empty());
+        assert!(sup.instance().unwrap().subtree_control().unwrap().is_empty());
         for s in &sessions {
-            assert!(!s.cgroup().has_file("memory.max"), "a controller is on in {}", s.cgroup().path().display());
+            assert!(
+                !s.cgroup().unwrap().has_file("memory.max"),
+                "a controller is on in {}",
+                s.cgroup().unwrap().path().display()
+            );
         }
         // With a limit, only what it needs.
         let limited = sup.session_with_limits("limited", &Limits { pids_max: Some(8), ..Limits::default() }).unwrap();
-        assert_eq!(sup.instance().subtree_control().unwrap(), ["pids"]);
+        assert_eq!(sup.instance().unwrap().subtree_control().unwrap(), ["pids"]);
         drop(limited);
         drop(sessions);
         sup.shutdown().await.unwrap();
@@ -230,8 +234,14 @@ async fn a_recycled_pid_is_never_signalled_by_a_sweep() {
             c.args(["daemon", "ready", "sleep", "3600"]).stdin(Stdio::Null).stdout(Stdio::Piped);
             let mut server = s.spawn(&mut c).unwrap();
             read_until(server.stdout.as_mut().unwrap(), "ready").await;
-            let helper =
-                s.cgroup().procs().unwrap().into_iter().find(|&p| p != server.id()).expect("the daemonized helper");
+            let helper = s
+                .cgroup()
+                .unwrap()
+                .procs()
+                .unwrap()
+                .into_iter()
+                .find(|&p| p != server.id())
+                .expect("the daemonized helper");
             let tracked: Vec<i32> = vec![server.id() as i32, helper as i32];
             drop(server);
             drop(s);
@@ -325,7 +335,7 @@ async fn an_mcp_server_killed_by_its_memory_limit_is_reported() {
         assert!(current() > 40 << 20, "the server never grew: {} bytes", current());
         // The limit drops below its use: the kernel OOM-kills inside the session.
         // (1 MiB: below its anonymous memory alone, so reclaiming page cache cannot save it.)
-        s.cgroup().set_limits(&Limits { memory_max: Some(1 << 20), ..Limits::default() }).unwrap();
+        s.cgroup().unwrap().set_limits(&Limits { memory_max: Some(1 << 20), ..Limits::default() }).unwrap();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         while s.stats().memory_events.map_or(0, |e| e.oom_kill) == 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;

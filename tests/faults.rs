@@ -214,7 +214,7 @@ fn close_ends_a_very_deep_tree_on_a_small_stack() {
                 let sup =
                     Supervisor::builder().root(env.path()).grace(Duration::from_millis(200)).start().await.unwrap();
                 let session = sup.session_with_limits("deep", &uncapped()).unwrap();
-                let path = session.cgroup().path().to_owned();
+                let path = session.cgroup().unwrap().path().to_owned();
                 let mut child = hostile_tree(&session, depth, *WIDE).await;
                 let t = std::time::Instant::now();
                 let ended = session.close().await.unwrap();
@@ -244,7 +244,7 @@ async fn a_sweep_ends_a_deep_and_wide_tree_and_counts_every_directory() {
         let report = sup.sweep_orphans().await;
         assert!(report.errors.is_empty(), "{report}");
         assert_eq!(report.removed, 1 + *DEEP + *WIDE, "{report}");
-        assert_eq!(sup.instance().children().unwrap(), Vec::<String>::new());
+        assert_eq!(sup.instance().unwrap().children().unwrap(), Vec::<String>::new());
         sup.shutdown().await.unwrap();
     })
     .await;
@@ -354,9 +354,9 @@ async fn cgroups_named_in_any_bytes_are_ended_and_removed() {
         let names = [&b"\xff"[..], b"a\xfe\xfdb", b"\xef\xbf\xbd"];
         for name in names {
             let name = std::ffi::OsStr::from_bytes(name);
-            rustix::fs::mkdirat(session.cgroup(), name, rustix::fs::Mode::from_raw_mode(0o755)).unwrap();
+            rustix::fs::mkdirat(session.cgroup().unwrap(), name, rustix::fs::Mode::from_raw_mode(0o755)).unwrap();
         }
-        let deepest = session.cgroup().path().join(std::ffi::OsStr::from_bytes(b"\xff"));
+        let deepest = session.cgroup().unwrap().path().join(std::ffi::OsStr::from_bytes(b"\xff"));
         let inner = Cgroup::open(&deepest).unwrap();
         rustix::fs::mkdirat(&inner, std::ffi::OsStr::from_bytes(b"\x80"), rustix::fs::Mode::from_raw_mode(0o755))
             .unwrap();
@@ -383,8 +383,8 @@ async fn sessions_cap_the_trees_children_can_build() {
         let sup = Supervisor::builder().root(env.path()).start().await.unwrap();
         let session = sup.session("capped").unwrap();
         let cg = session.cgroup();
-        assert_eq!(cg.read("cgroup.max.depth").unwrap().trim(), "16");
-        assert_eq!(cg.read("cgroup.max.descendants").unwrap().trim(), "1024");
+        assert_eq!(cg.unwrap().read("cgroup.max.depth").unwrap().trim(), "16");
+        assert_eq!(cg.unwrap().read("cgroup.max.descendants").unwrap().trim(), "1024");
         for (depth, width) in [(17, 0), (0, 1025)] {
             let mut cmd = Command::new(FIXTURE);
             cmd.args(["nest", &depth.to_string(), &width.to_string()])
@@ -394,29 +394,29 @@ async fn sessions_cap_the_trees_children_can_build() {
                 .sealing(Sealing::Off);
             let status = session.spawn(&mut cmd).unwrap().wait().await.unwrap();
             assert!(!status.success(), "nest {depth} {width} got past the caps");
-            let built = count_cgroups(cg.path()) - 1;
+            let built = count_cgroups(cg.unwrap().path()) - 1;
             assert_eq!(built, if depth > 0 { 16 } else { 1024 }, "built up to the cap, not beyond");
             // What it built is removed again, for the next round.
-            for name in cg.children().unwrap() {
-                let child = cg.open_child(&name).unwrap();
-                cg.remove_child_tree(&child).await.unwrap();
+            for name in cg.unwrap().children().unwrap() {
+                let child = cg.unwrap().open_child(&name).unwrap();
+                cg.unwrap().remove_child_tree(&child).await.unwrap();
             }
         }
         // Sealed, the caps cannot be raised.
-        let depth_file = cg.path().join("cgroup.max.depth").display().to_string();
+        let depth_file = cg.unwrap().path().join("cgroup.max.depth").display().to_string();
         let mut cmd = Command::new(FIXTURE);
         cmd.args(["try-write", &depth_file, "max"]).stdin(Stdio::Null).stdout(Stdio::Piped);
         let mut child = session.spawn(&mut cmd).unwrap();
         let lines = read_until(child.stdout.as_mut().unwrap(), "never").await;
         child.wait().await.unwrap();
         assert_eq!(lines, [format!("try-write {depth_file}=E30")], "EROFS");
-        assert_eq!(cg.read("cgroup.max.depth").unwrap().trim(), "16");
+        assert_eq!(cg.unwrap().read("cgroup.max.depth").unwrap().trim(), "16");
         // Set in the limits.
         let set = sup
             .session_with_limits("set", &Limits { max_depth: Some(2), max_descendants: Some(5), ..Limits::default() })
             .unwrap();
-        assert_eq!(set.cgroup().read("cgroup.max.depth").unwrap().trim(), "2");
-        assert_eq!(set.cgroup().read("cgroup.max.descendants").unwrap().trim(), "5");
+        assert_eq!(set.cgroup().unwrap().read("cgroup.max.depth").unwrap().trim(), "2");
+        assert_eq!(set.cgroup().unwrap().read("cgroup.max.descendants").unwrap().trim(), "5");
         set.close().await.unwrap();
         session.close().await.unwrap();
         sup.shutdown().await.unwrap();
@@ -528,7 +528,11 @@ async fn a_gateway_pulled_into_its_session_lives_on() {
         let mut child = session.spawn(&mut cmd).unwrap();
         let lines = read_until(child.stdout.as_mut().unwrap(), "ready").await;
         assert_eq!(lines[0], format!("pull {me}=ok"));
-        assert_eq!(cgroup_of(me).as_deref(), Some(cgroup_rel(session.cgroup()).as_str()), "the gateway was pulled in");
+        assert_eq!(
+            cgroup_of(me).as_deref(),
+            Some(cgroup_rel(session.cgroup().unwrap()).as_str()),
+            "the gateway was pulled in"
+        );
         let t = session.close().await.unwrap();
         // Back where it was when the supervisor started (or, in a process
         // that ran other tests first, where it was before those).
@@ -712,7 +716,7 @@ async fn a_supervisor_makes_its_removed_instance_again() {
             .await
             .unwrap();
         let first_guardian = sup.guardian_pid().unwrap();
-        let instance = sup.instance().path().to_owned();
+        let instance = sup.instance().unwrap().path().to_owned();
         let session = sup.session("before").unwrap();
         let out = procscope(&env, &["sweep", "--all", "--force", "--grace", "200ms"]).output().unwrap();
         assert!(out.status.success(), "{out:?}");
@@ -720,7 +724,7 @@ async fn a_supervisor_makes_its_removed_instance_again() {
         drop(session);
         let after = sup.session("after").unwrap();
         assert!(instance.exists(), "made again");
-        assert_eq!(after.cgroup().path(), instance.join("s-after"));
+        assert_eq!(after.cgroup().unwrap().path(), instance.join("s-after"));
         let mut cmd = Command::new(FIXTURE);
         cmd.args(["exit", "0"]).stdin(Stdio::Null).stdout(Stdio::Null);
         assert!(after.spawn(&mut cmd).unwrap().wait().await.unwrap().success());

@@ -126,7 +126,7 @@ async fn bad_input_table() {
         std::fs::write(&fake, "32 31 0:29 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n").unwrap();
         let fake = fake.to_str().unwrap().to_owned();
         let sup = Supervisor::builder().root(env.path()).start().await.unwrap();
-        let instance_children = |sup: &Supervisor| sup.instance().children().unwrap().len();
+        let instance_children = |sup: &Supervisor| sup.instance().unwrap().children().unwrap().len();
         let mut cases = 0;
 
         // Library: (input, result, text the message must contain).
@@ -166,16 +166,20 @@ async fn bad_input_table() {
                 procscope::cgroup::limits::parse_duration("grace", "3 fortnights").map(drop),
                 &["fortnights", "2s"],
             ),
-            ("argument with NUL", Command::new(FIXTURE).arg("a\0b").spawn_in(&sup.instance()).map(drop), &["NUL"]),
+            (
+                "argument with NUL",
+                Command::new(FIXTURE).arg("a\0b").spawn_in(&sup.instance().unwrap()).map(drop),
+                &["NUL"],
+            ),
             (
                 "environment value with NUL",
-                Command::new(FIXTURE).env("PROCSCOPE_X", "a\0b").spawn_in(&sup.instance()).map(drop),
+                Command::new(FIXTURE).env("PROCSCOPE_X", "a\0b").spawn_in(&sup.instance().unwrap()).map(drop),
                 &["PROCSCOPE_X", "NUL"],
             ),
-            ("empty program", Command::new("").spawn_in(&sup.instance()).map(drop), &["empty"]),
+            ("empty program", Command::new("").spawn_in(&sup.instance().unwrap()).map(drop), &["empty"]),
             (
                 "missing program",
-                Command::new("no-such-program-x").spawn_in(&sup.instance()).map(drop),
+                Command::new("no-such-program-x").spawn_in(&sup.instance().unwrap()).map(drop),
                 &["no-such-program-x", "PATH"],
             ),
             ("root /tmp", Root::open("/tmp").map(drop), &["/tmp", "cgroup2"]),
@@ -190,7 +194,7 @@ async fn bad_input_table() {
             cases += 1;
         }
         assert_eq!(instance_children(&sup), 0, "the library created something on bad input");
-        assert!(!sup.instance().is_populated().unwrap());
+        assert!(!sup.instance().unwrap().is_populated().unwrap());
 
         // CLI: exit code 2, the input and a fix in the message.
         let cli_cases: Vec<CliCase> = vec![
@@ -233,7 +237,7 @@ async fn bad_input_table() {
 
         assert_eq!(instance_children(&sup), 0);
         let left: Vec<String> =
-            env.root.children().unwrap().into_iter().filter(|c| c != sup.instance().name()).collect();
+            env.root.children().unwrap().into_iter().filter(|c| c != sup.instance().unwrap().name()).collect();
         assert!(left.is_empty(), "the CLI created something on bad input: {left:?}");
         assert!(cases >= 30, "only {cases} cases");
         eprintln!(

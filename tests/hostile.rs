@@ -447,8 +447,8 @@ impl Scene {
     /// Closes every session (each must be removed; what the test made below
     /// the attacker's session first) and shuts both supervisors down.
     async fn end(mut self) {
-        let nested = self.attacker.cgroup().open_child("nested").unwrap();
-        self.attacker.cgroup().remove_child_tree(&nested).await.unwrap();
+        let nested = self.attacker.cgroup().unwrap().open_child("nested").unwrap();
+        self.attacker.cgroup().unwrap().remove_child_tree(&nested).await.unwrap();
         for session in [self.attacker, self.other, self.foreign] {
             let t = session.close().await.unwrap();
             assert!(t.removed, "{t:?}");
@@ -485,7 +485,7 @@ impl Scene {
             assert!(v.pidfd().is_alive(), "a victim died");
         }
         for (pid, session) in [(self.targets.other_mover, &self.other), (self.targets.foreign_mover, &self.foreign)] {
-            assert_eq!(cgroup_of(pid), Some(cgroup_rel(session.cgroup())), "a victim was moved");
+            assert_eq!(cgroup_of(pid), Some(cgroup_rel(session.cgroup().unwrap())), "a victim was moved");
         }
         let sessions = self.listed();
         assert_eq!(sessions["attacker"], ("active".to_owned(), attacker_processes), "{sessions:?}");
@@ -501,24 +501,24 @@ async fn scene(env: &TestEnv) -> Scene {
     let attacker = a.session("attacker").unwrap();
     let other = a.session("other").unwrap();
     let foreign = b.session("foreign").unwrap();
-    attacker.cgroup().create_child("nested").unwrap();
+    attacker.cgroup().unwrap().create_child("nested").unwrap();
     let victims = vec![victim(&other), victim(&foreign), victim(&other), victim(&foreign)];
     let mount = Hierarchy::discover().unwrap().mount_point;
     let host = HostCgroup::new(&mount);
     let v1 = v1_hierarchy().map(|h| HostCgroup::new(&h));
     let targets = Targets {
         root: env.path(),
-        instance: a.instance().path().to_owned(),
-        own: attacker.cgroup().path().to_owned(),
-        nested: attacker.cgroup().path().join("nested"),
-        other: other.cgroup().path().to_owned(),
-        foreign: foreign.cgroup().path().to_owned(),
-        foreign_instance: b.instance().path().to_owned(),
+        instance: a.instance().unwrap().path().to_owned(),
+        own: attacker.cgroup().unwrap().path().to_owned(),
+        nested: attacker.cgroup().unwrap().path().join("nested"),
+        other: other.cgroup().unwrap().path().to_owned(),
+        foreign: foreign.cgroup().unwrap().path().to_owned(),
+        foreign_instance: b.instance().unwrap().path().to_owned(),
         host: host.0.clone(),
         v1: v1.as_ref().map(|h| h.0.clone()),
         other_mover: victims[2].id(),
         foreign_mover: victims[3].id(),
-        controllers: controllers_change(a.instance().path()),
+        controllers: controllers_change(a.instance().unwrap().path()),
         mount,
     };
     Scene { a, b, attacker, other, foreign, targets, victims, _host: host, _v1: v1 }
@@ -613,7 +613,7 @@ async fn assert_victims_hit(s: &mut Scene) {
     } else {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         for session in [&s.other, &s.foreign] {
-            assert!(session.cgroup().wait_events(Some(deadline), |e| e.frozen).await.unwrap(), "not frozen");
+            assert!(session.cgroup().unwrap().wait_events(Some(deadline), |e| e.frozen).await.unwrap(), "not frozen");
         }
     }
     // The one moved to the mount's root lives on there, out of its session.
@@ -809,13 +809,13 @@ async fn exec_seals_by_default_and_no_seal_is_the_control() {
         );
         // A first command starts the instance's guardian, which records itself.
         run_attacks(via, &[], Sealing::Auto, &[]).await;
-        wait_commands_gone(s.attacker.cgroup()).await;
+        wait_commands_gone(s.attacker.cgroup().unwrap()).await;
         let (before, host_before) = (snapshot(&root), snapshot(&s.targets.host));
         let expected_ps = s.listed();
         for sealing in [Sealing::Auto, Sealing::Required] {
             let n = assert_all_refused(via, &s.targets, sealing).await;
             eprintln!("sealed (exec, {}): {n} attacks refused", sealing.as_str());
-            wait_commands_gone(s.attacker.cgroup()).await;
+            wait_commands_gone(s.attacker.cgroup().unwrap()).await;
             s.assert_untouched(&before, &host_before, 0);
             assert_eq!(ps_listed(&root), expected_ps);
         }
@@ -823,7 +823,7 @@ async fn exec_seals_by_default_and_no_seal_is_the_control() {
         let n = assert_all_work(via, &s.targets).await;
         eprintln!("control (exec): {n} attacks worked");
         assert_victims_hit(&mut s).await;
-        wait_commands_gone(s.attacker.cgroup()).await;
+        wait_commands_gone(s.attacker.cgroup().unwrap()).await;
         s.end().await;
     })
     .await;
@@ -962,7 +962,7 @@ async fn a_uid0_child_cannot_signal_the_guardian_through_sigio() {
             assert!(survives(&guardian_fd).await, "the guardian survived the sealed exec's signal {sig}");
         }
         // The guardian of the exec's instance removes its session.
-        wait_gone(&sup.instance().path().join("s-x")).await;
+        wait_gone(&sup.instance().unwrap().path().join("s-x")).await;
 
         // The control: the attack is real. A uid-0 process started from a
         // thread that never spawned a sealed child (such a thread carries the
@@ -1218,7 +1218,7 @@ async fn exec_runs_as_a_transient_user_and_releases_it() {
     let session = sup.session("s").unwrap();
     let err = session.spawn(Command::new(FIXTURE).transient_user(true).uid(1).gid(1)).unwrap_err();
     assert!(matches!(err, procscope::Error::InvalidInput { what: "identity", .. }), "{err}");
-    assert!(!session.cgroup().is_populated().unwrap());
+    assert!(!session.cgroup().unwrap().is_populated().unwrap());
     session.close().await.unwrap();
     sup.shutdown().await.unwrap();
     env.finish().await;
@@ -1456,8 +1456,8 @@ async fn a_privileged_gateway_that_cannot_seal_refuses_instead_of_running_unseal
                 other => panic!("{sealing:?} must refuse without cgroup namespaces: {:?}", other.map(|c| c.id())),
             }
             assert!(command(sealing).check().is_err(), "exec's check refuses too");
-            assert!(!session.cgroup().is_populated().unwrap(), "{sealing:?}: nothing was started");
-            assert!(session.cgroup().children().unwrap().is_empty(), "{sealing:?}: nothing was created");
+            assert!(!session.cgroup().unwrap().is_populated().unwrap(), "{sealing:?}: nothing was started");
+            assert!(session.cgroup().unwrap().children().unwrap().is_empty(), "{sealing:?}: nothing was created");
         }
         let status = procscope::seal_status();
         assert!(!status.sealed_by_default && status.refused_by_default, "{status:?}");

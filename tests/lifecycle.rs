@@ -49,7 +49,7 @@ async fn the_guard_removes_empty_sessions_and_orphans_busy_ones() {
 
         let empty = sup.session("empty").unwrap();
         assert!(empty.spawn(&mut fixture(&["exit", "0"])).unwrap().wait().await.unwrap().success());
-        let empty_dir = empty.cgroup().path().to_owned();
+        let empty_dir = empty.cgroup().unwrap().path().to_owned();
         drop(empty);
         assert!(!empty_dir.exists(), "an empty session is removed by its guard");
         let c = sup.counters();
@@ -59,8 +59,8 @@ async fn the_guard_removes_empty_sessions_and_orphans_busy_ones() {
         let busy = sup.session("busy").unwrap();
         // The child starts a setsid'ed daemon and exits.
         assert!(busy.spawn(&mut fixture(&["daemon"])).unwrap().wait().await.unwrap().success());
-        assert_eq!(busy.cgroup().procs().unwrap().len(), 1, "the daemon lives in the session");
-        let busy_dir = busy.cgroup().path().to_owned();
+        assert_eq!(busy.cgroup().unwrap().procs().unwrap().len(), 1, "the daemon lives in the session");
+        let busy_dir = busy.cgroup().unwrap().path().to_owned();
         drop(busy);
         assert!(busy_dir.exists(), "a session with a live process is not removed");
         assert_eq!(state_of(&busy_dir).as_deref(), Some("orphaned"));
@@ -92,7 +92,7 @@ async fn every_exit_path_orphans_the_session() {
             let s = sup.session("clean").unwrap();
             let mut c = start_server(&s);
             wait_ready(&mut c).await;
-            s.cgroup().path().to_owned()
+            s.cgroup().unwrap().path().to_owned()
         };
         // 2. An error returned with `?`.
         async fn failing(sup: &Supervisor) -> Result<(), Error> {
@@ -148,7 +148,7 @@ async fn every_exit_path_orphans_the_session() {
         assert_eq!(orphans, ["abort", "clean", "error", "panic", "timeout"]);
         assert!(sup.active_sessions().is_empty());
         assert_eq!(state_of(&clean).as_deref(), Some("orphaned"));
-        assert_eq!(sup.instance().children().unwrap().len(), 5);
+        assert_eq!(sup.instance().unwrap().children().unwrap().len(), 5);
 
         let report = sup.sweep_orphans().await;
         assert_eq!(report.sessions, 5, "{report}");
@@ -156,7 +156,7 @@ async fn every_exit_path_orphans_the_session() {
         assert!(report.errors.is_empty(), "{report:?}");
         // Each session held the fixture, its stdout holder and a setsid'ed daemon.
         assert_eq!(report.terminated + report.killed, 15, "{report}");
-        assert!(sup.instance().children().unwrap().is_empty());
+        assert!(sup.instance().unwrap().children().unwrap().is_empty());
         assert!(!clean.exists());
         assert_eq!((report.leaks_prevented, report.leaks_prevented_finished), (5, 0), "{report}");
         let c = sup.counters();
@@ -180,7 +180,7 @@ async fn a_session_with_nothing_alive_is_removed_at_once() {
             let s = sup.session("quick").unwrap();
             let mut c = s.spawn(&mut fixture(&["exit", "0"])).unwrap();
             assert!(c.wait().await.unwrap().success());
-            s.cgroup().path().to_owned()
+            s.cgroup().unwrap().path().to_owned()
         };
         assert!(!path.exists(), "the cgroup should be gone at drop");
         assert!(sup.orphaned_sessions().is_empty());
@@ -191,7 +191,7 @@ async fn a_session_with_nothing_alive_is_removed_at_once() {
             let watch = procscope::PidFd::open(c.pidfd().pid()).unwrap();
             drop(c);
             watch.exited().await.unwrap();
-            s.cgroup().path().to_owned()
+            s.cgroup().unwrap().path().to_owned()
         };
         assert!(!path.exists());
         assert_eq!(sup.counters().sessions_removed, 2);
@@ -221,11 +221,11 @@ async fn ids_and_limits_are_checked_before_anything_is_created() {
                 .session_with_limits("mem", &Limits { memory_max: Some(64 << 20), ..Limits::default() })
                 .unwrap_err();
             assert!(matches!(err, Error::ControllerUnavailable { controller: "memory", .. }), "{err}");
-            assert!(sup.instance().subtree_control().unwrap().is_empty());
+            assert!(sup.instance().unwrap().subtree_control().unwrap().is_empty());
             assert!(env.root.subtree_control().unwrap().is_empty());
         }
         // Only the one valid session exists.
-        assert_eq!(sup.instance().children().unwrap(), ["s-dup"]);
+        assert_eq!(sup.instance().unwrap().children().unwrap(), ["s-dup"]);
         assert_eq!(sup.counters().sessions_opened, 1);
         drop(s);
         sup.shutdown().await.unwrap();
@@ -362,7 +362,7 @@ async fn close_ends_a_session_now_and_spawning_after_an_end_is_refused() {
         let s = sup.session("closing").unwrap();
         let mut c = start_server(&s);
         wait_ready(&mut c).await;
-        let path = s.cgroup().path().to_owned();
+        let path = s.cgroup().unwrap().path().to_owned();
         let t = s.close().await.unwrap();
         assert!(t.removed && t.terminated == 3 && t.killed == 0, "{t:?}");
         assert!(!path.exists());
@@ -420,7 +420,7 @@ async fn tick_runs_jobs_in_bounded_parallel_and_sweeps_after_all() {
         assert!(matches!(&report.jobs[1], JobOutcome::Panicked(m) if m == "job 1 panicked"));
         // Failed, panicked and returned-with-server jobs left 9 sessions behind.
         assert_eq!((report.sweep.sessions, report.sweep.removed), (9, 9), "{report}");
-        assert!(sup.instance().children().unwrap().is_empty());
+        assert!(sup.instance().unwrap().children().unwrap().is_empty());
         sup.shutdown().await.unwrap();
     })
     .await;
@@ -513,7 +513,7 @@ async fn a_tick_counts_how_each_session_ended_and_the_leaks_prevented() {
         // Three processes per started server, one for job 7's.
         assert_eq!(report.sweep.terminated + report.sweep.killed, 13, "{report}");
         assert!(report.to_string().contains("5 leak(s) prevented (2 of finished jobs)"), "{report}");
-        assert!(sup.instance().children().unwrap().is_empty());
+        assert!(sup.instance().unwrap().children().unwrap().is_empty());
         sup.shutdown().await.unwrap();
     })
     .await;
@@ -581,7 +581,7 @@ async fn sessions_outside_a_tick_are_counted_by_how_they_ended() {
             "{c:?}"
         );
         assert_eq!((c.leaks_prevented, c.leaks_prevented_finished), (2, 0), "{c:?}");
-        assert!(sup.instance().children().unwrap().is_empty());
+        assert!(sup.instance().unwrap().children().unwrap().is_empty());
         sup.shutdown().await.unwrap();
     })
     .await;
@@ -630,7 +630,7 @@ async fn a_session_swept_before_its_tick_job_returned_is_abandoned() {
         let c = sup.counters();
         assert_eq!((c.sessions_finished, c.sessions_abandoned), (0, 1), "{c:?}");
         assert_eq!((c.leaks_prevented, c.leaks_prevented_finished), (1, 0), "{c:?}");
-        assert!(sup.instance().children().unwrap().is_empty());
+        assert!(sup.instance().unwrap().children().unwrap().is_empty());
         sup.shutdown().await.unwrap();
     })
     .await;
@@ -690,7 +690,7 @@ async fn concurrent_drops_sweeps_and_aborts_leak_nothing() {
         assert_eq!(swept.sessions, opened, "each session swept exactly once: {swept}");
         assert_eq!(swept.removed, opened, "{swept}");
         assert_eq!(sup.counters().sessions_orphaned as usize, opened);
-        assert!(sup.instance().children().unwrap().is_empty());
+        assert!(sup.instance().unwrap().children().unwrap().is_empty());
         sup.shutdown().await.unwrap();
     })
     .await;
@@ -903,7 +903,7 @@ async fn shutdown_kills_what_the_final_sweep_did_not_reach() {
     let env = TestEnv::new();
     within(30, async {
         let sup = supervisor(&env, Duration::from_millis(200)).await;
-        let stray = sup.instance().create_child("stray").unwrap();
+        let stray = sup.instance().unwrap().create_child("stray").unwrap();
         let mut child = fixture(&["sleep", "3600"]).spawn_in(&stray).unwrap();
         let report = sup.shutdown().await.unwrap();
         assert_eq!(report.sessions, 0, "the stray cgroup is no session: {report}");
@@ -994,13 +994,13 @@ async fn a_gateways_subscriber_gets_an_event_per_spawn_and_session_end() {
     let _default = tracing::subscriber::set_default(events.clone());
     within(30, async {
         let sup = supervisor(&env, Duration::from_millis(500)).await;
-        let instance = sup.instance().name().to_owned();
+        let instance = sup.instance().unwrap().name().to_owned();
 
         let closed = sup.session("closed").unwrap();
         let mut child = closed.spawn(fixture(&["ready", "sleep", "3600"]).stdout(Stdio::Piped)).unwrap();
         wait_ready(&mut child).await;
         let pid = child.id();
-        let dir = closed.cgroup().path().display().to_string();
+        let dir = closed.cgroup().unwrap().path().display().to_string();
         closed.close().await.unwrap();
         let spawn = events.of("spawn", "closed");
         assert_eq!(spawn.len(), 1, "{spawn:?}");
@@ -1039,7 +1039,7 @@ async fn a_gateways_subscriber_gets_an_event_per_spawn_and_session_end() {
         }
         // Refused after the end: a spawn event with the error, and no pid.
         let late = sup.session("late").unwrap();
-        let shared = late.cgroup().path().to_owned();
+        let shared = late.cgroup().unwrap().path().to_owned();
         sup.sweep(SweepScope::All).await;
         assert!(late.spawn(&mut fixture(&["exit", "0"])).is_err());
         let refused = events.of("spawn", "late");

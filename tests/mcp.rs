@@ -76,7 +76,7 @@ async fn rmcp_talks_to_real_servers_in_their_sessions() {
             .await
             .unwrap();
         assert!(serde_json::to_string(&r.content).unwrap().contains("42"), "{r:?}");
-        let members = session.cgroup().member_pidfds_recursive().unwrap();
+        let members = session.cgroup().unwrap().member_pidfds_recursive().unwrap();
         assert!(members.len() >= 2, "npx and the server should both be in the session: {}", members.len());
 
         let time = sup.session("time").unwrap();
@@ -122,7 +122,7 @@ async fn a_job_cancelled_mid_call_leaves_nothing_after_the_sweep() {
                 tokio::select! {
                     r = call => Err(format!("the long call returned: {r:?}")),
                     _ = tokio::time::sleep(Duration::from_secs(2)) => {
-                        *seen.lock().unwrap() = session.cgroup().member_pidfds_recursive().unwrap();
+                        *seen.lock().unwrap() = session.cgroup().unwrap().member_pidfds_recursive().unwrap();
                         Err::<(), String>("cancelled".into())
                     }
                 }
@@ -179,7 +179,7 @@ async fn eight_parallel_jobs_half_cancelled_the_rest_unaffected() {
         }
         assert_eq!((report.sweep.sessions, report.sweep.removed), (8, 8), "{report}");
         assert!(report.sweep.errors.is_empty());
-        assert!(!sup.instance().is_populated().unwrap());
+        assert!(!sup.instance().unwrap().is_populated().unwrap());
         sup.shutdown().await.unwrap();
     })
     .await;

@@ -201,7 +201,7 @@ async fn metrics_of_running_sessions_pass_promtool_and_the_python_parser() {
             assert_eq!(hits.len(), 1, "{family} {want:?}: {samples:?}");
             hits[0]
         };
-        let instance = sup.instance().name().to_owned();
+        let instance = sup.instance().unwrap().name().to_owned();
         let at = |session: &'static str| [("procscope_instance", instance.clone()), ("session", session.to_owned())];
         let busy = at("busy");
         let busy: Vec<(&str, &str)> = busy.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -221,7 +221,7 @@ async fn metrics_of_running_sessions_pass_promtool_and_the_python_parser() {
             .iter()
             .map(|s| s[1]["source"].as_str().unwrap())
             .collect();
-        let expected = if sup.instance().has_file("memory.current") { "memory.current" } else { "rss" };
+        let expected = if sup.instance().unwrap().has_file("memory.current") { "memory.current" } else { "rss" };
         assert_eq!(sources, HashSet::from([expected]), "{families}");
         // No series repeats.
         series(&text);
@@ -309,7 +309,7 @@ async fn node_exporter_exports_the_textfile() {
         assert!(head.starts_with("HTTP/1.") && head.contains(" 200 "), "{head}");
         let s = series(&body);
         assert_eq!(s.get("node_textfile_scrape_error"), Some(&0.0), "{body}");
-        let instance = sup.instance().name().to_owned();
+        let instance = sup.instance().unwrap().name().to_owned();
         let key = format!("procscope_session_processes{{procscope_instance=\"{instance}\",session=\"busy\"}}");
         assert_eq!(s.get(&key), Some(&3.0), "{body}");
         assert_eq!(s.get("procscope_sessions{state=\"orphaned\"}"), Some(&1.0), "{body}");
@@ -444,7 +444,7 @@ async fn counters_match_a_scripted_tick_and_survive_restarts() {
         assert_eq!(serde_json::to_value(m.totals).unwrap(), expected);
 
         // From another process, as persisted by the tick's sweep.
-        let instance = sup.instance().name().to_owned();
+        let instance = sup.instance().unwrap().name().to_owned();
         check_counter_series(&metrics_text(&env, &[]).await, Some((&instance, &expected)), &expected);
         let json: serde_json::Value = serde_json::from_str(&metrics_text(&env, &["--json"]).await).unwrap();
         assert_eq!(json["totals"], expected, "{json}");

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::*;
-use procscope::{Command, Stdio, Supervisor, SweepScope};
+use procscope::{Command, Containment, Stdio, Supervisor, SweepScope};
 use tokio::io::AsyncReadExt;
 
 /// splitmix64: small, seedable, good enough to pick cases.
@@ -73,10 +73,17 @@ const ENDINGS: [Ending; 6] =
 /// One job: a session with a fixture server, ended as `ending` says after
 /// `delay_us`. With `delay_us == 0` the end comes right after the spawn
 /// returned (the spawn itself registers the child before it returns).
-async fn job(sup: Supervisor, id: String, kind: usize, ending: Ending, delay_us: u64) -> Result<(), String> {
+async fn job(
+    sup: Supervisor,
+    tag: Arc<str>,
+    id: String,
+    kind: usize,
+    ending: Ending,
+    delay_us: u64,
+) -> Result<(), String> {
     let session = sup.session(&id).map_err(|e| e.to_string())?;
     let mut cmd = Command::new(FIXTURE);
-    cmd.args(KINDS[kind].1).stdin(Stdio::Piped).stdout(Stdio::Piped).stderr(Stdio::Null);
+    cmd.args(KINDS[kind].1).env("PSTAG", &*tag).stdin(Stdio::Piped).stdout(Stdio::Piped).stderr(Stdio::Null);
     let mut child = session.spawn(&mut cmd).map_err(|e| e.to_string())?;
     if delay_us > 0 {
         tokio::time::sleep(Duration::from_micros(delay_us)).await;
@@ -104,11 +111,27 @@ async fn job(sup: Supervisor, id: String, kind: usize, ending: Ending, delay_us:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn randomized_cancellation_leaks_nothing() {
+    randomized_cancellation(Containment::Cgroups).await;
+}
+
+/// The same, where no cgroup is written: each command from a holder of its
+/// own (a default container's mode). Nothing may be left either, counted by
+/// the processes' tag, as no cgroup holds them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn randomized_cancellation_with_holders_leaks_nothing() {
+    randomized_cancellation(Containment::Holders).await;
+}
+
+async fn randomized_cancellation(containment: Containment) {
     let env = TestEnv::new();
+    let tag: Arc<str> = format!("stress-{}-{}", std::process::id(), nanos()).into();
     let threads_before = threads();
     let seed = env_u64("PROCSCOPE_STRESS_SEED", nanos() as u64);
     let iterations = env_u64("PROCSCOPE_STRESS_ITERATIONS", 2000);
-    eprintln!("stress: seed {seed} (replay with PROCSCOPE_STRESS_SEED={seed}), {iterations} iterations");
+    eprintln!(
+        "stress ({}): seed {seed} (replay with PROCSCOPE_STRESS_SEED={seed}), {iterations} iterations",
+        containment.as_str()
+    );
     // The jobs' own panics are expected: keep them out of the log.
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
@@ -118,7 +141,15 @@ async fn randomized_cancellation_leaks_nothing() {
         }
     }));
     within(900, async {
-        let sup = Supervisor::builder().root(env.path()).grace(Duration::from_millis(50)).start().await.unwrap();
+        let builder = Supervisor::builder().grace(Duration::from_millis(50)).containment(containment);
+        let sup = match containment {
+            Containment::Cgroups => builder.root(env.path()),
+            _ => builder,
+        }
+        .start()
+        .await
+        .unwrap();
+        assert_eq!(sup.containment(), containment);
         let mut rng = Rng(seed);
         // A sweeper that runs all along: sessions end during sweeps.
         let stop = Arc::new(tokio::sync::Notify::new());
@@ -155,7 +186,7 @@ async fn randomized_cancellation_leaks_nothing() {
                     .position(|e| std::mem::discriminant(e) == std::mem::discriminant(&ending))
                     .unwrap()] += 1;
                 kinds[kind] += 1;
-                let fut = job(sup.clone(), id, kind, ending, delay);
+                let fut = job(sup.clone(), tag.clone(), id, kind, ending, delay);
                 handles.push(match ending {
                     Ending::Cancelled => tokio::spawn(async move {
                         let _ = tokio::time::timeout(cancel_at, fut).await;
@@ -189,6 +220,9 @@ async fn randomized_cancellation_leaks_nothing() {
         assert!(swept.errors.is_empty() && last.errors.is_empty(), "{:?} {:?}", swept.errors, last.errors);
         assert!(!env.root.is_populated().unwrap(), "processes left");
         assert!(env.root.children().unwrap().is_empty(), "cgroups left: {:?}", env.root.children());
+        // Counted by their tag too (with holders, the only way): once
+        // shutdown has returned, nothing may run, not even for a moment.
+        assert_eq!(tagged(&tag), Vec::<i32>::new(), "processes of the jobs left running");
         // Every session ended one way, counted once. No job runs in a tick:
         // every session let go with processes alive was abandoned.
         let c = counters;
@@ -197,9 +231,10 @@ async fn randomized_cancellation_leaks_nothing() {
         assert_eq!(c.sessions_orphaned, c.sessions_abandoned, "{c:?}");
         assert!(c.leaks_prevented <= c.sessions_abandoned && c.leaks_prevented_finished == 0, "{c:?}");
         eprintln!(
-            "stress: {iterations} iterations (endings cancelled/aborted/panics/errors/timeouts/closes = {tally:?}; \
+            "stress ({}): {iterations} iterations (endings cancelled/aborted/panics/errors/timeouts/closes = {tally:?}; \
              servers {:?} = {kinds:?}); {} sweeps ran alongside; sessions {} closed, {} finished, {} abandoned, \
              {} swept, {} leaks prevented; {} processes terminated, {} killed; leaks found: 0",
+            containment.as_str(),
             KINDS.map(|k| k.0),
             sweeps.load(Ordering::Relaxed),
             counters.sessions_closed,

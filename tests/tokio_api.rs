@@ -194,19 +194,19 @@ async fn process_group_is_the_childs_and_excludes_setsid() {
         child.kill().await.unwrap();
 
         // Both at once: refused before anything starts.
-        let before = s.cgroup().procs().unwrap();
+        let before = s.cgroup().unwrap().procs().unwrap();
         let err = s.spawn(Command::new("sleep").arg("60").process_group(0).setsid(true)).unwrap_err();
         assert!(matches!(err, Error::InvalidInput { what: "process group", .. }), "{err}");
         assert!(err.to_string().contains("either setsid or a process group"), "{err}");
         let err = s.spawn(Command::new("sleep").arg("60").process_group(-3)).unwrap_err();
         assert!(matches!(err, Error::InvalidInput { what: "process group", .. }), "{err}");
-        assert_eq!(s.cgroup().procs().unwrap(), before, "nothing was started");
+        assert_eq!(s.cgroup().unwrap().procs().unwrap(), before, "nothing was started");
 
         // A group that does not exist: the child's setpgid fails, typed.
         let err = s.spawn(Command::new("sleep").arg("60").process_group(i32::MAX)).unwrap_err();
         assert!(matches!(err, Error::Spawn { stage: ChildStage::ProcessGroup, .. }), "{err}");
         assert_eq!(err.raw_os_error(), Some(libc::EPERM), "{err}");
-        assert_eq!(s.cgroup().procs().unwrap(), before, "the failed child is gone");
+        assert_eq!(s.cgroup().unwrap().procs().unwrap(), before, "the failed child is gone");
 
         end(s).await;
         sup.shutdown().await.unwrap();

@@ -20,6 +20,10 @@ pub enum KillMechanism {
     /// Freeze the cgroup, SIGKILL every member through a verified pidfd, thaw;
     /// repeated until nothing is left (Linux ≥ 5.2).
     FreezeKillThaw,
+    /// No cgroup ([`Containment::Holders`](crate::Containment::Holders)):
+    /// the session's holders SIGKILL every process of their trees through
+    /// verified pidfds, walking again until nothing is left.
+    Holder,
 }
 
 impl KillMechanism {
@@ -28,6 +32,7 @@ impl KillMechanism {
         match self {
             KillMechanism::CgroupKill => "cgroup_kill",
             KillMechanism::FreezeKillThaw => "freeze_kill_thaw",
+            KillMechanism::Holder => "holder",
         }
     }
 }
@@ -83,6 +88,12 @@ impl Cgroup {
         match mechanism {
             KillMechanism::CgroupKill => self.write(files::KILL, "1"),
             KillMechanism::FreezeKillThaw => self.freeze_kill_thaw().await,
+            KillMechanism::Holder => Err(Error::InvalidInput {
+                what: "kill mechanism",
+                value: "holder".into(),
+                fix: "a cgroup is killed with cgroup_kill or freeze_kill_thaw; holders end sessions without a cgroup"
+                    .into(),
+            }),
         }
     }
 

@@ -83,11 +83,14 @@ pub async fn run(a: DemoArgs) -> i32 {
         }
     };
     let tag = format!("demo-{}", std::process::id());
-    println!(
-        "\nwith procscope (root {}, guardian pid {})",
-        sup.root().path().display(),
-        sup.guardian_pid().unwrap_or(0)
-    );
+    match sup.root() {
+        Some(root) => println!(
+            "\nwith procscope (root {}, guardian pid {})",
+            root.path().display(),
+            sup.guardian_pid().unwrap_or(0)
+        ),
+        None => println!("\nwith procscope (no writable cgroup2 here: contained with holders)"),
+    }
     // done: jobs that returned normally (their sessions are `finished`);
     // cancelled: jobs cut off mid-call (their sessions are `abandoned`);
     // leaks: sessions in which the sweep still found a process running.

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use procscope::cgroup::hierarchy::{Delegation, Features, Hierarchy};
 use procscope::{
-    AutoKill, Cgroup, Command, ExitStatusSource, KillMechanism, MembershipCheck, Root, RootKind, SpawnMechanism, Stdio,
+    AutoKill, Cgroup, Command, Containment, ExitStatusSource, KillMechanism, MembershipCheck, Root, RootKind,
+    SpawnMechanism, Stdio, Supervisor,
 };
 use serde_json::json;
 
@@ -61,6 +62,8 @@ pub async fn run(root: Option<PathBuf>, json: bool) -> i32 {
         }
     };
     let explicit = root.is_some();
+    // What a supervisor chooses here (a given root is always cgroups).
+    let containment = if explicit { Containment::Cgroups } else { Containment::detect() };
     let root = match root {
         Some(p) => Root::open(p),
         None => Root::locate(),
@@ -71,7 +74,20 @@ pub async fn run(root: Option<PathBuf>, json: bool) -> i32 {
             // The default root may simply not exist yet: it is created on first use.
             let missing_default =
                 !explicit && e.raw_os_error() == Some(libc::ENOENT) && rustix::process::geteuid().is_root();
-            if !missing_default {
+            if containment == Containment::Holders {
+                problems.push(Problem {
+                    problem: format!(
+                        "{}: sessions are contained with holders, a subreaper per command, with no limits, no \
+                         sealing and no atomic cgroup.kill",
+                        match &mount {
+                            Some(m) => format!("the cgroup2 filesystem at {} is mounted read-only", m.display()),
+                            None => "no cgroup2 filesystem is mounted".to_owned(),
+                        }
+                    ),
+                    fix: CONTAINER_FIX.to_owned(),
+                    degrades: true,
+                });
+            } else if !missing_default {
                 // The fix that fits: a path that is no cgroup2 directory is
                 // fixed by naming one; a root that is not writable, by root or
                 // delegation (which a root caller already has).
@@ -99,7 +115,9 @@ pub async fn run(root: Option<PathBuf>, json: bool) -> i32 {
     };
     let probe_parent = match (&root, &mount) {
         (Some(r), _) => Cgroup::open(r.path()).ok(),
-        (None, Some(m)) if !explicit && rustix::process::geteuid().is_root() => Cgroup::open(m).ok(),
+        (None, Some(m)) if !explicit && containment == Containment::Cgroups && rustix::process::geteuid().is_root() => {
+            Cgroup::open(m).ok()
+        }
         _ => None,
     };
     let (delegated, root_kind) = match &root {
@@ -128,6 +146,7 @@ pub async fn run(root: Option<PathBuf>, json: bool) -> i32 {
 
     let (spawn, kill, probed_auto_kill) = match &probe_parent {
         Some(parent) => probe(parent, &mut problems).await,
+        None if containment == Containment::Holders => probe_holders(&mut problems).await,
         None => ("none", "none", None),
     };
     // What the probe child got, or else what a spawn would ask for.
@@ -186,6 +205,7 @@ pub async fn run(root: Option<PathBuf>, json: bool) -> i32 {
         let v = json!({
             "kernel": kernel,
             "kernel_floor": { "ok": true },
+            "containment": containment.as_str(),
             "cgroup2_mount": mount,
             "hybrid": hybrid,
             "own_cgroup": own,
@@ -229,6 +249,13 @@ pub async fn run(root: Option<PathBuf>, json: bool) -> i32 {
     } else {
         let show = |k: &str, v: &str| println!("{k:<18} {v}");
         show("kernel", &kernel);
+        show(
+            "containment",
+            match containment {
+                Containment::Holders => "holders (no writable cgroup2: a subreaper per command; see below)",
+                _ => "cgroups",
+            },
+        );
         show("cgroup2 mount", &mount.as_ref().map(|m| m.display().to_string()).unwrap_or("none".into()));
         show("hierarchy", if hybrid { "hybrid (cgroup v1 controllers beside cgroup2)" } else { "pure cgroup2" });
         show("own cgroup", own.as_deref().unwrap_or("?"));
@@ -342,6 +369,43 @@ fn or_none(v: &[String]) -> String {
 /// Spawns a probe into a temporary cgroup with the best mechanism, then kills it
 /// with the best mechanism, and reports what worked (and whether the probe
 /// was tied to its pidfd).
+/// Where no cgroup can be written: a supervisor with holders starts a child
+/// that leaves a daemon behind, and ends the session; both must be gone.
+async fn probe_holders(problems: &mut Vec<Problem>) -> (&'static str, &'static str, Option<AutoKill>) {
+    let mut fail = |what: String| {
+        problems.push(Problem {
+            problem: format!("containment with holders does not work here: {what}"),
+            fix: "see the error; a holder is this program run again from /proc/self/exe".into(),
+            degrades: true,
+        });
+        ("none", "none", None)
+    };
+    let sup = match Supervisor::builder().containment(Containment::Holders).start().await {
+        Ok(s) => s,
+        Err(e) => return fail(e.to_string()),
+    };
+    let session = match sup.session(&format!("doctor-{}", std::process::id())) {
+        Ok(s) => s,
+        Err(e) => return fail(e.to_string()),
+    };
+    let exe = std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into());
+    let mut cmd = Command::new(&exe);
+    cmd.args(["demo-server", "--idle"]).stdin(Stdio::Null).stdout(Stdio::Null).stderr(Stdio::Null);
+    let child = match session.spawn(&mut cmd) {
+        Ok(c) => c,
+        Err(e) => return fail(format!("the probe could not start: {e}")),
+    };
+    let auto_kill = child.auto_kill();
+    let held = session.stats().pids_current.unwrap_or(0);
+    let ended = session.close().await;
+    let _ = sup.shutdown().await;
+    match ended {
+        Ok(t) if held >= 1 && t.signalled >= 1 => ("holder", "holder", Some(auto_kill)),
+        Ok(t) => fail(format!("the probe's holder held {held} process(es) and {} were ended", t.signalled)),
+        Err(e) => fail(format!("ending the probe failed: {e}")),
+    }
+}
+
 async fn probe(parent: &Cgroup, problems: &mut Vec<Problem>) -> (&'static str, &'static str, Option<AutoKill>) {
     let name = format!("doctor-{}", std::process::id());
     let cg = match parent.create_child(&name) {

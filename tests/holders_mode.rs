@@ -1,0 +1,247 @@
+//! Sessions contained with holders ([`Containment::Holders`]): the mode a
+//! supervisor chooses where no cgroup2 can be written (a default container;
+//! tests/containers.rs shows that choice). Here it is asked for, on the
+//! host: the same API, sweeps, counters and reports, with no cgroup.
+//! Processes are found by their `PSTAG`, as no cgroup holds them.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{FIXTURE, Gateway, TestEnv, field, nanos, read_until_ready, settle, tagged, within};
+use procscope::{Command, Containment, Error, Limits, PidFd, Sealing, SpawnMechanism, Stdio, Supervisor};
+
+fn children_of(pid: u32) -> Vec<u32> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    text.split_whitespace().filter_map(|p| p.parse().ok()).collect()
+}
+
+fn cmdline(pid: u32) -> String {
+    String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default()).replace('\0', " ")
+}
+
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn new_tag(what: &str) -> String {
+    format!("{what}-{}-{}", std::process::id(), nanos())
+}
+
+async fn holders_supervisor() -> Supervisor {
+    let sup = Supervisor::builder()
+        .containment(Containment::Holders)
+        .guardian(true)
+        .grace(Duration::from_millis(500))
+        .start()
+        .await
+        .unwrap();
+    assert_eq!(sup.containment(), Containment::Holders);
+    assert!(sup.root().is_none() && sup.instance().is_none());
+    assert_eq!(sup.guardian_pid(), None, "holders are the guardian: no process of its own");
+    sup
+}
+
+/// A fixture child that daemonizes a helper with `setsid --fork` (the
+/// helper's parent exits at once), tagged.
+fn daemonizing(tag: &str) -> Command {
+    let mut cmd = Command::new(FIXTURE);
+    cmd.args(["daemon", "sleep", "3600"]).env("PSTAG", tag).stdin(Stdio::Null).stdout(Stdio::Null);
+    cmd
+}
+
+/// Waits (at most 10 s) until `n` tagged processes run, settled: every
+/// helper re-parented to a holder.
+async fn settled(tag: &str, n: usize) -> Vec<i32> {
+    let mut last = Vec::new();
+    for _ in 0..1000 {
+        let pids = tagged(tag);
+        last = pids.iter().map(|&p| (p, parent_of(p as u32), cmdline(p as u32))).collect::<Vec<_>>();
+        // Each a holder's, but a gateway the test started.
+        let all_held = pids.iter().all(|&p| {
+            parent_of(p as u32)
+                .is_some_and(|pp| pp == std::process::id() || cmdline(pp).starts_with("procscope-holder"))
+        });
+        if pids.len() == n && all_held {
+            return pids;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("never {n} tagged processes, each a holder's: {last:#?}");
+}
+
+#[tokio::test]
+async fn a_session_of_holders_keeps_its_escapees_and_close_ends_them() {
+    within(60, async {
+        let env = TestEnv::new();
+        let tag = new_tag("close");
+        let sup = holders_supervisor().await;
+        let session = sup.session("job").unwrap();
+        assert!(session.cgroup().is_none());
+        let mut a = session.spawn(&mut daemonizing(&tag)).unwrap();
+        let b = session.spawn(&mut daemonizing(&tag)).unwrap();
+        assert_eq!(a.spawn_mechanism(), SpawnMechanism::Holder);
+        let pids = settled(&tag, 4).await;
+        // The commands are the holders' children, and so are the helpers
+        // whose parents exited: nothing went to init.
+        for p in &pids {
+            let parent = parent_of(*p as u32).unwrap();
+            assert!(cmdline(parent).starts_with("procscope-holder"), "{p}'s parent is {parent}: {}", cmdline(parent));
+        }
+        assert_eq!(session.stats().pids_current, Some(4), "the holders' trees: 2 commands and 2 helpers");
+        assert!(session.events().unwrap().populated);
+        // The command's own status, as its holder reports it.
+        assert_eq!(a.try_wait().unwrap(), None);
+        drop(b);
+
+        let ended = session.close().await.unwrap();
+        assert_eq!((ended.signalled, ended.terminated, ended.killed), (4, 4, 0), "{ended:?}");
+        assert!(!ended.removed && ended.cgroups_removed == 0, "no cgroup: {ended:?}");
+        // When close returns, the holders have exited: their trees are empty.
+        assert_eq!(tagged(&tag), Vec::<i32>::new(), "processes left after close");
+        let status = a.wait().await.unwrap();
+        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(libc::SIGTERM));
+        drop(a);
+
+        let c = sup.counters();
+        assert_eq!((c.sessions_opened, c.sessions_closed, c.processes_spawned), (1, 1, 2), "{c:?}");
+        assert_eq!((c.processes_terminated, c.processes_killed, c.sessions_removed), (4, 0, 0), "{c:?}");
+        let report = sup.shutdown().await.unwrap();
+        assert_eq!(report.sessions, 0);
+        env.finish().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_dropped_session_of_holders_is_swept_from_the_orphan_pool() {
+    within(60, async {
+        let env = TestEnv::new();
+        let tag = new_tag("orphan");
+        let sup = holders_supervisor().await;
+
+        // Nothing alive at the drop: finished at once, and the id is free.
+        {
+            let session = sup.session("done").unwrap();
+            let mut cmd = Command::new(FIXTURE);
+            cmd.args(["exit", "3"]).env("PSTAG", &tag);
+            assert_eq!(session.status(&mut cmd).await.unwrap().code(), Some(3));
+        }
+        assert!(sup.orphaned_sessions().is_empty());
+        drop(sup.session("done").unwrap());
+
+        // A server that leaves a daemon and then ignores SIGTERM, dropped.
+        {
+            let session = sup.session("job").unwrap();
+            let mut cmd = Command::new(FIXTURE);
+            cmd.args(["daemon", "ignore-term", "sleep", "3600"])
+                .env("PSTAG", &tag)
+                .stdin(Stdio::Null)
+                .stdout(Stdio::Null);
+            let _child = session.spawn(&mut cmd).unwrap();
+            settled(&tag, 2).await;
+        }
+        assert_eq!(sup.orphaned_sessions(), vec!["job".to_owned()]);
+        assert_eq!(tagged(&tag).len(), 2, "an orphan runs until the sweep");
+        let metrics = sup.metrics();
+        assert_eq!(metrics.instances[0].sessions.len(), 1, "{metrics:?}");
+        assert_eq!(metrics.instances[0].sessions[0].processes, 2, "{metrics:?}");
+        assert_eq!(metrics.instances[0].sessions[0].state.as_str(), "orphaned");
+
+        let report = sup.sweep_orphans().await;
+        assert!(report.errors.is_empty(), "{report}");
+        assert_eq!(
+            (report.sessions, report.leaks_prevented, report.terminated, report.killed),
+            (1, 1, 1, 1),
+            "{report}"
+        );
+        assert_eq!(tagged(&tag), Vec::<i32>::new(), "processes left after the sweep");
+        let c = sup.counters();
+        assert_eq!((c.sessions_orphaned, c.sessions_abandoned, c.sessions_finished), (1, 1, 2), "{c:?}");
+        assert_eq!((c.leaks_prevented, c.sessions_swept, c.processes_killed), (1, 1, 1), "{c:?}");
+        sup.shutdown().await.unwrap();
+        env.finish().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn what_needs_a_cgroup_is_refused_with_holders_and_nothing_starts() {
+    within(60, async {
+        let env = TestEnv::new();
+        let tag = new_tag("refused");
+        let sup = holders_supervisor().await;
+
+        let limits = Limits { pids_max: Some(8), ..Limits::default() };
+        let err = sup.session_with_limits("limited", &limits).unwrap_err();
+        assert!(matches!(err, Error::NeedsCgroup { what: "limits" }), "{err:?}");
+        let text = err.to_string();
+        assert!(text.contains("limits need a cgroup") && text.contains("docker run --privileged"), "{text}");
+        assert_eq!(err.kind(), std::io::ErrorKind::Unsupported);
+        assert!(sup.active_sessions().is_empty(), "no session was made");
+
+        let session = sup.session("job").unwrap();
+        let mut sealed = daemonizing(&tag);
+        sealed.sealing(Sealing::Required);
+        let err = session.spawn(&mut sealed).unwrap_err();
+        assert!(matches!(err, Error::SealingUnavailable { .. }), "{err:?}");
+        assert!(err.to_string().contains("contained with holders"), "{err}");
+        let mut forced = daemonizing(&tag);
+        forced.spawn_mechanism(SpawnMechanism::Clone3IntoCgroup);
+        let err = session.spawn(&mut forced).unwrap_err();
+        assert!(matches!(err, Error::NeedsCgroup { .. }), "{err:?}");
+        assert_eq!(tagged(&tag), Vec::<i32>::new(), "nothing may have started");
+        assert_eq!(sup.counters().processes_spawned, 0);
+
+        // Control: the same command without those settings runs.
+        let _child = session.spawn(&mut daemonizing(&tag)).unwrap();
+        settled(&tag, 2).await;
+        drop(_child);
+        session.close().await.unwrap();
+        assert_eq!(tagged(&tag), Vec::<i32>::new());
+        sup.shutdown().await.unwrap();
+        env.finish().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_sigkilled_gateway_with_holders_leaves_nothing() {
+    within(60, async {
+        let env = TestEnv::new();
+        let tag = new_tag("gateway");
+        // Killed on drop, should an assertion fail.
+        let mut gw = Gateway(
+            std::process::Command::new(FIXTURE)
+                .args(["gateway", "holders", "3", "1"])
+                .env("PSTAG", &tag)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        let lines = read_until_ready(&mut gw);
+        assert_eq!(field(&lines, "containment"), "holders", "{lines:?}");
+        assert_eq!(field(&lines, "sessions"), "3", "{lines:?}");
+        // The gateway, 3 commands and their 3 helpers carry the tag (the
+        // holders have an environment of their own), settled.
+        settled(&tag, 7).await;
+        let holders: Vec<PidFd> = children_of(gw.id())
+            .into_iter()
+            .filter(|&p| cmdline(p).starts_with("procscope-holder"))
+            .map(|p| PidFd::open(p).unwrap())
+            .collect();
+        assert_eq!(holders.len(), 3, "a holder per command");
+        gw.kill().unwrap();
+        gw.wait().unwrap();
+        // Each holder sees its control pipe end, kills its tree and exits.
+        assert_eq!(settle(&tag, 5).await, Vec::<i32>::new(), "processes left by the SIGKILLed gateway");
+        for h in &holders {
+            within(5, h.exited()).await.unwrap();
+        }
+        drop((holders, gw));
+        env.finish().await;
+    })
+    .await;
+}
