@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod container;
+pub mod docker;
 
 use std::path::PathBuf;
 use std::time::Duration;

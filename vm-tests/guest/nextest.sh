@@ -51,7 +51,10 @@ done
 # so the test takes minutes per launcher in a guest (it timed out at 120 s
 # on 5.10), and what it proves (sessions found through launcher processes)
 # does not depend on the kernel. scripts/test runs it on the host.
-host_only=(-- --skip servers_behind_npx_and_uvx_launchers_are_found_and_ended)
+# So does the real Docker engine's (tests/docker.rs): not yet tried in a
+# guest, where dockerd's overlay2 storage would sit on the 9p-backed root.
+host_only=(-- --skip servers_behind_npx_and_uvx_launchers_are_found_and_ended
+    --skip a_default_docker_container_has_cgroup2_read_only_and_no_sys_admin_and_procscope_says_so)
 for arg in "$@"; do
     [ "$arg" != "--" ] || host_only=()
 done
