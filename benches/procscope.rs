@@ -988,16 +988,22 @@ async fn exec_as_the_command(cfg: &Cfg, r: &mut Results) -> anyhow::Result<()> {
 // ---------------------------------------------------------------- trees
 
 /// `holder_spawn_p50_us`, `holder_spawn_ratio_vs_cgroup`,
-/// `holder_end_ratio_vs_cgroup`, `holder_pss_kib`: containment without
-/// cgroup writes (a command started from a holder of its own, a subreaper)
-/// against a spawn into a session cgroup, unsealed both (a holder never
-/// seals), interleaved; the end of a tree of two (a command and the helper
-/// it daemonized) by its holder against a session's `close`; and one
-/// holder's memory.
+/// `holder_end_ratio_vs_cgroup`, `holder_sweep_100_ratio_vs_cgroup`,
+/// `holder_pss_kib`: sessions contained with holders
+/// ([`procscope::Containment::Holders`], where no cgroup can be written)
+/// against sessions that are cgroups, in the same run: a spawn (unsealed
+/// both: a holder never seals), interleaved; the `close` of a session with
+/// a command and the helper it daemonized; a sweep of 100 orphaned
+/// sessions of `sleep`; and one holder's memory.
 async fn holder_cost(cfg: &Cfg, r: &mut Results) -> anyhow::Result<()> {
     let n = cfg.n(300, 1000);
     let sup = supervisor(cfg, Duration::from_millis(200)).await?;
-    let session = sup.session("holder")?;
+    let held_sup = Supervisor::builder()
+        .containment(procscope::Containment::Holders)
+        .grace(Duration::from_millis(200))
+        .start()
+        .await?;
+    let (session, held_session) = (sup.session("holder")?, held_sup.session("holder")?);
     let (mut held, mut placed) = (Samples::with_capacity(n), Samples::with_capacity(n));
     let mut pss = Samples::with_capacity(n);
     for i in 0..n + WARMUP {
@@ -1006,16 +1012,16 @@ async fn holder_cost(cfg: &Cfg, r: &mut Results) -> anyhow::Result<()> {
             cmd.sealing(procscope::Sealing::Off);
             if (step == 0) == (i % 2 == 0) {
                 let t = Instant::now();
-                let (mut c, holder) = procscope::testing::spawn_held(&mut cmd)?;
+                let mut c = held_session.spawn(&mut cmd)?;
                 let d = t.elapsed();
                 if i >= WARMUP && i % 10 == 0 {
-                    let rollup = std::fs::read_to_string(format!("/proc/{}/smaps_rollup", holder.pid()));
+                    let holder = support::parent_of(c.id()).unwrap_or(0);
+                    let rollup = std::fs::read_to_string(format!("/proc/{holder}/smaps_rollup"));
                     if let Some(kib) = rollup.ok().and_then(|t| support::kib_field(&t, "Pss:")) {
                         pss.push(kib as f64);
                     }
                 }
                 ensure!(c.wait().await?.success(), "/bin/true failed (held)");
-                holder.wait_gone().await?;
                 if i >= WARMUP {
                     held.push_us(d);
                 }
@@ -1030,7 +1036,7 @@ async fn holder_cost(cfg: &Cfg, r: &mut Results) -> anyhow::Result<()> {
             }
         }
     }
-    drop(session);
+    drop((session, held_session));
     r.add("holder_spawn_p50_us", held.median(), "us", Target::None);
     r.add_note(
         "holder_spawn_ratio_vs_cgroup",
@@ -1041,30 +1047,30 @@ async fn holder_cost(cfg: &Cfg, r: &mut Results) -> anyhow::Result<()> {
     );
     r.add("holder_pss_kib", pss.median(), "KiB", Target::None);
 
-    // Ending a tree of two: the holder's end against a session's close.
+    // Closing a session of two processes: a command and its daemon.
     let m = cfg.n(30, 100);
     let (mut held_end, mut cgroup_end) = (Samples::with_capacity(m), Samples::with_capacity(m));
     for i in 0..m {
         for step in 0..2 {
             let mut cmd = ps_fixture(&["daemon", "sleep", "3600"]);
-            cmd.sealing(procscope::Sealing::Off);
-            if (step == 0) == (i % 2 == 0) {
-                let (_c, holder) = procscope::testing::spawn_held(&mut cmd)?;
-                wait_members(&holder, 2).await?;
-                let t = Instant::now();
-                let signalled = holder.end(Duration::from_millis(200)).await?;
-                held_end.push_us(t.elapsed());
-                ensure!(signalled == 2, "the holder ended {signalled} processes, not 2");
-            } else {
-                let s = sup.session(&format!("end-{i}"))?;
-                let _c = s.spawn(&mut cmd)?;
-                let dir = s.cgroup().unwrap().path().to_owned();
-                wait_for_procs(&dir, 2, Duration::from_secs(5)).await;
-                let t = Instant::now();
-                let ended = s.close().await?;
-                cgroup_end.push_us(t.elapsed());
-                ensure!(ended.signalled == 2, "close ended {} processes, not 2", ended.signalled);
+            cmd.sealing(procscope::Sealing::Off).stdout(Stdio::Piped);
+            let holders = (step == 0) == (i % 2 == 0);
+            let s = if holders { held_sup.session(&format!("end-{i}"))? } else { sup.session(&format!("end-{i}"))? };
+            let mut c = s.spawn(&mut cmd)?;
+            // `setsid --fork` has returned: its short-lived parent is gone.
+            let mut said = Vec::new();
+            let mut out = c.stdout.take().context("stdout")?;
+            while !String::from_utf8_lossy(&said).contains("daemon=started") {
+                let mut buf = [0u8; 64];
+                let got = out.read(&mut buf).await?;
+                ensure!(got > 0, "the fixture exited before its daemon started");
+                said.extend_from_slice(&buf[..got]);
             }
+            wait_session_procs(&s, 2).await?;
+            let t = Instant::now();
+            let ended = s.close().await?;
+            if holders { &mut held_end } else { &mut cgroup_end }.push_us(t.elapsed());
+            ensure!(ended.signalled == 2, "close ended {} processes, not 2", ended.signalled);
         }
     }
     r.add_note(
@@ -1073,32 +1079,56 @@ async fn holder_cost(cfg: &Cfg, r: &mut Results) -> anyhow::Result<()> {
         "x",
         Target::None,
         &format!(
-            "a holder's end of a command and its daemon against a session's close, p50 ({:.1} vs {:.1} ms), {m} pairs",
+            "close of a session of a command and its daemon, holders against a cgroup, p50 ({:.1} vs {:.1} ms), \
+             {m} pairs",
             held_end.median() / 1000.0,
             cgroup_end.median() / 1000.0
         ),
     );
+
+    // Sweeping 100 orphaned sessions of `sleep`.
+    const N: usize = 100;
+    let reps = cfg.n(3, 7);
+    let (mut held_sweep, mut cgroup_sweep) = (Samples::default(), Samples::default());
+    for rep in 0..reps {
+        for (which, samples) in [(&held_sup, &mut held_sweep), (&sup, &mut cgroup_sweep)] {
+            orphan_sessions(which, &format!("o{rep}"), N, ps_sleep)?;
+            let t = Instant::now();
+            let report = which.sweep_orphans().await;
+            samples.push_ms(t.elapsed());
+            ensure!(report.errors.is_empty() && report.sessions == N && report.killed == 0, "{report}");
+        }
+    }
+    r.add_note(
+        "holder_sweep_100_ratio_vs_cgroup",
+        held_sweep.median() / cgroup_sweep.median(),
+        "x",
+        Target::None,
+        &format!(
+            "a sweep of 100 orphaned sessions of sleep, holders against cgroups, p50 ({:.1} vs {:.1} ms), {reps} each",
+            held_sweep.median(),
+            cgroup_sweep.median()
+        ),
+    );
     sup.shutdown().await?;
+    held_sup.shutdown().await?;
     Ok(())
 }
 
-/// Waits (at most 5 s) until `holder` keeps `want` processes, none of them
-/// `setsid` on its way out (each command line ends in `sleep 3600`).
-async fn wait_members(holder: &procscope::testing::Holder, want: usize) -> anyhow::Result<()> {
+/// Waits (at most 5 s) until the session holds `want` processes.
+async fn wait_session_procs(s: &procscope::Session, want: usize) -> anyhow::Result<()> {
     let start = Instant::now();
-    let settled = || {
-        let m = holder.members();
-        m.len() == want
-            && m.iter().all(|p| {
-                std::fs::read(format!("/proc/{}/cmdline", p.pid())).is_ok_and(|c| c.ends_with(b"sleep\x003600\0"))
-                    && !std::fs::read(format!("/proc/{}/cmdline", p.pid())).is_ok_and(|c| c.starts_with(b"setsid"))
-            })
-    };
-    while !settled() {
-        ensure!(start.elapsed() < Duration::from_secs(5), "the holder never kept {want} settled processes");
+    loop {
+        let now = match s.cgroup() {
+            Some(cg) => cg.procs()?.len(),
+            None => s.stats().pids_current.unwrap_or(0) as usize,
+        };
+        if now == want {
+            return Ok(());
+        }
+        ensure!(start.elapsed() < Duration::from_secs(5), "the session never held {want} processes ({now})");
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    Ok(())
 }
 
 /// Builds `width` empty cgroups and a chain `depth` deep below `top`.

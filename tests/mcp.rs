@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use procscope::{Command, JobOutcome, PidFd, Stdio, Supervisor};
+use procscope::{Command, Containment, JobOutcome, PidFd, Stdio, Supervisor};
 use rmcp::ServiceExt;
 use rmcp::model::CallToolRequestParams;
 use serde_json::{Value, json};
@@ -180,6 +180,66 @@ async fn eight_parallel_jobs_half_cancelled_the_rest_unaffected() {
         assert_eq!((report.sweep.sessions, report.sweep.removed), (8, 8), "{report}");
         assert!(report.sweep.errors.is_empty());
         assert!(!sup.instance().unwrap().is_populated().unwrap());
+        sup.shutdown().await.unwrap();
+    })
+    .await;
+    env.finish().await;
+}
+
+/// The same eight jobs where no cgroup is written ([`Containment::Holders`]):
+/// each server, npx and its children included, below a holder of its own.
+/// The halves cancelled mid-call and the servers of the jobs that completed
+/// are all ended by the tick's sweep; nothing carrying the jobs' tag is
+/// left once it has returned.
+#[tokio::test]
+async fn eight_parallel_jobs_with_holders_half_cancelled_leave_nothing() {
+    let env = TestEnv::new();
+    let tag = format!("mcp-holders-{}-{}", std::process::id(), nanos());
+    within(180, async {
+        let sup = Supervisor::builder()
+            .containment(Containment::Holders)
+            .grace(Duration::from_millis(1000))
+            .start()
+            .await
+            .unwrap();
+        let trees: Arc<Mutex<Vec<u64>>> = Arc::default();
+        let jobs = (0..8).map(|i| {
+            let (sup, tag, trees) = (sup.clone(), tag.clone(), trees.clone());
+            async move {
+                let session = sup.session(&format!("p{i}")).map_err(|e| e.to_string())?;
+                let mut cmd = command(&everything());
+                cmd.env("PSTAG", &tag);
+                let transport = session.spawn_mcp(&mut cmd).map_err(|e| e.to_string())?;
+                let client = ().serve(transport).await.map_err(|e| e.to_string())?;
+                trees.lock().unwrap().push(session.stats().pids_current.unwrap_or(0));
+                if i % 2 == 0 {
+                    let call = client.call_tool(
+                        CallToolRequestParams::new("trigger-long-running-operation")
+                            .with_arguments(args(json!({"duration": 60, "steps": 60}))),
+                    );
+                    return match tokio::time::timeout(Duration::from_secs(1), call).await {
+                        Ok(r) => Err(format!("the long call returned: {r:?}")),
+                        Err(_) => Err("cancelled".into()),
+                    };
+                }
+                let r = client
+                    .call_tool(CallToolRequestParams::new("get-sum").with_arguments(args(json!({"a": i, "b": 100}))))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let text = serde_json::to_string(&r.content).unwrap();
+                if text.contains(&(i + 100).to_string()) { Ok(()) } else { Err(format!("job {i}: {text}")) }
+            }
+        });
+        let report = sup.tick(jobs, None).await;
+        for (i, outcome) in report.jobs.iter().enumerate() {
+            let expected = if i % 2 == 0 { JobOutcome::Failed("cancelled".into()) } else { JobOutcome::Ok };
+            assert_eq!(*outcome, expected, "job {i}");
+        }
+        let trees = trees.lock().unwrap().clone();
+        assert!(trees.len() == 8 && trees.iter().all(|&n| n >= 2), "npx and the server in each tree: {trees:?}");
+        assert_eq!(report.sweep.sessions, 8, "{report}");
+        assert!(report.sweep.errors.is_empty(), "{report}");
+        assert_eq!(tagged(&tag), Vec::<i32>::new(), "processes of the servers left after the sweep");
         sup.shutdown().await.unwrap();
     })
     .await;

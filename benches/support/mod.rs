@@ -274,6 +274,12 @@ pub fn heap_bytes() -> isize {
 
 // ---------------------------------------------------------------- /proc and cgroups
 
+/// The parent pid of `pid` (field 4 of `/proc/<pid>/stat`).
+pub fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// A `kB` field of a `/proc` file such as `VmRSS:` or `Pss:`.
 pub fn kib_field(text: &str, key: &str) -> Option<u64> {
     text.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())

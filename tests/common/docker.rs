@@ -127,8 +127,9 @@ impl Engine {
     }
 
     /// Imports an image `name` whose root holds `busybox` (as `/bin/sh` and
-    /// the rest, from Debian's busybox-static), `procscope` and
-    /// `procscope-fixture` (in `/usr/local/bin`) and the shared libraries
+    /// the rest, from Debian's busybox-static), `procscope`,
+    /// `procscope-fixture` and util-linux's `setsid` (in `/usr/local/bin`)
+    /// and the shared libraries
     /// they need (as `ldd` lists them, at the same paths).
     pub fn import_image(&self, name: &str) {
         let root = self.data.with_extension("rootfs");
@@ -140,7 +141,9 @@ impl Engine {
         for applet in String::from_utf8(list.stdout).unwrap().lines().filter(|a| *a != "busybox") {
             let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
         }
-        for bin in [PROCSCOPE, FIXTURE] {
+        // util-linux's setsid (the fixture's daemons use `--fork`, which
+        // busybox's lacks), ahead of busybox's in PATH.
+        for bin in [PROCSCOPE, FIXTURE, "/usr/bin/setsid"] {
             let dest = root.join("usr/local/bin").join(Path::new(bin).file_name().unwrap());
             std::fs::copy(bin, dest).unwrap();
             for lib in libraries(bin) {

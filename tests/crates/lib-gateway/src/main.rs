@@ -14,7 +14,8 @@ async fn main() {
         keep.push((session.spawn(&mut cmd).expect("spawn"), session));
     }
     println!("guardian={}", sup.guardian_pid().expect("a guardian"));
-    println!("instance={}", sup.instance().path().display());
+    let instance = sup.instance().expect("a root was given: sessions are cgroups");
+    println!("instance={}", instance.path().display());
     println!("ready");
     std::future::pending::<()>().await;
 }
