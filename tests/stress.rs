@@ -256,10 +256,29 @@ async fn randomized_cancellation(containment: Containment) {
 /// milliseconds: not one signal reaches an active session's processes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sibling_sessions_under_load_receive_no_signal() {
+    sibling_sessions(Containment::Cgroups, env_u64("PROCSCOPE_SIBLING_SECS", 30)).await;
+}
+
+/// The same with holders, for a third of the time: every signal of a sweep
+/// goes through a pidfd verified against the ended session's holders'
+/// trees, so none reaches a sibling's processes (which the same holders
+/// code starts and reaps all along).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sibling_sessions_with_holders_under_load_receive_no_signal() {
+    sibling_sessions(Containment::Holders, (env_u64("PROCSCOPE_SIBLING_SECS", 30) / 3).max(3)).await;
+}
+
+async fn sibling_sessions(containment: Containment, secs: u64) {
     let env = TestEnv::new();
-    let secs = env_u64("PROCSCOPE_SIBLING_SECS", 30);
     within(secs + 120, async {
-        let sup = Supervisor::builder().root(env.path()).grace(Duration::from_millis(20)).start().await.unwrap();
+        let builder = Supervisor::builder().grace(Duration::from_millis(20)).containment(containment);
+        let sup = match containment {
+            Containment::Cgroups => builder.root(env.path()),
+            _ => builder,
+        }
+        .start()
+        .await
+        .unwrap();
         let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("siblings-{}", nanos()));
         std::fs::create_dir_all(&dir).unwrap();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
@@ -331,8 +350,9 @@ async fn sibling_sessions_under_load_receive_no_signal() {
         drop(recorders);
         std::fs::remove_dir_all(&dir).unwrap();
         eprintln!(
-            "siblings: 32 active sessions, {} children spawned and exited on their own, {sweeps} orphan sweeps \
-             over {orphans} orphans in {secs} s; signals received by active sessions: 0",
+            "siblings ({}): 32 active sessions, {} children spawned and exited on their own, {sweeps} orphan \
+             sweeps over {orphans} orphans in {secs} s; signals received by active sessions: 0",
+            containment.as_str(),
             spawned.load(Ordering::Relaxed)
         );
     })
