@@ -85,6 +85,9 @@ pub(crate) fn main() -> ! {
 }
 
 fn run() -> io::Result<()> {
+    // Its name in `ps`, `top` and `/proc/<pid>/comm` (15 bytes at most), not
+    // `exe` after `/proc/self/exe`.
+    let _ = rustix::thread::set_name(c"procscope-hold");
     // SIGCHLD at its default (not ignored, so the kernel leaves the reaping
     // to us) and then blocked, read through the signalfd; every other
     // signal blocked too: only SIGKILL ends a holder.

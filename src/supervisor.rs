@@ -48,9 +48,9 @@ pub enum Containment {
     /// No cgroup is written: each command starts from a holder of its own,
     /// a small subreaper to which every orphan of the command's tree is
     /// re-parented (`setsid` helpers, double forks), and which SIGKILLs the
-    /// tree when the gateway lets it go or dies, even by SIGKILL (see
-    /// [`testing::Holder`](crate::testing::Holder)'s module, `holder`).
-    /// Signals go through pidfds verified against the tree. Chosen where
+    /// tree when the gateway lets it go or dies, even by SIGKILL (see the
+    /// README, "Containment with holders"). Signals go through pidfds
+    /// verified against the tree. Chosen where
     /// cgroup2 is mounted read-only (a default container) or not at all.
     ///
     /// Compared with [`Cgroups`](Self::Cgroups) it gives up: limits (refused

@@ -159,8 +159,8 @@ async fn a_default_docker_container_is_contained_with_holders_and_exec_says_how_
             "without procscope the escapee is the init's: {control:#?}"
         );
         let before = rows(before);
-        // busybox's ps shows a holder as `{exe} procscope-holder`: its
-        // command name is that of `/proc/self/exe`.
+        // busybox's ps shows a holder as `{procscope-hold} procscope-holder`:
+        // its command name (15 bytes at most) differs from its argv[0].
         let holders: Vec<u32> = before.iter().filter(|r| r.2.ends_with("procscope-holder")).map(|r| r.0).collect();
         let helpers: Vec<&(u32, u32, String)> =
             before.iter().filter(|r| r.2 == "/usr/local/bin/procscope-fixture sleep 3600").collect();
