@@ -265,23 +265,44 @@ pub(crate) fn members_of(root: Pid) -> Vec<PidFd> {
     let root = root.as_raw_nonzero().get();
     let Ok(root_fd) = PidFd::open(root as u32) else { return Vec::new() };
     let mut found: Vec<PidFd> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     // (pid, its index in `found`, or None for the root)
     let mut queue: Vec<(i32, Option<usize>)> = vec![(root, None)];
-    while let Some((parent, at)) = queue.pop() {
-        let kids = children_of(parent);
-        let parent_fd = at.map_or(&root_fd, |i| &found[i]);
-        if !parent_fd.is_alive() {
-            continue;
-        }
-        for pid in kids {
-            let Ok(fd) = PidFd::open(pid as u32) else { continue };
-            if parent_of(pid).is_some_and(|p| p == parent || p == root) {
-                queue.push((pid, Some(found.len())));
-                found.push(fd);
+    loop {
+        while let Some((parent, at)) = queue.pop() {
+            let kids = children_of(parent);
+            let parent_fd = at.map_or(&root_fd, |i| &found[i]);
+            if !parent_fd.is_alive() {
+                continue;
+            }
+            for pid in kids {
+                if seen.contains(&pid) {
+                    continue;
+                }
+                let Ok(fd) = PidFd::open(pid as u32) else { continue };
+                if parent_of(pid).is_some_and(|p| p == parent || p == root) {
+                    seen.insert(pid);
+                    queue.push((pid, Some(found.len())));
+                    found.push(fd);
+                }
             }
         }
+        // A process whose parent died during the walk was re-parented to
+        // the root after the root's list was read, and was in neither
+        // list: the root's children again, until none is new.
+        let again: Vec<i32> = children_of(root).into_iter().filter(|p| !seen.contains(p)).collect();
+        if again.is_empty() {
+            return found;
+        }
+        queue.push((root, None));
     }
-    found
+}
+
+/// Whether `root` (alive) has a child: its tree is empty exactly when it
+/// has none, as every orphan of the tree is re-parented to it before its
+/// parent is reaped. One read, not a walk.
+fn has_children(root: Pid) -> bool {
+    !children_of(root.as_raw_nonzero().get()).is_empty()
 }
 
 // ---------------------------------------------------------------------------
@@ -325,7 +346,15 @@ impl Holder {
     /// is about to (it exits once it has no child left, and a tree without
     /// a process cannot grow again).
     pub fn is_empty(&self) -> bool {
-        !self.is_alive() || self.members().is_empty()
+        // A pid reused after the holder's exit can only make this say "not
+        // empty", which a sweep then finds otherwise.
+        !self.is_alive() || !has_children(self.pid)
+    }
+
+    /// Continues the holder, should a process of its tree (of the gateway's
+    /// uid) have stopped it: a stopped holder acts on nothing.
+    pub(crate) fn resume(&self) {
+        let _ = self.pidfd.send_signal(crate::Signal::CONT);
     }
 
     /// Whether the holder is still running (its tree not yet empty).

@@ -40,7 +40,9 @@ pub(crate) struct SessionShared {
 struct SessionState {
     children: Vec<Arc<ChildCell>>,
     /// The holders of its commands, with [`Containment::Holders`](crate::Containment::Holders).
-    holders: Vec<Holder>,
+    /// Kept until they are ended successfully, so that an ending that
+    /// failed is tried again on them.
+    holders: Vec<Arc<Holder>>,
     /// The session's transient user, from its first child that wanted one
     /// until the session is gone (see [`Command::transient_user`]).
     user: Option<Arc<TransientUser>>,
@@ -98,26 +100,30 @@ impl SessionShared {
 
     /// Whether something of a holder's tree is alive.
     pub(crate) fn holders_alive(&self) -> bool {
-        self.lock().holders.iter().any(|h| !h.is_empty())
+        self.holders().iter().any(|h| !h.is_empty())
+    }
+
+    /// The session's holders (their trees are read outside the lock).
+    fn holders(&self) -> Vec<Arc<Holder>> {
+        self.lock().holders.clone()
     }
 
     /// The pids of the processes of its holders' trees now.
     pub(crate) fn held_pids(&self) -> Vec<u32> {
-        let state = self.lock();
-        state.holders.iter().flat_map(Holder::members).map(|m| m.raw_pid() as u32).collect()
+        self.holders().iter().flat_map(|h| h.members()).map(|m| m.raw_pid() as u32).collect()
     }
 
-    /// The session's holders, taken to end their trees.
-    pub(crate) fn take_holders(&self) -> Vec<Holder> {
+    /// The session's holders, taken: dropping them ends their trees.
+    pub(crate) fn take_holders(&self) -> Vec<Arc<Holder>> {
         std::mem::take(&mut self.lock().holders)
     }
 
     /// Where its processes are, to end them: the cgroup under `instance`,
-    /// or the holders (taken).
+    /// or the holders (which stay the session's until it has ended).
     pub(crate) fn place(&self, instance: Option<Arc<Cgroup>>) -> Place {
         match (&self.cgroup, instance) {
             (Some(cgroup), Some(parent)) => Place::Cgroup { parent, cgroup: Arc::clone(cgroup) },
-            _ => Place::Holders { path: self.path.clone(), holders: self.take_holders() },
+            _ => Place::Holders { path: self.path.clone(), holders: self.holders() },
         }
     }
 }
@@ -271,8 +277,8 @@ impl Session {
             Some(cgroup) => cmd.spawn_as(cgroup, state.user.as_ref(), defaults)?,
             None => {
                 let (child, holder) = cmd.spawn_held_as(&self.shared.path, state.user.as_ref(), defaults)?;
-                state.holders.push(holder);
-                state.holders.retain(Holder::is_alive);
+                state.holders.push(Arc::new(holder));
+                state.holders.retain(|h| h.is_alive());
                 child
             }
         };

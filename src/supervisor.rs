@@ -548,8 +548,16 @@ impl Inner {
     /// no panics.
     pub(crate) fn release(self: &Arc<Self>, shared: &Arc<SessionShared>) {
         let already_ended = shared.end();
-        if already_ended || self.shut_down.load(Ordering::Acquire) {
+        if already_ended {
             self.forget_active(shared);
+            return;
+        }
+        if self.shut_down.load(Ordering::Acquire) {
+            // Cgroups: the shutdown's kill of the instance takes it.
+            self.forget_active(shared);
+            if shared.cgroup.is_none() {
+                self.kill_held_after_shutdown(shared);
+            }
             return;
         }
         let _enter = shared.span.enter();
@@ -607,11 +615,30 @@ impl Inner {
 
     /// Puts a released session with something alive into the orphan pool.
     fn orphan(self: &Arc<Self>, mut state: MutexGuard<'_, State>, shared: &Arc<SessionShared>) {
+        // Decided under the lock that the final sweep takes its sessions
+        // under: released after it, a session of holders is ended here.
+        if shared.cgroup.is_none() && self.shut_down.load(Ordering::Acquire) {
+            drop(state);
+            return self.kill_held_after_shutdown(shared);
+        }
         state.orphans.push(Arc::clone(shared));
         self.counters.sessions_orphaned.inc();
         // Decided under the pool's lock: no sweep takes it undecided.
         ending::let_go(shared, self);
         crate::events::session_orphan(shared.path());
+    }
+
+    /// A session of holders released after the shutdown's final sweep took
+    /// its sessions: no sweep comes any more, so its trees are SIGKILLed
+    /// now (the holders' control pipes end), without a grace period, and
+    /// it is counted abandoned (or finished if nothing of it ran).
+    fn kill_held_after_shutdown(&self, shared: &Arc<SessionShared>) {
+        let alive = shared.holders_alive();
+        if alive {
+            tracing::warn!(session = %shared.id, "a session released during shutdown: killing its processes");
+        }
+        drop(shared.take_holders());
+        ending::settle(shared, &self.counters, if alive { Ending::Abandoned } else { Ending::Finished });
     }
 
     /// [`release`](Self::release) of a session contained with holders:
@@ -653,6 +680,8 @@ impl Inner {
                     self.counters.sessions_removed.inc();
                 } else if shared.cgroup.is_none() {
                     state.dirs.remove(&shared.dir);
+                    // Exited, all of them: their fds go.
+                    drop(shared.take_holders());
                 }
                 if swept {
                     self.counters.sessions_swept.inc();
@@ -739,7 +768,13 @@ impl Drop for Inner {
         // the empty instance cgroup is removed by the next recovery or sweep.
         // Holders SIGKILL their trees as their sessions are dropped with the
         // state.
-        let Some(instance) = self.instance() else { return };
+        let Some(instance) = self.instance() else {
+            let state = self.lock();
+            if !state.orphans.is_empty() || !state.active.is_empty() {
+                tracing::warn!("supervisor dropped without shutdown(); its holders kill their sessions' processes");
+            }
+            return;
+        };
         if instance.is_populated().unwrap_or(false) {
             tracing::warn!(instance = %instance.path().display(),
                 "supervisor dropped without shutdown(); killing its sessions");
@@ -1106,11 +1141,14 @@ impl Supervisor {
     /// The sessions of a supervisor with holders, with the pids of their
     /// trees now (for its metrics).
     pub(crate) fn held_sessions(&self) -> Vec<HeldSession> {
-        let state = self.inner.lock();
-        let active = state.active.values().map(|s| (s, false));
-        let orphans = state.orphans.iter().map(|s| (s, true));
-        active
-            .chain(orphans)
+        // The trees are walked outside the lock.
+        let sessions: Vec<(Arc<SessionShared>, bool)> = {
+            let state = self.inner.lock();
+            let active = state.active.values().map(|s| (Arc::clone(s), false));
+            active.chain(state.orphans.iter().map(|s| (Arc::clone(s), true))).collect()
+        };
+        sessions
+            .into_iter()
             .map(|(s, orphaned)| HeldSession { id: s.id.clone(), dir: s.dir.clone(), orphaned, pids: s.held_pids() })
             .collect()
     }

@@ -465,7 +465,7 @@ pub(crate) enum Place {
     Cgroup { parent: Arc<Cgroup>, cgroup: Arc<Cgroup> },
     /// The holders of its commands ([`Containment::Holders`](crate::Containment::Holders)),
     /// and the name its events carry.
-    Holders { path: PathBuf, holders: Vec<Holder> },
+    Holders { path: PathBuf, holders: Vec<Arc<Holder>> },
 }
 
 impl Place {
@@ -487,54 +487,85 @@ impl Place {
 }
 
 /// Ends the trees of `holders`: SIGTERM and SIGCONT through a verified
-/// pidfd to every process of each tree, up to `grace` for the trees to
-/// empty (each holder exits when its tree has), then the end of each
-/// remaining holder's control pipe, on which it SIGKILLs its tree, walking
-/// it again until nothing is left. Returns once every holder has exited:
-/// its tree is empty. One still running [`KILL_WAIT`] later is an error.
+/// pidfd to every process of each tree, and to each of `children` (the
+/// commands, through their own pidfds) outside them (its holder died), up
+/// to `grace` for the trees to empty (each holder exits when its tree has);
+/// then SIGKILL to what is left, through the same pidfds and by the end of
+/// each remaining holder's control pipe, on which it kills its tree,
+/// walking it again until nothing is left. A holder that a process of its
+/// tree stopped is continued first. Returns once every holder has exited
+/// and every command is gone; anything still running [`KILL_WAIT`] later is
+/// an error, and the holders stay the session's for the next try.
 pub(crate) async fn end_held(
     path: &Path,
-    holders: Vec<Holder>,
+    holders: Vec<Arc<Holder>>,
     children: &[Arc<ChildCell>],
     grace: Duration,
 ) -> Result<Termination> {
+    async fn gone(hs: &[Arc<Holder>], cs: &[&Arc<ChildCell>]) {
+        for h in hs {
+            let _ = h.wait_gone().await;
+        }
+        for c in cs {
+            let _ = c.pidfd().exited().await;
+        }
+    }
     let mut t = Termination::default();
-    let members: Vec<_> = holders.iter().flat_map(Holder::members).collect();
+    for h in &holders {
+        h.resume();
+    }
+    let members: Vec<crate::pidfd::PidFd> = holders.iter().flat_map(|h| h.members()).collect();
+    let in_trees: HashSet<i32> = members.iter().map(|m| m.raw_pid()).collect();
+    let outside: Vec<&Arc<ChildCell>> =
+        children.iter().filter(|c| c.is_alive() && !in_trees.contains(&c.pid())).collect();
     let mut step = crate::events::SignalStep::new(path, Signal::TERM);
     for m in &members {
         step.sent(m.raw_pid(), m.send_signal(Signal::TERM));
         let _ = m.send_signal(Signal::CONT);
     }
+    for c in &outside {
+        step.sent(c.pid(), c.signal(Signal::TERM));
+        let _ = c.signal(Signal::CONT);
+    }
     step.done();
-    t.signalled = members.len();
-    async fn gone(hs: &[Holder]) {
-        for h in hs {
-            let _ = h.wait_gone().await;
-        }
-    }
+    t.signalled = members.len() + outside.len();
     if !grace.is_zero() {
-        let _ = tokio::time::timeout(grace, gone(&holders)).await;
+        let _ = tokio::time::timeout(grace, gone(&holders, &outside)).await;
     }
-    let left: Vec<Holder> = holders.into_iter().filter(Holder::is_alive).collect();
-    if !left.is_empty() {
-        t.killed = left.iter().map(|h| h.members().len()).sum();
+    let left: Vec<Arc<Holder>> = holders.iter().filter(|h| !h.is_empty()).cloned().collect();
+    let outside: Vec<&Arc<ChildCell>> = outside.into_iter().filter(|c| c.is_alive()).collect();
+    let left_members: Vec<crate::pidfd::PidFd> = left.iter().flat_map(|h| h.members()).collect();
+    if !left_members.is_empty() || !outside.is_empty() {
+        t.killed = left_members.len() + outside.len();
         t.kill_mechanism = Some(KillMechanism::Holder);
+        // From here through the verified pidfds, and from each holder,
+        // which walks again for what forks meanwhile.
         let mut step = crate::events::SignalStep::new(path, Signal::KILL);
-        for h in &left {
-            step.sent(h.pid() as i32, h.kill());
+        for m in &left_members {
+            step.sent(m.raw_pid(), m.send_signal(Signal::KILL));
+        }
+        for c in &outside {
+            step.sent(c.pid(), c.signal(Signal::KILL));
         }
         step.done();
-        if tokio::time::timeout(KILL_WAIT, gone(&left)).await.is_err() {
-            let pids: Vec<String> = left.iter().filter(|h| h.is_alive()).map(|h| h.pid().to_string()).collect();
-            return Err(Error::io(
-                "kill",
-                path,
-                std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("the tree of holder(s) {} survived SIGKILL", pids.join(", ")),
-                ),
-            ));
-        }
+    }
+    // Every holder is told to end its tree (one that is empty just exits).
+    for h in &holders {
+        h.resume();
+        let _ = h.kill();
+    }
+    if tokio::time::timeout(KILL_WAIT, gone(&holders, &outside)).await.is_err() {
+        let pids: Vec<String> = holders
+            .iter()
+            .filter(|h| h.is_alive())
+            .map(|h| format!("holder {}", h.pid()))
+            .chain(outside.iter().filter(|c| c.is_alive()).map(|c| c.pid().to_string()))
+            .collect();
+        return Err(Error::io(
+            "kill",
+            path,
+            std::io::Error::new(std::io::ErrorKind::TimedOut, format!("{} survived SIGKILL", pids.join(", "))),
+        ));
     }
     t.terminated = t.signalled.saturating_sub(t.killed);
     for c in children {

@@ -245,3 +245,146 @@ async fn a_sigkilled_gateway_with_holders_leaves_nothing() {
     })
     .await;
 }
+
+/// Waits (in `sh`) until its parent is the running holder: a command that
+/// stops or kills its holder before the holder's own `execve` holds up the
+/// spawn instead (see the README, "Containment with holders").
+const HELD: &str = "until grep -qx procscope-hold /proc/$PPID/comm; do sleep 0.01; done;";
+
+fn state_of(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().next()?.chars().next()
+}
+
+/// A command that ignores SIGTERM and SIGSTOPs its holder (it has the
+/// gateway's uid, and SIGSTOP cannot be blocked): the holder is continued
+/// and the command killed; `close` succeeds and nothing is left. The
+/// control is the holder seen stopped before the close.
+#[tokio::test]
+async fn a_command_that_stops_its_holder_is_ended_all_the_same() {
+    within(60, async {
+        let env = TestEnv::new();
+        let tag = new_tag("stop");
+        let sup = holders_supervisor().await;
+        let session = sup.session("stop").unwrap();
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", &format!("trap '' TERM; {HELD} kill -STOP $PPID; exec sleep 3600")])
+            .env("PSTAG", &tag)
+            .stdin(Stdio::Null)
+            .stdout(Stdio::Null);
+        let child = session.spawn(&mut cmd).unwrap();
+        let holder = parent_of(child.id()).unwrap();
+        let mut stopped = false;
+        for _ in 0..500 {
+            if state_of(holder) == Some('T') {
+                stopped = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(stopped, "the holder was never stopped: {:?}", state_of(holder));
+        let holder = PidFd::open(holder).unwrap();
+        let ended = session.close().await.unwrap();
+        assert_eq!((ended.signalled, ended.killed), (1, 1), "{ended:?}");
+        assert_eq!(tagged(&tag), Vec::<i32>::new(), "processes left");
+        assert!(!holder.is_alive(), "the holder has exited");
+        drop((child, holder));
+        sup.shutdown().await.unwrap();
+        env.finish().await;
+    })
+    .await;
+}
+
+/// A command that kills its holder (a documented limit: what the holder
+/// kept would go to the next subreaper up) is still ended by `close`,
+/// through the pidfd the session holds of it. The control is the holder
+/// seen dead, and the command re-parented away from it, before the close.
+#[tokio::test]
+async fn a_command_that_kills_its_holder_is_still_ended_through_its_pidfd() {
+    within(60, async {
+        let env = TestEnv::new();
+        let tag = new_tag("holder-killed");
+        let sup = holders_supervisor().await;
+        let session = sup.session("kill").unwrap();
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", &format!("{HELD} kill -KILL $PPID; exec sleep 3600")])
+            .env("PSTAG", &tag)
+            .stdin(Stdio::Null)
+            .stdout(Stdio::Null);
+        let mut child = session.spawn(&mut cmd).unwrap();
+        let holder = PidFd::open(parent_of(child.id()).unwrap()).unwrap();
+        within(5, holder.exited()).await.unwrap();
+        assert!(!cmdline(parent_of(child.id()).unwrap()).starts_with("procscope-holder"));
+        assert_eq!(tagged(&tag).len(), 1, "the command runs on, outside any holder");
+        let ended = session.close().await.unwrap();
+        assert_eq!(ended.signalled, 1, "{ended:?}");
+        assert_eq!(tagged(&tag), Vec::<i32>::new(), "the command survived the close");
+        // Its status is lost with its holder: an error, not a hang.
+        assert!(within(5, child.wait()).await.is_err());
+        drop((child, holder));
+        sup.shutdown().await.unwrap();
+        env.finish().await;
+    })
+    .await;
+}
+
+/// Sessions dropped on other threads while `shutdown` runs, with a clone
+/// of the supervisor kept: one released after the final sweep took its
+/// sessions is ended by its guard, not left in the pool of a supervisor
+/// that no longer sweeps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sessions_dropped_during_shutdown_are_ended_all_the_same() {
+    within(120, async {
+        let env = TestEnv::new();
+        let tag = new_tag("shutdown-race");
+        let mut late = 0;
+        for round in 0..10 {
+            let sup = holders_supervisor().await;
+            let keep = sup.clone();
+            let mut sessions = Vec::new();
+            for i in 0..16 {
+                let s = sup.session(&format!("r{round}-{i}")).unwrap();
+                let mut cmd = Command::new("sh");
+                cmd.args(["-c", "sleep 3600 & exec sleep 3600"])
+                    .env("PSTAG", &tag)
+                    .stdin(Stdio::Null)
+                    .stdout(Stdio::Null);
+                let c = s.spawn(&mut cmd).unwrap();
+                sessions.push((s, c));
+            }
+            while tagged(&tag).len() < 16 * 2 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let barrier = std::sync::Arc::new(std::sync::Barrier::new(sessions.len() + 1));
+            let threads: Vec<_> = sessions
+                .into_iter()
+                .enumerate()
+                .map(|(k, pair)| {
+                    let b = barrier.clone();
+                    std::thread::spawn(move || {
+                        b.wait();
+                        std::thread::sleep(Duration::from_micros(k as u64 * 15));
+                        drop(pair);
+                    })
+                })
+                .collect();
+            barrier.wait();
+            let report = sup.shutdown().await.unwrap();
+            assert!(report.errors.is_empty(), "{report}");
+            for t in threads {
+                t.join().unwrap();
+            }
+            assert_eq!(keep.orphaned_sessions(), Vec::<String>::new(), "round {round}");
+            // With the supervisor still held: its guards killed what the
+            // sweep did not take.
+            assert_eq!(settle(&tag, 5).await, Vec::<i32>::new(), "round {round}: processes left");
+            // Released after the final sweep (abandoned, never orphaned).
+            let c = keep.counters();
+            late += usize::from(c.sessions_abandoned > c.sessions_orphaned);
+            drop(keep);
+        }
+        eprintln!("shutdown race: sessions released after the final sweep in {late} of 10 rounds");
+        env.finish().await;
+    })
+    .await;
+}

@@ -66,6 +66,10 @@ pub async fn run(root: Option<PathBuf>, json: bool) -> i32 {
     let containment = if explicit { Containment::Cgroups } else { Containment::detect() };
     let root = match root {
         Some(p) => Root::open(p),
+        // No root is used, even one left on the read-only mount.
+        None if containment == Containment::Holders => {
+            Err(procscope::Error::CgroupReadOnly { mount: mount.clone().unwrap_or_default() })
+        }
         None => Root::locate(),
     };
     let root = match root {
