@@ -220,23 +220,41 @@ impl Builder {
             tracing::info!(%recovery, "recovered instances of supervisors that are gone");
         }
         tracing::info!(root = %root.path().display(), instance = %instance_name, "supervisor started");
-        Ok(Supervisor {
-            inner: Arc::new(Inner {
-                root: Some(root),
-                mount,
-                instance: Mutex::new(Some(instance)),
-                owner,
-                config: Config { grace: self.grace },
-                state: Mutex::new(State::default()),
-                counters: CounterCells::default(),
-                persisted: Mutex::new(Counters::default()),
-                persisting: tokio::sync::Mutex::new(()),
-                guardian: Mutex::new(guardian),
-                recovery,
-                shut_down: AtomicBool::new(false),
-                closing: InFlight::default(),
-            }),
-        })
+        let place = Some(CgroupPlace { root, mount, instance, guardian, recovery });
+        Ok(Supervisor { inner: Arc::new(Inner::new(owner, Config { grace: self.grace }, place)) })
+    }
+}
+
+/// What a supervisor with cgroups has and one with holders does not.
+struct CgroupPlace {
+    root: Root,
+    mount: Option<Cgroup>,
+    instance: Arc<Cgroup>,
+    guardian: Option<Guardian>,
+    recovery: SweepReport,
+}
+
+impl Inner {
+    fn new(owner: Owner, config: Config, place: Option<CgroupPlace>) -> Inner {
+        let (root, mount, instance, guardian, recovery) = match place {
+            Some(p) => (Some(p.root), p.mount, Some(p.instance), p.guardian, p.recovery),
+            None => (None, None, None, None, SweepReport::default()),
+        };
+        Inner {
+            root,
+            mount,
+            instance: Mutex::new(instance),
+            owner,
+            config,
+            state: Mutex::new(State::default()),
+            counters: CounterCells::default(),
+            persisted: Mutex::new(Counters::default()),
+            persisting: tokio::sync::Mutex::new(()),
+            guardian: Mutex::new(guardian),
+            recovery,
+            shut_down: AtomicBool::new(false),
+            closing: InFlight::default(),
+        }
     }
 }
 
@@ -248,23 +266,7 @@ impl Builder {
         crate::sys::spawn::raise_nofile();
         crate::refresh_ignored_signals();
         tracing::info!(containment = "holders", "supervisor started");
-        Supervisor {
-            inner: Arc::new(Inner {
-                root: None,
-                mount: None,
-                instance: Mutex::new(None),
-                owner,
-                config: Config { grace: self.grace },
-                state: Mutex::new(State::default()),
-                counters: CounterCells::default(),
-                persisted: Mutex::new(Counters::default()),
-                persisting: tokio::sync::Mutex::new(()),
-                guardian: Mutex::new(None),
-                recovery: SweepReport::default(),
-                shut_down: AtomicBool::new(false),
-                closing: InFlight::default(),
-            }),
-        }
+        Supervisor { inner: Arc::new(Inner::new(owner, Config { grace: self.grace }, None)) }
     }
 }
 

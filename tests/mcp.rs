@@ -145,63 +145,25 @@ async fn a_job_cancelled_mid_call_leaves_nothing_after_the_sweep() {
 /// the other half complete unaffected.
 #[tokio::test]
 async fn eight_parallel_jobs_half_cancelled_the_rest_unaffected() {
-    let env = TestEnv::new();
-    within(180, async {
-        let sup = supervisor(&env).await;
-        let jobs = (0..8).map(|i| {
-            let sup = sup.clone();
-            async move {
-                let session = sup.session(&format!("p{i}")).map_err(|e| e.to_string())?;
-                let transport = session.spawn_mcp(&mut command(&everything())).map_err(|e| e.to_string())?;
-                let client = ().serve(transport).await.map_err(|e| e.to_string())?;
-                if i % 2 == 0 {
-                    let call = client.call_tool(
-                        CallToolRequestParams::new("trigger-long-running-operation")
-                            .with_arguments(args(json!({"duration": 60, "steps": 60}))),
-                    );
-                    return match tokio::time::timeout(Duration::from_secs(1), call).await {
-                        Ok(r) => Err(format!("the long call returned: {r:?}")),
-                        Err(_) => Err("cancelled".into()),
-                    };
-                }
-                let r = client
-                    .call_tool(CallToolRequestParams::new("get-sum").with_arguments(args(json!({"a": i, "b": 100}))))
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let text = serde_json::to_string(&r.content).unwrap();
-                if text.contains(&(i + 100).to_string()) { Ok(()) } else { Err(format!("job {i}: {text}")) }
-            }
-        });
-        let report = sup.tick(jobs, None).await;
-        for (i, outcome) in report.jobs.iter().enumerate() {
-            let expected = if i % 2 == 0 { JobOutcome::Failed("cancelled".into()) } else { JobOutcome::Ok };
-            assert_eq!(*outcome, expected, "job {i}");
-        }
-        assert_eq!((report.sweep.sessions, report.sweep.removed), (8, 8), "{report}");
-        assert!(report.sweep.errors.is_empty());
-        assert!(!sup.instance().unwrap().is_populated().unwrap());
-        sup.shutdown().await.unwrap();
-    })
-    .await;
-    env.finish().await;
+    eight_parallel_jobs(Containment::Cgroups).await;
 }
 
-/// The same eight jobs where no cgroup is written ([`Containment::Holders`]):
-/// each server, npx and its children included, below a holder of its own.
-/// The halves cancelled mid-call and the servers of the jobs that completed
-/// are all ended by the tick's sweep; nothing carrying the jobs' tag is
-/// left once it has returned.
+/// The same where no cgroup is written ([`Containment::Holders`]): each
+/// server, npx and its children included, below a holder of its own.
 #[tokio::test]
-async fn eight_parallel_jobs_with_holders_half_cancelled_leave_nothing() {
+async fn eight_parallel_jobs_with_holders_half_cancelled_the_rest_unaffected() {
+    eight_parallel_jobs(Containment::Holders).await;
+}
+
+/// The tick's sweep ends the servers of every job, cancelled or not:
+/// nothing carrying the jobs' tag is left once it has returned.
+async fn eight_parallel_jobs(containment: Containment) {
     let env = TestEnv::new();
-    let tag = format!("mcp-holders-{}-{}", std::process::id(), nanos());
+    let tag = format!("mcp-{}-{}-{}", containment.as_str(), std::process::id(), nanos());
     within(180, async {
-        let sup = Supervisor::builder()
-            .containment(Containment::Holders)
-            .grace(Duration::from_millis(1000))
-            .start()
-            .await
-            .unwrap();
+        let builder = Supervisor::builder().grace(Duration::from_millis(1000)).containment(containment);
+        let builder = if containment == Containment::Cgroups { builder.root(env.path()) } else { builder };
+        let sup = builder.start().await.unwrap();
         let trees: Arc<Mutex<Vec<u64>>> = Arc::default();
         let jobs = (0..8).map(|i| {
             let (sup, tag, trees) = (sup.clone(), tag.clone(), trees.clone());
@@ -211,7 +173,11 @@ async fn eight_parallel_jobs_with_holders_half_cancelled_leave_nothing() {
                 cmd.env("PSTAG", &tag);
                 let transport = session.spawn_mcp(&mut cmd).map_err(|e| e.to_string())?;
                 let client = ().serve(transport).await.map_err(|e| e.to_string())?;
-                trees.lock().unwrap().push(session.stats().pids_current.unwrap_or(0));
+                let processes = match session.cgroup() {
+                    Some(cg) => cg.member_pidfds_recursive().map_err(|e| e.to_string())?.len() as u64,
+                    None => session.stats().pids_current.unwrap_or(0),
+                };
+                trees.lock().unwrap().push(processes);
                 if i % 2 == 0 {
                     let call = client.call_tool(
                         CallToolRequestParams::new("trigger-long-running-operation")
@@ -239,6 +205,10 @@ async fn eight_parallel_jobs_with_holders_half_cancelled_leave_nothing() {
         assert!(trees.len() == 8 && trees.iter().all(|&n| n >= 2), "npx and the server in each tree: {trees:?}");
         assert_eq!(report.sweep.sessions, 8, "{report}");
         assert!(report.sweep.errors.is_empty(), "{report}");
+        if let Some(instance) = sup.instance() {
+            assert_eq!(report.sweep.removed, 8, "{report}");
+            assert!(!instance.is_populated().unwrap());
+        }
         assert_eq!(tagged(&tag), Vec::<i32>::new(), "processes of the servers left after the sweep");
         sup.shutdown().await.unwrap();
     })

@@ -35,6 +35,15 @@ fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
+/// A supervisor under the test's root, or with holders.
+async fn supervisor(env: &TestEnv, containment: Containment, grace: Duration) -> Supervisor {
+    let builder = Supervisor::builder().grace(grace).containment(containment);
+    let builder = if containment == Containment::Cgroups { builder.root(env.path()) } else { builder };
+    let sup = builder.start().await.unwrap();
+    assert_eq!(sup.containment(), containment);
+    sup
+}
+
 fn threads() -> usize {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     status.lines().find_map(|l| l.strip_prefix("Threads:")).unwrap().trim().parse().unwrap()
@@ -141,15 +150,7 @@ async fn randomized_cancellation(containment: Containment) {
         }
     }));
     within(900, async {
-        let builder = Supervisor::builder().grace(Duration::from_millis(50)).containment(containment);
-        let sup = match containment {
-            Containment::Cgroups => builder.root(env.path()),
-            _ => builder,
-        }
-        .start()
-        .await
-        .unwrap();
-        assert_eq!(sup.containment(), containment);
+        let sup = supervisor(&env, containment, Duration::from_millis(50)).await;
         let mut rng = Rng(seed);
         // A sweeper that runs all along: sessions end during sweeps.
         let stop = Arc::new(tokio::sync::Notify::new());
@@ -273,14 +274,7 @@ async fn sibling_sessions_with_holders_under_load_receive_no_signal() {
 async fn sibling_sessions(containment: Containment, secs: u64) {
     let env = TestEnv::new();
     within(secs + 120, async {
-        let builder = Supervisor::builder().grace(Duration::from_millis(20)).containment(containment);
-        let sup = match containment {
-            Containment::Cgroups => builder.root(env.path()),
-            _ => builder,
-        }
-        .start()
-        .await
-        .unwrap();
+        let sup = supervisor(&env, containment, Duration::from_millis(20)).await;
         let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("siblings-{}", nanos()));
         std::fs::create_dir_all(&dir).unwrap();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
