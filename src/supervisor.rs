@@ -639,7 +639,9 @@ impl Inner {
         if alive {
             tracing::warn!(session = %shared.id, "a session released during shutdown: killing its processes");
         }
-        drop(shared.take_holders());
+        for h in shared.take_holders() {
+            let _ = h.kill();
+        }
         ending::settle(shared, &self.counters, if alive { Ending::Abandoned } else { Ending::Finished });
     }
 
