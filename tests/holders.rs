@@ -35,9 +35,11 @@ fn parent_of(pid: u32) -> Option<u32> {
 }
 
 /// Waits (at most 10 s) until `members()` is the fixture child
-/// (`daemon sleep 3600`) and the helper it daemonized, settled (`setsid`'s
-/// short-lived parent gone); returns the helper's pid.
-async fn settled(members: impl Fn() -> Vec<PidFd>, child: u32) -> u32 {
+/// (`daemon sleep 3600`) and the helper it daemonized, settled: `setsid`'s
+/// short-lived parent gone, and the helper re-parented to `holder` (a walk
+/// may list the tree while that parent exits; seen on 5.10 under TCG).
+/// Returns the helper's pid.
+async fn settled(members: impl Fn() -> Vec<PidFd>, child: u32, holder: u32) -> u32 {
     let mut last = Vec::new();
     for _ in 0..1000 {
         let m = members();
@@ -47,7 +49,11 @@ async fn settled(members: impl Fn() -> Vec<PidFd>, child: u32) -> u32 {
             .map(PidFd::pid)
             .filter(|&p| p != child && cmdline(p).starts_with(FIXTURE) && !cmdline(p).contains("daemon"))
             .collect();
-        if m.len() == 2 && m.iter().any(|p| p.pid() == child) && helper.len() == 1 {
+        if m.len() == 2
+            && m.iter().any(|p| p.pid() == child)
+            && helper.len() == 1
+            && parent_of(helper[0]) == Some(holder)
+        {
             return helper[0];
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -75,7 +81,7 @@ async fn a_held_commands_escapee_stays_below_its_holder_and_ending_the_holder_le
 
         // `setsid --fork` left a helper in a session of its own, whose parent
         // exited: re-parented to the holder, not to init.
-        let helper = settled(|| holder.members(), child.id()).await;
+        let helper = settled(|| holder.members(), child.id(), holder.pid()).await;
         assert_eq!(parent_of(helper), Some(holder.pid()), "the escapee is the holder's");
         assert_ne!(std::fs::read_link(format!("/proc/{helper}/ns/pid")).ok(), None, "the helper is a live process");
         let members = holder.members();
@@ -216,7 +222,7 @@ async fn the_holders_end_their_trees_when_the_gateway_dies() {
         for (h, c) in holders.iter().zip(&children) {
             let holder = PidFd::open(*h).unwrap();
             let hp = rustix::process::Pid::from_raw(*h as i32).unwrap();
-            settled(|| procscope_members(hp), *c).await;
+            settled(|| procscope_members(hp), *c, *h).await;
             members.extend(procscope_members(hp));
             members.push(holder);
         }
@@ -292,7 +298,7 @@ async fn a_held_command_starts_through_clone_where_clone3_is_refused() {
                 let mut cmd = Command::new(FIXTURE);
                 cmd.args(["daemon", "sleep", "3600"]).stdin(Stdio::Null).stdout(Stdio::Null);
                 let (mut child, holder) = procscope::testing::spawn_held(&mut cmd).map_err(|e| e.to_string())?;
-                let helper = settled(|| holder.members(), child.id()).await;
+                let helper = settled(|| holder.members(), child.id(), holder.pid()).await;
                 let parent = (parent_of(helper), holder.pid());
                 let signalled = holder.end(Duration::from_secs(2)).await.map_err(|e| e.to_string())?;
                 use std::os::unix::process::ExitStatusExt;
