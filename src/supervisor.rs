@@ -554,12 +554,10 @@ impl Inner {
             self.forget_active(shared);
             return;
         }
-        if self.shut_down.load(Ordering::Acquire) {
-            // Cgroups: the shutdown's kill of the instance takes it.
+        // Cgroups: the shutdown's kill of the instance takes it. A session
+        // of holders goes on below: `orphan` ends it under the pool's lock.
+        if self.shut_down.load(Ordering::Acquire) && shared.cgroup.is_some() {
             self.forget_active(shared);
-            if shared.cgroup.is_none() {
-                self.kill_held_after_shutdown(shared);
-            }
             return;
         }
         let _enter = shared.span.enter();

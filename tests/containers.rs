@@ -26,6 +26,21 @@ fn has_sys_admin(doc: &serde_json::Value) -> bool {
     caps & (1 << CAP_SYS_ADMIN) != 0
 }
 
+/// The fixture's gateway in `ctr` (`gateway discover 2 1`: the root it
+/// finds, two sessions whose children daemonize a helper with `setsid
+/// --fork`, a guardian asked for), and its report up to `ready`.
+fn start_gateway(ctr: &Container) -> (std::process::Child, Vec<String>) {
+    let mut gw = ctr
+        .command(FIXTURE)
+        .args(["gateway", "discover", "2", "1"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = common::read_until_ready(&mut gw);
+    (gw, lines)
+}
+
 fn doctor_json(ctr: &Container) -> (i32, serde_json::Value) {
     let out = ctr.command(PROCSCOPE).args(["doctor", "--json"]).output().unwrap();
     let v = serde_json::from_slice(&out.stdout)
@@ -97,14 +112,7 @@ async fn a_privileged_container_gets_the_full_mode_with_sealing_and_the_guardian
         // A gateway (not the container's PID 1: an init reaps, as with
         // `docker run --init`) with a guardian; each session's child
         // daemonizes a helper with `setsid --fork`.
-        let mut gw = ctr
-            .command(FIXTURE)
-            .args(["gateway", "discover", "2", "1"])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let lines = common::read_until_ready(&mut gw);
+        let (mut gw, lines) = start_gateway(&ctr);
         assert_eq!(field(&lines, "sessions"), "2", "{lines:?}");
         let inside = field(&lines, "instance");
         assert!(inside.starts_with("/sys/fs/cgroup/procscope/i-"), "the root a gateway finds in a container: {inside}");
@@ -170,14 +178,7 @@ async fn a_default_container_contains_with_holders_and_exec_is_refused_with_the_
         // A library gateway with the defaults (and a guardian asked for,
         // which holders make needless) chooses holders on its own. Each
         // session's child daemonizes a helper with `setsid --fork`.
-        let mut gw = ctr
-            .command(FIXTURE)
-            .args(["gateway", "discover", "2", "1"])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let lines = common::read_until_ready(&mut gw);
+        let (mut gw, lines) = start_gateway(&ctr);
         assert_eq!(field(&lines, "containment"), "holders", "{lines:?}");
         assert_eq!(field(&lines, "instance"), "none", "{lines:?}");
         assert_eq!(field(&lines, "guardian"), "0", "{lines:?}");

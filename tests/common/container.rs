@@ -4,7 +4,7 @@
 //! namespace whose init reaps orphans (as `docker run --init` does), and,
 //! for a default container, cgroup2 read-only and no `CAP_SYS_ADMIN`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use procscope::Cgroup;
@@ -106,18 +106,7 @@ impl Container {
     /// Every cgroup directory under the container's cgroup, as paths
     /// relative to it (sorted).
     pub fn tree(&self) -> Vec<PathBuf> {
-        fn walk(dir: &Path, base: &Path, out: &mut Vec<PathBuf>) {
-            for e in std::fs::read_dir(dir).unwrap().flatten() {
-                if e.file_type().is_ok_and(|t| t.is_dir()) {
-                    out.push(e.path().strip_prefix(base).unwrap().to_owned());
-                    walk(&e.path(), base, out);
-                }
-            }
-        }
-        let mut out = Vec::new();
-        walk(self.cgroup.path(), self.cgroup.path(), &mut out);
-        out.sort();
-        out
+        super::cgroup_dirs(self.cgroup.path())
     }
 
     /// The processes in the container's cgroup tree, but its init.

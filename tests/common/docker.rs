@@ -169,18 +169,7 @@ impl Engine {
 
     /// The cgroups under the engine's, as paths relative to it (sorted).
     pub fn tree(&self) -> Vec<PathBuf> {
-        fn walk(dir: &Path, base: &Path, out: &mut Vec<PathBuf>) {
-            for e in std::fs::read_dir(dir).unwrap().flatten() {
-                if e.file_type().is_ok_and(|t| t.is_dir()) {
-                    out.push(e.path().strip_prefix(base).unwrap().to_owned());
-                    walk(&e.path(), base, out);
-                }
-            }
-        }
-        let mut out = Vec::new();
-        walk(self.cgroup.path(), self.cgroup.path(), &mut out);
-        out.sort();
-        out
+        super::cgroup_dirs(self.cgroup.path())
     }
 }
 

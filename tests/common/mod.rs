@@ -143,6 +143,22 @@ impl Drop for TestEnv {
     }
 }
 
+/// Every directory below the cgroup `dir`, as paths relative to it (sorted).
+pub fn cgroup_dirs(dir: &std::path::Path) -> Vec<PathBuf> {
+    fn walk(dir: &std::path::Path, base: &std::path::Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                out.push(e.path().strip_prefix(base).unwrap().to_owned());
+                walk(&e.path(), base, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
 /// The guardian's spool of the root `root` (procscope's `spool` module):
 /// `/run/procscope/guardian-spool/<inode of the root's directory>`.
 pub fn spool_of(root: &std::path::Path) -> std::path::PathBuf {
