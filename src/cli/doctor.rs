@@ -374,7 +374,7 @@ fn or_none(v: &[String]) -> String {
 /// with the best mechanism, and reports what worked (and whether the probe
 /// was tied to its pidfd).
 /// Where no cgroup can be written: a supervisor with holders starts a child
-/// that leaves a daemon behind, and ends the session; both must be gone.
+/// in a session and closes it; the child must have been held and ended.
 async fn probe_holders(problems: &mut Vec<Problem>) -> (&'static str, &'static str, Option<AutoKill>) {
     let mut fail = |what: String| {
         problems.push(Problem {
