@@ -238,7 +238,7 @@ fn write_all(fd: &OwnedFd, mut buf: &[u8]) -> io::Result<()> {
 // ---------------------------------------------------------------------------
 
 /// The children of `pid`, of every thread, from `/proc`.
-fn children_of(pid: i32) -> Vec<i32> {
+pub(crate) fn children_of(pid: i32) -> Vec<i32> {
     let mut kids = Vec::new();
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return kids };
     for t in tasks.flatten() {
@@ -296,6 +296,11 @@ pub(crate) fn members_of(root: Pid) -> Vec<PidFd> {
         }
         queue.push((root, None));
     }
+}
+
+/// [`members_of`] by raw pid: nothing for a pid that is not a process.
+pub(crate) fn members_of_pid(root: i32) -> Vec<PidFd> {
+    Pid::from_raw(root).map(members_of).unwrap_or_default()
 }
 
 /// Whether `root` (alive) has a child: its tree is empty exactly when it

@@ -132,6 +132,7 @@ mod ending;
 mod error;
 mod events;
 mod guardian;
+pub mod held;
 // Reached only through `testing::spawn_held` until sessions use holders.
 #[cfg_attr(not(feature = "test-hooks"), allow(dead_code))]
 mod holder;

@@ -5,7 +5,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Output};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use crate::cgroup::limits::Stats;
 use crate::cgroup::{Cgroup, Events};
@@ -325,6 +325,14 @@ impl Session {
     /// the session is still ended. A session a sweep already took is left to it
     /// (an empty [`Termination`] comes back).
     pub async fn close(self) -> Result<Termination> {
+        let grace = self.sup.config.grace;
+        self.close_within(grace).await
+    }
+
+    /// [`close`](Self::close) with a grace period of its own instead of
+    /// the supervisor's: for an ending that cannot wait as long (a
+    /// shutdown with a deadline), or that should wait longer.
+    pub async fn close_within(self, grace: Duration) -> Result<Termination> {
         if self.shared.end() {
             return Ok(Termination::default());
         }
@@ -334,7 +342,7 @@ impl Session {
         sup.closing.enter();
         let task = tokio::spawn(async move {
             let start = tokio::time::Instant::now();
-            let outcome = shared.place(sup.instance()).end(&shared.children(), sup.config.grace).await;
+            let outcome = shared.place(sup.instance()).end(&shared.children(), grace).await;
             crate::events::session_end(shared.path(), "close", &outcome, Some(start.elapsed()));
             sup.finished(&shared, &outcome, false);
             sup.persist_counters().await;

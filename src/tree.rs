@@ -167,19 +167,7 @@ fn session_info(s: &Cgroup, dir: &str, owner_alive: bool) -> SessionInfo {
         Some(bytes) => (bytes, "memory.current"),
         None => (pids.iter().map(|p| rss_bytes(*p)).sum(), "rss"),
     };
-    let command = pids
-        .iter()
-        .filter_map(|p| Some((instance::start_time(*p)?, *p)))
-        .min()
-        .and_then(|(_, pid)| std::fs::read(format!("/proc/{pid}/cmdline")).ok())
-        .map(|raw| {
-            let parts: Vec<String> = raw
-                .split(|b| *b == 0)
-                .filter(|a| !a.is_empty())
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect();
-            parts.join(" ")
-        });
+    let command = oldest_command(&pids);
     SessionInfo {
         id,
         path: s.path().to_owned(),
@@ -192,6 +180,22 @@ fn session_info(s: &Cgroup, dir: &str, owner_alive: bool) -> SessionInfo {
     }
 }
 
+/// The command line of the oldest of `pids`.
+pub(crate) fn oldest_command(pids: &[i32]) -> Option<String> {
+    pids.iter()
+        .filter_map(|p| Some((instance::start_time(*p)?, *p)))
+        .min()
+        .and_then(|(_, pid)| std::fs::read(format!("/proc/{pid}/cmdline")).ok())
+        .map(|raw| {
+            let parts: Vec<String> = raw
+                .split(|b| *b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            parts.join(" ")
+        })
+}
+
 fn member_pids(cg: &Cgroup) -> Vec<i32> {
     let mut pids = Vec::new();
     let _ = cg.visit_tree(|c| {
@@ -201,7 +205,7 @@ fn member_pids(cg: &Cgroup) -> Vec<i32> {
     pids
 }
 
-fn rss_bytes(pid: i32) -> u64 {
+pub(crate) fn rss_bytes(pid: i32) -> u64 {
     let pages: u64 = std::fs::read_to_string(format!("/proc/{pid}/statm"))
         .ok()
         .and_then(|s| s.split_whitespace().nth(1)?.parse().ok())

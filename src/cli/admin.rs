@@ -7,7 +7,7 @@ use std::time::Duration;
 use procscope::tree::{self, Scope};
 use procscope::{Error, Owner};
 
-use super::{FAILED, fail, locate_root, report_json};
+use super::{FAILED, fail, locate_root_or_held, report_json};
 
 /// The owner whose sessions `end` acts on: `--owner`, else
 /// `$PROCSCOPE_OWNER`, else our parent process (the gateway that runs
@@ -55,13 +55,15 @@ pub async fn end(
         Ok(o) => o,
         Err(e) => return fail("end", &e),
     };
-    let root = match locate_root(root) {
+    let root = match locate_root_or_held(root) {
         Ok(r) => r,
         Err(e) => return fail("end", &e),
     };
+    let run = procscope::held::run_dir();
     let mut not_found = Vec::new();
-    let instances = instances_of(&root, owner);
+    let instances = root.as_ref().map(|r| instances_of(r, owner)).unwrap_or_default();
     let mut found: Vec<Vec<procscope::Cgroup>> = instances.iter().map(|_| Vec::new()).collect();
+    let mut held = Vec::new();
     for id in &ids {
         let mut any = false;
         for (i, instance) in instances.iter().enumerate() {
@@ -74,15 +76,24 @@ pub async fn end(
                 Err(e) => return fail("end", &e),
             }
         }
+        // Commands that `exec` holds (where no cgroup2 can be written).
+        let execs = procscope::held::of_owner(&run, owner, id);
+        any |= !execs.is_empty();
+        held.extend(execs);
         if !any {
             not_found.push(id.clone());
         }
     }
     let mut report = procscope::SweepReport::default();
-    for (instance, sessions) in instances.into_iter().zip(found) {
-        if !sessions.is_empty() {
-            report.merge(tree::end_sessions(&root, Arc::new(instance), sessions, grace).await);
+    if let Some(root) = &root {
+        for (instance, sessions) in instances.into_iter().zip(found) {
+            if !sessions.is_empty() {
+                report.merge(tree::end_sessions(root, Arc::new(instance), sessions, grace).await);
+            }
         }
+    }
+    if !held.is_empty() {
+        report.merge(procscope::held::end(held, grace).await);
     }
     if json {
         let mut v = report_json(&report);
@@ -106,10 +117,11 @@ pub async fn end(
 }
 
 pub async fn sweep(root: Option<PathBuf>, orphans: bool, all: bool, force: bool, grace: Duration, json: bool) -> i32 {
-    let root = match locate_root(root) {
+    let root = match locate_root_or_held(root) {
         Ok(r) => r,
         Err(e) => return fail("sweep", &e),
     };
+    let run = procscope::held::run_dir();
     // `--all` without `--force` spares live owners: a running gateway keeps
     // its sessions, and is named as skipped.
     let scope = match (all, force, orphans) {
@@ -117,14 +129,21 @@ pub async fn sweep(root: Option<PathBuf>, orphans: bool, all: bool, force: bool,
         (true, false, _) | (false, _, true) => Scope::StaleAndOrphaned,
         _ => Scope::Stale,
     };
-    let report = match tree::sweep(&root, scope, grace).await {
-        Ok(r) => r,
-        Err(e) => return fail("sweep", &e),
+    let mut report = match &root {
+        Some(root) => match tree::sweep(root, scope, grace).await {
+            Ok(r) => r,
+            Err(e) => return fail("sweep", &e),
+        },
+        None => procscope::SweepReport::default(),
     };
+    // Commands that `exec` holds (where no cgroup2 can be written).
+    report.merge(procscope::held::sweep(&run, scope, grace).await);
     let skipped: Vec<(String, i32, usize, bool)> = if all && !force {
-        tree::list(&root)
+        root.as_ref()
+            .and_then(|r| tree::list(r).ok())
             .unwrap_or_default()
             .into_iter()
+            .chain(procscope::held::list(&run))
             .filter(|i| i.owner_alive)
             .map(|i| (i.name.clone(), i.owner_pid, i.sessions.len(), i.foreign_pid_namespace))
             .collect()

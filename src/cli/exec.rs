@@ -21,6 +21,8 @@ use procscope::{ChildStage, Command, Error, Limits, Owner, PidFd, Root, Sealing,
 
 use super::USAGE;
 
+mod held;
+
 /// Exit code: procscope failed before the command ran.
 const WRAPPER_FAILED: i32 = 125;
 /// Exit code: the command could not be executed.
@@ -90,9 +92,21 @@ pub struct ExecArgs {
     /// when its parent is outside its PID namespace, as for a container's PID 1]
     #[arg(long, value_name = "PID")]
     owner: Option<i32>,
+    /// How to contain the command: in a session cgroup, or held by a
+    /// subreaper with `exec` staying in front of it (where no cgroup2 can be
+    /// written; see the README's "Containers") [default: cgroups where
+    /// cgroup2 can be written, else holders]
+    #[arg(long, value_enum, value_name = "HOW")]
+    containment: Option<ContainmentArg>,
     /// The command and its arguments, after `--`
     #[arg(required = true, last = true, value_name = "CMD")]
     command: Vec<OsString>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ContainmentArg {
+    Cgroups,
+    Holders,
 }
 
 pub fn run(a: ExecArgs) -> i32 {
@@ -134,16 +148,29 @@ pub fn run(a: ExecArgs) -> i32 {
         Ok(o) => o,
         Err(e) => return fail(&e),
     };
+    let me = rustix::process::getpid().as_raw_nonzero().get();
+    let id = a.session.clone().unwrap_or_else(|| format!("exec-{me}"));
+    if a.containment == Some(ContainmentArg::Holders) {
+        return held::run(cmd, owner, owner_fd, id, limits, a.grace, a.seal);
+    }
     let root = match &a.root {
         Some(p) => Root::open(p),
         None => Root::discover(),
     };
     let root = match root {
+        // No cgroup2 can be written here (a default container): the command
+        // is held instead, unless cgroups were asked for.
+        Err(e @ (Error::CgroupReadOnly { .. } | Error::NoCgroup2 { .. })) if a.containment.is_none() => {
+            tracing::warn!(
+                event = "exec.holders",
+                reason = %e,
+                "no cgroup2 can be written here: the command is contained with a holder, and exec stays in front of it"
+            );
+            return held::run(cmd, owner, owner_fd, id, limits, a.grace, a.seal);
+        }
         Ok(r) => r,
         Err(e) => return fail(&e),
     };
-    let me = rustix::process::getpid().as_raw_nonzero().get();
-    let id = a.session.clone().unwrap_or_else(|| format!("exec-{me}"));
     // The placing's events (`exec.place`, `guardian.start`) name the program
     // through this span.
     let _span = tracing::info_span!("exec", program = %a.command[0].to_string_lossy()).entered();

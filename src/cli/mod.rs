@@ -61,7 +61,8 @@ pub fn exit_code(e: &Error) -> i32 {
         | Error::NotDelegated { .. }
         | Error::CgroupReadOnly { .. }
         | Error::ControllerUnavailable { .. }
-        | Error::ContainsSelf { .. } => USAGE,
+        | Error::ContainsSelf { .. }
+        | Error::NeedsCgroup { .. } => USAGE,
         Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => USAGE,
         _ => FAILED,
     }
@@ -73,6 +74,27 @@ pub fn locate_root(root: Option<PathBuf>) -> Result<Root, Error> {
     match root {
         Some(p) => Root::open(p),
         None => Root::locate(),
+    }
+}
+
+/// [`locate_root`], but `None` where no cgroup2 can be written (read-only
+/// or missing) and no root was given: there, `exec` holds its commands, and
+/// only the registry of [`procscope::held`] has sessions; also `None` where
+/// no root has been made yet but commands are held.
+pub fn locate_root_or_held(root: Option<PathBuf>) -> Result<Option<Root>, Error> {
+    let given = root.is_some();
+    match locate_root(root) {
+        Ok(r) => Ok(Some(r)),
+        Err(Error::CgroupReadOnly { .. } | Error::NoCgroup2 { .. }) if !given => Ok(None),
+        // No root made yet, but commands held: those are the sessions.
+        Err(Error::Io { source, .. })
+            if !given
+                && source.kind() == std::io::ErrorKind::NotFound
+                && !procscope::held::entries(&procscope::held::run_dir()).is_empty() =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
     }
 }
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use procscope::tree::{self, InstanceInfo, SessionInfo};
 use procscope::{Cgroup, Owner};
 
-use super::{fail, human_age, locate_root};
+use super::{fail, human_age};
 
 /// Memory samples kept per session for the trend column.
 const TREND: usize = 8;
@@ -26,26 +26,31 @@ struct History {
 }
 
 pub async fn ps(root: Option<PathBuf>, json: bool, watch: Option<Duration>) -> i32 {
-    let root = match locate_root(root) {
+    let root = match super::locate_root_or_held(root) {
         Ok(r) => r,
         Err(e) => return fail("ps", &e),
     };
+    let run = procscope::held::run_dir();
     let mut history = History::default();
     let mut stop = std::pin::pin!(super::terminated());
     let tty = std::io::stdout().is_terminal();
     loop {
-        let instances = match tree::list(&root) {
-            Ok(i) => i,
+        let instances = match root.as_ref().map(tree::list).transpose() {
+            Ok(i) => i.unwrap_or_default(),
             Err(e) => return fail("ps", &e),
         };
+        // The commands `exec` holds where no cgroup2 can be written.
+        let held = procscope::held::list(&run);
         let now = Instant::now();
-        let cpu = sample(&instances, &mut history, now);
+        let all: Vec<InstanceInfo> = instances.iter().chain(&held).cloned().collect();
+        let cpu = sample(&all, &mut history, now);
         let mut out = String::new();
         if json {
             let v = serde_json::json!({
-                "root": root.path(),
+                "root": root.as_ref().map(|r| r.path()),
                 "time": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
                 "instances": instances,
+                "held": held,
                 "cpu_percent": cpu.iter().map(|(p, c)| (p.display().to_string(), c)).collect::<HashMap<_, _>>(),
             });
             out.push_str(&format!("{v}\n"));
@@ -54,7 +59,18 @@ pub async fn ps(root: Option<PathBuf>, json: bool, watch: Option<Duration>) -> i
                 // Home and clear: the next table replaces this one.
                 out.push_str("\x1b[H\x1b[2J");
             }
-            render(&mut out, root.path(), &instances, &cpu, &history, watch.is_some(), width());
+            let width = width();
+            if let Some(root) = &root {
+                out.push_str(&format!("root: {}\n", root.path().display()));
+                render(&mut out, &instances, &cpu, &history, watch.is_some(), width);
+            }
+            if !held.is_empty() || root.is_none() {
+                out.push_str(&format!(
+                    "held by exec (no cgroup; one holder per command): {}\n",
+                    run.join("held").display()
+                ));
+                render(&mut out, &held, &cpu, &history, watch.is_some(), width);
+            }
         }
         let mut stdout = std::io::stdout().lock();
         // A closed stdout (`ps --watch | head`) ends the watch quietly.
@@ -129,14 +145,12 @@ fn guardian_of(instance: &InstanceInfo) -> Option<i32> {
 
 fn render(
     out: &mut String,
-    root: &Path,
     instances: &[InstanceInfo],
     cpu: &HashMap<PathBuf, f64>,
     history: &History,
     watching: bool,
     width: usize,
 ) {
-    out.push_str(&format!("root: {}\n", root.display()));
     if instances.is_empty() {
         out.push_str("no procscope instances\n");
         return;
@@ -145,6 +159,7 @@ fn render(
         let owner = if i.owner_alive { "alive" } else { "gone: stale" };
         let guardian = match guardian_of(i) {
             Some(pid) => format!("guardian {pid}"),
+            None if i.path.starts_with(procscope::held::run_dir()) => "held".into(),
             None => "no guardian".into(),
         };
         out.push_str(&fit(

@@ -35,6 +35,22 @@ pub(crate) fn block_all() -> io::Result<()> {
     if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
+/// Unblocks `sig` for the calling thread.
+pub(crate) fn unblock(sig: i32) -> io::Result<()> {
+    let set: u64 = 1 << (sig - 1);
+    // SAFETY: a valid 8-byte kernel signal set; the old mask is not asked for.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_UNBLOCK,
+            std::ptr::addr_of!(set),
+            std::ptr::null_mut::<u64>(),
+            std::mem::size_of::<u64>(),
+        )
+    };
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
 /// A signalfd (non-blocking, close-on-exec) for SIGCHLD, which the caller
 /// has blocked ([`block_all`]): readable when a child has changed state.
 pub(crate) fn sigchld_fd() -> io::Result<std::os::fd::OwnedFd> {

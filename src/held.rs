@@ -1,0 +1,456 @@
+//! `procscope exec` where no cgroup can be written: the registry of the
+//! `exec`s that hold their commands, for `end`, `ps` and `sweep`.
+//!
+//! Where the cgroup2 filesystem is read-only (a default container) or
+//! missing, `procscope exec` cannot place itself in a session cgroup and then
+//! become its command. It stays in front of the command instead, as a
+//! session of one command contained with a holder
+//! ([`Containment::Holders`](crate::Containment::Holders)): it forwards
+//! signals to the command, ends what the command leaves behind, and exits
+//! with the command's status. Each such `exec` registers itself as a Unix
+//! socket in a tree under the run directory (`$PROCSCOPE_RUN_DIR`, else
+//! `/run/procscope`) that mirrors the cgroup tree:
+//!
+//! ```text
+//! <run dir>/held/i-<pidns>-<owner pid>-<owner start>/s-<session>/p-<pid>-<start>-<grace ms>
+//! ```
+//!
+//! The directories are made with mode 0700. `end` and `sweep` ask an `exec`
+//! through its socket to end its session (one line, `end <grace ms>`), and
+//! the `exec` answers once its tree is gone (`ended <signalled> <terminated>
+//! <killed>`), so the ending is the one the library's sessions use.
+//! `ps` reads the tree below each `exec`. A socket whose `exec` is gone (it
+//! was SIGKILLed: its holder has then killed the tree) is stale, and
+//! removed by `sweep`.
+
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::error::{Error, Result};
+use crate::instance::Owner;
+use crate::sweep::{SweepError, SweepReport, Termination};
+use crate::tree::{InstanceInfo, Scope, SessionInfo, SessionState};
+
+/// The variable that names the run directory.
+pub const RUN_DIR_ENV: &str = "PROCSCOPE_RUN_DIR";
+/// The run directory when [`RUN_DIR_ENV`] is not set.
+pub const DEFAULT_RUN_DIR: &str = "/run/procscope";
+
+/// How long `end` waits for an `exec` beyond the grace it gave: the SIGKILL
+/// of what is left and the holder's reaping.
+const END_SLACK: Duration = Duration::from_secs(30);
+
+/// The run directory: `$PROCSCOPE_RUN_DIR`, else `/run/procscope`.
+pub fn run_dir() -> PathBuf {
+    std::env::var_os(RUN_DIR_ENV).filter(|v| !v.is_empty()).map_or_else(|| DEFAULT_RUN_DIR.into(), PathBuf::from)
+}
+
+/// Calls `f` with a short path to `path` (its directory as an open fd,
+/// `/proc/self/fd/<fd>/<name>`): a socket's path must fit in 108 bytes,
+/// and a run directory, an instance and a 64-character session id do not.
+fn through_dir<T>(path: &Path, f: impl FnOnce(&Path) -> std::io::Result<T>) -> std::io::Result<T> {
+    use std::os::fd::AsRawFd;
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(std::io::ErrorKind::InvalidInput.into());
+    };
+    let fd = rustix::fs::open(
+        dir,
+        rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?;
+    let short = Path::new("/proc/self/fd").join(fd.as_raw_fd().to_string()).join(name);
+    f(&short)
+}
+
+fn held_dir(run: &Path) -> PathBuf {
+    run.join("held")
+}
+
+/// One registered `exec`, as read from the run directory.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    /// Its instance directory's name, `i-<pidns>-<pid>-<start>`.
+    pub instance: String,
+    /// The owner the instance names.
+    pub owner: Owner,
+    /// The session id.
+    pub session: String,
+    /// The `exec` itself (pid and start time).
+    pub exec: Owner,
+    /// The grace it was started with.
+    pub grace: Duration,
+    /// Its socket.
+    pub path: PathBuf,
+}
+
+impl Entry {
+    /// Whether the `exec` still runs (same pid, same start time).
+    pub fn is_alive(&self) -> bool {
+        self.exec.is_alive()
+    }
+}
+
+fn parse_entry(name: &str) -> Option<(Owner, Duration)> {
+    let mut parts = name.strip_prefix("p-")?.split('-').map(|p| p.parse::<u64>().ok());
+    let pid = i32::try_from(parts.next()??).ok().filter(|p| *p > 0)?;
+    let start = parts.next()??;
+    let grace = Duration::from_millis(parts.next()??);
+    parts.next().is_none().then_some((Owner { pid, start }, grace))
+}
+
+fn names_in(dir: &Path, prefix: &str) -> Vec<String> {
+    let Ok(rd) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut names: Vec<String> =
+        rd.flatten().filter_map(|e| e.file_name().into_string().ok()).filter(|n| n.starts_with(prefix)).collect();
+    names.sort();
+    names
+}
+
+/// Every `exec` registered under `run` (directories that go away meanwhile
+/// are left out; names that do not parse are not ours, and skipped).
+pub fn entries(run: &Path) -> Vec<Entry> {
+    let held = held_dir(run);
+    let mut out = Vec::new();
+    for inst in names_in(&held, "i-") {
+        let Some(owner) = Owner::from_instance_name(&inst) else { continue };
+        for sdir in names_in(&held.join(&inst), "s-") {
+            let session = sdir["s-".len()..].to_owned();
+            if crate::names::validate_session_id(&session).is_err() {
+                continue;
+            }
+            let dir = held.join(&inst).join(&sdir);
+            for p in names_in(&dir, "p-") {
+                if let Some((exec, grace)) = parse_entry(&p) {
+                    out.push(Entry {
+                        instance: inst.clone(),
+                        owner,
+                        session: session.clone(),
+                        exec,
+                        grace,
+                        path: dir.join(p),
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------
+// The `exec`'s side.
+// ---------------------------------------------------------------------------
+
+/// An `exec`'s registration: its socket, removed (with the directories it
+/// leaves empty) when this is dropped.
+#[derive(Debug)]
+pub struct Registration {
+    path: PathBuf,
+    listener: UnixListener,
+}
+
+/// A request to end the session, received by a [`Registration`].
+#[derive(Debug)]
+pub struct EndRequest {
+    /// The grace the requester gave.
+    pub grace: Duration,
+    stream: UnixStream,
+}
+
+impl Registration {
+    /// Registers the calling process as the `exec` of `session` of `owner`,
+    /// started with `grace`. Needs a tokio runtime.
+    ///
+    /// # Errors
+    /// [`Error::InvalidName`] for a bad session id, [`Error::Io`] if the run
+    /// directory cannot be written.
+    pub fn new(run: &Path, owner: Owner, session: &str, grace: Duration) -> Result<Registration> {
+        crate::names::validate_session_id(session)?;
+        let me = Owner::this_process()?;
+        let dir = held_dir(run).join(owner.instance_name()).join(format!("s-{session}"));
+        let path = dir.join(format!("p-{}-{}-{}", me.pid, me.start, grace.as_millis()));
+        let mut last = None;
+        // An `exec` of the same session that exits removes the directories
+        // it leaves empty, perhaps between our mkdir and bind: again.
+        for _ in 0..16 {
+            if let Err(e) = std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir) {
+                return Err(Error::io("create the run directory", &dir, e));
+            }
+            let _ = std::fs::remove_file(&path);
+            match through_dir(&path, |short| UnixListener::bind(short)) {
+                Ok(listener) => return Ok(Registration { path, listener }),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => last = Some(e),
+                Err(e) => return Err(Error::io("bind the exec's socket", &path, e)),
+            }
+        }
+        Err(Error::io("bind the exec's socket", &path, last.unwrap_or_else(|| std::io::Error::other("raced"))))
+    }
+
+    /// Its socket's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The next request to end the session; a connection that sends
+    /// anything else is answered with an error and dropped.
+    pub async fn next_request(&self) -> EndRequest {
+        loop {
+            let Ok((stream, _)) = self.listener.accept().await else { continue };
+            let mut reader = BufReader::new(stream);
+            let mut line = String::new();
+            let read = tokio::time::timeout(Duration::from_secs(5), reader.read_line(&mut line)).await;
+            let mut stream = reader.into_inner();
+            let grace = match (read, line.trim().strip_prefix("end ").map(str::parse::<u64>)) {
+                (Ok(Ok(_)), Some(Ok(ms))) => Duration::from_millis(ms),
+                _ => {
+                    let _ = stream.write_all(b"error: expected `end <grace ms>`\n").await;
+                    continue;
+                }
+            };
+            return EndRequest { grace, stream };
+        }
+    }
+}
+
+impl EndRequest {
+    /// Answers with how the session ended.
+    pub async fn reply(mut self, t: &Termination) {
+        let line = format!("ended {} {} {}\n", t.signalled, t.terminated, t.killed);
+        let _ = self.stream.write_all(line.as_bytes()).await;
+    }
+
+    /// Answers that the session could not be ended.
+    pub async fn reply_error(mut self, error: &str) {
+        let line = format!("error: {}\n", error.replace('\n', " "));
+        let _ = self.stream.write_all(line.as_bytes()).await;
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+        // Only empty directories go; another `exec`'s socket keeps its own.
+        if let Some(session) = self.path.parent() {
+            let _ = std::fs::remove_dir(session);
+            if let Some(instance) = session.parent() {
+                let _ = std::fs::remove_dir(instance);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// `end`, `sweep` and `ps`.
+// ---------------------------------------------------------------------------
+
+/// Removes a stale entry's socket and the directories it leaves empty.
+fn remove_entry(e: &Entry) {
+    let _ = std::fs::remove_file(&e.path);
+    if let Some(session) = e.path.parent() {
+        let _ = std::fs::remove_dir(session);
+        if let Some(instance) = session.parent() {
+            let _ = std::fs::remove_dir(instance);
+        }
+    }
+}
+
+/// Asks one `exec` to end its session within `grace`, and waits for its
+/// answer.
+async fn ask_end(e: &Entry, grace: Duration) -> std::io::Result<(usize, usize, usize)> {
+    let stream = through_dir(&e.path, |short| std::os::unix::net::UnixStream::connect(short))?;
+    stream.set_nonblocking(true)?;
+    let mut stream = UnixStream::from_std(stream)?;
+    stream.write_all(format!("end {}\n", grace.as_millis()).as_bytes()).await?;
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    tokio::time::timeout(grace + END_SLACK, reader.read_line(&mut line))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer from the exec"))??;
+    let counts: Option<Vec<usize>> =
+        line.trim().strip_prefix("ended ").map(|r| r.split(' ').filter_map(|n| n.parse().ok()).collect());
+    match counts.as_deref() {
+        Some([s, t, k]) => Ok((*s, *t, *k)),
+        // The `exec` exited as it was asked (its command's own exit came
+        // first): its tree is gone all the same.
+        _ if line.is_empty() && !e.is_alive() => Ok((0, 0, 0)),
+        _ => Err(std::io::Error::other(format!("unexpected answer from the exec: {:?}", line.trim()))),
+    }
+}
+
+/// Ends the sessions of `entries` (each `exec` ends its own tree with
+/// `grace`); stale entries are removed.
+pub async fn end(entries: Vec<Entry>, grace: Duration) -> SweepReport {
+    let started = std::time::Instant::now();
+    let mut report = SweepReport::default();
+    let mut sessions = std::collections::HashSet::new();
+    let asks = entries.into_iter().map(|e| async move {
+        let r = if e.is_alive() { Some(ask_end(&e, grace).await) } else { None };
+        (e, r)
+    });
+    for (e, r) in futures_join(asks).await {
+        sessions.insert((e.instance.clone(), e.session.clone()));
+        match r {
+            None => {
+                remove_entry(&e);
+            }
+            Some(Ok((signalled, terminated, killed))) => {
+                if signalled > 0 || killed > 0 {
+                    report.leaks_prevented += 1;
+                }
+                report.terminated += terminated;
+                report.killed += killed;
+            }
+            // It exited meanwhile: its socket may be left.
+            Some(Err(_)) if !e.is_alive() => {
+                remove_entry(&e);
+            }
+            Some(Err(err)) => report.errors.push(SweepError { session: e.session.clone(), error: err.to_string() }),
+        }
+    }
+    report.sessions = sessions.len();
+    report.elapsed = started.elapsed();
+    report
+}
+
+/// Runs the futures concurrently (each `exec` waits out its own grace).
+async fn futures_join<F>(futs: impl IntoIterator<Item = F>) -> Vec<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futs.into_iter().map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        if let Ok(v) = h.await {
+            out.push(v);
+        }
+    }
+    out
+}
+
+/// Whether `who` is `pid` or one of its ancestors.
+fn descends_from(pid: i32, who: Owner) -> bool {
+    let mut p = pid;
+    for _ in 0..256 {
+        if p == who.pid {
+            return who.is_alive();
+        }
+        match crate::tree::parent_of(p) {
+            Some(pp) if pp > 0 => p = pp,
+            _ => return false,
+        }
+    }
+    false
+}
+
+/// The live `exec`s of `session` that belong to `owner`: registered under
+/// its instance, or started below it through intermediaries (an `exec`
+/// whose owner is a watchdog the gateway started).
+pub fn of_owner(run: &Path, owner: Owner, session: &str) -> Vec<Entry> {
+    let own = owner.instance_name();
+    entries(run)
+        .into_iter()
+        .filter(|e| e.session == session)
+        .filter(|e| e.instance == own || (e.is_alive() && descends_from(e.exec.pid, owner)))
+        .collect()
+}
+
+/// `sweep` of the registry: [`Scope::Stale`] and
+/// [`Scope::StaleAndOrphaned`] end the sessions whose owner is gone (an
+/// `exec` ends its session itself when its owner dies; this catches one
+/// that could not) and remove the sockets of `exec`s that are gone;
+/// [`Scope::Everything`] ends every session.
+pub async fn sweep(run: &Path, scope: Scope, grace: Duration) -> SweepReport {
+    let chosen: Vec<Entry> = entries(run)
+        .into_iter()
+        .filter(|e| matches!(scope, Scope::Everything) || !e.is_alive() || !e.owner.is_alive())
+        .collect();
+    end(chosen, grace).await
+}
+
+/// The registry as `ps` shows it: instances, their sessions, and the
+/// processes each `exec` holds (its holder's tree: the command and what it
+/// left), with their resident memory.
+pub fn list(run: &Path) -> Vec<InstanceInfo> {
+    let mut out: Vec<InstanceInfo> = Vec::new();
+    for e in entries(run) {
+        let owner_alive = e.owner.is_alive();
+        let at = match out.iter().position(|i| i.name == e.instance) {
+            Some(i) => i,
+            None => {
+                out.push(InstanceInfo {
+                    name: e.instance.clone(),
+                    path: held_dir(run).join(&e.instance),
+                    owner_pid: e.owner.pid,
+                    owner_alive,
+                    foreign_pid_namespace: false,
+                    age_secs: None,
+                    sessions: Vec::new(),
+                });
+                out.len() - 1
+            }
+        };
+        let alive = e.is_alive();
+        // The exec's children are its holders; their trees are the session.
+        let pids: Vec<i32> = if alive {
+            crate::holder::children_of(e.exec.pid)
+                .into_iter()
+                .flat_map(|h| crate::holder::members_of_pid(h).into_iter().map(|fd| fd.pid() as i32))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let age =
+            std::fs::symlink_metadata(&e.path).ok().and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok());
+        let state = if owner_alive && alive { SessionState::Active } else { SessionState::Stale };
+        let sessions = &mut out[at].sessions;
+        match sessions.iter_mut().find(|s| s.id == e.session) {
+            Some(s) => {
+                s.processes += pids.len();
+                s.memory_bytes += pids.iter().map(|p| crate::tree::rss_bytes(*p)).sum::<u64>();
+                if s.command.is_none() {
+                    s.command = crate::tree::oldest_command(&pids);
+                }
+            }
+            None => sessions.push(SessionInfo {
+                id: e.session.clone(),
+                path: e.path.parent().map(Path::to_owned).unwrap_or_default(),
+                state,
+                processes: pids.len(),
+                memory_bytes: pids.iter().map(|p| crate::tree::rss_bytes(*p)).sum(),
+                memory_source: "rss",
+                age_secs: age.map(|d| d.as_secs()),
+                command: crate::tree::oldest_command(&pids),
+            }),
+        }
+        if out[at].age_secs.is_none() {
+            out[at].age_secs = age.map(|d| d.as_secs());
+        }
+    }
+    out
+}
+
+/// Ends the calling process as `status` says the command ended: with the
+/// same exit code, or killed by the same signal (its action set back to
+/// the default first, and no core dump of this process), so that whoever
+/// waits for the `exec` sees what it would have seen of the command.
+pub fn exit_as(status: std::process::ExitStatus) -> ! {
+    use std::os::unix::process::ExitStatusExt;
+    if let Some(code) = status.code() {
+        std::process::exit(code);
+    }
+    let sig = status.signal().unwrap_or(libc::SIGKILL);
+    let no_core = rustix::process::Rlimit { current: Some(0), maximum: None };
+    let _ = rustix::process::setrlimit(rustix::process::Resource::Core, no_core);
+    let _ = crate::sys::signal::set_ignored(sig, false);
+    let _ = crate::sys::signal::unblock(sig);
+    if let Some(s) = rustix::process::Signal::from_named_raw(sig) {
+        let _ = rustix::process::kill_process(rustix::process::getpid(), s);
+    }
+    // A signal whose default is to be ignored (SIGWINCH) or not delivered:
+    // the shell's convention.
+    std::process::exit(128 + sig)
+}
