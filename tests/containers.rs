@@ -8,8 +8,8 @@
 //! - Where it is read-only and `CAP_SYS_ADMIN` is gone (a default
 //!   container), a library gateway contains its sessions with holders,
 //!   chosen on its own, and `doctor` says so with how to get the full
-//!   mode; `exec` refuses with the typed error that says how, and nothing
-//!   is created in the cgroup tree.
+//!   mode; `exec` holds its command (it stays in front of a holder), `end`
+//!   finds it, and nothing is created in the cgroup tree.
 
 mod common;
 
@@ -150,7 +150,7 @@ fn parent_of(pid: u32) -> Option<u32> {
 }
 
 #[tokio::test]
-async fn a_default_container_contains_with_holders_and_exec_is_refused_with_the_way_to_the_full_mode() {
+async fn a_default_container_contains_with_holders_and_exec_holds_its_command() {
     within(60, async {
         let env = TestEnv::new();
         let ctr = Container::start(&env, "ctr", Kind::Default);
@@ -216,21 +216,42 @@ async fn a_default_container_contains_with_holders_and_exec_is_refused_with_the_
         let _ = gw.wait();
         assert_eq!(ctr.settle(5).await, Vec::<u32>::new(), "processes left in the container");
 
-        // `exec`: refused before anything is placed, with how to get the
-        // full mode (`exec` needs a cgroup to place the command in).
-        let out = sh(&ctr, &format!("{PROCSCOPE} exec --session j -- {FIXTURE} ready"));
+        // `exec` holds its command: it stays in front of it, and what the
+        // command leaves is ended when it exits; the exit code is the
+        // command's.
+        let out =
+            sh(&ctr, &format!("{PROCSCOPE} exec --session j -- sh -c '{FIXTURE} daemon >/dev/null; echo ran; exit 4'"));
         let err = String::from_utf8_lossy(&out.stderr);
-        // Exit 2, as for a root that is not delegated: the environment, not
-        // the command, is what must change.
-        assert_eq!(out.status.code(), Some(2), "{err}");
-        assert!(err.contains("mounted read-only") && err.contains("docker run --privileged"), "{err}");
-        assert!(!String::from_utf8_lossy(&out.stdout).contains("ready"), "the command must not run");
+        assert_eq!(out.status.code(), Some(4), "{err}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "ran\n", "{err}");
+        assert!(err.contains("contained with a holder"), "the mode is said: {err}");
+        assert_eq!(ctr.settle(5).await, Vec::<u32>::new(), "the command's daemon outlived it");
 
-        // An explicit root on the read-only mount: the same refusal.
-        let out = sh(&ctr, &format!("{PROCSCOPE} exec --root /sys/fs/cgroup --session j -- {FIXTURE} ready"));
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{err}");
-        assert!(err.contains("mounted read-only") && err.contains("docker run --privileged"), "{err}");
+        // `end` from the same gateway (a shell) ends a held session, found
+        // through the registry in /run/procscope once `ps` lists it.
+        let line = format!(
+            "{PROCSCOPE} exec --session k -- sh -c '{FIXTURE} daemon >/dev/null; exec sleep 3600' 2>/dev/null & \
+             until {PROCSCOPE} ps --json | grep -q '\"id\":\"k\"'; do sleep 0.05; done; \
+             {PROCSCOPE} end --json k; wait"
+        );
+        let out = sh(&ctr, &line);
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"));
+        assert_eq!(report["sessions"], 1, "{report}");
+        assert_eq!(report["leaks_prevented"], 1, "{report}");
+        assert_eq!(report["terminated"], 2, "the command and its daemon: {report}");
+        assert_eq!(ctr.settle(5).await, Vec::<u32>::new());
+
+        // Cgroups asked for (or a root on the read-only mount): refused
+        // before anything is placed, with how to get the full mode.
+        for how in ["--containment cgroups", "--root /sys/fs/cgroup"] {
+            let out = sh(&ctr, &format!("{PROCSCOPE} exec {how} --session j -- {FIXTURE} ready"));
+            let err = String::from_utf8_lossy(&out.stderr);
+            // Exit 2, as for a root that is not delegated: the environment,
+            // not the command, is what must change.
+            assert_eq!(out.status.code(), Some(2), "{how}: {err}");
+            assert!(err.contains("mounted read-only") && err.contains("docker run --privileged"), "{err}");
+            assert!(!String::from_utf8_lossy(&out.stdout).contains("ready"), "the command must not run");
+        }
 
         assert_eq!(ctr.tree(), before, "nothing may be created");
         assert_eq!(ctr.settle(5).await, Vec::<u32>::new());

@@ -37,6 +37,13 @@ fn status_field<'a>(status: &'a str, key: &str) -> &'a str {
 /// up to `ready`; the processes (`pid ppid args`) once the daemons'
 /// helpers are their holders'; then the processes once nothing of the
 /// SIGKILLed gateway runs (at most 5 s).
+/// `procscope exec` of a command that leaves a daemon, then what is left.
+const EXEC_SCRIPT: &str = r#"
+procscope exec -- sh -c 'procscope-fixture daemon > /dev/null; echo ran; exit 5'
+echo rc=$?
+ps -o pid,ppid,args
+"#;
+
 const GATEWAY_SCRIPT: &str = r#"
 procscope-fixture daemon > /dev/null
 i=0
@@ -70,7 +77,7 @@ ps -o pid,ppid,args
 "#;
 
 #[tokio::test]
-async fn a_default_docker_container_is_contained_with_holders_and_exec_says_how_to_get_the_full_mode() {
+async fn a_default_docker_container_is_contained_with_holders_and_exec_holds_its_command() {
     within(300, async {
         let env = TestEnv::new();
         let engine = Engine::start(&env);
@@ -173,8 +180,29 @@ async fn a_default_docker_container_is_contained_with_holders_and_exec_says_how_
             "left in the container after the gateway's SIGKILL: {after:#?}\n{report}"
         );
 
-        // exec refuses with the fix (Error::CgroupReadOnly, exit 2).
-        let out = engine.run(&["--rm", "--network=none", IMAGE, "procscope", "exec", "--", "true"]);
+        // exec holds its command there: the command's exit code comes back,
+        // and its daemon is ended with it (the same check in the same
+        // container, whatever is left is listed).
+        let out = engine.run(&["--rm", "--init", "--network=none", IMAGE, "sh", "-c", EXEC_SCRIPT]);
+        let report = text(&out);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.lines().any(|l| l == "rc=5"), "the command's exit code: {report}");
+        assert!(stdout.lines().any(|l| l == "ran"), "{report}");
+        assert!(!stdout.contains("procscope-fixture sleep"), "the daemon outlived its exec: {report}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("contained with a holder"), "{report}");
+        // Cgroups asked for: refused with the fix (Error::CgroupReadOnly,
+        // exit 2).
+        let out = engine.run(&[
+            "--rm",
+            "--network=none",
+            IMAGE,
+            "procscope",
+            "exec",
+            "--containment",
+            "cgroups",
+            "--",
+            "true",
+        ]);
         assert_eq!(out.status.code(), Some(2), "{}", text(&out));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains("mounted read-only"), "{stderr}");

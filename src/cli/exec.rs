@@ -11,6 +11,9 @@
 //! `--session` lands in the same session. The instance's guardian (one per
 //! instance, started by the first `exec`) ends what a command leaves behind
 //! when its main process exits, and everything when the owner dies.
+//!
+//! Where no cgroup2 can be written (a default container), `exec` holds the
+//! command instead and stays in front of it (`exec/held.rs`).
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -159,8 +162,10 @@ pub fn run(a: ExecArgs) -> i32 {
     };
     let root = match root {
         // No cgroup2 can be written here (a default container): the command
-        // is held instead, unless cgroups were asked for.
-        Err(e @ (Error::CgroupReadOnly { .. } | Error::NoCgroup2 { .. })) if a.containment.is_none() => {
+        // is held instead, unless cgroups (or a cgroup root) were asked for.
+        Err(e @ (Error::CgroupReadOnly { .. } | Error::NoCgroup2 { .. }))
+            if a.containment.is_none() && a.root.is_none() =>
+        {
             tracing::warn!(
                 event = "exec.holders",
                 reason = %e,
