@@ -55,11 +55,13 @@ pub async fn end(
         Ok(o) => o,
         Err(e) => return fail("end", &e),
     };
+    // `--root` names a cgroup root: only its sessions. Without it, the
+    // commands `exec` holds (where no cgroup2 can be written) too.
+    let run = root.is_none().then(procscope::held::run_dir);
     let root = match locate_root_or_held(root) {
         Ok(r) => r,
         Err(e) => return fail("end", &e),
     };
-    let run = procscope::held::run_dir();
     let mut not_found = Vec::new();
     let instances = root.as_ref().map(|r| instances_of(r, owner)).unwrap_or_default();
     let mut found: Vec<Vec<procscope::Cgroup>> = instances.iter().map(|_| Vec::new()).collect();
@@ -77,7 +79,7 @@ pub async fn end(
             }
         }
         // Commands that `exec` holds (where no cgroup2 can be written).
-        let execs = procscope::held::of_owner(&run, owner, id);
+        let execs = run.as_deref().map(|run| procscope::held::of_owner(run, owner, id)).unwrap_or_default();
         any |= !execs.is_empty();
         held.extend(execs);
         if !any {
@@ -117,11 +119,12 @@ pub async fn end(
 }
 
 pub async fn sweep(root: Option<PathBuf>, orphans: bool, all: bool, force: bool, grace: Duration, json: bool) -> i32 {
+    // `--root` names a cgroup root: only its sessions (as for `end`).
+    let run = root.is_none().then(procscope::held::run_dir);
     let root = match locate_root_or_held(root) {
         Ok(r) => r,
         Err(e) => return fail("sweep", &e),
     };
-    let run = procscope::held::run_dir();
     // `--all` without `--force` spares live owners: a running gateway keeps
     // its sessions, and is named as skipped.
     let scope = match (all, force, orphans) {
@@ -137,13 +140,15 @@ pub async fn sweep(root: Option<PathBuf>, orphans: bool, all: bool, force: bool,
         None => procscope::SweepReport::default(),
     };
     // Commands that `exec` holds (where no cgroup2 can be written).
-    report.merge(procscope::held::sweep(&run, scope, grace).await);
+    if let Some(run) = &run {
+        report.merge(procscope::held::sweep(run, scope, grace).await);
+    }
     let skipped: Vec<(String, i32, usize, bool)> = if all && !force {
         root.as_ref()
             .and_then(|r| tree::list(r).ok())
             .unwrap_or_default()
             .into_iter()
-            .chain(procscope::held::list(&run))
+            .chain(run.as_deref().map(procscope::held::list).unwrap_or_default())
             .filter(|i| i.owner_alive)
             .map(|i| (i.name.clone(), i.owner_pid, i.sessions.len(), i.foreign_pid_namespace))
             .collect()

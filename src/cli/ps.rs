@@ -26,11 +26,13 @@ struct History {
 }
 
 pub async fn ps(root: Option<PathBuf>, json: bool, watch: Option<Duration>) -> i32 {
+    // `--root` names a cgroup root: only its sessions. Without it, the
+    // commands `exec` holds (where no cgroup2 can be written) too.
+    let run = root.is_none().then(procscope::held::run_dir);
     let root = match super::locate_root_or_held(root) {
         Ok(r) => r,
         Err(e) => return fail("ps", &e),
     };
-    let run = procscope::held::run_dir();
     let mut history = History::default();
     let mut stop = std::pin::pin!(super::terminated());
     let tty = std::io::stdout().is_terminal();
@@ -40,7 +42,7 @@ pub async fn ps(root: Option<PathBuf>, json: bool, watch: Option<Duration>) -> i
             Err(e) => return fail("ps", &e),
         };
         // The commands `exec` holds where no cgroup2 can be written.
-        let held = procscope::held::list(&run);
+        let held = run.as_deref().map(procscope::held::list).unwrap_or_default();
         let now = Instant::now();
         let all: Vec<InstanceInfo> = instances.iter().chain(&held).cloned().collect();
         let cpu = sample(&all, &mut history, now);
@@ -64,7 +66,9 @@ pub async fn ps(root: Option<PathBuf>, json: bool, watch: Option<Duration>) -> i
                 out.push_str(&format!("root: {}\n", root.path().display()));
                 render(&mut out, &instances, &cpu, &history, watch.is_some(), width);
             }
-            if !held.is_empty() || root.is_none() {
+            if let Some(run) = &run
+                && (!held.is_empty() || root.is_none())
+            {
                 out.push_str(&format!(
                     "held by exec (no cgroup; one holder per command): {}\n",
                     run.join("held").display()
