@@ -702,7 +702,15 @@ impl Command {
         let argv0 = CString::new(crate::holder::HOLDER_ARGV0).expect("no NUL");
         let env = CString::new(format!("{}=1", crate::holder::HOLDER_ENV)).expect("no NUL");
         let argv = [argv0.as_ptr(), std::ptr::null()];
-        let envp = [env.as_ptr(), std::ptr::null()];
+        #[allow(unused_mut)]
+        let mut envp = vec![env.as_ptr()];
+        #[cfg(feature = "test-hooks")]
+        let keep = CString::new(format!("{}=1", crate::holder::KEEP_UID_ENV)).expect("no NUL");
+        #[cfg(feature = "test-hooks")]
+        if crate::holder::KEEP_UID.load(std::sync::atomic::Ordering::SeqCst) {
+            envp.push(keep.as_ptr());
+        }
+        envp.push(std::ptr::null());
         let mut holder = None;
         let mut status = Some(status_read);
         let child = self.launch(Sealing::Off, self.user_for(session_user)?, defaults, |plan, program| {

@@ -948,10 +948,10 @@ pub fn identity() -> Option<u32> {
     (rustix::process::geteuid().is_root() && crate::cgroup::uid0_is_host_root()).then_some(GUARDIAN_UID)
 }
 
-/// Takes the guardian's identity: real and saved uid [`GUARDIAN_UID`],
+/// Takes the guardian's identity (a holder's too): real and saved uid [`GUARDIAN_UID`],
 /// effective uid 0 (for the cgroup files), then `CAP_KILL` as its only
 /// capability, an empty bounding set, `no_new_privs` and not dumpable.
-fn take_identity() -> std::result::Result<(), String> {
+pub(crate) fn take_identity() -> std::result::Result<(), String> {
     use rustix::thread::{CapabilitySet, CapabilitySets};
     if !rustix::process::geteuid().is_root() {
         return Err("not root".into());

@@ -31,6 +31,10 @@
 //!   exits.
 //!
 //! It blocks every signal that can be blocked, so only SIGKILL ends it.
+//! Where the gateway is root, it then takes the guardian's identity (real
+//! and saved uid [`crate::GUARDIAN_UID`], effective uid 0, `CAP_KILL` only,
+//! not dumpable): the processes it keeps, whatever their uid, hold no
+//! capability and cannot signal or ptrace it.
 //!
 //! # Walking the tree
 //! A holder's tree is read from `/proc/<pid>/task/<tid>/children`,
@@ -44,8 +48,11 @@
 //! - No atomic kill: a process may fork between a walk and its SIGKILL; the
 //!   walk is repeated until nothing new appears, and a SIGKILLed process
 //!   cannot fork again.
-//! - A process of the tree that kills the holder (a child with the same
-//!   uid can) sends the tree's orphans to the next subreaper up.
+//! - Between the command's `execve` and the holder's own taking of its
+//!   identity (an `execve` and a few system calls), a command of the
+//!   gateway's uid can still signal it: killed, the holder's orphans go to
+//!   the next subreaper up. A holder of a gateway that is not root keeps
+//!   the gateway's uid throughout.
 //! - No limits, no membership that a process can be asked about: the tree
 //!   is what the holder's descendants are.
 
@@ -93,6 +100,13 @@ fn run() -> io::Result<()> {
     // signal blocked too: only SIGKILL ends a holder.
     crate::sys::signal::set_ignored(libc::SIGCHLD, false)?;
     crate::sys::signal::block_all()?;
+    // The guardian's identity, where the gateway is root: a child (of any
+    // uid, without capabilities) can then neither signal nor ptrace its
+    // holder. Without it (a gateway that is not root), the holder keeps the
+    // gateway's uid, as documented.
+    if take_own_identity() {
+        let _ = crate::guardian::take_identity();
+    }
     let (status, control) = crate::sys::holder_fds()?;
     // The gateway's stdio and working directory are not the holder's: a
     // reader of the gateway's output must not wait for the holder to close
@@ -138,6 +152,26 @@ fn run() -> io::Result<()> {
         holder.drain();
     }
 }
+
+/// Whether the holder takes an identity of its own: where the gateway is
+/// root of the initial user namespace ([`crate::guardian::identity`]), and
+/// unless procscope's tests turned it off for their control runs.
+fn take_own_identity() -> bool {
+    #[cfg(feature = "test-hooks")]
+    if std::env::var_os(KEEP_UID_ENV).is_some() {
+        return false;
+    }
+    crate::guardian::identity().is_some()
+}
+
+/// Set (by procscope's tests only) in a holder's environment: it keeps the
+/// gateway's uid.
+#[cfg(feature = "test-hooks")]
+pub(crate) const KEEP_UID_ENV: &str = "PROCSCOPE_HOLDER_KEEP_UID";
+
+/// Whether holders started from now on keep the gateway's uid (tests).
+#[cfg(feature = "test-hooks")]
+pub(crate) static KEEP_UID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 struct Loop {
     status: OwnedFd,

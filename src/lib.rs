@@ -209,6 +209,12 @@ pub mod testing {
         cmd.spawn_held()
     }
 
+    /// Whether holders started from now on keep the gateway's uid instead
+    /// of taking the guardian's identity (for control runs).
+    pub fn holders_keep_uid(keep: bool) {
+        crate::holder::KEEP_UID.store(keep, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// Children handed to the reaper thread and not reaped yet.
     pub fn reaper_pending() -> usize {
         crate::reaper::pending()

@@ -165,6 +165,7 @@ async fn a_default_container_contains_with_holders_and_exec_holds_its_command() 
         assert_eq!(doc["containment"], "holders", "{doc:#}");
         assert_eq!(doc["spawn_mechanism"], "holder", "{doc:#}");
         assert_eq!(doc["kill_mechanism"], "holder", "{doc:#}");
+        assert_eq!(doc["holder_identity"], "own", "a root gateway's holders take the guardian's uid: {doc:#}");
         assert!(!has_sys_admin(&doc), "a default container has no CAP_SYS_ADMIN: {doc:#}");
         let problems = doc["problems"].as_array().unwrap();
         let ro = problems

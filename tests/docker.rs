@@ -124,6 +124,7 @@ async fn a_default_docker_container_is_contained_with_holders_and_exec_holds_its
         assert_eq!(doc["own_cgroup"], "/", "{doc:#}");
         assert_eq!(doc["containment"], "holders", "{doc:#}");
         assert_eq!((&doc["spawn_mechanism"], &doc["kill_mechanism"]), (&"holder".into(), &"holder".into()), "{doc:#}");
+        assert_eq!(doc["holder_identity"], "own", "the holders take the guardian's uid there too: {doc:#}");
         let caps = u64::from_str_radix(doc["capabilities"].as_str().unwrap(), 16).unwrap();
         assert_eq!(caps & (1 << CAP_SYS_ADMIN), 0, "{doc:#}");
         let problems = doc["problems"].as_array().unwrap();

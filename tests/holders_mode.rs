@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 
 use common::{FIXTURE, Gateway, TestEnv, field, nanos, read_until_ready, settle, tagged, within};
@@ -256,24 +257,59 @@ fn state_of(pid: u32) -> Option<char> {
     stat.rsplit_once(')')?.1.split_whitespace().next()?.chars().next()
 }
 
-/// A command that ignores SIGTERM and SIGSTOPs its holder (it has the
-/// gateway's uid, and SIGSTOP cannot be blocked): the holder is continued
-/// and the command killed; `close` succeeds and nothing is left. The
-/// control is the holder seen stopped before the close.
+/// The uids of a process: real, effective, saved, filesystem.
+fn uids_of(pid: u32) -> Vec<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status.lines().find_map(|l| l.strip_prefix("Uid:")).unwrap_or("").split_whitespace().map(str::to_owned).collect()
+}
+
+/// Spawns `sh -c "{HELD} SCRIPT"` (tagged, stdout piped) in `session` and
+/// reads the first line it prints.
+async fn attacker(session: &procscope::Session, tag: &str, script: &str) -> (procscope::ContainedChild, String) {
+    use tokio::io::AsyncBufReadExt;
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", &format!("{HELD} {script}")]).env("PSTAG", tag).stdin(Stdio::Null).stdout(Stdio::Piped);
+    let mut child = session.spawn(&mut cmd).unwrap();
+    let mut out = tokio::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    within(10, out.read_line(&mut line)).await.unwrap();
+    (child, line.trim().to_owned())
+}
+
+/// A holder children cannot stop. Where the gateway is root, a holder takes
+/// the guardian's identity, and its command (uid 0, no capabilities) is
+/// refused when it SIGSTOPs it. The control, a holder that keeps the
+/// gateway's uid, is stopped by the same command; it is continued and the
+/// command (which ignores SIGTERM) killed: `close` succeeds, nothing is left.
 #[tokio::test]
-async fn a_command_that_stops_its_holder_is_ended_all_the_same() {
+async fn a_command_cannot_stop_its_holder_and_the_control_is_ended_all_the_same() {
     within(60, async {
         let env = TestEnv::new();
         let tag = new_tag("stop");
         let sup = holders_supervisor().await;
+        let script = "trap '' TERM; if kill -STOP $PPID; then echo stopped; else echo refused; fi; exec sleep 3600";
+
+        // Protected: refused, the holder runs on with its own identity.
         let session = sup.session("stop").unwrap();
-        let mut cmd = Command::new("sh");
-        cmd.args(["-c", &format!("trap '' TERM; {HELD} kill -STOP $PPID; exec sleep 3600")])
-            .env("PSTAG", &tag)
-            .stdin(Stdio::Null)
-            .stdout(Stdio::Null);
-        let child = session.spawn(&mut cmd).unwrap();
+        let (child, said) = attacker(&session, &tag, script).await;
         let holder = parent_of(child.id()).unwrap();
+        assert_eq!(said, "refused");
+        assert_eq!(uids_of(holder), ["2147483646", "0", "2147483646", "0"], "real, effective, saved, fs uid");
+        assert_ne!(state_of(holder), Some('T'));
+        let ended = session.close().await.unwrap();
+        assert_eq!((ended.signalled, ended.killed), (1, 1), "{ended:?}");
+        assert_eq!(tagged(&tag), Vec::<i32>::new(), "processes left");
+        drop(child);
+
+        // Control: a holder with the gateway's uid is stopped.
+        procscope::testing::holders_keep_uid(true);
+        let session = sup.session("stop-control").unwrap();
+        let spawned = attacker(&session, &tag, script).await;
+        procscope::testing::holders_keep_uid(false);
+        let (child, said) = spawned;
+        let holder = parent_of(child.id()).unwrap();
+        assert_eq!(said, "stopped");
+        assert_eq!(uids_of(holder), ["0", "0", "0", "0"]);
         let mut stopped = false;
         for _ in 0..500 {
             if state_of(holder) == Some('T') {
@@ -295,31 +331,42 @@ async fn a_command_that_stops_its_holder_is_ended_all_the_same() {
     .await;
 }
 
-/// A command that kills its holder (a documented limit: what the holder
-/// kept would go to the next subreaper up) is still ended by `close`,
-/// through the pidfd the session holds of it. The control is the holder
-/// seen dead, and the command re-parented away from it, before the close.
+/// A command cannot kill its holder of its own identity (refused). The
+/// control kills a holder that keeps the gateway's uid (what that holder
+/// kept would go to the next subreaper up); the command is still ended by
+/// `close`, through the pidfd the session holds of it.
 #[tokio::test]
-async fn a_command_that_kills_its_holder_is_still_ended_through_its_pidfd() {
+async fn a_command_cannot_kill_its_holder_and_the_control_is_ended_through_its_pidfd() {
     within(60, async {
         let env = TestEnv::new();
         let tag = new_tag("holder-killed");
         let sup = holders_supervisor().await;
+        let script = "if kill -KILL $PPID; then echo killed; else echo refused; fi; exec sleep 3600";
+
+        // Protected.
         let session = sup.session("kill").unwrap();
-        let mut cmd = Command::new("sh");
-        cmd.args(["-c", &format!("{HELD} kill -KILL $PPID; exec sleep 3600")])
-            .env("PSTAG", &tag)
-            .stdin(Stdio::Null)
-            .stdout(Stdio::Null);
-        let mut child = session.spawn(&mut cmd).unwrap();
+        let (mut child, said) = attacker(&session, &tag, script).await;
+        assert_eq!(said, "refused");
         let holder = PidFd::open(parent_of(child.id()).unwrap()).unwrap();
-        within(5, holder.exited()).await.unwrap();
-        assert!(!cmdline(parent_of(child.id()).unwrap()).starts_with("procscope-holder"));
+        assert!(holder.is_alive());
+        let ended = session.close().await.unwrap();
+        assert_eq!(ended.signalled, 1, "{ended:?}");
+        assert_eq!(within(5, child.wait()).await.unwrap().signal(), Some(libc::SIGTERM), "its status is kept");
+        assert_eq!(tagged(&tag), Vec::<i32>::new());
+        drop((child, holder));
+
+        // Control.
+        procscope::testing::holders_keep_uid(true);
+        let session = sup.session("kill-control").unwrap();
+        let spawned = attacker(&session, &tag, script).await;
+        procscope::testing::holders_keep_uid(false);
+        let (mut child, said) = spawned;
+        assert_eq!(said, "killed");
         // (Its environment reads empty while its `execve` of sleep runs.)
         let mut running = 0;
         for _ in 0..500 {
             running = tagged(&tag).len();
-            if running == 1 {
+            if running == 1 && !cmdline(parent_of(child.id()).unwrap()).starts_with("procscope-holder") {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -330,7 +377,7 @@ async fn a_command_that_kills_its_holder_is_still_ended_through_its_pidfd() {
         assert_eq!(tagged(&tag), Vec::<i32>::new(), "the command survived the close");
         // Its status is lost with its holder: an error, not a hang.
         assert!(within(5, child.wait()).await.is_err());
-        drop((child, holder));
+        drop(child);
         sup.shutdown().await.unwrap();
         env.finish().await;
     })

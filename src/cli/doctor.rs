@@ -148,9 +148,10 @@ pub async fn run(root: Option<PathBuf>, json: bool) -> i32 {
         }
     }
 
+    let mut holder_identity = None;
     let (spawn, kill, probed_auto_kill) = match &probe_parent {
         Some(parent) => probe(parent, &mut problems).await,
-        None if containment == Containment::Holders => probe_holders(&mut problems).await,
+        None if containment == Containment::Holders => probe_holders(&mut problems, &mut holder_identity).await,
         None => ("none", "none", None),
     };
     // What the probe child got, or else what a spawn would ask for.
@@ -210,6 +211,7 @@ pub async fn run(root: Option<PathBuf>, json: bool) -> i32 {
             "kernel": kernel,
             "kernel_floor": { "ok": true },
             "containment": containment.as_str(),
+            "holder_identity": holder_identity,
             "cgroup2_mount": mount,
             "hybrid": hybrid,
             "own_cgroup": own,
@@ -260,6 +262,15 @@ pub async fn run(root: Option<PathBuf>, json: bool) -> i32 {
                 _ => "cgroups",
             },
         );
+        if let Some(identity) = holder_identity {
+            show(
+                "holder identity",
+                match identity {
+                    "own" => "own (the guardian's uid, effective uid 0, CAP_KILL only): children cannot signal it",
+                    _ => "the gateway's uid (the gateway is not root): a child of that uid can signal its holder",
+                },
+            );
+        }
         show("cgroup2 mount", &mount.as_ref().map(|m| m.display().to_string()).unwrap_or("none".into()));
         show("hierarchy", if hybrid { "hybrid (cgroup v1 controllers beside cgroup2)" } else { "pure cgroup2" });
         show("own cgroup", own.as_deref().unwrap_or("?"));
@@ -375,38 +386,79 @@ fn or_none(v: &[String]) -> String {
 /// was tied to its pidfd).
 /// Where no cgroup can be written: a supervisor with holders starts a child
 /// in a session and closes it; the child must have been held and ended.
-async fn probe_holders(problems: &mut Vec<Problem>) -> (&'static str, &'static str, Option<AutoKill>) {
-    let mut fail = |what: String| {
+/// The real uid of a process, from `/proc/<pid>/status`.
+fn real_uid(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("Uid:"))?.split_whitespace().next()?.parse().ok()
+}
+
+/// The parent of a process, from `/proc/<pid>/stat`.
+fn parent_pid(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Probes containment with holders: a child held and its session ended.
+/// Sets `identity` to what the probe's holder took: `"own"` (the guardian's
+/// uid) or `"gateway"`.
+async fn probe_holders(
+    problems: &mut Vec<Problem>,
+    identity: &mut Option<&'static str>,
+) -> (&'static str, &'static str, Option<AutoKill>) {
+    fn failed(problems: &mut Vec<Problem>, what: String) -> (&'static str, &'static str, Option<AutoKill>) {
         problems.push(Problem {
             problem: format!("containment with holders does not work here: {what}"),
             fix: "see the error; a holder is this program run again from /proc/self/exe".into(),
             degrades: true,
         });
         ("none", "none", None)
-    };
+    }
     let sup = match Supervisor::builder().containment(Containment::Holders).start().await {
         Ok(s) => s,
-        Err(e) => return fail(e.to_string()),
+        Err(e) => return failed(problems, e.to_string()),
     };
     let session = match sup.session(&format!("doctor-{}", std::process::id())) {
         Ok(s) => s,
-        Err(e) => return fail(e.to_string()),
+        Err(e) => return failed(problems, e.to_string()),
     };
     let exe = std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into());
     let mut cmd = Command::new(&exe);
     cmd.args(["demo-server", "--idle"]).stdin(Stdio::Null).stdout(Stdio::Null).stderr(Stdio::Null);
     let child = match session.spawn(&mut cmd) {
         Ok(c) => c,
-        Err(e) => return fail(format!("the probe could not start: {e}")),
+        Err(e) => return failed(problems, format!("the probe could not start: {e}")),
     };
     let auto_kill = child.auto_kill();
+    // The holder takes its identity once it runs its own program: looked
+    // at (for up to 2 s) where it is expected.
+    let expected = procscope::guardian_identity();
+    let mut uid = None;
+    for _ in 0..200 {
+        uid = parent_pid(child.id()).and_then(real_uid);
+        if expected.is_none() || uid == expected {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    *identity = Some(if uid.is_some() && uid == expected { "own" } else { "gateway" });
+    if expected.is_some() && uid != expected {
+        problems.push(Problem {
+            problem: format!(
+                "the probe's holder did not take the guardian's identity (its uid is {}): a child can signal \
+                 its holder",
+                uid.map_or("unknown".into(), |u| u.to_string())
+            ),
+            fix: "a holder needs CAP_SETUID and CAP_KILL (a root gateway has them unless they were dropped)".into(),
+            degrades: false,
+        });
+    }
     let held = session.stats().pids_current.unwrap_or(0);
     let ended = session.close().await;
     let _ = sup.shutdown().await;
     match ended {
         Ok(t) if held >= 1 && t.signalled >= 1 => ("holder", "holder", Some(auto_kill)),
-        Ok(t) => fail(format!("the probe's holder held {held} process(es) and {} were ended", t.signalled)),
-        Err(e) => fail(format!("ending the probe failed: {e}")),
+        Ok(t) => failed(problems, format!("the probe's holder held {held} process(es) and {} were ended", t.signalled)),
+        Err(e) => failed(problems, format!("ending the probe failed: {e}")),
     }
 }
 
