@@ -77,6 +77,10 @@ pub struct Entry {
     pub instance: String,
     /// The owner the instance names.
     pub owner: Owner,
+    /// Whether the instance belongs to another pid namespace than ours (an
+    /// `exec` in a container, seen from the host): its pids are not ours,
+    /// and its owner counts as alive.
+    pub foreign_pid_namespace: bool,
     /// The session id.
     pub session: String,
     /// The `exec` itself (pid and start time).
@@ -88,9 +92,26 @@ pub struct Entry {
 }
 
 impl Entry {
-    /// Whether the `exec` still runs (same pid, same start time).
+    /// Whether the `exec` still runs: same pid, same start time, and a
+    /// `procscope exec` (not a process that a forged name points at). One
+    /// of another pid namespace runs while its socket accepts connections.
     pub fn is_alive(&self) -> bool {
-        self.exec.is_alive()
+        if self.foreign_pid_namespace {
+            return match through_dir(&self.path, |p| std::os::unix::net::UnixStream::connect(p)) {
+                Ok(_) => true,
+                Err(e) => !matches!(e.kind(), std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound),
+            };
+        }
+        let argv1 = std::fs::read(format!("/proc/{}/cmdline", self.exec.pid))
+            .ok()
+            .and_then(|raw| raw.split(|b| *b == 0).nth(1).map(<[u8]>::to_vec));
+        self.exec.is_alive() && argv1.as_deref() == Some(b"exec".as_slice())
+    }
+
+    /// Whether its owner still runs (one of another pid namespace counts
+    /// as alive: it cannot be checked from here).
+    pub fn owner_alive(&self) -> bool {
+        self.foreign_pid_namespace || self.owner.is_alive()
     }
 }
 
@@ -102,10 +123,18 @@ fn parse_entry(name: &str) -> Option<(Owner, Duration)> {
     parts.next().is_none().then_some((Owner { pid, start }, grace))
 }
 
-fn names_in(dir: &Path, prefix: &str) -> Vec<String> {
+/// The names in `dir` that start with `prefix` and are of the kind asked
+/// for: real directories, or sockets (never symlinks, so that a planted
+/// link cannot turn a sweep onto other files).
+fn names_in(dir: &Path, prefix: &str, sockets: bool) -> Vec<String> {
+    use std::os::unix::fs::FileTypeExt;
     let Ok(rd) = std::fs::read_dir(dir) else { return Vec::new() };
-    let mut names: Vec<String> =
-        rd.flatten().filter_map(|e| e.file_name().into_string().ok()).filter(|n| n.starts_with(prefix)).collect();
+    let mut names: Vec<String> = rd
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| if sockets { t.is_socket() } else { t.is_dir() }))
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.starts_with(prefix))
+        .collect();
     names.sort();
     names
 }
@@ -114,20 +143,22 @@ fn names_in(dir: &Path, prefix: &str) -> Vec<String> {
 /// are left out; names that do not parse are not ours, and skipped).
 pub fn entries(run: &Path) -> Vec<Entry> {
     let held = held_dir(run);
+    let own_ns = crate::instance::pid_namespace_inode();
     let mut out = Vec::new();
-    for inst in names_in(&held, "i-") {
-        let Some(owner) = Owner::from_instance_name(&inst) else { continue };
-        for sdir in names_in(&held.join(&inst), "s-") {
+    for inst in names_in(&held, "i-", false) {
+        let Some((ns, owner)) = crate::instance::parse_instance_name(&inst) else { continue };
+        for sdir in names_in(&held.join(&inst), "s-", false) {
             let session = sdir["s-".len()..].to_owned();
             if crate::names::validate_session_id(&session).is_err() {
                 continue;
             }
             let dir = held.join(&inst).join(&sdir);
-            for p in names_in(&dir, "p-") {
+            for p in names_in(&dir, "p-", true) {
                 if let Some((exec, grace)) = parse_entry(&p) {
                     out.push(Entry {
                         instance: inst.clone(),
                         owner,
+                        foreign_pid_namespace: ns != own_ns && ns != 0,
                         session: session.clone(),
                         exec,
                         grace,
@@ -149,7 +180,7 @@ pub fn entries(run: &Path) -> Vec<Entry> {
 #[derive(Debug)]
 pub struct Registration {
     path: PathBuf,
-    listener: UnixListener,
+    listener: Option<UnixListener>,
 }
 
 /// A request to end the session, received by a [`Registration`].
@@ -158,6 +189,14 @@ pub struct EndRequest {
     /// The grace the requester gave.
     pub grace: Duration,
     stream: UnixStream,
+}
+
+/// The requests a [`Registration`] receives, read by a task of their own
+/// so that none is lost while the `exec` does something else.
+#[derive(Debug)]
+pub struct Requests {
+    rx: tokio::sync::mpsc::UnboundedReceiver<EndRequest>,
+    task: tokio::task::JoinHandle<()>,
 }
 
 impl Registration {
@@ -173,15 +212,20 @@ impl Registration {
         let dir = held_dir(run).join(owner.instance_name()).join(format!("s-{session}"));
         let path = dir.join(format!("p-{}-{}-{}", me.pid, me.start, grace.as_millis()));
         let mut last = None;
-        // An `exec` of the same session that exits removes the directories
-        // it leaves empty, perhaps between our mkdir and bind: again.
+        // An `exec` of the same owner that exits removes the directories it
+        // leaves empty, perhaps between our mkdirs or before our bind: again.
         for _ in 0..16 {
-            if let Err(e) = std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir) {
-                return Err(Error::io("create the run directory", &dir, e));
+            match std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    last = Some(e);
+                    continue;
+                }
+                Err(e) => return Err(Error::io("create the run directory", &dir, e)),
             }
             let _ = std::fs::remove_file(&path);
             match through_dir(&path, |short| UnixListener::bind(short)) {
-                Ok(listener) => return Ok(Registration { path, listener }),
+                Ok(listener) => return Ok(Registration { path, listener: Some(listener) }),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => last = Some(e),
                 Err(e) => return Err(Error::io("bind the exec's socket", &path, e)),
             }
@@ -194,24 +238,50 @@ impl Registration {
         &self.path
     }
 
-    /// The next request to end the session; a connection that sends
-    /// anything else is answered with an error and dropped.
-    pub async fn next_request(&self) -> EndRequest {
-        loop {
-            let Ok((stream, _)) = self.listener.accept().await else { continue };
-            let mut reader = BufReader::new(stream);
-            let mut line = String::new();
-            let read = tokio::time::timeout(Duration::from_secs(5), reader.read_line(&mut line)).await;
-            let mut stream = reader.into_inner();
-            let grace = match (read, line.trim().strip_prefix("end ").map(str::parse::<u64>)) {
-                (Ok(Ok(_)), Some(Ok(ms))) => Duration::from_millis(ms),
-                _ => {
-                    let _ = stream.write_all(b"error: expected `end <grace ms>`\n").await;
-                    continue;
-                }
-            };
-            return EndRequest { grace, stream };
+    /// Starts receiving requests: a task accepts each connection and reads
+    /// its request (`end <grace ms>`); one that sends anything else, or
+    /// nothing for 5 s, is answered with an error and dropped.
+    pub fn serve(&mut self) -> Requests {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let listener = self.listener.take();
+        let task = tokio::spawn(async move {
+            let Some(listener) = listener else { return };
+            while let Ok((stream, _)) = listener.accept().await {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let mut reader = BufReader::new(stream);
+                    let mut line = String::new();
+                    let read = tokio::time::timeout(Duration::from_secs(5), reader.read_line(&mut line)).await;
+                    let mut stream = reader.into_inner();
+                    match (read, line.trim().strip_prefix("end ").map(str::parse::<u64>)) {
+                        (Ok(Ok(_)), Some(Ok(ms))) => {
+                            let _ = tx.send(EndRequest { grace: Duration::from_millis(ms), stream });
+                        }
+                        _ => {
+                            let _ = stream.write_all(b"error: expected `end <grace ms>`\n").await;
+                        }
+                    }
+                });
+            }
+        });
+        Requests { rx, task }
+    }
+}
+
+impl Requests {
+    /// The next request to end the session.
+    pub async fn recv(&mut self) -> Option<EndRequest> {
+        self.rx.recv().await
+    }
+
+    /// Stops accepting, and returns the requests received but not taken.
+    pub fn stop(mut self) -> Vec<EndRequest> {
+        self.task.abort();
+        let mut left = Vec::new();
+        while let Ok(r) = self.rx.try_recv() {
+            left.push(r);
         }
+        left
     }
 }
 
@@ -246,37 +316,59 @@ impl Drop for Registration {
 // `end`, `sweep` and `ps`.
 // ---------------------------------------------------------------------------
 
-/// Removes a stale entry's socket and the directories it leaves empty.
+/// Removes a stale entry's socket and the directories it leaves empty,
+/// checking first that neither directory on the way is a symlink.
 fn remove_entry(e: &Entry) {
-    let _ = std::fs::remove_file(&e.path);
-    if let Some(session) = e.path.parent() {
-        let _ = std::fs::remove_dir(session);
-        if let Some(instance) = session.parent() {
-            let _ = std::fs::remove_dir(instance);
-        }
+    let real_dir = |p: &Path| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir());
+    let (Some(session), Some(instance)) = (e.path.parent(), e.path.parent().and_then(Path::parent)) else { return };
+    if !real_dir(instance) || !real_dir(session) {
+        return;
     }
+    let _ = std::fs::remove_file(&e.path);
+    let _ = std::fs::remove_dir(session);
+    let _ = std::fs::remove_dir(instance);
 }
 
 /// Asks one `exec` to end its session within `grace`, and waits for its
 /// answer.
 async fn ask_end(e: &Entry, grace: Duration) -> std::io::Result<(usize, usize, usize)> {
     let stream = through_dir(&e.path, |short| std::os::unix::net::UnixStream::connect(short))?;
+    // The socket must be the `exec`'s own, not one bound under its name.
+    if !e.foreign_pid_namespace {
+        let peer = crate::sys::peer_pid(&stream)?;
+        if peer != e.exec.pid {
+            return Err(std::io::Error::other(format!(
+                "the socket of exec {} is served by pid {peer}: not ours, left alone",
+                e.exec.pid
+            )));
+        }
+    }
     stream.set_nonblocking(true)?;
     let mut stream = UnixStream::from_std(stream)?;
     stream.write_all(format!("end {}\n", grace.as_millis()).as_bytes()).await?;
     let mut reader = BufReader::new(stream);
     let mut line = String::new();
-    tokio::time::timeout(grace + END_SLACK, reader.read_line(&mut line))
+    let read = tokio::time::timeout(grace + END_SLACK, reader.read_line(&mut line))
         .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer from the exec"))??;
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer from the exec"))?;
     let counts: Option<Vec<usize>> =
         line.trim().strip_prefix("ended ").map(|r| r.split(' ').filter_map(|n| n.parse().ok()).collect());
-    match counts.as_deref() {
-        Some([s, t, k]) => Ok((*s, *t, *k)),
-        // The `exec` exited as it was asked (its command's own exit came
-        // first): its tree is gone all the same.
-        _ if line.is_empty() && !e.is_alive() => Ok((0, 0, 0)),
-        _ => Err(std::io::Error::other(format!("unexpected answer from the exec: {:?}", line.trim()))),
+    if let Some([s, t, k]) = counts.as_deref() {
+        return Ok((*s, *t, *k));
+    }
+    // No answer (the connection reset or closed): the `exec` was already
+    // ending its session, and exits once it has. Its tree is gone with it.
+    if read.is_err() || line.is_empty() {
+        for _ in 0..500 {
+            if !e.is_alive() {
+                return Ok((0, 0, 0));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    match read {
+        Err(err) => Err(err),
+        Ok(_) => Err(std::io::Error::other(format!("unexpected answer from the exec: {:?}", line.trim()))),
     }
 }
 
@@ -293,9 +385,7 @@ pub async fn end(entries: Vec<Entry>, grace: Duration) -> SweepReport {
     for (e, r) in futures_join(asks).await {
         sessions.insert((e.instance.clone(), e.session.clone()));
         match r {
-            None => {
-                remove_entry(&e);
-            }
+            None => remove_entry(&e),
             Some(Ok((signalled, terminated, killed))) => {
                 if signalled > 0 || killed > 0 {
                     report.leaks_prevented += 1;
@@ -304,9 +394,7 @@ pub async fn end(entries: Vec<Entry>, grace: Duration) -> SweepReport {
                 report.killed += killed;
             }
             // It exited meanwhile: its socket may be left.
-            Some(Err(_)) if !e.is_alive() => {
-                remove_entry(&e);
-            }
+            Some(Err(_)) if !e.is_alive() => remove_entry(&e),
             Some(Err(err)) => report.errors.push(SweepError { session: e.session.clone(), error: err.to_string() }),
         }
     }
@@ -366,7 +454,7 @@ pub fn of_owner(run: &Path, owner: Owner, session: &str) -> Vec<Entry> {
 pub async fn sweep(run: &Path, scope: Scope, grace: Duration) -> SweepReport {
     let chosen: Vec<Entry> = entries(run)
         .into_iter()
-        .filter(|e| matches!(scope, Scope::Everything) || !e.is_alive() || !e.owner.is_alive())
+        .filter(|e| matches!(scope, Scope::Everything) || !e.is_alive() || !e.owner_alive())
         .collect();
     end(chosen, grace).await
 }
@@ -377,7 +465,7 @@ pub async fn sweep(run: &Path, scope: Scope, grace: Duration) -> SweepReport {
 pub fn list(run: &Path) -> Vec<InstanceInfo> {
     let mut out: Vec<InstanceInfo> = Vec::new();
     for e in entries(run) {
-        let owner_alive = e.owner.is_alive();
+        let owner_alive = e.owner_alive();
         let at = match out.iter().position(|i| i.name == e.instance) {
             Some(i) => i,
             None => {
@@ -386,7 +474,7 @@ pub fn list(run: &Path) -> Vec<InstanceInfo> {
                     path: held_dir(run).join(&e.instance),
                     owner_pid: e.owner.pid,
                     owner_alive,
-                    foreign_pid_namespace: false,
+                    foreign_pid_namespace: e.foreign_pid_namespace,
                     age_secs: None,
                     sessions: Vec::new(),
                 });
@@ -395,7 +483,7 @@ pub fn list(run: &Path) -> Vec<InstanceInfo> {
         };
         let alive = e.is_alive();
         // The exec's children are its holders; their trees are the session.
-        let pids: Vec<i32> = if alive {
+        let pids: Vec<i32> = if alive && !e.foreign_pid_namespace {
             crate::holder::children_of(e.exec.pid)
                 .into_iter()
                 .flat_map(|h| crate::holder::members_of_pid(h).into_iter().map(|fd| fd.pid() as i32))
@@ -436,15 +524,17 @@ pub fn list(run: &Path) -> Vec<InstanceInfo> {
 /// Ends the calling process as `status` says the command ended: with the
 /// same exit code, or killed by the same signal (its action set back to
 /// the default first, and no core dump of this process), so that whoever
-/// waits for the `exec` sees what it would have seen of the command.
+/// waits for the `exec` sees what it would have seen of the command, but
+/// for the core-dump flag.
 pub fn exit_as(status: std::process::ExitStatus) -> ! {
     use std::os::unix::process::ExitStatusExt;
     if let Some(code) = status.code() {
         std::process::exit(code);
     }
     let sig = status.signal().unwrap_or(libc::SIGKILL);
-    let no_core = rustix::process::Rlimit { current: Some(0), maximum: None };
-    let _ = rustix::process::setrlimit(rustix::process::Resource::Core, no_core);
+    // No core of this process (the command's own, if any, is written):
+    // not dumpable, which a piped `core_pattern` respects too.
+    let _ = rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable);
     let _ = crate::sys::signal::set_ignored(sig, false);
     let _ = crate::sys::signal::unblock(sig);
     if let Some(s) = rustix::process::Signal::from_named_raw(sig) {
@@ -453,4 +543,76 @@ pub fn exit_as(status: std::process::ExitStatus) -> ! {
     // A signal whose default is to be ignored (SIGWINCH) or not delivered:
     // the shell's convention.
     std::process::exit(128 + sig)
+}
+
+/// Signals taken from their default actions for `exec` to forward: blocked
+/// in the calling thread (and the threads it starts afterwards) and read
+/// through a signalfd, which says who sent each. Make it before any other
+/// thread starts, so that none of them takes a signal by its default action.
+#[derive(Debug)]
+pub struct Signals {
+    fd: std::os::fd::OwnedFd,
+}
+
+/// A signal [`Signals`] received.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Received {
+    /// The signal number.
+    pub signal: i32,
+    /// Whether the kernel sent it: a terminal's signal (`^C`, `^Z`, a
+    /// resize) to its whole foreground process group, which the command,
+    /// in the same group, has received as well.
+    pub from_terminal: bool,
+}
+
+impl Signals {
+    /// Blocks `signals` and opens a signalfd for them.
+    ///
+    /// # Errors
+    /// An invalid signal number, or no signalfd.
+    pub fn block(signals: &[i32]) -> Result<Signals> {
+        let fd = crate::sys::signal::block_into_fd(signals)
+            .map_err(|e| Error::io("block the signals to forward", "/proc/self", e))?;
+        Ok(Signals { fd })
+    }
+
+    /// Starts reading them (inside a tokio runtime).
+    ///
+    /// # Errors
+    /// Outside a runtime.
+    pub fn reader(self) -> Result<SignalReader> {
+        let fd = crate::sys::async_fd::register(self.fd, tokio::io::Interest::READABLE)
+            .map_err(|e| Error::io("watch the signals to forward", "/proc/self", e))?;
+        Ok(SignalReader { fd })
+    }
+}
+
+/// [`Signals`] being read.
+#[derive(Debug)]
+pub struct SignalReader {
+    fd: tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>,
+}
+
+impl SignalReader {
+    /// The next signal received.
+    ///
+    /// # Errors
+    /// A failed read of the signalfd.
+    pub async fn recv(&self) -> Result<Received> {
+        loop {
+            let mut ready =
+                self.fd.readable().await.map_err(|e| Error::io("read the signals to forward", "/proc/self", e))?;
+            match crate::sys::signal::read_signalfd(self.fd.get_ref()) {
+                Ok(Some((signal, from_terminal))) => return Ok(Received { signal, from_terminal }),
+                Ok(None) => ready.clear_ready(),
+                Err(e) => return Err(Error::io("read the signals to forward", "/proc/self", e)),
+            }
+        }
+    }
+}
+
+/// Stops the calling process (SIGSTOP to itself), as a job of a shell stops
+/// at `^Z`; it runs on at the next SIGCONT.
+pub fn stop_self() {
+    let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::STOP);
 }

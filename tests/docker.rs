@@ -31,12 +31,6 @@ fn status_field<'a>(status: &'a str, key: &str) -> &'a str {
         .trim()
 }
 
-/// Run by `sh` in the container: the control first (the fixture's daemon
-/// without procscope; its processes once the helper is the init's); then the
-/// gateway in the background, its report
-/// up to `ready`; the processes (`pid ppid args`) once the daemons'
-/// helpers are their holders'; then the processes once nothing of the
-/// SIGKILLed gateway runs (at most 5 s).
 /// `procscope exec` of a command that leaves a daemon, then what is left.
 const EXEC_SCRIPT: &str = r#"
 procscope exec -- sh -c 'procscope-fixture daemon > /dev/null; echo ran; exit 5'
@@ -44,6 +38,12 @@ echo rc=$?
 ps -o pid,ppid,args
 "#;
 
+/// Run by `sh` in the container: the control first (the fixture's daemon
+/// without procscope; its processes once the helper is the init's); then the
+/// gateway in the background, its report
+/// up to `ready`; the processes (`pid ppid args`) once the daemons'
+/// helpers are their holders'; then the processes once nothing of the
+/// SIGKILLed gateway runs (at most 5 s).
 const GATEWAY_SCRIPT: &str = r#"
 procscope-fixture daemon > /dev/null
 i=0

@@ -7,6 +7,7 @@
 
 mod common;
 
+use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -305,7 +306,8 @@ async fn the_owners_death_ends_the_held_session() {
         let t = tag("owner");
         // A shell is the gateway: it starts the exec (its owner is its
         // parent, the shell) and waits; it is SIGKILLed.
-        let script = daemonizing("sleep 3600");
+        let marker = run.0.with_extension("term");
+        let script = daemonizing(&format!("trap 'echo term > {}; exit 0' TERM; sleep 3600 & wait", marker.display()));
         let line = format!(
             "{BIN} exec --containment holders --grace 300ms -- sh -c '{script}' >/dev/null & wait",
             script = script.replace('\'', "'\\''")
@@ -318,6 +320,9 @@ async fn the_owners_death_ends_the_held_session() {
         gateway.kill().unwrap();
         gateway.wait().unwrap();
         assert_eq!(settle(&t, 10).await, Vec::<i32>::new(), "the owner is gone: its session too");
+        let said = std::fs::read_to_string(&marker).unwrap_or_default();
+        let _ = std::fs::remove_file(&marker);
+        assert_eq!(said, "term\n", "ended with SIGTERM first, not at once by SIGKILL");
         run.finish();
         env.finish().await;
     })
@@ -330,11 +335,14 @@ async fn limits_and_a_required_seal_are_refused_and_register_nothing() {
         let env = TestEnv::new();
         let run = RunDir::new();
         let t = tag("refused");
-        let out = output(held_exec(&run, &t, &["--memory-max", "64M"], "touch /tmp/never"));
+        let never = run.0.with_extension("never");
+        let out = output(held_exec(&run, &t, &["--memory-max", "64M"], &format!("touch {}", never.display())));
         assert_eq!(out.status.code(), Some(2), "{out:?}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("limits need a cgroup") && err.contains("Containers"), "{err}");
-        let out = output(held_exec(&run, &t, &["--seal"], "true"));
+        assert!(!never.exists(), "the command ran");
+        let out = output(held_exec(&run, &t, &["--seal"], &format!("touch {}", never.display())));
+        assert!(!never.exists(), "the command ran");
         assert_eq!(out.status.code(), Some(125), "{out:?}");
         assert!(String::from_utf8_lossy(&out.stderr).contains("--seal"), "{out:?}");
         assert!(run.entries().is_empty() && !Path::new(&run.0).join("held").exists(), "{:?}", run.entries());
@@ -345,4 +353,191 @@ async fn limits_and_a_required_seal_are_refused_and_register_nothing() {
         env.finish().await;
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_stop_stops_the_whole_job_and_a_continue_resumes_it() {
+    within(60, async {
+        let env = TestEnv::new();
+        let run = RunDir::new();
+        let t = tag("stop");
+        let exec = Gateway(held_exec(&run, &t, &[], "sleep 3600 & wait").spawn().unwrap());
+        // exec, sh, sleep.
+        let pids = running(&t, 3, 1).await;
+        let state = |p: i32| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|s| s.rsplit_once(')').map(|(_, r)| r.trim_start().chars().next()))
+                .flatten()
+        };
+        let shell = *pids.iter().find(|&&p| comm(p) == "sh").unwrap();
+        let kill = |p: i32, s| rustix::process::kill_process(rustix::process::Pid::from_raw(p).unwrap(), s).unwrap();
+        kill(exec.id() as i32, rustix::process::Signal::TSTP);
+        let both = async {
+            while state(exec.id() as i32) != Some('T') || state(shell) != Some('T') {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        within(5, both).await;
+        kill(exec.id() as i32, rustix::process::Signal::CONT);
+        let resumed = async {
+            while state(exec.id() as i32) == Some('T') || state(shell) == Some('T') {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        within(5, resumed).await;
+        kill(exec.id() as i32, rustix::process::Signal::TERM);
+        assert_eq!(reap(exec, 10).await.signal(), Some(libc::SIGTERM));
+        assert!(settle(&t, 5).await.is_empty());
+        run.finish();
+        env.finish().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_end_while_the_exec_is_ending_waits_for_it_and_succeeds() {
+    within(60, async {
+        let env = TestEnv::new();
+        let run = RunDir::new();
+        let t = tag("late");
+        // The command exits at once; its daemon ignores SIGTERM, so the
+        // exec's ending lasts its whole grace of 2 s.
+        let script = format!("setsid -f {FIXTURE} ignore-term sleep 3600 >/dev/null; sleep 0.2");
+        let args =
+            ["exec", "--containment", "holders", "--grace", "2s", "--session", "late", "--", "sh", "-c", &script];
+        let exec = Gateway(procscope(&run, &t, &args).spawn().unwrap());
+        // Until the exec is ending: its command (sh) is gone.
+        let ending = async {
+            loop {
+                let pids = tagged(&t);
+                let busy = pids.iter().any(|&p| comm(p) == "sh" || comm(p) == "setsid");
+                if !busy && pids.len() == 2 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        within(10, ending).await;
+        let out = output(procscope(&run, &t, &["end", "--json", "--grace", "100ms", "late"]));
+        let report = json(&out);
+        assert_eq!(report["errors"].as_array().unwrap().len(), 0, "{report}");
+        assert_eq!(report["sessions"], 1, "{report}");
+        assert_eq!(reap(exec, 10).await.code(), Some(0));
+        assert!(settle(&t, 5).await.is_empty());
+        run.finish();
+        env.finish().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_exec_in_another_pid_namespace_is_not_stale_and_is_ended_by_force() {
+    within(60, async {
+        let env = TestEnv::new();
+        let run = RunDir::new();
+        let t = tag("pidns");
+        let c = procscope(&run, &t, &[]);
+        let mut args: Vec<String> = ["--pid", "--fork", "--mount-proc", BIN, "exec", "--containment", "holders"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.extend(["--session", "nested", "--", "sleep", "3600"].map(String::from));
+        let mut c2 = Command::new("unshare");
+        // Its own owner there (it is the namespace's first process).
+        c2.args(&args)
+            .envs(c.get_envs().filter_map(|(k, v)| Some((k, v?))))
+            .env_remove("PROCSCOPE_OWNER")
+            .stdin(Stdio::null());
+        let unshare = Gateway(c2.spawn().unwrap());
+        // unshare's child (the exec), the holder's command: exec and sleep.
+        let found = async {
+            loop {
+                // (An error until it has registered: no cgroup root here.)
+                let out = output(procscope(&run, &t, &["ps", "--json"]));
+                if out.status.success() {
+                    let ps = json(&out);
+                    if ps["held"][0]["sessions"][0]["id"] == "nested" {
+                        return ps;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        let ps = within(10, found).await;
+        assert_eq!(ps["held"][0]["foreign_pid_namespace"], true, "{ps}");
+        assert_eq!(ps["held"][0]["owner_alive"], true, "an owner of another namespace counts as alive: {ps}");
+        assert_eq!(ps["held"][0]["sessions"][0]["state"], "active", "{ps}");
+        // A sweep of stale sessions leaves it alone.
+        let report = json(&output(procscope(&run, &t, &["sweep", "--json"])));
+        assert_eq!(report["sessions"], 0, "{report}");
+        assert_eq!(run.entries().len(), 1);
+        // By force, it is ended through its socket.
+        let report = json(&output(procscope(&run, &t, &["sweep", "--all", "--force", "--json"])));
+        assert_eq!(report["leaks_prevented"], 1, "{report}");
+        reap(unshare, 10).await;
+        assert!(settle(&t, 5).await.is_empty());
+        run.finish();
+        env.finish().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_gateway_that_is_not_root_runs_its_command_unregistered_where_it_cannot_register() {
+    within(60, async {
+        let env = TestEnv::new();
+        let run = RunDir::new();
+        // The run directory is root's, mode 0700.
+        std::fs::DirBuilder::new().mode(0o700).create(&run.0).unwrap();
+        let t = tag("nobody");
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid", "65534", "--regid", "65534", "--clear-groups", BIN, "exec", "--containment", "holders"])
+            .args(["--", "sh", "-c", &daemonizing("echo ran")])
+            .env("PROCSCOPE_RUN_DIR", &run.0)
+            .env("PSTAG", &t)
+            .current_dir("/")
+            .stdin(Stdio::null());
+        let out = output(c);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "ran\n", "{err}");
+        assert!(err.contains("runs unregistered"), "said: {err}");
+        assert_eq!(settle(&t, 5).await, Vec::<i32>::new(), "its daemon is ended all the same");
+        run.finish();
+        env.finish().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn end_leaves_the_same_session_id_of_another_owner_alone() {
+    within(60, async {
+        let env = TestEnv::new();
+        let run = RunDir::new();
+        let t = tag("other");
+        // Another gateway (a shell that is no descendant of this process:
+        // `setsid -f` leaves it to init) runs session `a` too.
+        let line = format!("{BIN} exec --containment holders --session a -- sleep 3600");
+        let mut other = Command::new("setsid");
+        other.args(["-f", "sh", "-c", &line]).env("PROCSCOPE_RUN_DIR", &run.0).env("PSTAG", &t).stdin(Stdio::null());
+        assert!(other.status().unwrap().success());
+        // Its shell, exec and sleep.
+        running(&t, 3, 1).await;
+        let out = output(procscope(&run, &t, &["end", "--json", "a"]));
+        assert_eq!(out.status.code(), Some(1), "not this process's session: {out:?}");
+        assert_eq!(json_of(&out)["not_found"][0], "a", "{out:?}");
+        assert_eq!(tagged(&t).len(), 3, "the other gateway's session runs on");
+        let report = json(&output(procscope(&run, &t, &["sweep", "--all", "--force", "--json"])));
+        assert_eq!(report["leaks_prevented"], 1, "{report}");
+        assert!(settle(&t, 5).await.is_empty());
+        run.finish();
+        env.finish().await;
+    })
+    .await;
+}
+
+/// The JSON of an output, whatever its exit status.
+fn json_of(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"))
 }

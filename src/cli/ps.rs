@@ -190,7 +190,12 @@ fn render(
         }
     }
     if instances.iter().flat_map(|i| &i.sessions).any(|s| s.memory_source == "rss") {
-        out.push_str(&fit("* resident set sizes: this host's cgroup2 has no memory controller", width));
+        let why = if instances.iter().any(|i| i.path.starts_with(procscope::held::run_dir())) {
+            "held commands have no cgroup"
+        } else {
+            "this host's cgroup2 has no memory controller"
+        };
+        out.push_str(&fit(&format!("* resident set sizes: {why}"), width));
         out.push('\n');
     }
 }

@@ -67,3 +67,24 @@ pub(crate) fn holder_fds() -> std::io::Result<(std::os::fd::OwnedFd, std::os::fd
 pub(crate) fn has_sys_admin() -> bool {
     rustix::thread::capabilities(None).is_ok_and(|c| c.effective.contains(rustix::thread::CapabilitySet::SYS_ADMIN))
 }
+
+/// The pid (in our pid namespace) of the process at the other end of a
+/// connected Unix socket, as it was when it connected or listened
+/// (`SO_PEERCRED`).
+pub(crate) fn peer_pid(sock: &impl std::os::fd::AsRawFd) -> std::io::Result<i32> {
+    // SAFETY: ucred is plain data.
+    let mut cred = unsafe { std::mem::zeroed::<libc::ucred>() };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` are valid for the kernel to fill, `len` being
+    // the size of `cred`.
+    let r = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            std::ptr::addr_of_mut!(cred).cast(),
+            &mut len,
+        )
+    };
+    if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(cred.pid) }
+}

@@ -71,3 +71,53 @@ pub(crate) fn sigchld_fd() -> io::Result<std::os::fd::OwnedFd> {
     // SAFETY: a new fd that nothing else owns.
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
 }
+
+/// Blocks `signals` for the calling thread (threads it starts later inherit
+/// the mask) and returns a signalfd (non-blocking, close-on-exec) for them.
+/// glibc's `sigprocmask` is enough here: SIGCANCEL and SIGSETXID are not
+/// among what callers pass.
+pub(crate) fn block_into_fd(signals: &[i32]) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: sigset_t is plain data; all zeros is the empty set.
+    let mut set = unsafe { std::mem::zeroed::<libc::sigset_t>() };
+    // SAFETY: a valid set of our own.
+    unsafe { libc::sigemptyset(&mut set) };
+    for &sig in signals {
+        // SAFETY: a valid set; an invalid number is refused with -1.
+        if unsafe { libc::sigaddset(&mut set, sig) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    // SAFETY: a valid set; the old mask is not asked for.
+    let r = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if r != 0 {
+        return Err(io::Error::from_raw_os_error(r));
+    }
+    // SAFETY: a new signalfd for a valid set; the returned fd is ours alone.
+    let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new fd that nothing else owns.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// One record read from a signalfd: the signal, and whether the kernel sent
+/// it (`SI_KERNEL`: a terminal's signal to its foreground process group).
+/// `Ok(None)`: nothing to read now.
+pub(crate) fn read_signalfd(fd: &std::os::fd::OwnedFd) -> io::Result<Option<(i32, bool)>> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: signalfd_siginfo is plain data.
+    let mut info = unsafe { std::mem::zeroed::<libc::signalfd_siginfo>() };
+    let size = std::mem::size_of::<libc::signalfd_siginfo>();
+    // SAFETY: reads at most `size` bytes into `info`, which has that size.
+    let n = unsafe { libc::read(fd.as_raw_fd(), std::ptr::addr_of_mut!(info).cast(), size) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return if e.kind() == io::ErrorKind::WouldBlock { Ok(None) } else { Err(e) };
+    }
+    if n as usize != size {
+        return Err(io::Error::other("a short read from a signalfd"));
+    }
+    Ok(Some((info.ssi_signo as i32, info.ssi_code == libc::SI_KERNEL)))
+}

@@ -27,28 +27,25 @@ use std::time::Duration;
 
 use procscope::held::{self, Registration};
 use procscope::{Command, Containment, Error, Limits, Owner, PidFd, Signal, Supervisor};
-use tokio::signal::unix::{SignalKind, signal};
 
 use super::fail;
 
-/// The signals forwarded to the command: every one a process can catch
-/// that is not synchronous (SIGSEGV and the like) or SIGCHLD.
-const FORWARDED: [Signal; 13] = [
-    Signal::HUP,
-    Signal::INT,
-    Signal::QUIT,
-    Signal::USR1,
-    Signal::USR2,
-    Signal::ALARM,
-    Signal::TERM,
-    Signal::CONT,
-    Signal::TSTP,
-    Signal::TTIN,
-    Signal::TTOU,
-    Signal::WINCH,
-    Signal::POWER,
-];
+/// The signals forwarded to the command: every named one a process can
+/// catch but SIGCHLD, and SIGPIPE (which this process ignores, and could
+/// raise itself). Real-time signals are not forwarded: they end `exec`,
+/// and its holder then kills the tree.
+fn forwarded() -> Vec<i32> {
+    (1..32)
+        .filter_map(Signal::from_raw)
+        .filter(|s| ![Signal::KILL, Signal::STOP, Signal::CHILD, Signal::PIPE].contains(s))
+        .map(Signal::as_raw)
+        .collect()
+}
 
+/// Job control: the signals that stop a job.
+const STOPS: [Signal; 3] = [Signal::TSTP, Signal::TTIN, Signal::TTOU];
+
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     mut cmd: Command,
     owner: Owner,
@@ -66,9 +63,15 @@ pub fn run(
         );
         return super::WRAPPER_FAILED;
     }
+    // First, before any thread starts: from here on these signals wait to
+    // be forwarded instead of acting on this process.
+    let signals = match held::Signals::block(&forwarded()) {
+        Ok(s) => s,
+        Err(e) => return fail(&e),
+    };
     let _span = tracing::info_span!("exec", program = %cmd.get_program().to_string_lossy()).entered();
     super::super::run_async(async move {
-        match held(&mut cmd, owner, owner_fd, &id, &limits, grace).await {
+        match held(&mut cmd, owner, owner_fd, &id, &limits, grace, signals).await {
             Ok(status) => held::exit_as(status),
             Err(e) => fail(&e),
         }
@@ -92,34 +95,49 @@ async fn held(
     id: &str,
     limits: &Limits,
     grace: Duration,
+    signals: held::Signals,
 ) -> Result<std::process::ExitStatus, Error> {
+    let signals = signals.reader()?;
     let sup = Supervisor::builder().containment(Containment::Holders).grace(grace).start().await?;
-    // Limits are refused here, and a required seal at the spawn, before the
-    // registration is left behind.
+    // Limits are refused here, before anything is registered.
     let session = sup.session_with_limits(id, limits)?;
-    let registration = Registration::new(&held::run_dir(), owner, id, grace)?;
-    // Installed before the command starts: a signal that comes meanwhile
-    // waits for it.
-    let (tx, mut signals) = tokio::sync::mpsc::unbounded_channel();
-    for sig in FORWARDED {
-        let mut stream = signal(SignalKind::from_raw(sig.as_raw())).map_err(|e| Error::Io {
-            op: "install a signal handler",
-            path: "/proc/self".into(),
-            source: e,
-        })?;
-        let tx = tx.clone();
-        tokio::spawn(async move { while stream.recv().await.is_some() && tx.send(sig).is_ok() {} });
-    }
-    drop(tx);
+    // Registered where the run directory can be written; elsewhere (a
+    // gateway that is not root, say) the command runs all the same, and
+    // only `end`, `ps` and `sweep` cannot find it.
+    let mut registration = match Registration::new(&held::run_dir(), owner, id, grace) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            tracing::warn!(
+                event = "exec.unregistered",
+                error = %e,
+                "the command runs unregistered: `procscope end`, `ps` and `sweep` will not find it"
+            );
+            None
+        }
+    };
+    let mut requests = registration.as_mut().map(Registration::serve);
     let mut child = session.spawn(cmd)?;
     tracing::debug!(event = "exec.held", pid = child.id(), session = id, "the command runs, held");
     let ending = loop {
         tokio::select! {
             st = child.wait() => break Ending::Exited(st?),
-            Some(sig) = signals.recv() => {
-                let _ = child.signal(sig);
+            got = signals.recv() => {
+                let got = got?;
+                // A terminal's signal went to the whole foreground group,
+                // the command included: not twice.
+                if !got.from_terminal
+                    && let Some(sig) = Signal::from_raw(got.signal)
+                {
+                    let _ = child.signal(sig);
+                }
+                // A stopped job stops as a whole, so that its shell sees it.
+                if Signal::from_raw(got.signal).is_some_and(|s| STOPS.contains(&s)) {
+                    held::stop_self();
+                }
             }
-            req = registration.next_request() => break Ending::Asked(req),
+            Some(req) = async { match requests.as_mut() { Some(r) => r.recv().await, None => None } } => {
+                break Ending::Asked(req);
+            }
             _ = owner_fd.exited() => break Ending::OwnerGone,
         }
     };
@@ -133,14 +151,26 @@ async fn held(
         Ending::Exited(st) => *st,
         _ => child.wait().await?,
     };
-    if let Ending::Asked(req) = ending {
+    // Requests that came meanwhile are answered too: the session has ended.
+    let late = requests.map(held::Requests::stop).unwrap_or_default();
+    let nothing = procscope::Termination::default();
+    let asked = match ending {
+        Ending::Asked(req) => Some(req),
+        _ => None,
+    };
+    for (i, req) in asked.into_iter().chain(late).enumerate() {
         match &closed {
-            Ok(t) => req.reply(t).await,
+            // What was ended is told once.
+            Ok(t) => req.reply(if i == 0 { t } else { &nothing }).await,
             Err(e) => req.reply_error(&e.to_string()).await,
         }
     }
     let _ = sup.shutdown().await;
     drop(registration);
-    closed?;
+    // The command ran: its status is what `exec` ends with, even if what
+    // it left could not be ended (the holder kills that as `exec` exits).
+    if let Err(e) = closed {
+        eprintln!("procscope exec: ending what the command left: {e}");
+    }
     Ok(status)
 }
