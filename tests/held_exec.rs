@@ -541,3 +541,70 @@ async fn end_leaves_the_same_session_id_of_another_owner_alone() {
 fn json_of(out: &Output) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"))
 }
+
+#[tokio::test]
+async fn a_terminals_interrupt_reaches_the_command_once() {
+    within(60, async {
+        use std::io::{BufRead, Write};
+        let env = TestEnv::new();
+        let run = RunDir::new();
+        let t = tag("tty");
+        // util-linux's `script` runs the exec on a terminal of its own,
+        // in its foreground process group; `^C` written to the terminal
+        // makes its line discipline send SIGINT to that whole group.
+        let line = format!(
+            "{BIN} -vv --log-format json exec --containment holders -- sh -c 'trap \"echo int\" INT; echo ready; while :; do sleep 0.1; done'"
+        );
+        let mut script = Command::new("script");
+        script
+            .args(["-q", "-c", &line, "/dev/null"])
+            .env("PROCSCOPE_RUN_DIR", &run.0)
+            .env("PSTAG", &t)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped());
+        let mut script = Gateway(script.spawn().unwrap());
+        let mut input = script.stdin.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let stdout = script.stdout.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            for l in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(l);
+            }
+        });
+        let mut seen = Vec::new();
+        let mut wait_for = |what: &str, seen: &mut Vec<String>| {
+            while !seen.iter().any(|l| l.ends_with(what)) {
+                seen.push(rx.recv_timeout(Duration::from_secs(10)).unwrap_or_else(|_| panic!("no {what}: {seen:?}")));
+            }
+        };
+        wait_for("ready", &mut seen);
+        input.write_all(b"\x03").unwrap();
+        wait_for("int", &mut seen);
+        // A second SIGINT, forwarded by exec, would come within this.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // `^\`: SIGQUIT ends the command (not forwarded either), and with
+        // it the exec and `script`.
+        input.write_all(b"\x1c").unwrap();
+        drop(input);
+        assert!(reap(script, 10).await.success());
+        reader.join().unwrap();
+        seen.extend(rx.try_iter());
+        let ints = seen.iter().filter(|l| l.ends_with("int")).count();
+        assert_eq!(ints, 1, "the command got SIGINT {ints} times: {seen:?}");
+        // exec's own account (two SIGINTs close together can also merge in
+        // the command): the terminal's SIGINT was not forwarded.
+        let event = |sig: i32| {
+            seen.iter().any(|l| {
+                l.contains(r#""event":"exec.signal""#)
+                    && l.contains(&format!(r#""signal":{sig},"#))
+                    && l.contains(r#""from_terminal":true"#)
+                    && l.contains(r#""forwarded":false"#)
+            })
+        };
+        assert!(event(libc::SIGINT) && event(libc::SIGQUIT), "{seen:#?}");
+        assert!(settle(&t, 5).await.is_empty());
+        run.finish();
+        env.finish().await;
+    })
+    .await;
+}

@@ -125,9 +125,15 @@ async fn held(
                 let got = got?;
                 // A terminal's signal went to the whole foreground group,
                 // the command included: not twice.
-                if !got.from_terminal
-                    && let Some(sig) = Signal::from_raw(got.signal)
-                {
+                let forward = !got.from_terminal;
+                tracing::debug!(
+                    event = "exec.signal",
+                    signal = got.signal,
+                    from_terminal = got.from_terminal,
+                    forwarded = forward,
+                    "a signal for the command"
+                );
+                if forward && let Some(sig) = Signal::from_raw(got.signal) {
                     let _ = child.signal(sig);
                 }
                 // A stopped job stops as a whole, so that its shell sees it.
