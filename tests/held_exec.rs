@@ -572,7 +572,7 @@ async fn a_terminals_interrupt_reaches_the_command_once() {
             }
         });
         let mut seen = Vec::new();
-        let mut wait_for = |what: &str, seen: &mut Vec<String>| {
+        let wait_for = |what: &str, seen: &mut Vec<String>| {
             while !seen.iter().any(|l| l.ends_with(what)) {
                 seen.push(rx.recv_timeout(Duration::from_secs(10)).unwrap_or_else(|_| panic!("no {what}: {seen:?}")));
             }
