@@ -21,28 +21,22 @@ pub(crate) fn set_ignored(sig: i32, ignored: bool) -> io::Result<()> {
 /// both end a process that has no handler for them. For a single-threaded
 /// process: it sets the mask of the calling thread only.
 pub(crate) fn block_all() -> io::Result<()> {
-    let all: u64 = !0;
-    // SAFETY: a valid 8-byte kernel signal set; the old mask is not asked for.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_rt_sigprocmask,
-            libc::SIG_SETMASK,
-            std::ptr::addr_of!(all),
-            std::ptr::null_mut::<u64>(),
-            std::mem::size_of::<u64>(),
-        )
-    };
-    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    raw_sigprocmask(libc::SIG_SETMASK, !0)
 }
 
-/// Unblocks `sig` for the calling thread.
+/// Unblocks `sig` (1–64) for the calling thread.
 pub(crate) fn unblock(sig: i32) -> io::Result<()> {
-    let set: u64 = 1 << (sig - 1);
+    raw_sigprocmask(libc::SIG_UNBLOCK, 1 << (sig - 1))
+}
+
+/// `rt_sigprocmask(how, set)` for the calling thread, with a 64-bit kernel
+/// signal set (bit n-1 for signal n).
+fn raw_sigprocmask(how: i32, set: u64) -> io::Result<()> {
     // SAFETY: a valid 8-byte kernel signal set; the old mask is not asked for.
     let r = unsafe {
         libc::syscall(
             libc::SYS_rt_sigprocmask,
-            libc::SIG_UNBLOCK,
+            how,
             std::ptr::addr_of!(set),
             std::ptr::null_mut::<u64>(),
             std::mem::size_of::<u64>(),
