@@ -10,8 +10,10 @@
 //!                                                  └─ what it leaves (setsid helpers, daemons)
 //! ```
 //!
-//! - Every signal the gateway can send it (all but SIGKILL, SIGSTOP and
-//!   SIGCHLD) is forwarded to the command, through the command's pidfd.
+//! - Every named signal sent to it that can be caught (but SIGCHLD and
+//!   SIGPIPE) is forwarded to the command, through the command's pidfd;
+//!   not a terminal's (`^C`), which reached the command in the same
+//!   process group already. At a stop signal `exec` stops itself too.
 //! - When the command exits, what it left gets SIGTERM, the grace, then
 //!   SIGKILL; `exec` then exits as the command did: the same code, or killed
 //!   by the same signal.
@@ -21,7 +23,7 @@
 //!   sees its control pipe end and SIGKILLs the whole tree.
 //!
 //! What the gateway loses against a cgroup: the pid it holds is `exec`'s,
-//! not the command's.
+//! not the command's, and an exit by a signal has no core-dump flag.
 
 use std::time::Duration;
 
@@ -32,8 +34,9 @@ use super::fail;
 
 /// The signals forwarded to the command: every named one a process can
 /// catch but SIGCHLD, and SIGPIPE (which this process ignores, and could
-/// raise itself). Real-time signals are not forwarded: they end `exec`,
-/// and its holder then kills the tree.
+/// raise itself). Real-time signals are not forwarded (procscope's
+/// [`Signal`] has none): they end `exec`, and its holder then kills the
+/// tree.
 fn forwarded() -> Vec<i32> {
     (1..32)
         .filter_map(Signal::from_raw)
@@ -45,7 +48,6 @@ fn forwarded() -> Vec<i32> {
 /// Job control: the signals that stop a job.
 const STOPS: [Signal; 3] = [Signal::TSTP, Signal::TTIN, Signal::TTOU];
 
-#[allow(clippy::too_many_arguments)]
 pub fn run(
     mut cmd: Command,
     owner: Owner,
