@@ -459,6 +459,20 @@ pub async fn sweep(run: &Path, scope: Scope, grace: Duration) -> SweepReport {
     end(chosen, grace).await
 }
 
+/// The processes an `exec` holds: its holder's tree (the command and what
+/// it left). None for one of another pid namespace, whose pids are not
+/// ours.
+pub(crate) fn pids_of(e: &Entry) -> Vec<i32> {
+    if e.foreign_pid_namespace {
+        return Vec::new();
+    }
+    // The exec's children are its holders; their trees are the session.
+    crate::holder::children_of(e.exec.pid)
+        .into_iter()
+        .flat_map(|h| crate::holder::members_of_pid(h).into_iter().map(|fd| fd.pid() as i32))
+        .collect()
+}
+
 /// The registry as `ps` shows it: instances, their sessions, and the
 /// processes each `exec` holds (its holder's tree: the command and what it
 /// left), with their resident memory.
@@ -482,15 +496,7 @@ pub fn list(run: &Path) -> Vec<InstanceInfo> {
             }
         };
         let alive = e.is_alive();
-        // The exec's children are its holders; their trees are the session.
-        let pids: Vec<i32> = if alive && !e.foreign_pid_namespace {
-            crate::holder::children_of(e.exec.pid)
-                .into_iter()
-                .flat_map(|h| crate::holder::members_of_pid(h).into_iter().map(|fd| fd.pid() as i32))
-                .collect()
-        } else {
-            Vec::new()
-        };
+        let pids = if alive { pids_of(&e) } else { Vec::new() };
         let age =
             std::fs::symlink_metadata(&e.path).ok().and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok());
         let state = if owner_alive && alive { SessionState::Active } else { SessionState::Stale };

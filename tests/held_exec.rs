@@ -268,6 +268,17 @@ async fn end_and_ps_find_held_sessions_by_owner_and_id() {
         assert_eq!(procs("b"), Some(2), "{ps}");
         let text = output(procscope(&run, &t, &["ps"]));
         assert!(String::from_utf8_lossy(&text.stdout).contains("held by exec"), "{text:?}");
+        // The metrics count the same processes, as an instance of kind exec.
+        let name = held[0]["name"].as_str().unwrap();
+        let m = json(&output(procscope(&run, &t, &["metrics", "--json"])));
+        let instance = m["instances"].as_array().unwrap().iter().find(|i| i["name"] == name).unwrap();
+        assert_eq!(instance["kind"], "exec", "{m}");
+        let a = instance["sessions"].as_array().unwrap().iter().find(|s| s["id"] == "a").unwrap();
+        assert_eq!(a["processes"], 6, "{m}");
+        assert_eq!(a["memory"]["source"], "rss", "{m}");
+        let text = String::from_utf8(output(procscope(&run, &t, &["metrics"])).stdout).unwrap();
+        let line = format!("procscope_session_processes{{procscope_instance=\"{name}\",session=\"a\"}} 6");
+        assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
 
         // `end a` ends both commands of `a`, and nothing of `b`.
         let report = json(&output(procscope(&run, &t, &["end", "--json", "a"])));

@@ -11,7 +11,7 @@ use procscope::cgroup::limits::parse_duration;
 use procscope::metrics::Metrics;
 use procscope::{Error, Root};
 
-use super::{FAILED, USAGE, fail, locate_root};
+use super::{FAILED, USAGE, fail, locate_root_or_held};
 
 /// The file written in the `--textfile` directory (node_exporter reads the
 /// `*.prom` files there).
@@ -64,13 +64,16 @@ pub async fn run(a: MetricsArgs) -> i32 {
         };
         return fail("metrics", &e);
     }
-    let root = match locate_root(a.root) {
+    // `--root` names a cgroup root: only its tree. Without it, the commands
+    // `exec` holds (where no cgroup2 can be written) too.
+    let run = a.root.is_none().then(procscope::held::run_dir);
+    let root = match locate_root_or_held(a.root) {
         Ok(r) => r,
         Err(e) => return fail("metrics", &e),
     };
+    let (root, run) = (root.as_ref(), run.as_deref());
     let Some(dir) = a.textfile else {
-        procscope::metrics::fold_guardian_spool(&root);
-        let m = match Metrics::gather(&root) {
+        let m = match gather(root, run) {
             Ok(m) => m,
             Err(e) => return fail("metrics", &e),
         };
@@ -88,7 +91,7 @@ pub async fn run(a: MetricsArgs) -> i32 {
         return crate::print_out("metrics", text.as_bytes());
     };
     let Some(every) = a.every else {
-        return match write_round(&root, &dir) {
+        return match write_round(root, run, &dir) {
             Ok(()) => 0,
             Err(code) => code,
         };
@@ -105,7 +108,7 @@ pub async fn run(a: MetricsArgs) -> i32 {
     };
     let mut first = true;
     loop {
-        match write_round(&root, &dir) {
+        match write_round(root, run, &dir) {
             Ok(()) => {}
             // A first round that fails is a setup problem: said at once.
             Err(code) if first => return code,
@@ -125,13 +128,26 @@ pub async fn run(a: MetricsArgs) -> i32 {
 
 /// Gathers the metrics and writes them into `dir`; the exit code on failure
 /// (the error said on stderr).
-fn write_round(root: &Root, dir: &Path) -> Result<(), i32> {
-    procscope::metrics::fold_guardian_spool(root);
-    let m = Metrics::gather(root).map_err(|e| fail("metrics", &e))?;
+fn write_round(root: Option<&Root>, run: Option<&Path>, dir: &Path) -> Result<(), i32> {
+    let m = gather(root, run).map_err(|e| fail("metrics", &e))?;
     write_textfile(dir, &m.to_prometheus()).map_err(|e| {
         eprintln!("procscope metrics: writing {}: {e}", dir.join(TEXTFILE).display());
         if e.kind() == std::io::ErrorKind::NotFound { USAGE } else { FAILED }
     })
+}
+
+/// The metrics of the cgroup tree under `root` (its guardians' spools
+/// folded in first), with the commands held by `exec` under `run` as
+/// instances of their own; only those where there is no root.
+fn gather(root: Option<&Root>, run: Option<&Path>) -> Result<Metrics, Error> {
+    let held = run.map(Metrics::gather_held);
+    let Some(root) = root else {
+        return Ok(held.unwrap_or_else(|| Metrics::gather_held(&procscope::held::run_dir())));
+    };
+    procscope::metrics::fold_guardian_spool(root);
+    let mut m = Metrics::gather(root)?;
+    m.instances.extend(held.into_iter().flat_map(|h| h.instances));
+    Ok(m)
 }
 
 /// Writes `text` as `dir/procscope.prom` atomically: into a temporary file of
