@@ -11,7 +11,6 @@
 #   $VM_DIR/initramfs-<package>.img   busybox initramfs for that kernel
 #   $VM_DIR/tests.tar.zst, tests/     the nextest archive, and as extracted
 #                                     for the guests (vm-tests/run)
-#   $VM_DIR/zsh-functions.tar         /usr/share/zsh, for the guests' tmpfs
 #   $VM_DIR/scripts/<name>.sh         the guest script of one boot
 #   $VM_DIR/logs/<name>.log           full console log of one boot
 #   $VM_DIR/logs/<name>.out           the guest script's output only
