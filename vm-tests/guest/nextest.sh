@@ -31,15 +31,6 @@ export PROCSCOPE_TREE_DEPTH=${PROCSCOPE_TREE_DEPTH:-100}
 # host runs 2,000 cases of each, the VMs 200.
 export PROCSCOPE_PROPTEST_CASES=${PROCSCOPE_PROPTEST_CASES:-200}
 
-# zsh's completion functions from a tmpfs: compinit opens every one of them,
-# and each open over 9p costs tens of milliseconds under TCG (a tar the host
-# made of /usr/share/zsh; the same files, read in one piece).
-zsh_tar=$(dirname "$extracted")/zsh-functions.tar
-if [ -f "$zsh_tar" ] && ! grep -q ' /usr/share/zsh tmpfs ' /proc/self/mounts; then
-    mount -t tmpfs -o mode=755 tmpfs /usr/share/zsh
-    tar -xf "$zsh_tar" -C /usr/share/zsh
-fi
-
 # Every test, including the ignored ones, unless the caller chose otherwise.
 ignored=(--run-ignored all)
 for arg in "$@"; do
@@ -60,11 +51,19 @@ for arg in "$@"; do
 done
 
 echo "== nextest on $(uname -r)"
-exec "$nextest" nextest run \
+# How busy the guest's CPUs were during the run (user, nice and system time
+# against idle and iowait, from /proc/stat): what more test threads could use.
+read -r _ u0 n0 s0 i0 w0 _ </proc/stat
+rc=0
+"$nextest" nextest run \
     --tool-config-file "vmtests:$(dirname "$(realpath "$0")")/../nextest.toml" \
     --binaries-metadata "$extracted/target/nextest/binaries-metadata.json" \
     --cargo-metadata "$extracted/target/nextest/cargo-metadata.json" \
     --target-dir-remap "$extracted/target" --workspace-remap "$workspace" \
     "${ignored[@]}" --no-fail-fast --color never \
     --status-level pass --failure-output final --final-status-level fail \
-    "$@" "${host_only[@]}"
+    "$@" "${host_only[@]}" || rc=$?
+read -r _ u1 n1 s1 i1 w1 _ </proc/stat
+busy=$(((u1 + n1 + s1) - (u0 + n0 + s0))) idle=$(((i1 + w1) - (i0 + w0)))
+echo "== the guest's CPUs were busy $((100 * busy / (busy + idle + 1)))% of the run"
+exit "$rc"
