@@ -25,6 +25,8 @@ fi
 # with holders).
 export PROCSCOPE_STRESS_ITERATIONS=${PROCSCOPE_STRESS_ITERATIONS:-150}
 export PROCSCOPE_SIBLING_SECS=${PROCSCOPE_SIBLING_SECS:-5}
+# The holders' shutdown race: 3 rounds of 12 sessions (6 on the host).
+export PROCSCOPE_SHUTDOWN_RACE_ROUNDS=${PROCSCOPE_SHUTDOWN_RACE_ROUNDS:-3}
 # The host's 10,000-deep tree would take the kernel hours to build under TCG.
 export PROCSCOPE_DEEP_TREE=${PROCSCOPE_DEEP_TREE:-1000}
 # The faults suite's trees, 10,000 wide and 1,000 deep on the host, are a
