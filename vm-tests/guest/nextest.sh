@@ -19,10 +19,9 @@ fi
 # TCG is 10-20 times slower than the host, and scripts/test runs the stress
 # tests at full strength on the host: here they run shorter unless the host
 # passed PROCSCOPE_* settings through (vm-tests/run does). The guests' CPUs
-# are busy all through the suite, so every second of a test is a second of
-# the run: 150 randomized cancellations per mode (300 took 16 s with
-# cgroups and 42 s with holders on 6.1) and 5 s of sibling sessions (3 s
-# with holders).
+# are busy through most of the suite, so a test's CPU time is time of the
+# run: 150 randomized cancellations per mode (300 took 16 s with cgroups and
+# 42 s with holders on 6.1) and 5 s of sibling sessions (3 s with holders).
 export PROCSCOPE_STRESS_ITERATIONS=${PROCSCOPE_STRESS_ITERATIONS:-150}
 export PROCSCOPE_SIBLING_SECS=${PROCSCOPE_SIBLING_SECS:-5}
 # The holders' shutdown race: 3 rounds of 12 sessions (6 on the host).
