@@ -617,8 +617,18 @@ impl SignalReader {
     }
 }
 
-/// Stops the calling process (SIGSTOP to itself), as a job of a shell stops
-/// at `^Z`; it runs on at the next SIGCONT.
-pub fn stop_self() {
-    let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::STOP);
+/// Stops the calling process as the command was asked to stop: `sig`
+/// (SIGTSTP, SIGTTIN or SIGTTOU), blocked for [`Signals`], is unblocked in
+/// the calling thread, sent to this process at its default action, and
+/// blocked again. The kernel then applies the rules of job control as it
+/// did to the command: stopped until the next SIGCONT, or not at all in a
+/// process group that no shell controls any more (an orphaned one).
+pub fn stop_self(sig: i32) {
+    let _ = crate::sys::signal::set_ignored(sig, false);
+    if crate::sys::signal::unblock(sig).is_ok() {
+        if let Some(s) = rustix::process::Signal::from_named_raw(sig) {
+            let _ = rustix::process::kill_process(rustix::process::getpid(), s);
+        }
+        let _ = crate::sys::signal::block(sig);
+    }
 }

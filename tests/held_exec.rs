@@ -372,7 +372,11 @@ async fn a_stop_stops_the_whole_job_and_a_continue_resumes_it() {
         let env = TestEnv::new();
         let run = RunDir::new();
         let t = tag("stop");
-        let exec = Gateway(held_exec(&run, &t, &[], "sleep 3600 & wait").spawn().unwrap());
+        // A job of its own, as a shell makes it: in a process group that
+        // is not orphaned (the kernel ignores SIGTSTP in an orphaned one).
+        let mut job = held_exec(&run, &t, &[], "sleep 3600 & wait");
+        std::os::unix::process::CommandExt::process_group(&mut job, 0);
+        let exec = Gateway(job.spawn().unwrap());
         // exec, sh, sleep.
         let pids = running(&t, 3, 1).await;
         let state = |p: i32| {

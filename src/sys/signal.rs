@@ -29,6 +29,11 @@ pub(crate) fn unblock(sig: i32) -> io::Result<()> {
     raw_sigprocmask(libc::SIG_UNBLOCK, 1 << (sig - 1))
 }
 
+/// Blocks `sig` (1–64) for the calling thread.
+pub(crate) fn block(sig: i32) -> io::Result<()> {
+    raw_sigprocmask(libc::SIG_BLOCK, 1 << (sig - 1))
+}
+
 /// `rt_sigprocmask(how, set)` for the calling thread, with a 64-bit kernel
 /// signal set (bit n-1 for signal n).
 fn raw_sigprocmask(how: i32, set: u64) -> io::Result<()> {

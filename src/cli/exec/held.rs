@@ -140,7 +140,7 @@ async fn held(
                 }
                 // A stopped job stops as a whole, so that its shell sees it.
                 if Signal::from_raw(got.signal).is_some_and(|s| STOPS.contains(&s)) {
-                    held::stop_self();
+                    held::stop_self(got.signal);
                 }
             }
             Some(req) = async { match requests.as_mut() { Some(r) => r.recv().await, None => None } } => {
