@@ -193,13 +193,15 @@ async fn an_execd_server_has_the_gateways_terminal_and_only_its_fds() {
     env.finish().await;
 }
 
-/// Every directory under `cg`, as paths relative to it, sorted.
+/// Every directory under `cg`, as paths relative to it, sorted. One
+/// removed during the walk (a guardian cleaning up) is not in the tree.
 fn tree_snapshot(cg: &procscope::Cgroup) -> Vec<String> {
     let mut out = Vec::new();
     let mut stack = vec![cg.path().to_owned()];
     while let Some(dir) = stack.pop() {
-        for e in std::fs::read_dir(&dir).unwrap().flatten() {
-            if e.file_type().unwrap().is_dir() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
                 out.push(e.path().strip_prefix(cg.path()).unwrap().display().to_string());
                 stack.push(e.path());
             }
