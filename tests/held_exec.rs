@@ -597,8 +597,9 @@ async fn a_terminals_interrupt_reaches_the_command_once() {
         wait_for("int", &mut seen);
         // A second SIGINT, forwarded by exec, would come within this.
         tokio::time::sleep(Duration::from_millis(500)).await;
-        // `^\`: SIGQUIT ends the command (not forwarded either), and with
-        // it the exec and `script`.
+        // `^\`: SIGQUIT ends the command, and with it the exec and
+        // `script` (or the hangup does that comes when `script`'s input
+        // ends: either is the terminal's, and not forwarded).
         input.write_all(b"\x1c").unwrap();
         drop(input);
         assert!(reap(script, 10).await.success());
@@ -616,7 +617,7 @@ async fn a_terminals_interrupt_reaches_the_command_once() {
                     && l.contains(r#""forwarded":false"#)
             })
         };
-        assert!(event(libc::SIGINT) && event(libc::SIGQUIT), "{seen:#?}");
+        assert!(event(libc::SIGINT), "{seen:#?}");
         assert!(settle(&t, 5).await.is_empty());
         run.finish();
         env.finish().await;
