@@ -301,14 +301,7 @@ impl EndRequest {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-        // Only empty directories go; another `exec`'s socket keeps its own.
-        if let Some(session) = self.path.parent() {
-            let _ = std::fs::remove_dir(session);
-            if let Some(instance) = session.parent() {
-                let _ = std::fs::remove_dir(instance);
-            }
-        }
+        remove_socket(&self.path);
     }
 }
 
@@ -316,15 +309,16 @@ impl Drop for Registration {
 // `end`, `sweep` and `ps`.
 // ---------------------------------------------------------------------------
 
-/// Removes a stale entry's socket and the directories it leaves empty,
-/// checking first that neither directory on the way is a symlink.
-fn remove_entry(e: &Entry) {
+/// Removes a socket and the session and instance directories it leaves
+/// empty (another `exec`'s socket keeps its own), checking first that
+/// neither directory on the way is a symlink.
+fn remove_socket(path: &Path) {
     let real_dir = |p: &Path| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir());
-    let (Some(session), Some(instance)) = (e.path.parent(), e.path.parent().and_then(Path::parent)) else { return };
+    let (Some(session), Some(instance)) = (path.parent(), path.parent().and_then(Path::parent)) else { return };
     if !real_dir(instance) || !real_dir(session) {
         return;
     }
-    let _ = std::fs::remove_file(&e.path);
+    let _ = std::fs::remove_file(path);
     let _ = std::fs::remove_dir(session);
     let _ = std::fs::remove_dir(instance);
 }
@@ -378,14 +372,18 @@ pub async fn end(entries: Vec<Entry>, grace: Duration) -> SweepReport {
     let started = std::time::Instant::now();
     let mut report = SweepReport::default();
     let mut sessions = std::collections::HashSet::new();
-    let asks = entries.into_iter().map(|e| async move {
-        let r = if e.is_alive() { Some(ask_end(&e, grace).await) } else { None };
-        (e, r)
-    });
-    for (e, r) in futures_join(asks).await {
+    // Concurrently: each `exec` waits out its own grace.
+    let mut asks = tokio::task::JoinSet::new();
+    for e in entries {
+        asks.spawn(async move {
+            let r = if e.is_alive() { Some(ask_end(&e, grace).await) } else { None };
+            (e, r)
+        });
+    }
+    while let Some(Ok((e, r))) = asks.join_next().await {
         sessions.insert((e.instance.clone(), e.session.clone()));
         match r {
-            None => remove_entry(&e),
+            None => remove_socket(&e.path),
             Some(Ok((signalled, terminated, killed))) => {
                 if signalled > 0 || killed > 0 {
                     report.leaks_prevented += 1;
@@ -394,29 +392,13 @@ pub async fn end(entries: Vec<Entry>, grace: Duration) -> SweepReport {
                 report.killed += killed;
             }
             // It exited meanwhile: its socket may be left.
-            Some(Err(_)) if !e.is_alive() => remove_entry(&e),
+            Some(Err(_)) if !e.is_alive() => remove_socket(&e.path),
             Some(Err(err)) => report.errors.push(SweepError { session: e.session.clone(), error: err.to_string() }),
         }
     }
     report.sessions = sessions.len();
     report.elapsed = started.elapsed();
     report
-}
-
-/// Runs the futures concurrently (each `exec` waits out its own grace).
-async fn futures_join<F>(futs: impl IntoIterator<Item = F>) -> Vec<F::Output>
-where
-    F: std::future::Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    let handles: Vec<_> = futs.into_iter().map(tokio::spawn).collect();
-    let mut out = Vec::with_capacity(handles.len());
-    for h in handles {
-        if let Ok(v) = h.await {
-            out.push(v);
-        }
-    }
-    out
 }
 
 /// Whether `who` is `pid` or one of its ancestors.
@@ -473,58 +455,85 @@ pub(crate) fn pids_of(e: &Entry) -> Vec<i32> {
         .collect()
 }
 
-/// The registry as `ps` shows it: instances, their sessions, and the
-/// processes each `exec` holds (its holder's tree: the command and what it
-/// left), with their resident memory.
-pub fn list(run: &Path) -> Vec<InstanceInfo> {
-    let mut out: Vec<InstanceInfo> = Vec::new();
+/// The registered `exec`s of one owner, by session.
+pub(crate) struct Group {
+    /// The instance directory's name.
+    pub instance: String,
+    pub owner: Owner,
+    pub owner_alive: bool,
+    pub foreign_pid_namespace: bool,
+    /// Each session id with its `exec`s, in the registry's order.
+    pub sessions: Vec<(String, Vec<Entry>)>,
+}
+
+/// The registry by instance and session, for `ps` and the metrics.
+pub(crate) fn groups(run: &Path) -> Vec<Group> {
+    let mut out: Vec<Group> = Vec::new();
     for e in entries(run) {
-        let owner_alive = e.owner_alive();
-        let at = match out.iter().position(|i| i.name == e.instance) {
+        let at = match out.iter().position(|g| g.instance == e.instance) {
             Some(i) => i,
             None => {
-                out.push(InstanceInfo {
-                    name: e.instance.clone(),
-                    path: held_dir(run).join(&e.instance),
-                    owner_pid: e.owner.pid,
-                    owner_alive,
+                out.push(Group {
+                    instance: e.instance.clone(),
+                    owner: e.owner,
+                    owner_alive: e.owner_alive(),
                     foreign_pid_namespace: e.foreign_pid_namespace,
-                    age_secs: None,
                     sessions: Vec::new(),
                 });
                 out.len() - 1
             }
         };
-        let alive = e.is_alive();
-        let pids = if alive { pids_of(&e) } else { Vec::new() };
-        let age =
-            std::fs::symlink_metadata(&e.path).ok().and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok());
-        let state = if owner_alive && alive { SessionState::Active } else { SessionState::Stale };
         let sessions = &mut out[at].sessions;
-        match sessions.iter_mut().find(|s| s.id == e.session) {
-            Some(s) => {
-                s.processes += pids.len();
-                s.memory_bytes += pids.iter().map(|p| crate::tree::rss_bytes(*p)).sum::<u64>();
-                if s.command.is_none() {
-                    s.command = crate::tree::oldest_command(&pids);
-                }
-            }
-            None => sessions.push(SessionInfo {
-                id: e.session.clone(),
-                path: e.path.parent().map(Path::to_owned).unwrap_or_default(),
-                state,
-                processes: pids.len(),
-                memory_bytes: pids.iter().map(|p| crate::tree::rss_bytes(*p)).sum(),
-                memory_source: "rss",
-                age_secs: age.map(|d| d.as_secs()),
-                command: crate::tree::oldest_command(&pids),
-            }),
-        }
-        if out[at].age_secs.is_none() {
-            out[at].age_secs = age.map(|d| d.as_secs());
+        match sessions.iter_mut().find(|(id, _)| *id == e.session) {
+            Some((_, execs)) => execs.push(e),
+            None => sessions.push((e.session.clone(), vec![e])),
         }
     }
     out
+}
+
+/// The processes the live `exec`s among `execs` hold.
+pub(crate) fn live_pids(execs: &[Entry]) -> Vec<i32> {
+    execs.iter().filter(|e| e.is_alive()).flat_map(pids_of).collect()
+}
+
+/// The registry as `ps` shows it: instances, their sessions, and the
+/// processes each `exec` holds (its holder's tree: the command and what it
+/// left), with their resident memory.
+pub fn list(run: &Path) -> Vec<InstanceInfo> {
+    let age = |e: &Entry| std::fs::symlink_metadata(&e.path).ok()?.modified().ok()?.elapsed().ok().map(|d| d.as_secs());
+    groups(run)
+        .into_iter()
+        .map(|g| {
+            let sessions: Vec<SessionInfo> = g
+                .sessions
+                .iter()
+                .map(|(id, execs)| {
+                    let pids = live_pids(execs);
+                    let alive = execs.iter().any(Entry::is_alive);
+                    SessionInfo {
+                        id: id.clone(),
+                        path: execs[0].path.parent().map(Path::to_owned).unwrap_or_default(),
+                        state: if g.owner_alive && alive { SessionState::Active } else { SessionState::Stale },
+                        processes: pids.len(),
+                        memory_bytes: pids.iter().map(|p| crate::tree::rss_bytes(*p)).sum(),
+                        memory_source: "rss",
+                        age_secs: execs.iter().filter_map(age).max(),
+                        command: crate::tree::oldest_command(&pids),
+                    }
+                })
+                .collect();
+            InstanceInfo {
+                path: held_dir(run).join(&g.instance),
+                name: g.instance,
+                owner_pid: g.owner.pid,
+                owner_alive: g.owner_alive,
+                foreign_pid_namespace: g.foreign_pid_namespace,
+                age_secs: sessions.iter().filter_map(|s| s.age_secs).max(),
+                sessions,
+            }
+        })
+        .collect()
 }
 
 /// Ends the calling process as `status` says the command ended: with the

@@ -307,44 +307,26 @@ impl Metrics {
     /// (processes, their threads, RSS and peak RSS). `root` is the
     /// registry's directory.
     pub fn gather_held(run: &std::path::Path) -> Metrics {
-        let mut instances: Vec<InstanceMetrics> = Vec::new();
-        let mut pids: Vec<Vec<(String, Vec<u32>)>> = Vec::new();
-        for e in crate::held::entries(run) {
-            let at = match instances.iter().position(|i| i.name == e.instance) {
-                Some(i) => i,
-                None => {
-                    instances.push(InstanceMetrics {
-                        name: e.instance.clone(),
-                        owner_pid: e.owner.pid,
-                        state: if e.owner_alive() { InstanceState::Active } else { InstanceState::Stale },
-                        kind: InstanceKind::Exec,
-                        guardian: GuardianState::Absent,
-                        counters: Counters::default(),
-                        sessions: Vec::new(),
-                    });
-                    pids.push(Vec::new());
-                    instances.len() - 1
-                }
-            };
-            let held: Vec<u32> = if e.is_alive() {
-                crate::held::pids_of(&e).into_iter().map(|p| p as u32).collect()
-            } else {
-                Vec::new()
-            };
-            match pids[at].iter_mut().find(|(id, _)| *id == e.session) {
-                Some((_, p)) => p.extend(held),
-                None => pids[at].push((e.session.clone(), held)),
-            }
-        }
-        for (instance, sessions) in instances.iter_mut().zip(pids) {
-            instance.sessions = sessions
-                .into_iter()
-                .map(|(id, pids)| {
-                    let dir = format!("s-{id}");
-                    held_session_metrics(crate::supervisor::HeldSession { id, dir, orphaned: false, pids })
-                })
-                .collect();
-        }
+        let instances = crate::held::groups(run)
+            .into_iter()
+            .map(|g| InstanceMetrics {
+                name: g.instance,
+                owner_pid: g.owner.pid,
+                state: if g.owner_alive { InstanceState::Active } else { InstanceState::Stale },
+                kind: InstanceKind::Exec,
+                guardian: GuardianState::Absent,
+                counters: Counters::default(),
+                sessions: g
+                    .sessions
+                    .into_iter()
+                    .map(|(id, execs)| {
+                        let pids = crate::held::live_pids(&execs).into_iter().map(|p| p as u32).collect();
+                        let dir = format!("s-{id}");
+                        held_session_metrics(crate::supervisor::HeldSession { id, dir, orphaned: false, pids })
+                    })
+                    .collect(),
+            })
+            .collect();
         Metrics { root: run.join("held"), instances, totals: Counters::default() }
     }
 

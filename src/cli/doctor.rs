@@ -381,11 +381,6 @@ fn or_none(v: &[String]) -> String {
     if v.is_empty() { "none".into() } else { v.join(" ") }
 }
 
-/// Spawns a probe into a temporary cgroup with the best mechanism, then kills it
-/// with the best mechanism, and reports what worked (and whether the probe
-/// was tied to its pidfd).
-/// Where no cgroup can be written: a supervisor with holders starts a child
-/// in a session and closes it; the child must have been held and ended.
 /// The real uid of a process, from `/proc/<pid>/status`.
 fn real_uid(pid: u32) -> Option<u32> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -398,7 +393,8 @@ fn parent_pid(pid: u32) -> Option<u32> {
     stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// Probes containment with holders: a child held and its session ended.
+/// Where no cgroup can be written: a supervisor with holders starts a child
+/// in a session and closes it; the child must have been held and ended.
 /// Sets `identity` to what the probe's holder took: `"own"` (the guardian's
 /// uid) or `"gateway"`.
 async fn probe_holders(
@@ -462,6 +458,9 @@ async fn probe_holders(
     }
 }
 
+/// Spawns a probe into a temporary cgroup with the best mechanism, then kills it
+/// with the best mechanism, and reports what worked (and whether the probe
+/// was tied to its pidfd).
 async fn probe(parent: &Cgroup, problems: &mut Vec<Problem>) -> (&'static str, &'static str, Option<AutoKill>) {
     let name = format!("doctor-{}", std::process::id());
     let cg = match parent.create_child(&name) {
