@@ -229,10 +229,12 @@ async fn a_default_container_contains_with_holders_and_exec_holds_its_command() 
         assert_eq!(ctr.settle(5).await, Vec::<u32>::new(), "the command's daemon outlived it");
 
         // `end` from the same gateway (a shell) ends a held session, found
-        // through the registry in /run/procscope once `ps` lists it.
+        // through the registry in /run/procscope once `ps` lists it with
+        // its command `sleep` (the shell has exec'd it, its daemon started:
+        // nothing half-way left to count).
         let line = format!(
             "{PROCSCOPE} exec --session k -- sh -c '{FIXTURE} daemon >/dev/null; exec sleep 3600' 2>/dev/null & \
-             until {PROCSCOPE} ps --json | grep -q '\"id\":\"k\"'; do sleep 0.05; done; \
+             until {PROCSCOPE} ps --json | grep -q '\"command\":\"sleep 3600\",\"id\":\"k\"'; do sleep 0.05; done; \
              {PROCSCOPE} end --json k; wait"
         );
         let out = sh(&ctr, &line);
