@@ -710,6 +710,12 @@ impl Command {
         if crate::holder::KEEP_UID.load(std::sync::atomic::Ordering::SeqCst) {
             envp.push(keep.as_ptr());
         }
+        #[cfg(feature = "test-hooks")]
+        let go_first = CString::new(format!("{}=1", crate::holder::GO_FIRST_ENV)).expect("no NUL");
+        #[cfg(feature = "test-hooks")]
+        if crate::holder::GO_FIRST.load(std::sync::atomic::Ordering::SeqCst) {
+            envp.push(go_first.as_ptr());
+        }
         envp.push(std::ptr::null());
         let mut holder = None;
         let mut status = Some(status_read);
@@ -721,12 +727,24 @@ impl Command {
                 status: status_write.as_fd(),
                 control: control_read.as_fd(),
             };
-            let held = spawn::spawn_held(plan, &exec).map_err(|f| match f {
-                SpawnFailure::Clone(e) => Error::io("start the holder of", Path::new(program), e),
-                SpawnFailure::Child { stage, errno } => {
-                    Error::Spawn { program: program.to_owned(), stage, source: errno }
+            let held = match spawn::spawn_held(plan, &exec) {
+                Ok(held) => held,
+                Err(spawn::HeldFailure { failure, holder }) => {
+                    if let Some((pidfd, pid)) = holder {
+                        // The holder runs its program and waits for its first
+                        // message: the end of the control pipe ends it (with
+                        // whatever it has), and the reaper reaps it.
+                        drop(control_write);
+                        crate::reaper::adopt(PidFd::from_owned(pidfd, pid), false);
+                    }
+                    return Err(match failure {
+                        SpawnFailure::Clone(e) => Error::io("start the holder of", Path::new(program), e),
+                        SpawnFailure::Child { stage, errno } => {
+                            Error::Spawn { program: program.to_owned(), stage, source: errno }
+                        }
+                    });
                 }
-            })?;
+            };
             // The holder's ends are the holder's alone from now on: the
             // status pipe ends when the holder does, and a holder that died
             // leaves no reader of the control pipe.

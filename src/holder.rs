@@ -4,15 +4,17 @@
 //! # The holder
 //! A command is started from a small process of its own, its holder: the
 //! gateway's thread clones the holder, the holder makes itself a subreaper
-//! (`PR_SET_CHILD_SUBREAPER`) and clones the command, which goes through
-//! the usual steps to `execve` (`sys::spawn::spawn_held`). Every orphan of
-//! the command's tree — a `setsid` helper, a double-forked daemon — is then
-//! re-parented to the holder rather than to init, so the tree stays
-//! together below the holder, whatever its processes do to their sessions
-//! and process groups. Once the command has exec'd, the holder calls
-//! `execve` of the program that links procscope (`/proc/self/exe`, the
-//! gateway's own program for a library user) as `procscope-holder`; a
-//! constructor turns it into the holder's loop before `main` (`sys::hook`).
+//! (`PR_SET_CHILD_SUBREAPER`) and clones the command, which waits; the
+//! holder calls `execve` of the program that links procscope
+//! (`/proc/self/exe`, the gateway's own program for a library user) as
+//! `procscope-holder`, and a constructor turns it into the holder's loop
+//! before `main` (`sys::hook`). Once the holder has taken its identity
+//! (below), it lets the command go on through the usual steps to `execve`
+//! (`sys::spawn::spawn_held`): the command's program never runs beside a
+//! holder it could still signal. Every orphan of the command's tree — a
+//! `setsid` helper, a double-forked daemon — is re-parented to the holder
+//! rather than to init, so the tree stays together below the holder,
+//! whatever its processes do to their sessions and process groups.
 //!
 //! # What the holder does
 //! One `poll` loop over two fds, never a fixed sleep: a signalfd for
@@ -48,11 +50,9 @@
 //! - No atomic kill: a process may fork between a walk and its SIGKILL; the
 //!   walk is repeated until nothing new appears, and a SIGKILLed process
 //!   cannot fork again.
-//! - Between the command's `execve` and the holder's own taking of its
-//!   identity (an `execve` and a few system calls), a command of the
-//!   gateway's uid can still signal it: killed, the holder's orphans go to
-//!   the next subreaper up. A holder of a gateway that is not root keeps
-//!   the gateway's uid throughout.
+//! - A holder of a gateway that is not root keeps the gateway's uid: its
+//!   commands can signal it. Killed, a holder's orphans go to the next
+//!   subreaper up.
 //! - No limits, no membership that a process can be asked about: the tree
 //!   is what the holder's descendants are.
 
@@ -100,6 +100,8 @@ fn run() -> io::Result<()> {
     // signal blocked too: only SIGKILL ends a holder.
     crate::sys::signal::set_ignored(libc::SIGCHLD, false)?;
     crate::sys::signal::block_all()?;
+    let [status, control, go] = crate::sys::holder_fds()?;
+    let go = go_before_identity(go)?;
     // The guardian's identity, where the gateway is root: a child (of any
     // uid, without capabilities) can then neither signal nor ptrace its
     // holder. Without it (a gateway that is not root), the holder keeps the
@@ -107,7 +109,11 @@ fn run() -> io::Result<()> {
     if take_own_identity() {
         let _ = crate::guardian::take_identity();
     }
-    let (status, control) = crate::sys::holder_fds()?;
+    // The command has waited for this byte before its first step: its
+    // program starts only now, with its holder already out of its reach.
+    if let Some(go) = go {
+        rustix::io::write(&go, &[1]).map_err(io::Error::from)?;
+    }
     // The gateway's stdio and working directory are not the holder's: a
     // reader of the gateway's output must not wait for the holder to close
     // it, and the holder must not keep a directory busy.
@@ -163,6 +169,30 @@ fn take_own_identity() -> bool {
     }
     crate::guardian::identity().is_some()
 }
+
+/// The go pipe's write end, where the byte is still to be written after
+/// the holder has taken its identity. Procscope's tests can have it
+/// written first (the order before the go pipe existed), and the identity
+/// taken half a second later, for the control run of the test of that
+/// order.
+fn go_before_identity(go: OwnedFd) -> io::Result<Option<OwnedFd>> {
+    #[cfg(feature = "test-hooks")]
+    if std::env::var_os(GO_FIRST_ENV).is_some() {
+        rustix::io::write(&go, &[1]).map_err(io::Error::from)?;
+        std::thread::sleep(Duration::from_millis(500));
+        return Ok(None);
+    }
+    Ok(Some(go))
+}
+
+/// Set (by procscope's tests only) in a holder's environment: it lets its
+/// command go before it takes its identity (see [`go_before_identity`]).
+#[cfg(feature = "test-hooks")]
+pub(crate) const GO_FIRST_ENV: &str = "PROCSCOPE_HOLDER_GO_FIRST";
+
+/// Whether holders started from now on let their command go first (tests).
+#[cfg(feature = "test-hooks")]
+pub(crate) static GO_FIRST: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Set (by procscope's tests only) in a holder's environment: it keeps the
 /// gateway's uid.

@@ -215,6 +215,13 @@ pub mod testing {
         crate::holder::KEEP_UID.store(keep, std::sync::atomic::Ordering::SeqCst);
     }
 
+    /// Whether holders started from now on let their command start its
+    /// program before they take their identity, and take it half a second
+    /// later (for the control run of the test of that order).
+    pub fn holders_go_first(first: bool) {
+        crate::holder::GO_FIRST.store(first, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// Children handed to the reaper thread and not reaped yet.
     pub fn reaper_pending() -> usize {
         crate::reaper::pending()

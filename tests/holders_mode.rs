@@ -331,6 +331,51 @@ async fn a_command_cannot_stop_its_holder_and_the_control_is_ended_all_the_same(
     .await;
 }
 
+/// A command's program starts only once its holder has taken its identity:
+/// the holder lets the waiting command go through a pipe after that, so a
+/// command whose very first act is to stop its holder is refused, every
+/// time. The control has the holder let its command go first and take its
+/// identity half a second later (the order of a holder without the go
+/// pipe): the same first act stops the holder, still of the gateway's uid.
+#[tokio::test]
+async fn a_commands_first_act_cannot_reach_its_holder_and_the_control_shows_the_window() {
+    within(60, async {
+        let env = TestEnv::new();
+        let tag = new_tag("first-act");
+        let sup = holders_supervisor().await;
+        let script = "if kill -STOP $PPID; then echo stopped; else echo refused; fi; exec sleep 3600";
+
+        for round in 0..5 {
+            let session = sup.session(&format!("first-act-{round}")).unwrap();
+            let (child, said) = attacker(&session, &tag, script).await;
+            assert_eq!(said, "refused", "round {round}");
+            let holder = parent_of(child.id()).unwrap();
+            assert_eq!(uids_of(holder), ["2147483646", "0", "2147483646", "0"], "round {round}");
+            session.close().await.unwrap();
+            assert_eq!(tagged(&tag), Vec::<i32>::new(), "processes left");
+            drop(child);
+        }
+
+        // Control: the command goes first.
+        procscope::testing::holders_go_first(true);
+        let session = sup.session("first-act-control").unwrap();
+        let spawned = attacker(&session, &tag, script).await;
+        procscope::testing::holders_go_first(false);
+        let (child, said) = spawned;
+        assert_eq!(said, "stopped", "the holder was reached before its identity");
+        let holder = parent_of(child.id()).unwrap();
+        assert_eq!(uids_of(holder), ["0", "0", "0", "0"], "stopped with the gateway's uid");
+        let holder = PidFd::open(holder).unwrap();
+        session.close().await.unwrap();
+        assert_eq!(tagged(&tag), Vec::<i32>::new(), "processes left");
+        assert!(!holder.is_alive(), "the holder has exited");
+        drop((child, holder));
+        sup.shutdown().await.unwrap();
+        env.finish().await;
+    })
+    .await;
+}
+
 /// A command cannot kill its holder of its own identity (refused). The
 /// control kills a holder that keeps the gateway's uid (what that holder
 /// kept would go to the next subreaper up); the command is still ended by

@@ -30,14 +30,16 @@ pub(crate) mod seccomp;
 pub(crate) mod signal;
 pub(crate) mod spawn;
 
-/// The fds a holder starts with (see `crate::holder`): its status pipe's
-/// write end and its control pipe's read end, after every other fd but
-/// stdio is closed. For the holder's own process only, before it starts
-/// anything: nothing else refers to those fds.
-pub(crate) fn holder_fds() -> std::io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
-    use spawn::{HOLDER_CONTROL_FD, HOLDER_STATUS_FD};
+/// The fds a holder starts with (see `crate::holder`), after every other
+/// fd but stdio is closed: its status pipe's write end, its control pipe's
+/// read end and its command's go pipe's write end, in that order. For the
+/// holder's own process only, before it starts anything: nothing else
+/// refers to those fds.
+pub(crate) fn holder_fds() -> std::io::Result<[std::os::fd::OwnedFd; 3]> {
+    use spawn::{HOLDER_CONTROL_FD, HOLDER_GO_FD, HOLDER_STATUS_FD};
     use std::os::fd::FromRawFd;
-    for fd in [HOLDER_STATUS_FD, HOLDER_CONTROL_FD] {
+    let fds = [HOLDER_STATUS_FD, HOLDER_CONTROL_FD, HOLDER_GO_FD];
+    for fd in fds {
         // SAFETY: a borrow for one fstat; a number that is not open fails
         // with EBADF, and nothing closes these fds meanwhile.
         let st = rustix::fs::fstat(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) })?;
@@ -45,21 +47,19 @@ pub(crate) fn holder_fds() -> std::io::Result<(std::os::fd::OwnedFd, std::os::fd
             return Err(std::io::Error::other(format!("fd {fd} is not a pipe")));
         }
     }
-    // SAFETY: closes fds of this process above the holder's two; the
+    // SAFETY: closes fds of this process above the holder's three; the
     // process has no other owner of them (it has just exec'd).
-    let r = unsafe { libc::syscall(libc::SYS_close_range, (HOLDER_CONTROL_FD + 1) as u32, u32::MAX, 0u32) };
+    let r = unsafe { libc::syscall(libc::SYS_close_range, (HOLDER_GO_FD + 1) as u32, u32::MAX, 0u32) };
     if r < 0 {
         let max = rustix::process::getrlimit(rustix::process::Resource::Nofile).current.unwrap_or(65536).min(1 << 20);
-        for fd in HOLDER_CONTROL_FD + 1..max as i32 {
+        for fd in HOLDER_GO_FD + 1..max as i32 {
             // SAFETY: as above; EBADF for unused numbers is harmless.
             unsafe { libc::close(fd) };
         }
     }
-    // SAFETY: the two fds were checked open above and are owned by nothing
-    // else in this process.
-    Ok(unsafe {
-        (std::os::fd::OwnedFd::from_raw_fd(HOLDER_STATUS_FD), std::os::fd::OwnedFd::from_raw_fd(HOLDER_CONTROL_FD))
-    })
+    // SAFETY: the three fds were checked open above and are owned by
+    // nothing else in this process.
+    Ok(fds.map(|fd| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }))
 }
 
 /// Whether the calling thread holds `CAP_SYS_ADMIN` in its effective set

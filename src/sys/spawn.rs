@@ -286,6 +286,10 @@ struct Report {
     errno: AtomicI32,
     /// The pid of a held command, written by its holder (see [`spawn_held`]).
     held_pid: AtomicI32,
+    /// A held command's ends of its go pipe, written by its holder before
+    /// the command's clone; `-1` for any other child (see [`spawn_held`]).
+    go_read: AtomicI32,
+    go_write: AtomicI32,
 }
 
 /// What the child reads: the plan, its placement and where to report.
@@ -295,6 +299,10 @@ struct ChildCtx<'a> {
     report: *const Report,
     /// Signals to reset to the default action: bit `n - 1` for signal `n`.
     reset: SignalReset,
+    /// An fd (close-on-exec, above 2) left open when the others above 2 are
+    /// closed, for `execve` to close: a held command's end of the pipe its
+    /// gateway waits on (see [`spawn_held`]); `-1` for any other child.
+    keep: RawFd,
 }
 
 /// Which signal dispositions the child resets.
@@ -371,6 +379,8 @@ fn with_mapping<R>(f: impl FnOnce(&ChildMapping) -> R) -> io::Result<R> {
         report.stage.store(0, Ordering::SeqCst);
         report.errno.store(0, Ordering::SeqCst);
         report.held_pid.store(0, Ordering::SeqCst);
+        report.go_read.store(-1, Ordering::SeqCst);
+        report.go_write.store(-1, Ordering::SeqCst);
         Ok(f(mapping))
     })
 }
@@ -549,6 +559,8 @@ pub(crate) struct HolderExec<'a> {
 pub(crate) const HOLDER_STATUS_FD: RawFd = 3;
 /// The holder's fd for its control pipe.
 pub(crate) const HOLDER_CONTROL_FD: RawFd = 4;
+/// The holder's fd for the write end of its command's go pipe.
+pub(crate) const HOLDER_GO_FD: RawFd = 5;
 
 /// A command started under a holder: the holder (our child) has become its
 /// own program, the command (the holder's child) has called `execve`.
@@ -581,19 +593,36 @@ struct HolderCtx<'a> {
 }
 
 /// Starts the command of `plan` under a holder, where no cgroup can be
-/// written: this thread clones the holder (`CLONE_VM | CLONE_VFORK`, so it
-/// waits), the holder makes itself a subreaper and clones the command the
-/// same way, the command goes through its usual steps to `execve`, and the
-/// holder, once the command has exec'd, calls `execve` of `holder.exe`.
+/// written.
+///
+/// 1. This thread clones the holder (`CLONE_VM | CLONE_VFORK`: this thread
+///    waits until the holder execs or exits).
+/// 2. The holder makes itself a subreaper, makes the command's go pipe and
+///    clones the command (`CLONE_VM`, on a stack of its own, without
+///    `CLONE_VFORK`: both run on).
+/// 3. The command closes the pipe's write end and waits on its read end,
+///    before its first step.
+/// 4. The holder calls `execve` of `holder.exe`, the write end on
+///    [`HOLDER_GO_FD`]; this thread runs on, and waits until the command has
+///    exec'd or exited (the end of a pipe that only the command then holds).
+/// 5. The holder's program takes its identity where it has one, and only
+///    then writes the byte the command waits for: the command's program never
+///    runs while its holder is still of the gateway's uid. A holder that died
+///    closes the pipe instead; the command then fails at
+///    [`ChildStage::Holder`].
+/// 6. The command goes through its usual steps to `execve`.
+///
 /// Every orphan of the command's tree is re-parented to the holder, which
-/// keeps the tree together. A failure of the command's steps is reported
-/// as for [`spawn`] (the holder reaps the command and exits); one of the
-/// holder's own steps as [`ChildStage::Holder`].
+/// keeps the tree together. A failure of the command's steps is reported as
+/// for [`spawn`]; one of the holder's own steps as [`ChildStage::Holder`].
+/// Where the holder already runs its program when the command fails, the
+/// failure carries the holder: the caller closes the control pipe (the
+/// holder then ends and reaps what it has) and reaps it.
 ///
 /// Uses `clone3`, or `clone(2)` where `clone3` is refused with `ENOSYS` (a
 /// container's default seccomp profile does that without `CAP_SYS_ADMIN`).
 #[cfg_attr(not(feature = "test-hooks"), allow(dead_code))]
-pub(crate) fn spawn_held(plan: &ChildPlan<'_>, holder: &HolderExec<'_>) -> Result<HeldSpawn, SpawnFailure> {
+pub(crate) fn spawn_held(plan: &ChildPlan<'_>, holder: &HolderExec<'_>) -> Result<HeldSpawn, HeldFailure> {
     let inner = HELD_MAPPING.with(|cell| -> io::Result<(u64, u64)> {
         let mut slot = cell.borrow_mut();
         if slot.is_none() {
@@ -601,16 +630,33 @@ pub(crate) fn spawn_held(plan: &ChildPlan<'_>, holder: &HolderExec<'_>) -> Resul
         }
         Ok(slot.as_ref().expect("just set").stack())
     });
-    let stack = inner.map_err(SpawnFailure::Clone)?;
+    let stack = inner.map_err(|e| HeldFailure::from(SpawnFailure::Clone(e)))?;
+    let flat =
+        |r: io::Result<Result<HeldSpawn, HeldFailure>>| r.map_err(|e| HeldFailure::from(SpawnFailure::Clone(e)))?;
     if clone3_in_use() {
         let reset = signal_reset();
-        match with_mapping(|mapping| held_with(plan, holder, mapping, stack, reset, false)) {
-            Ok(Err(SpawnFailure::Clone(e))) if e.raw_os_error() == Some(libc::ENOSYS) => {}
-            other => return other.map_err(SpawnFailure::Clone)?,
+        match flat(with_mapping(|mapping| held_with(plan, holder, mapping, stack, reset, false))) {
+            Err(HeldFailure { failure: SpawnFailure::Clone(e), holder: None })
+                if e.raw_os_error() == Some(libc::ENOSYS) => {}
+            other => return other,
         }
     }
-    with_mapping(|mapping| held_with(plan, holder, mapping, stack, SignalReset::All, true))
-        .map_err(SpawnFailure::Clone)?
+    flat(with_mapping(|mapping| held_with(plan, holder, mapping, stack, SignalReset::All, true)))
+}
+
+/// A held command that did not start (see [`spawn_held`]).
+#[derive(Debug)]
+pub(crate) struct HeldFailure {
+    pub failure: SpawnFailure,
+    /// The holder's pidfd and pid, where the holder runs its own program
+    /// and waits on its control pipe: the caller ends and reaps it.
+    pub holder: Option<(OwnedFd, Pid)>,
+}
+
+impl From<SpawnFailure> for HeldFailure {
+    fn from(failure: SpawnFailure) -> Self {
+        HeldFailure { failure, holder: None }
+    }
 }
 
 #[cfg_attr(not(feature = "test-hooks"), allow(dead_code))]
@@ -621,9 +667,20 @@ fn held_with(
     stack: (u64, u64),
     reset: SignalReset,
     legacy: bool,
-) -> Result<HeldSpawn, SpawnFailure> {
+) -> Result<HeldSpawn, HeldFailure> {
+    // Its write end is copied to the holder and from it to the command
+    // (close-on-exec in both, and kept by the command when it closes its
+    // other fds): once this thread has closed its own, its end means the
+    // command has exec'd or exited, and no longer runs on the stack and
+    // context of this frame. Above 2, where the command's stdio goes.
+    let pipe_failed = |e: rustix::io::Errno| HeldFailure::from(SpawnFailure::Clone(e.into()));
+    let (started, mut started_write) =
+        rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(pipe_failed)?;
+    if started_write.as_raw_fd() < 3 {
+        started_write = rustix::io::fcntl_dupfd_cloexec(&started_write, 3).map_err(pipe_failed)?;
+    }
     let ctx = HolderCtx {
-        child: ChildCtx { plan, join_procs: -1, report: mapping.report(), reset },
+        child: ChildCtx { plan, join_procs: -1, report: mapping.report(), reset, keep: started_write.as_raw_fd() },
         exec: holder,
         stack,
         legacy,
@@ -633,7 +690,8 @@ fn held_with(
     let (ret, pidfd): (c_long, RawFd) = if legacy {
         // SAFETY: the holder runs on the mapping's stack, which it owns until
         // it execs or exits (CLONE_VFORK suspends this thread until then);
-        // `ctx` lives in this frame, alive for the same reason.
+        // `ctx` lives in this frame, alive for the same reason, and for the
+        // command until `started` ends, below.
         unsafe { clone_legacy(holder_legacy_entry, (low + size) as *mut c_void, ctx_ptr) }
     } else {
         let mut pidfd: RawFd = -1;
@@ -647,28 +705,46 @@ fn held_with(
         };
         // SAFETY: `args` is a valid clone_args with a stack inside our
         // mapping; the holder runs `holder_entry`, which reads only `ctx`
-        // (alive: this thread is suspended until the holder execs or exits)
-        // and never returns.
+        // (alive: this thread is suspended until the holder execs or exits,
+        // and then waits for the command below) and never returns.
         (unsafe { clone3_vm(&args, CLONE_ARGS_SIZE_VER0, ctx_ptr, holder_entry) }, pidfd)
     };
+    drop(started_write);
     if ret < 0 {
-        return Err(SpawnFailure::Clone(io::Error::from_raw_os_error(-ret as i32)));
+        return Err(SpawnFailure::Clone(io::Error::from_raw_os_error(-ret as i32)).into());
+    }
+    // Until the command has exec'd or exited it runs in this process's
+    // memory, on the second mapping, with this thread's thread-local errno:
+    // nothing here touches errno (rustix's calls return their errors).
+    let mut byte = [0u8; 1];
+    loop {
+        match rustix::io::read(&started, &mut byte) {
+            Ok(0) => break,
+            Ok(_) | Err(rustix::io::Errno::INTR) => continue,
+            // Not expected of a pipe; the holder's end is then the wait.
+            Err(_) => break,
+        }
     }
     // SAFETY: on success the kernel stored a new pidfd that nothing else owns.
     let holder_fd = unsafe { OwnedFd::from_raw_fd(pidfd) };
     let holder_pid = Pid::from_raw(ret as i32).expect("clone returned a positive pid");
     // SAFETY: the report lies inside `mapping`, alive for this call.
     let report = unsafe { &*mapping.report() };
+    let execd = report.held_pid.load(Ordering::SeqCst) != 0;
     if let Some(stage) = ChildStage::from_code(report.stage.load(Ordering::SeqCst)) {
         let errno = io::Error::from_raw_os_error(report.errno.load(Ordering::SeqCst));
+        let failure = SpawnFailure::Child { stage, errno };
+        if execd {
+            return Err(HeldFailure { failure, holder: Some((holder_fd, holder_pid)) });
+        }
         reap_blocking(&holder_fd);
-        return Err(SpawnFailure::Child { stage, errno });
+        return Err(failure.into());
     }
     let Some(pid) = Pid::from_raw(report.held_pid.load(Ordering::SeqCst)) else {
         // Only SIGKILL ends the holder between its clone and its execve (it
         // blocks every other signal): reaped, and reported.
         reap_blocking(&holder_fd);
-        return Err(SpawnFailure::Clone(io::Error::other("the holder was killed before it named its command")));
+        return Err(SpawnFailure::Clone(io::Error::other("the holder was killed before it named its command")).into());
     };
     Ok(HeldSpawn { holder: holder_fd, holder_pid, pid })
 }
@@ -702,6 +778,7 @@ fn clone3_with(
         },
         report,
         reset,
+        keep: -1,
     };
     let mut pidfd: RawFd = -1;
     let mut args = CloneArgs {
@@ -768,6 +845,7 @@ fn legacy_with(
         },
         report: mapping.report(),
         reset: SignalReset::All,
+        keep: -1,
     };
     let (low, size) = mapping.stack();
     // SAFETY: the child runs on the mapping's stack, which it owns until it
@@ -1009,13 +1087,25 @@ unsafe extern "C" fn holder_entry(arg: *mut c_void) -> ! {
     if let Err((stage, errno)) = check(ChildStage::Holder, r) {
         fail(stage, errno);
     }
+    // The command's go pipe (see `spawn_held`): the command waits on its
+    // read end until the holder's program writes a byte.
+    let mut go = [-1 as libc::c_int; 2];
+    // SAFETY: pipe2(2) into a valid two-int array.
+    let r = unsafe { libc::syscall(libc::SYS_pipe2, go.as_mut_ptr(), libc::O_CLOEXEC) };
+    if let Err((stage, errno)) = check(ChildStage::Holder, r) {
+        fail(stage, errno);
+    }
+    report.go_read.store(go[0], Ordering::SeqCst);
+    report.go_write.store(go[1], Ordering::SeqCst);
     let child_ctx = ptr::addr_of!(h.child) as *mut c_void;
+    // Without CLONE_VFORK: the holder runs on while the command waits for
+    // it. The command's stack (the second mapping) and `h.child` stay alive
+    // until it has exec'd or exited: the gateway's thread waits for that.
     let pid = if h.legacy {
         let top = (h.stack.0 + h.stack.1) as *mut c_void;
-        let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD;
+        let flags = libc::CLONE_VM | libc::SIGCHLD;
         // SAFETY: the command runs `legacy_entry` on its own stack (the
-        // second mapping) and reads only `h.child`, alive while this holder
-        // waits (CLONE_VFORK) and the gateway's thread waits for the holder.
+        // second mapping) and reads only `h.child`, alive as said above.
         // Every signal is blocked here; the command resets them all.
         let r = unsafe { libc::clone(legacy_entry, top, flags, child_ctx) };
         if r < 0 {
@@ -1026,7 +1116,7 @@ unsafe extern "C" fn holder_entry(arg: *mut c_void) -> ! {
         }
     } else {
         let args = CloneArgs {
-            flags: CLONE_VFORK | CLONE_CLEAR_SIGHAND | CLONE_VM,
+            flags: CLONE_CLEAR_SIGHAND | CLONE_VM,
             exit_signal: libc::SIGCHLD as u64,
             stack: h.stack.0,
             stack_size: h.stack.1,
@@ -1038,38 +1128,40 @@ unsafe extern "C" fn holder_entry(arg: *mut c_void) -> ! {
     if pid < 0 {
         fail(ChildStage::Holder, -pid as i32);
     }
-    // The command reaps if it failed: its report stands, and we leave.
+    // From here on the command runs too, in the same memory and with the
+    // same thread-local errno: the calls below are ones that do not fail
+    // in practice, and the command writes errno only when one of its own
+    // fails.
+    // SAFETY: closes this process's copy of the read end (the command has
+    // its own).
+    unsafe { libc::syscall(libc::SYS_close, go[0]) };
     let reap = || {
         let mut info = std::mem::MaybeUninit::<libc::siginfo_t>::zeroed();
         // SAFETY: waits for our own child into a valid siginfo buffer.
         unsafe { libc::syscall(libc::SYS_waitid, libc::P_PID, pid, info.as_mut_ptr(), libc::WEXITED, 0) };
     };
-    if report.stage.load(Ordering::SeqCst) != 0 {
-        reap();
-        // SAFETY: as above.
-        unsafe { libc::_exit(127) }
-    }
     let kill_and_fail = |stage: ChildStage, errno: i32| -> ! {
         // SAFETY: SIGKILL to our own child, which we then reap.
         unsafe { libc::syscall(libc::SYS_kill, pid, libc::SIGKILL) };
         reap();
         fail(stage, errno)
     };
-    // The holder's fds: its two pipe ends on 3 and 4, without FD_CLOEXEC.
-    // Moved above 9 first, so that placing one cannot clobber the other.
+    // The holder's fds: its status and control pipe ends and the go pipe's
+    // write end on 3, 4 and 5, without FD_CLOEXEC. Moved above 9 first, so
+    // that placing one cannot clobber another.
     let e = h.exec;
-    // SAFETY (the fcntl and dup3 calls): on fds of this process's own table
-    // (no CLONE_FILES: a copy of the gateway's).
-    let status = unsafe { libc::syscall(libc::SYS_fcntl, e.status.as_raw_fd(), libc::F_DUPFD, 10) };
-    let control = unsafe { libc::syscall(libc::SYS_fcntl, e.control.as_raw_fd(), libc::F_DUPFD, 10) };
-    for r in [status, control] {
-        if let Err((stage, errno)) = check(ChildStage::Holder, r) {
+    let mut moved = [0 as c_long; 3];
+    for (slot, fd) in moved.iter_mut().zip([e.status.as_raw_fd(), e.control.as_raw_fd(), go[1]]) {
+        // SAFETY: on fds of this process's own table (no CLONE_FILES: a copy
+        // of the gateway's).
+        *slot = unsafe { libc::syscall(libc::SYS_fcntl, fd, libc::F_DUPFD, 10) };
+        if let Err((stage, errno)) = check(ChildStage::Holder, *slot) {
             kill_and_fail(stage, errno);
         }
     }
-    let r1 = unsafe { libc::syscall(libc::SYS_dup3, status, HOLDER_STATUS_FD, 0) };
-    let r2 = unsafe { libc::syscall(libc::SYS_dup3, control, HOLDER_CONTROL_FD, 0) };
-    for r in [r1, r2] {
+    for (fd, target) in moved.into_iter().zip([HOLDER_STATUS_FD, HOLDER_CONTROL_FD, HOLDER_GO_FD]) {
+        // SAFETY: as above.
+        let r = unsafe { libc::syscall(libc::SYS_dup3, fd, target, 0) };
         if let Err((stage, errno)) = check(ChildStage::Holder, r) {
             kill_and_fail(stage, errno);
         }
@@ -1105,6 +1197,7 @@ fn errno_of(stage: ChildStage, e: rustix::io::Errno) -> (ChildStage, i32) {
 /// The child's steps in order. Returns only on failure (or if `execve` returns).
 fn child_steps(ctx: &ChildCtx<'_>) -> Step {
     let plan = ctx.plan;
+    wait_for_holder(ctx)?;
     // SAFETY (all syscalls below): raw system calls on fds and memory owned by
     // this child or prepared by the parent; no allocation, no locks.
     if ctx.join_procs >= 0 {
@@ -1142,7 +1235,7 @@ fn child_steps(ctx: &ChildCtx<'_>) -> Step {
         check(ChildStage::Stdio, r)?;
     }
 
-    close_fds_above_stdio()?;
+    close_fds_above_stdio(ctx.keep)?;
 
     if plan.setsid {
         let r = unsafe { libc::syscall(libc::SYS_setsid) };
@@ -1156,6 +1249,38 @@ fn child_steps(ctx: &ChildCtx<'_>) -> Step {
     }
 
     drop_privileges_and_exec(plan)
+}
+
+/// A held command's first step: the go pipe's write end closed, one byte
+/// read from its read end, which its holder writes once its program has
+/// taken its identity (see [`spawn_held`]); the end of the pipe, if the
+/// holder died first, fails the command at [`ChildStage::Holder`]. Nothing
+/// for any other child.
+fn wait_for_holder(ctx: &ChildCtx<'_>) -> Step {
+    // SAFETY: the report lies in the shared mapping, as in `child_entry`.
+    let report = unsafe { &*ctx.report };
+    let go = report.go_read.load(Ordering::SeqCst);
+    if go < 0 {
+        return Ok(());
+    }
+    // SAFETY (the calls below): on this child's own copies of the go pipe's
+    // fds, into a one-byte buffer on this stack.
+    unsafe { libc::syscall(libc::SYS_close, report.go_write.load(Ordering::SeqCst)) };
+    let mut byte = 0u8;
+    loop {
+        let r = unsafe { libc::syscall(libc::SYS_read, go, ptr::addr_of_mut!(byte), 1usize) };
+        match r {
+            1 => break,
+            0 => return Err((ChildStage::Holder, libc::EPIPE)),
+            _ => match check(ChildStage::Holder, r) {
+                Err((_, libc::EINTR)) => continue,
+                Err(failure) => return Err(failure),
+                Ok(()) => return Err((ChildStage::Holder, libc::EIO)),
+            },
+        }
+    }
+    unsafe { libc::syscall(libc::SYS_close, go) };
+    Ok(())
 }
 
 /// The last steps, the same for a child and for a process that becomes the
@@ -1286,25 +1411,32 @@ fn reset_signals(which: SignalReset) {
     };
 }
 
-/// `close_range(3, ~0, 0)`; on kernels before 5.9, close fds one by one up to the
-/// soft `RLIMIT_NOFILE`.
-fn close_fds_above_stdio() -> Step {
-    // SAFETY: closes fds of this child only.
-    let r = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
-    if r == 0 {
+/// `close_range(3, ~0, 0)`, around `keep` if it is above 2; on kernels
+/// before 5.9, close fds one by one up to the soft `RLIMIT_NOFILE`.
+fn close_fds_above_stdio(keep: RawFd) -> Step {
+    let ranges = if keep >= 3 { [(3, keep - 1), (keep + 1, RawFd::MAX)] } else { [(3, RawFd::MAX), (0, -1)] };
+    for (first, last) in ranges {
+        if first > last {
+            continue;
+        }
+        // SAFETY: closes fds of this child only.
+        let r = unsafe { libc::syscall(libc::SYS_close_range, first as u32, last as u32, 0u32) };
+        if r == 0 {
+            continue;
+        }
+        // SAFETY: reading errno of this thread, as in `check`.
+        let errno = unsafe { *libc::__errno_location() };
+        if errno != libc::ENOSYS {
+            return Err((ChildStage::CloseFds, errno));
+        }
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        let r = read_nofile(&mut limit);
+        let max = if r == 0 { limit.rlim_cur.min(1 << 20) as RawFd } else { 65536 };
+        for fd in (3..max).filter(|&fd| fd != keep) {
+            // SAFETY: closing fds of this child; EBADF for unused numbers is harmless.
+            unsafe { libc::syscall(libc::SYS_close, fd) };
+        }
         return Ok(());
-    }
-    // SAFETY: reading errno of this thread, as in `check`.
-    let errno = unsafe { *libc::__errno_location() };
-    if errno != libc::ENOSYS {
-        return Err((ChildStage::CloseFds, errno));
-    }
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    let r = read_nofile(&mut limit);
-    let max = if r == 0 { limit.rlim_cur.min(1 << 20) as RawFd } else { 65536 };
-    for fd in 3..max {
-        // SAFETY: closing fds of this child; EBADF for unused numbers is harmless.
-        unsafe { libc::syscall(libc::SYS_close, fd) };
     }
     Ok(())
 }
