@@ -307,7 +307,17 @@ pub mod testing {
     /// `Stdio::Null`, the fds set aside for ending sessions when none are
     /// left — and reads the ignored signals, so that a test that counts fds
     /// and threads can take its baseline after them.
+    ///
+    /// It first sets back to their default action the signals that end a
+    /// process and that a shell leaves ignored for what it starts under
+    /// `nohup` (SIGHUP) or as a background job without job control (SIGINT,
+    /// SIGQUIT): `procscope exec` and every program a test starts would
+    /// inherit that, and a test that ends one by such a signal would wait
+    /// for ever. A signal with a handler is left as it is.
     pub fn init_process_state() {
+        for sig in [libc::SIGHUP, libc::SIGINT, libc::SIGQUIT] {
+            let _ = crate::sys::signal::default_if_ignored(sig);
+        }
         let _ = crate::reaper::pending();
         crate::sweep::Reserve::set_aside();
         let _ = crate::command::dev_null();

@@ -11,6 +11,22 @@ pub(crate) fn set_ignored(sig: i32, ignored: bool) -> io::Result<()> {
     if prev == libc::SIG_ERR { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
+/// Sets `sig` back to its default action if it is ignored; a handler is
+/// left in place. Returns whether it was ignored.
+#[cfg_attr(not(feature = "test-hooks"), allow(dead_code))]
+pub(crate) fn default_if_ignored(sig: i32) -> io::Result<bool> {
+    // SAFETY: `sigaction` is plain data, valid all zeros.
+    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: reads the current action into `old`; no action is set.
+    if unsafe { libc::sigaction(sig, std::ptr::null(), &mut old) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if old.sa_sigaction != libc::SIG_IGN {
+        return Ok(false);
+    }
+    set_ignored(sig, false).map(|()| true)
+}
+
 /// Blocks every signal that can be blocked (all but SIGKILL and SIGSTOP,
 /// which the kernel leaves out silently) for the calling thread and what it
 /// starts: `rt_sigprocmask(SIG_SETMASK, all 64)`. A blocked signal stays
