@@ -422,12 +422,21 @@ async fn an_end_while_the_exec_is_ending_waits_for_it_and_succeeds() {
         let args =
             ["exec", "--containment", "holders", "--grace", "2s", "--session", "late", "--", "sh", "-c", &script];
         let exec = Gateway(procscope(&run, &t, &args).spawn().unwrap());
-        // Until the exec is ending: its command (sh) is gone.
+        // Until the exec is ending: its command (sh) is gone, and its daemon
+        // runs. (Before the command's program starts, while its holder
+        // starts, the command is a copy of the exec, with the exec's command
+        // line: two tagged processes too.)
         let ending = async {
             loop {
                 let pids = tagged(&t);
                 let busy = pids.iter().any(|&p| comm(p) == "sh" || comm(p) == "setsid");
-                if !busy && pids.len() == 2 {
+                // The daemon's own program (the exec's command line, which
+                // that copy shares, names ignore-term too).
+                let daemon = pids.iter().any(|&p| {
+                    std::fs::read(format!("/proc/{p}/cmdline"))
+                        .is_ok_and(|c| c.starts_with(format!("{FIXTURE}\0ignore-term\0").as_bytes()))
+                });
+                if !busy && daemon && pids.len() == 2 {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -438,7 +447,8 @@ async fn an_end_while_the_exec_is_ending_waits_for_it_and_succeeds() {
         let report = json(&out);
         assert_eq!(report["errors"].as_array().unwrap().len(), 0, "{report}");
         assert_eq!(report["sessions"], 1, "{report}");
-        assert_eq!(reap(exec, 10).await.code(), Some(0));
+        let status = reap(exec, 10).await;
+        assert_eq!(status.code(), Some(0), "{status:?}: {report}");
         assert!(settle(&t, 5).await.is_empty());
         run.finish();
         env.finish().await;
