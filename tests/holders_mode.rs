@@ -276,6 +276,20 @@ async fn attacker(session: &procscope::Session, tag: &str, script: &str) -> (pro
     (child, line.trim().to_owned())
 }
 
+/// [`attacker`], with a test hook of procscope's turned on for this spawn
+/// only (a control run).
+async fn attacker_with(
+    hook: fn(bool),
+    session: &procscope::Session,
+    tag: &str,
+    script: &str,
+) -> (procscope::ContainedChild, String) {
+    hook(true);
+    let spawned = attacker(session, tag, script).await;
+    hook(false);
+    spawned
+}
+
 /// A holder children cannot stop. Where the gateway is root, a holder takes
 /// the guardian's identity, and its command (uid 0, no capabilities) is
 /// refused when it SIGSTOPs it. The control, a holder that keeps the
@@ -302,11 +316,8 @@ async fn a_command_cannot_stop_its_holder_and_the_control_is_ended_all_the_same(
         drop(child);
 
         // Control: a holder with the gateway's uid is stopped.
-        procscope::testing::holders_keep_uid(true);
         let session = sup.session("stop-control").unwrap();
-        let spawned = attacker(&session, &tag, script).await;
-        procscope::testing::holders_keep_uid(false);
-        let (child, said) = spawned;
+        let (child, said) = attacker_with(procscope::testing::holders_keep_uid, &session, &tag, script).await;
         let holder = parent_of(child.id()).unwrap();
         assert_eq!(said, "stopped");
         assert_eq!(uids_of(holder), ["0", "0", "0", "0"]);
@@ -357,11 +368,8 @@ async fn a_commands_first_act_cannot_reach_its_holder_and_the_control_shows_the_
         }
 
         // Control: the command goes first.
-        procscope::testing::holders_go_first(true);
         let session = sup.session("first-act-control").unwrap();
-        let spawned = attacker(&session, &tag, script).await;
-        procscope::testing::holders_go_first(false);
-        let (child, said) = spawned;
+        let (child, said) = attacker_with(procscope::testing::holders_go_first, &session, &tag, script).await;
         assert_eq!(said, "stopped", "the holder was reached before its identity");
         let holder = parent_of(child.id()).unwrap();
         assert_eq!(uids_of(holder), ["0", "0", "0", "0"], "stopped with the gateway's uid");
@@ -401,11 +409,8 @@ async fn a_command_cannot_kill_its_holder_and_the_control_is_ended_through_its_p
         drop((child, holder));
 
         // Control.
-        procscope::testing::holders_keep_uid(true);
         let session = sup.session("kill-control").unwrap();
-        let spawned = attacker(&session, &tag, script).await;
-        procscope::testing::holders_keep_uid(false);
-        let (mut child, said) = spawned;
+        let (mut child, said) = attacker_with(procscope::testing::holders_keep_uid, &session, &tag, script).await;
         assert_eq!(said, "killed");
         // (Its environment reads empty while its `execve` of sleep runs.)
         let mut running = 0;
