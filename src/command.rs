@@ -705,17 +705,9 @@ impl Command {
         #[allow(unused_mut)]
         let mut envp = vec![env.as_ptr()];
         #[cfg(feature = "test-hooks")]
-        let keep = CString::new(format!("{}=1", crate::holder::KEEP_UID_ENV)).expect("no NUL");
+        let hooks = crate::holder::hook_env();
         #[cfg(feature = "test-hooks")]
-        if crate::holder::KEEP_UID.load(std::sync::atomic::Ordering::SeqCst) {
-            envp.push(keep.as_ptr());
-        }
-        #[cfg(feature = "test-hooks")]
-        let go_first = CString::new(format!("{}=1", crate::holder::GO_FIRST_ENV)).expect("no NUL");
-        #[cfg(feature = "test-hooks")]
-        if crate::holder::GO_FIRST.load(std::sync::atomic::Ordering::SeqCst) {
-            envp.push(go_first.as_ptr());
-        }
+        envp.extend(hooks.iter().map(|h| h.as_ptr()));
         envp.push(std::ptr::null());
         let mut holder = None;
         let mut status = Some(status_read);

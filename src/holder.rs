@@ -190,6 +190,18 @@ fn go_before_identity(go: OwnedFd) -> io::Result<Option<OwnedFd>> {
 #[cfg(feature = "test-hooks")]
 pub(crate) const GO_FIRST_ENV: &str = "PROCSCOPE_HOLDER_GO_FIRST";
 
+/// The environment entries (`NAME=1`) of the test hooks that are on, for
+/// the holders started from now on.
+#[cfg(feature = "test-hooks")]
+pub(crate) fn hook_env() -> Vec<std::ffi::CString> {
+    use std::sync::atomic::Ordering::SeqCst;
+    [(&KEEP_UID, KEEP_UID_ENV), (&GO_FIRST, GO_FIRST_ENV)]
+        .into_iter()
+        .filter(|(on, _)| on.load(SeqCst))
+        .map(|(_, name)| std::ffi::CString::new(format!("{name}=1")).expect("no NUL"))
+        .collect()
+}
+
 /// Whether holders started from now on let their command go first (tests).
 #[cfg(feature = "test-hooks")]
 pub(crate) static GO_FIRST: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);

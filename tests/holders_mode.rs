@@ -290,6 +290,21 @@ async fn attacker_with(
     spawned
 }
 
+/// [`attacker`], which must say `refused`, kept by a holder of the
+/// guardian's uids (real, effective, saved, fs): the child and its holder.
+async fn refused(
+    session: &procscope::Session,
+    tag: &str,
+    script: &str,
+    what: &str,
+) -> (procscope::ContainedChild, u32) {
+    let (child, said) = attacker(session, tag, script).await;
+    assert_eq!(said, "refused", "{what}");
+    let holder = parent_of(child.id()).unwrap();
+    assert_eq!(uids_of(holder), ["2147483646", "0", "2147483646", "0"], "{what}");
+    (child, holder)
+}
+
 /// A holder children cannot stop. Where the gateway is root, a holder takes
 /// the guardian's identity, and its command (uid 0, no capabilities) is
 /// refused when it SIGSTOPs it. The control, a holder that keeps the
@@ -305,10 +320,7 @@ async fn a_command_cannot_stop_its_holder_and_the_control_is_ended_all_the_same(
 
         // Protected: refused, the holder runs on with its own identity.
         let session = sup.session("stop").unwrap();
-        let (child, said) = attacker(&session, &tag, script).await;
-        let holder = parent_of(child.id()).unwrap();
-        assert_eq!(said, "refused");
-        assert_eq!(uids_of(holder), ["2147483646", "0", "2147483646", "0"], "real, effective, saved, fs uid");
+        let (child, holder) = refused(&session, &tag, script, "real, effective, saved, fs uid").await;
         assert_ne!(state_of(holder), Some('T'));
         let ended = session.close().await.unwrap();
         assert_eq!((ended.signalled, ended.killed), (1, 1), "{ended:?}");
@@ -358,10 +370,7 @@ async fn a_commands_first_act_cannot_reach_its_holder_and_the_control_shows_the_
 
         for round in 0..5 {
             let session = sup.session(&format!("first-act-{round}")).unwrap();
-            let (child, said) = attacker(&session, &tag, script).await;
-            assert_eq!(said, "refused", "round {round}");
-            let holder = parent_of(child.id()).unwrap();
-            assert_eq!(uids_of(holder), ["2147483646", "0", "2147483646", "0"], "round {round}");
+            let (child, _) = refused(&session, &tag, script, &format!("round {round}")).await;
             session.close().await.unwrap();
             assert_eq!(tagged(&tag), Vec::<i32>::new(), "processes left");
             drop(child);
