@@ -26,6 +26,7 @@
 //! | `record-signals FILE` | appends `SIGNAL FROM-PID` per signal received to FILE, forever |
 //! | `try-spawn CGROUP SEALING` | through the library, spawns `true` into the cgroup directory CGROUP with sealing `auto`, `required` or `off`, and waits for it; prints `try-spawn SEALING=ok sealed=BOOL`, `=SealingUnavailable: MISSING` or `=error: …` |
 //! | `nest DEPTH WIDTH` | (root, unsealed) makes WIDTH empty cgroups and a chain of DEPTH nested ones inside its own cgroup, moves itself to the bottom of the chain; prints `nest=ok` |
+//! | `walk-recursive PATH KIB` | counts the cgroups at PATH and below with a recursive walk (one call per level, through the library's `Cgroup`) on a thread with a KIB KiB stack; prints `walk-recursive=N`, or aborts when the tree is too deep for the stack |
 //! | `pull PID` | (root, unsealed) moves PID into its own cgroup; prints `pull PID=ok` or `=E<errno>` |
 //! | `exit CODE` | exits with CODE |
 //! | `try-write PATH VALUE` | writes VALUE to PATH; prints `try-write PATH=ok` or `=E<errno>` |
@@ -76,6 +77,22 @@ fn nest(depth: usize, width: usize) -> Result<(), String> {
         cur = cur.create_child("d").map_err(|e| e.to_string())?;
     }
     cur.write("cgroup.procs", "0").map_err(|e| e.to_string())
+}
+
+/// `walk-recursive PATH KIB`: the recursive walk that a deep tree defeats,
+/// on a stack of KIB KiB (the control of the iterative walks' deep-tree
+/// test). Rust aborts the process when the thread overflows its stack.
+fn walk_recursive(path: &str, kib: usize) -> Result<usize, String> {
+    fn count(cg: &procscope::Cgroup) -> Result<usize, String> {
+        let mut n = 1;
+        for name in cg.children().map_err(|e| e.to_string())? {
+            n += count(&cg.open_child(&name).map_err(|e| e.to_string())?)?;
+        }
+        Ok(n)
+    }
+    let top = procscope::Cgroup::open(path).map_err(|e| e.to_string())?;
+    let walk = std::thread::Builder::new().stack_size(kib << 10).spawn(move || count(&top));
+    walk.map_err(|e| e.to_string())?.join().map_err(|_| "the walk panicked".to_owned())?
 }
 
 /// `try-sigio PID SIG`: makes the kernel send SIG (0: SIGIO) to PID when a
@@ -362,6 +379,12 @@ fn main() {
                 let n = |s: &str| s.parse::<usize>().unwrap_or_else(|_| fail("nest DEPTH WIDTH"));
                 nest(n(&depth), n(&width)).unwrap_or_else(|e| fail(&format!("nest: {e}")));
                 say("nest=ok");
+            }
+            "walk-recursive" => {
+                let (path, kib) = (arg(), arg());
+                let kib = kib.parse().unwrap_or_else(|_| fail("walk-recursive PATH KIB"));
+                let n = walk_recursive(&path, kib).unwrap_or_else(|e| fail(&format!("walk-recursive: {e}")));
+                say(&format!("walk-recursive={n}"));
             }
             "pull" => {
                 let pid = arg();

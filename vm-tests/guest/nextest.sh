@@ -26,7 +26,8 @@ export PROCSCOPE_STRESS_ITERATIONS=${PROCSCOPE_STRESS_ITERATIONS:-150}
 export PROCSCOPE_SIBLING_SECS=${PROCSCOPE_SIBLING_SECS:-5}
 # The holders' shutdown race: 3 rounds of 12 sessions (6 on the host).
 export PROCSCOPE_SHUTDOWN_RACE_ROUNDS=${PROCSCOPE_SHUTDOWN_RACE_ROUNDS:-3}
-# The host's 10,000-deep tree would take the kernel hours to build under TCG.
+# The host's 5,000-deep tree would take the kernel most of an hour under
+# TCG; 1,000 levels still overflow the control's recursive walk.
 export PROCSCOPE_DEEP_TREE=${PROCSCOPE_DEEP_TREE:-1000}
 # The faults suite's trees, 10,000 wide and 1,000 deep on the host, are a
 # tenth of that here: the same walks, in a fraction of a VM's minutes.
