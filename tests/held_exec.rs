@@ -423,18 +423,17 @@ async fn an_end_while_the_exec_is_ending_waits_for_it_and_succeeds() {
             ["exec", "--containment", "holders", "--grace", "2s", "--session", "late", "--", "sh", "-c", &script];
         let exec = Gateway(procscope(&run, &t, &args).spawn().unwrap());
         // Until the exec is ending: its command (sh) is gone, and its daemon
-        // runs. (Before the command's program starts, while its holder
-        // starts, the command is a copy of the exec, with the exec's command
-        // line: two tagged processes too.)
+        // runs, as its own program. (Before the command's program starts,
+        // while its holder starts, the command is a copy of the exec, with
+        // the exec's command line, which names ignore-term too: two tagged
+        // processes as well.)
+        let daemon_cmdline = format!("{FIXTURE}\0ignore-term\0");
         let ending = async {
             loop {
                 let pids = tagged(&t);
                 let busy = pids.iter().any(|&p| comm(p) == "sh" || comm(p) == "setsid");
-                // The daemon's own program (the exec's command line, which
-                // that copy shares, names ignore-term too).
                 let daemon = pids.iter().any(|&p| {
-                    std::fs::read(format!("/proc/{p}/cmdline"))
-                        .is_ok_and(|c| c.starts_with(format!("{FIXTURE}\0ignore-term\0").as_bytes()))
+                    std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| c.starts_with(daemon_cmdline.as_bytes()))
                 });
                 if !busy && daemon && pids.len() == 2 {
                     break;
