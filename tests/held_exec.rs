@@ -105,7 +105,8 @@ fn json(out: &Output) -> serde_json::Value {
 
 /// Waits (at most 10 s) until `n` tagged processes run, settled: `execs`
 /// of them `procscope exec`s, none on its way to an `execve` (a holder or
-/// command still a copy of its `exec`) and no daemon half-started.
+/// command still a copy of its `exec`), no daemon half-started and none
+/// exiting.
 async fn running(tag: &str, n: usize, execs: usize) -> Vec<i32> {
     let cmdline = |p: i32| {
         String::from_utf8_lossy(&std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default()).replace('\0', " ")
@@ -114,7 +115,11 @@ async fn running(tag: &str, n: usize, execs: usize) -> Vec<i32> {
         let pids = tagged(tag);
         let lines: Vec<String> = pids.iter().map(|&p| cmdline(p)).collect();
         let fronts = lines.iter().filter(|l| l.starts_with(&format!("{BIN} exec"))).count();
-        let half = lines.iter().any(|l| l.starts_with("setsid") || l.starts_with(&format!("{FIXTURE} daemon")));
+        // Half-way: a daemon still being started, or a process exiting (a
+        // zombie's command line reads empty, and so does one that is gone).
+        let half = lines
+            .iter()
+            .any(|l| l.is_empty() || l.starts_with("setsid") || l.starts_with(&format!("{FIXTURE} daemon")));
         if pids.len() == n && fronts == execs && !half {
             return pids;
         }
