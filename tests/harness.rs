@@ -1,7 +1,8 @@
 //! The harness's own leak checks have teeth, in whichever runner runs them
 //! (`cargo nextest`: a process per test; `cargo test`: the tests of a binary
 //! one after another in one process): each of these tests leaks one kind of
-//! thing on purpose, and `TestEnv::finish` must fail it.
+//! thing on purpose, and `TestEnv::finish` must fail it. And the harness's
+//! view of a cgroup tree holds while the tree changes under it.
 
 mod common;
 
@@ -51,5 +52,60 @@ async fn a_process_left_in_a_cgroup_fails_the_test() {
     // Neither killed nor waited for, nor handed to the reaper: the check must
     // see it, and its cleanup kills and reaps it before failing the test.
     std::mem::forget(child);
+    env.finish().await;
+}
+
+/// A guardian removes an instance while a test lists the tree (a container's
+/// `settle`, say): the walk leaves out what went, and never fails the test.
+/// The control walks the same churning tree the strict way, reading each
+/// listed directory with `unwrap`, and must be seen to hit the race.
+#[tokio::test]
+async fn a_cgroup_removed_while_the_tree_is_walked_is_left_out() {
+    let env = TestEnv::new();
+    let top = env.cgroup("walked");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let churn = {
+        let (top, stop) = (top.path().to_owned(), stop.clone());
+        std::thread::spawn(move || {
+            let chain = [top.join("i"), top.join("i/s"), top.join("i/s/c")];
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for d in &chain {
+                    std::fs::create_dir(d).unwrap();
+                }
+                for d in chain.iter().rev() {
+                    std::fs::remove_dir(d).unwrap();
+                }
+            }
+        })
+    };
+    let strict = |dir: &std::path::Path| -> std::io::Result<()> {
+        fn walk(dir: &std::path::Path) -> std::io::Result<()> {
+            for e in std::fs::read_dir(dir)?.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    walk(&e.path())?;
+                }
+            }
+            Ok(())
+        }
+        walk(dir)
+    };
+    let whole = ["i", "i/s", "i/s/c"].map(std::path::PathBuf::from);
+    let (mut walks, mut raced) = (0, 0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while (raced < 3 || walks < 2000) && std::time::Instant::now() < deadline {
+        // The harness's walk: only ever a prefix of the chain, in order.
+        let seen = cgroup_dirs(top.path());
+        assert!(whole.starts_with(&seen), "not a part of the chain: {seen:?}");
+        walks += 1;
+        // The control.
+        if strict(top.path()).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound) {
+            raced += 1;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    churn.join().unwrap();
+    env.root.remove_child(top.name()).unwrap();
+    drop(top);
+    assert!(raced >= 3, "control: the strict walk never met a removed directory in {walks} walks");
     env.finish().await;
 }
