@@ -94,8 +94,12 @@ fn log(msg: std::fmt::Arguments<'_>) {
     }
 }
 
-/// How long a starter waits for the guardian to report ready.
-const READY_WAIT: Duration = Duration::from_secs(5);
+/// How long a starter waits for the guardian to report ready. A guardian
+/// that fails or dies is seen at once (it reports the error, or its end of
+/// the pipe closes); this bounds only one that lives and is slow, as on a
+/// host whose CPUs are taken, where a spawn refused after a few seconds
+/// would fail a command that a moment more would have contained.
+const READY_WAIT: Duration = Duration::from_secs(30);
 
 /// Metadata on the instance: the guardian's pid and start time.
 pub(crate) const XATTR_GUARDIAN: &str = "guardian";

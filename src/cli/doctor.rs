@@ -519,7 +519,10 @@ async fn probe(parent: &Cgroup, problems: &mut Vec<Problem>) -> (&'static str, &
     let auto_kill = child.auto_kill();
     let kill = match cg.kill().await {
         Ok(k) => {
-            let gone = cg.wait_empty(Some(tokio::time::Instant::now() + Duration::from_secs(3))).await.unwrap_or(false);
+            // Seconds only where the CPUs are taken; a probe that lives on
+            // is a kernel's failure, not a slow one's.
+            let gone =
+                cg.wait_empty(Some(tokio::time::Instant::now() + Duration::from_secs(10))).await.unwrap_or(false);
             if !gone {
                 problems.push(Problem {
                     problem: "the probe survived the kill".into(),
