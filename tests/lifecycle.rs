@@ -285,8 +285,11 @@ async fn orphan_sweeps_leave_sixteen_active_siblings_untouched() {
 #[tokio::test]
 async fn sweeps_return_when_servers_exit_and_kill_at_the_deadline() {
     let env = TestEnv::new();
-    within(60, async {
-        let grace = Duration::from_secs(2);
+    within(90, async {
+        // Long enough that a sweep that waited for the deadline is told from
+        // one that returned when the servers were gone, however busy the
+        // machine (a second, measured against 2 s, was not).
+        let grace = Duration::from_secs(30);
         let sup = supervisor(&env, grace).await;
         for i in 0..8 {
             let s = sup.session(&format!("polite-{i}")).unwrap();
@@ -296,7 +299,7 @@ async fn sweeps_return_when_servers_exit_and_kill_at_the_deadline() {
         let report = sup.sweep_orphans().await;
         assert_eq!((report.sessions, report.removed, report.killed), (8, 8, 0), "{report}");
         assert_eq!(report.terminated, 24, "{report}");
-        assert!(report.elapsed < grace / 2, "a polite sweep took {:?} with a {grace:?} grace", report.elapsed);
+        assert!(report.elapsed < grace, "a polite sweep waited for its {grace:?} grace: {:?}", report.elapsed);
         sup.shutdown().await.unwrap();
 
         let grace = Duration::from_millis(400);
