@@ -152,15 +152,14 @@ pub fn cgroup_dirs(dir: &std::path::Path) -> Vec<PathBuf> {
     fn walk(dir: &std::path::Path, base: &std::path::Path, out: &mut Vec<PathBuf>) {
         let entries = match std::fs::read_dir(dir) {
             Ok(entries) => entries,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && dir != base => {
-                out.retain(|p| base.join(p) != dir);
-                return;
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && dir != base => return,
             Err(e) => panic!("list the cgroup {}: {e}", dir.display()),
         };
+        if dir != base {
+            out.push(dir.strip_prefix(base).unwrap().to_owned());
+        }
         for e in entries.flatten() {
             if e.file_type().is_ok_and(|t| t.is_dir()) {
-                out.push(e.path().strip_prefix(base).unwrap().to_owned());
                 walk(&e.path(), base, out);
             }
         }
